@@ -1,0 +1,263 @@
+"""The decoder as pure functions of a `Weights` pytree: Qwen2 and Gemma-2.
+
+    logits = forward(weights, cfg, tokens, mask)
+
+is the composition of three public stages, so any layer range can be run on its own:
+
+    x = embed(weights, cfg, tokens)                               # [B, T, D]
+    x = run_layers(weights, cfg, x, positions, mask, start, stop)  # layers [start, stop)
+    logits = unembed(weights, cfg, x)                              # [B, T, V] float32
+
+Numerics follow the Hugging Face implementations (the parity tests in tests/test_parity.py
+hold them to 1e-4 in float32): RMSNorm in float32 (Qwen: cast back then multiply by w;
+Gemma-2: multiply by (1 + w) in float32 then cast), RoPE tables in float32 cast to the activation
+dtype, softmax in float32, Gemma-2's attention soft-cap applied before masking and its sqrt(D)
+embedding scale rounded to the activation dtype first. Attention logits and final logits are
+accumulated in float32 even for bf16 weights.
+
+Padding: `mask[b, t]` is True for real tokens. Positions default to the count of real tokens
+before t, so a left-padded row computes exactly what the unpadded row does. Logits at padding
+positions are finite but meaningless.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from emjax.config import ModelConfig
+from emjax.interventions import DenseLayerIntervention, Interventions, densify
+from emjax.params import LayerWeights, Weights
+
+# Large negative logit for masked keys: where(), not addition, so an all-masked row is uniform
+# instead of NaN.
+_MASKED = -1e30
+
+RematPolicy = Optional[str]  # None (no remat), "full" (recompute the block), "dots" (save matmuls)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float, plus_one: bool) -> jax.Array:
+    """RMSNorm over the last axis. x: [..., D], w: [D]."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    if plus_one:  # Gemma: scale in float32, cast at the end
+        return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+    return w * y.astype(x.dtype)  # Qwen/Llama: cast back, then scale
+
+
+def default_positions(mask: jax.Array) -> jax.Array:
+    """[B, T] bool -> [B, T] int32: index of each token among the row's real tokens."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos, sin: [B, T, Dh] in `dtype`, computed in float32 (rotate-half layout)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x: [B, T, N, Dh]; cos/sin: [B, T, Dh]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def attention_mask(q_pos: jax.Array, k_pos: jax.Array, k_valid: jax.Array,
+                   window: int | None) -> jax.Array:
+    """[B, T, S] bool: causal by position, keys must be real, and (if window) within the window.
+
+    q_pos: [B, T]; k_pos: [B, S]; k_valid: [B, S]. A query at position p sees keys at positions
+    p - window < k <= p.
+    """
+    qp, kp = q_pos[:, :, None], k_pos[:, None, :]
+    m = (kp <= qp) & k_valid[:, None, :]
+    if window is not None:
+        m = m & (kp > qp - window)
+    return m
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Grouped-query attention with optional soft-cap.
+
+    q: [B, T, H, Dh]; k, v: [B, S, K, Dh]; mask: [B, T, S] bool. Returns [B, T, H, Dh].
+    """
+    b, t, h, dh = q.shape
+    kvh = k.shape[2]
+    q = q.reshape(b, t, kvh, h // kvh, dh)
+    logits = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    logits = logits * cfg.attn_scale
+    if cfg.attn_softcap is not None:
+        logits = cfg.attn_softcap * jnp.tanh(logits / cfg.attn_softcap)
+    logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, dh)
+
+
+def _proj(x: jax.Array, w: jax.Array, name: str, iv: DenseLayerIntervention | None,
+          bias: jax.Array | None = None) -> jax.Array:
+    """x @ w (+ bias) (+ unmerged LoRA delta (x @ A) @ B when `name` is targeted)."""
+    y = x @ w
+    if bias is not None:
+        y = y + bias
+    if iv is not None and name in iv.lora_a:
+        a, b = iv.lora_a[name].astype(x.dtype), iv.lora_b[name].astype(x.dtype)
+        y = y + (x @ a) @ b
+    return y
+
+
+def mlp(w: LayerWeights, x: jax.Array, cfg: ModelConfig, iv: DenseLayerIntervention | None) -> jax.Array:
+    """Gated MLP, [B, T, D] -> [B, T, D] (the down_proj output, before any post-norm)."""
+    gate = _proj(x, w.gate_proj, "gate_proj", iv)
+    act = jax.nn.silu(gate) if cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+    return _proj(act * _proj(x, w.up_proj, "up_proj", iv), w.down_proj, "down_proj", iv)
+
+
+def qkv(w: LayerWeights, x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig,
+        iv: DenseLayerIntervention | None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Projected, rotated q [B, T, H, Dh] and k, v [B, T, K, Dh] from normed input x."""
+    b, t, _ = x.shape
+    q = _proj(x, w.q_proj, "q_proj", iv, w.q_bias).reshape(b, t, cfg.n_heads, cfg.head_dim)
+    k = _proj(x, w.k_proj, "k_proj", iv, w.k_bias).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+    v = _proj(x, w.v_proj, "v_proj", iv, w.v_bias).reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+
+def attn_out(w: LayerWeights, o: jax.Array, cfg: ModelConfig, iv: DenseLayerIntervention | None) -> jax.Array:
+    """[B, T, H, Dh] attention output -> [B, T, D] branch (post-norm applied for Gemma-2)."""
+    y = _proj(o.reshape(o.shape[0], o.shape[1], -1), w.o_proj, "o_proj", iv)
+    if cfg.is_gemma:
+        y = rms_norm(y, w.post_attn_norm, cfg.norm_eps, True)
+    return y
+
+
+def mlp_branch(w: LayerWeights, h: jax.Array, cfg: ModelConfig, iv: DenseLayerIntervention | None) -> jax.Array:
+    """Residual h [B, T, D] -> h after the MLP sub-block, with the steering hooks applied."""
+    y = mlp(w, rms_norm(h, w.mlp_norm, cfg.norm_eps, cfg.is_gemma), cfg, iv)
+    if iv is not None and iv.steer_mlp is not None:
+        y = y + iv.steer_mlp.astype(y.dtype)
+    if cfg.is_gemma:
+        y = rms_norm(y, w.post_mlp_norm, cfg.norm_eps, True)
+    h = h + y
+    if iv is not None and iv.steer_block is not None:
+        h = h + iv.steer_block.astype(h.dtype)
+    return h
+
+
+def block(w: LayerWeights, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+          cfg: ModelConfig, iv: DenseLayerIntervention | None) -> jax.Array:
+    """One decoder block on the full sequence. x: [B, T, D]; mask: [B, T, T] bool."""
+    q, k, v = qkv(w, rms_norm(x, w.attn_norm, cfg.norm_eps, cfg.is_gemma), cos, sin, cfg, iv)
+    h = x + attn_out(w, attend(q, k, v, mask, cfg), cfg, iv)
+    return mlp_branch(w, h, cfg, iv)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public stages
+
+
+def embed(weights: Weights, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
+    """tokens [B, T] int -> residual stream [B, T, D] in the weights' dtype."""
+    x = jnp.take(weights.embed, tokens, axis=0)
+    if cfg.is_gemma:  # the normaliser is rounded to the activation dtype first, as in HF
+        x = x * jnp.asarray(cfg.d_model ** 0.5, dtype=x.dtype)
+    return x
+
+
+def unembed(weights: Weights, cfg: ModelConfig, x: jax.Array) -> jax.Array:
+    """Final norm and projection to the vocabulary: [B, T, D] -> [B, T, V] float32 logits."""
+    x = rms_norm(x, weights.final_norm, cfg.norm_eps, cfg.is_gemma)
+    if weights.lm_head is None:
+        logits = jnp.einsum("btd,vd->btv", x, weights.embed, preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("btd,dv->btv", x, weights.lm_head, preferred_element_type=jnp.float32)
+    if cfg.final_softcap is not None:
+        logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
+    return logits
+
+
+def _remat(fn, policy: RematPolicy):
+    if policy is None:
+        return fn
+    if policy == "full":
+        return jax.checkpoint(fn)
+    if policy == "dots":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    raise ValueError(f"unknown remat policy {policy!r}; choose None, 'full' or 'dots'")
+
+
+def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.Array,
+               mask: jax.Array, start: int = 0, stop: int | None = None,
+               interventions: Interventions | None = None, *, collect: bool = False,
+               remat: RematPolicy = None) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Runs blocks [start, stop) on the residual stream under `jax.lax.scan`.
+
+    Args:
+      x: [B, T, D] residual stream entering layer `start`.
+      positions: [B, T] int token positions (see `default_positions`).
+      mask: [B, T] bool, True for real tokens.
+      start, stop: static layer range; `stop=None` means the last layer.
+      interventions: LoRA / steering applied inside the range (parts outside it are ignored).
+      collect: also return every block's output.
+      remat: rematerialisation policy of the block body (None, "full", "dots").
+
+    Returns:
+      x [B, T, D] after layer stop-1, and with collect=True also hidden [stop-start, B, T, D].
+    """
+    stop = cfg.n_layers if stop is None else stop
+    if not 0 <= start <= stop <= cfg.n_layers:
+        raise ValueError(f"layer range [{start}, {stop}) outside [0, {cfg.n_layers}]")
+    if start == stop:
+        return (x, jnp.zeros((0,) + x.shape, x.dtype)) if collect else x
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
+    full_mask = attention_mask(positions, positions, mask, None)
+    window_mask = (attention_mask(positions, positions, mask, cfg.sliding_window)
+                   if cfg.sliding_window else full_mask)
+    sliding = jnp.asarray(cfg.sliding_layers[start:stop])
+    dense = densify(interventions, start, stop)
+
+    def body(h, inp):
+        i, is_sliding, iv = inp
+        # Index the full stack in the loop (a dynamic slice): slicing [start:stop] up front
+        # could copy the weights of the whole range.
+        w = jax.tree.map(lambda a: a[i], weights.layers)
+        m = jnp.where(is_sliding, window_mask, full_mask)
+        h = block(w, h, cos, sin, m, cfg, iv)
+        return h, (h if collect else None)
+
+    x, hidden = jax.lax.scan(_remat(body, remat), x, (jnp.arange(start, stop), sliding, dense))
+    return (x, hidden) if collect else x
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "collect", "remat"))
+def forward(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask: jax.Array | None = None,
+            positions: jax.Array | None = None, interventions: Interventions | None = None,
+            *, collect: bool = False, remat: RematPolicy = None):
+    """Full forward pass: tokens [B, T] -> logits [B, T, V] float32.
+
+    With collect=True returns (logits, hidden) where hidden is [L + 1, B, T, D]: the embedding
+    output followed by every block's output (the final norm is not applied), matching
+    Hugging Face `output_hidden_states` except for its last entry, which HF returns after the
+    final norm.
+    """
+    if mask is None:
+        mask = jnp.ones(tokens.shape, bool)
+    if positions is None:
+        positions = default_positions(mask)
+    x0 = embed(weights, cfg, tokens)
+    out = run_layers(weights, cfg, x0, positions, mask, 0, cfg.n_layers, interventions,
+                     collect=collect, remat=remat)
+    if collect:
+        x, hidden = out
+        return unembed(weights, cfg, x), jnp.concatenate([x0[None], hidden], axis=0)
+    return unembed(weights, cfg, out)
