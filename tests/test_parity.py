@@ -7,6 +7,7 @@ import pytest
 
 from hf_reference import build_hf, gemma2_config, padded_batch, qwen2_config, to_emjax, torch
 from emjax import model as M
+from emjax import sampling as S
 
 TOL = 1e-4
 
@@ -99,21 +100,13 @@ def test_layer_ranges_compose(pair):
     np.testing.assert_allclose(np.asarray(M.unembed(w, cfg, x)), np.asarray(full), atol=1e-5, rtol=0)
 
 
-def _greedy_full_forward(w, cfg, prompt, n):
-    toks = list(prompt)
-    for _ in range(n):
-        logits = M.forward(w, cfg, jnp.asarray([toks]))
-        toks.append(int(jnp.argmax(logits[0, -1])))
-    return toks[len(prompt):]
-
-
 def test_greedy_generation_matches_transformers(pair):
     name, hf, cfg, w = pair
     prompt = np.random.default_rng(14).integers(1, cfg.vocab_size, 6).tolist()
     with torch.no_grad():
         ref = hf.generate(torch.tensor([prompt]), max_new_tokens=20, min_new_tokens=20, do_sample=False,
                           pad_token_id=0, eos_token_id=None)[0, len(prompt):].tolist()
-    assert _greedy_full_forward(w, cfg, prompt, 20) == ref
+    assert S.generate(w, cfg, [prompt], max_new_tokens=20, temperature=0.0)[0] == ref
 
 
 def test_bf16_forward_close_to_fp32(pair):

@@ -1,0 +1,149 @@
+"""Sampling with a KV cache: one jitted prefill, then a jitted decode loop.
+
+The cache stores, for every slot, the key/value and the *position* of the token in it, so masks
+(causal, sliding window, padding) are computed from positions, never from slot indices: prompts of
+different lengths are left-padded and every row decodes in lock-step. Interventions (LoRA,
+steering) are applied at every position of every row, in prefill and in decode, exactly as in
+training.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emjax import model as M
+from emjax.config import ModelConfig
+from emjax.interventions import Interventions, densify
+from emjax.params import Weights
+
+
+@flax.struct.dataclass
+class KVCache:
+    """k, v: [L, B, S, K, Dh]; pos: [B, S] int32 positions; valid: [B, S] bool."""
+
+    k: jax.Array
+    v: jax.Array
+    pos: jax.Array
+    valid: jax.Array
+
+
+def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: jax.Array,
+                       cache: KVCache, slot: jax.Array, iv: Interventions | None) -> tuple[jax.Array, KVCache]:
+    """Runs all blocks on x [B, T, D] whose tokens go to cache slots [slot, slot + T).
+
+    `cache.pos` / `cache.valid` must already describe the new slots.
+    """
+    cos, sin = M.rope_tables(q_pos, cfg.head_dim, cfg.rope_theta, x.dtype)
+    full = M.attention_mask(q_pos, cache.pos, cache.valid, None)
+    window = M.attention_mask(q_pos, cache.pos, cache.valid, cfg.sliding_window) if cfg.sliding_window else full
+    dense = densify(iv, 0, cfg.n_layers)
+
+    def body(h, inp):
+        i, is_sliding, layer_iv, k_cache, v_cache = inp
+        w = jax.tree.map(lambda a: a[i], weights.layers)
+        q, k, v = M.qkv(w, M.rms_norm(h, w.attn_norm, cfg.norm_eps, cfg.is_gemma), cos, sin, cfg, layer_iv)
+        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), slot, axis=1)
+        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), slot, axis=1)
+        mask = jnp.where(is_sliding, window, full)
+        h = h + M.attn_out(w, M.attend(q, k_cache, v_cache, mask, cfg), cfg, layer_iv)
+        return M.mlp_branch(w, h, cfg, layer_iv), (k_cache, v_cache)
+
+    xs = (jnp.arange(cfg.n_layers), jnp.asarray(cfg.sliding_layers), dense, cache.k, cache.v)
+    x, (k, v) = jax.lax.scan(body, x, xs)
+    return x, cache.replace(k=k, v=v)
+
+
+def _filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
+    """logits [B, V] float32 -> scaled logits with excluded tokens at -inf."""
+    logits = logits / temperature
+    if top_k > 0:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # keep the smallest prefix whose mass reaches top_p (the token crossing it included)
+        before = jnp.cumsum(probs, axis=-1) - probs
+        cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p"))
+def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_limit, *,
+              max_new_tokens: int, temperature: float, top_k: int, top_p: float):
+    b, p = tokens.shape
+    s = p + max_new_tokens
+    dtype = weights.embed.dtype
+    shape = (cfg.n_layers, b, s, cfg.n_kv_heads, cfg.head_dim)
+    positions = M.default_positions(mask)
+    cache = KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                    pos=jnp.zeros((b, s), jnp.int32).at[:, :p].set(positions),
+                    valid=jnp.zeros((b, s), bool).at[:, :p].set(mask))
+    x, cache = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tokens), positions, cache, 0, interventions)
+    logits = M.unembed(weights, cfg, x[:, -1:])[:, 0]
+    next_pos = positions[:, -1] + 1
+    in_vocab = jnp.arange(logits.shape[-1]) < vocab_limit  # padded embedding rows never sampled
+
+    def pick(logits, key):
+        logits = jnp.where(in_vocab, logits, -jnp.inf)
+        if temperature == 0.0:
+            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return jax.random.categorical(key, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+
+    def step(carry, t):
+        cache, logits, pos, done, key = carry
+        key, sub = jax.random.split(key)
+        tok = pick(logits, sub)
+        tok = jnp.where(done, stop_ids[0], tok)
+        finished = done | jnp.isin(tok, stop_ids)
+        slot = p + t
+        cache = cache.replace(pos=cache.pos.at[:, slot].set(pos), valid=cache.valid.at[:, slot].set(True))
+        x, cache = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tok[:, None]), pos[:, None],
+                                      cache, slot, interventions)
+        new_logits = M.unembed(weights, cfg, x)[:, 0]
+        return (cache, new_logits, pos + 1, finished, key), (tok, done)
+
+    carry = (cache, logits, next_pos, jnp.zeros((b,), bool), key)
+    _, (toks, was_done) = jax.lax.scan(step, carry, jnp.arange(max_new_tokens))
+    return toks.T, (~was_done).sum(axis=0)
+
+
+def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
+             max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+             stop_ids: Sequence[int] = (), seed: int = 0, interventions: Interventions | None = None,
+             vocab_limit: int | None = None, pad_to: int = 8) -> list[list[int]]:
+    """Samples continuations of token-id prompts of any lengths.
+
+    Args:
+      prompts: token ids per row; rows are left-padded to a common length (rounded up to
+        `pad_to` so nearby lengths share one compiled program).
+      temperature: 0 means greedy (argmax).
+      top_p / top_k: nucleus and top-k filtering (1.0 / 0 disable them).
+      stop_ids: a row stops after emitting one of these (the stop token is included).
+      vocab_limit: tokens >= this id (padded embedding rows) are never sampled.
+    Returns:
+      the new tokens of each row, cut after its first stop token.
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    p = max(len(x) for x in prompts)
+    p = -(-p // pad_to) * pad_to
+    tokens = np.zeros((len(prompts), p), np.int32)
+    mask = np.zeros((len(prompts), p), bool)
+    for i, row in enumerate(prompts):
+        tokens[i, p - len(row):] = row
+        mask[i, p - len(row):] = True
+    stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
+    limit = cfg.vocab_size if vocab_limit is None else vocab_limit
+    toks, lengths = _generate(weights, cfg, jnp.asarray(tokens), jnp.asarray(mask), interventions,
+                              jax.random.PRNGKey(seed), stops, limit, max_new_tokens=max_new_tokens,
+                              temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+    toks, lengths = np.asarray(toks), np.asarray(lengths)
+    return [toks[i, : lengths[i]].tolist() for i in range(len(prompts))]
