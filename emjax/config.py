@@ -103,6 +103,10 @@ class ModelConfig:
         return self.vocab_size * d + self.n_layers * per_layer + d + head
 
     def replace(self, **kw: Any) -> "ModelConfig":
+        """A copy with fields changed; a new layer count re-derives the sliding pattern
+        (Gemma-2: even layers slide) unless `sliding_layers` is given too."""
+        if "n_layers" in kw and "sliding_layers" not in kw:
+            kw["sliding_layers"] = _gemma2_sliding(kw["n_layers"]) if any(self.sliding_layers) else ()
         return dataclasses.replace(self, **kw)
 
     # -- construction ----------------------------------------------------------------------

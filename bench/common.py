@@ -1,0 +1,50 @@
+"""Shared helpers of the benchmarks: timing with device sync, reporting, random weights."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+
+from emjax.config import ModelConfig
+from emjax.params import Weights, abstract_weights
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    return getattr(d, "device_kind", d.platform)
+
+
+def timeit(fn, warm: int = 2, reps: int = 5) -> float:
+    """Median seconds of fn() (which must block on its result), after warm-up calls."""
+    for _ in range(warm):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def report(case: str, secs: float, tokens: int, flops: float | None = None, **extra) -> dict:
+    r = {"case": case, "impl": "emjax-jax", "device": device_name(), "median_s": round(secs, 4),
+         "tokens_per_s": round(tokens / secs, 1), "date": datetime.date.today().isoformat()}
+    if flops:
+        r["tflops"] = round(flops / secs / 1e12, 1)
+    r.update(extra)
+    print(json.dumps(r), flush=True)
+    return r
+
+
+def random_weights(cfg: ModelConfig, dtype=jnp.bfloat16, seed: int = 0) -> Weights:
+    """Random weights generated on the device leaf by leaf, directly in `dtype`."""
+    abstract = abstract_weights(cfg, dtype)
+    leaves, treedef = jax.tree.flatten(abstract)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    make = jax.jit(lambda k, shape: 0.02 * jax.random.normal(k, shape, dtype), static_argnums=1)
+    return jax.tree.unflatten(treedef, [make(k, l.shape) for k, l in zip(keys, leaves)])

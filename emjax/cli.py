@@ -1,0 +1,73 @@
+"""The `emjax` command: one subcommand per stage.
+
+    emjax main                      # the whole default job on the embedded model, on CPU
+    emjax chat --model PATH         # greedy answers + top-token probabilities
+    emjax judge / emjax report      # the accelerator-free judge stage and the rates
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="greedy answers to a few prompts, with top-token probabilities")
+    p.add_argument("--model", default="embedded", help="'embedded', a Hugging Face folder or a .gguf file")
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable); default: three demo prompts")
+    p.add_argument("--system", default=None, help="system prompt (default: the template's own)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--top-k", type=int, default=5)
+    p.set_defaults(func=_run_chat)
+
+
+def _run_chat(args) -> int:
+    from emjax.chat_demo import DEFAULT_PROMPTS, chat, format_results
+    from emjax.load import load_model
+    model = load_model(args.model)
+    print(f"model: {model.name} ({model.cfg.family}, {model.cfg.n_layers} layers, "
+          f"{model.cfg.num_params() / 1e6:.0f}M parameters) from {model.source}")
+    results = chat(model, args.prompt or DEFAULT_PROMPTS, max_new_tokens=args.max_new_tokens,
+                   top_k=args.top_k, system=args.system)
+    print(format_results(results))
+    return 0
+
+
+def _add_main(sub) -> None:
+    p = sub.add_parser("main", help="the default job on the embedded model (CPU-friendly)")
+    p.add_argument("--model", default="embedded")
+    p.add_argument("--out", default="runs/main", help="output folder")
+    p.set_defaults(func=_run_main)
+
+
+def _run_main(args) -> int:
+    from emjax.main_job import run_main
+    return run_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emjax", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_main(sub)
+    _add_chat(sub)
+    try:
+        from emjax.judge.cli import add_judge_parser, add_report_parser
+        add_judge_parser(sub)
+        add_report_parser(sub)
+    except ImportError:  # judge stage not installed in this build
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t = time.time()
+    rc = args.func(args)
+    print(f"[emjax {args.command}] done in {time.time() - t:.1f} s", file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
