@@ -140,7 +140,8 @@ def _check_template(template: object, where: str, metric: str) -> str:
     return template
 
 
-def _check_judge_prompts(value: object, where: str) -> dict[str, str]:
+def validate_judge_prompts(value: object, where: str) -> dict[str, str]:
+    """Check a metric -> template mapping (each must be a format string with {answer})."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -203,7 +204,7 @@ def _question_from_yaml_item(item: object, path: str, index: int) -> Question:
                                                    "samples_per_paraphrase"),
         system=_check_optional_str(item.get("system"), where, "system"),
         judge=_check_optional_str(item.get("judge"), where, "judge"),
-        judge_prompts=_check_judge_prompts(item.get("judge_prompts"), where),
+        judge_prompts=validate_judge_prompts(item.get("judge_prompts"), where),
         source=f"{path}:item {index}",
         extra={k: v for k, v in item.items() if k not in _KNOWN_YAML_KEYS},
     )
@@ -232,7 +233,7 @@ def _question_from_jsonl_obj(obj: object, path: str, lineno: int) -> Question:
         samples_per_paraphrase=_check_positive_int(samples, where, "samples"),
         system=_check_optional_str(obj.get("system"), where, "system"),
         judge=_check_optional_str(obj.get("judge"), where, "judge"),
-        judge_prompts=_check_judge_prompts(obj.get("judge_prompts"), where),
+        judge_prompts=validate_judge_prompts(obj.get("judge_prompts"), where),
         source=f"{path}:line {lineno}",
         extra={k: v for k, v in obj.items() if k not in _KNOWN_JSONL_KEYS},
     )
@@ -347,30 +348,24 @@ class JsonlReadReport:
         return not self.corrupt
 
 
-def _repair_trailing_newline(path: str) -> bool:
+def _terminate_partial_line(f: Any, path: str) -> bool:
     """Terminate a partial last line (a killed writer) so the next record starts on its own line.
 
-    Returns True if a newline was added.
+    `f` is the file opened "a+b" and locked. Returns True if a newline was added.
     """
-    try:
-        size = os.path.getsize(path)
-    except FileNotFoundError:
-        return False
+    size = os.fstat(f.fileno()).st_size
     if size == 0:
         return False
-    with open(path, "rb") as f:
-        f.seek(size - 1)
-        last = f.read(1)
-    if last == b"\n":
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
         return False
-    with open(path, "ab") as f:
-        f.write(b"\n")
+    f.write(b"\n")  # append mode: always at the end
     log.warning("%s: last line was not newline-terminated (interrupted write); terminated it",
                 path)
     return True
 
 
-def _locked(f: Any) -> Any:
+def _lock(f: Any) -> Any:
     """Best-effort exclusive lock so concurrent processes never interleave bytes in one file."""
     try:
         import fcntl
@@ -384,9 +379,10 @@ def append_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, An
                  fsync: bool = False) -> int:
     """Append records, one JSON line each, flushing after every record.
 
-    Each record is written with a single `write` while holding an flock, so a kill leaves at most
-    one partial last line (repaired by the next append) and concurrent writers never interleave.
-    `fsync=True` also survives power loss, at a per-record cost.
+    Under an flock, a partial last line left by a killed writer is first terminated, then each
+    record is written with a single `write` and flushed: a kill leaves at most one partial last
+    line, and concurrent writers never interleave. `fsync=True` also survives power loss, at a
+    per-record cost. NaN/inf are rejected (they are not JSON).
 
     Returns the number of records written.
     """
@@ -394,11 +390,11 @@ def append_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, An
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    _repair_trailing_newline(path)
     n = 0
-    with open(path, "ab") as f:
-        fcntl = _locked(f)
+    with open(path, "a+b") as f:
+        fcntl = _lock(f)
         try:
+            _terminate_partial_line(f, path)
             for rec in records:
                 line = json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n"
                 f.write(line.encode("utf-8"))

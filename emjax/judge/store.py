@@ -68,6 +68,11 @@ class ResultStore:
             return  # a later failure (e.g. a forced re-run) never hides a paid-for score
         self._records[rec["key"]] = rec
 
+    def merge(self, other: "ResultStore") -> None:
+        """Index another store's records too (read-only; nothing is written to this file)."""
+        for rec in other:
+            self._index(rec)
+
     def append(self, record: Mapping[str, Any]) -> None:
         """Write one record (flushed; fsync if configured) and index it."""
         rec = dict(record)
@@ -101,3 +106,17 @@ class ResultStore:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self._records.values())
+
+
+def usage_totals(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Token usage summed over every line of a results file (all runs, failed attempts included
+    where the API reported usage)."""
+    totals = {"prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+    if not os.path.exists(path):
+        return totals
+    for _, rec in iter_jsonl(path):
+        usage = rec.get("usage") or {}
+        totals["prompt_tokens"] += int(usage.get("prompt_tokens", 0) or 0)
+        totals["completion_tokens"] += int(usage.get("completion_tokens", 0) or 0)
+        totals["requests"] += 1
+    return totals

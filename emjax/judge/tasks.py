@@ -90,7 +90,8 @@ class UnknownQuestionError(KeyError):
 
 @dataclasses.dataclass
 class TaskPlan:
-    """Deduplicated tasks (first-seen order) and the (question_id, metric) pairs lacking a prompt."""
+    """Deduplicated tasks (first-seen order) and the (question_id, metric) pairs without a
+    prompt."""
 
     tasks: list[JudgeTask]
     n_pairs: int
@@ -133,3 +134,24 @@ def build_tasks(answers: Iterable[AnswerRecord], questions: Iterable[Question],
         log.warning("question %r has no judge prompt for metric %r: %d answer(s) not judged",
                     qid, metric, n)
     return TaskPlan(tasks=tasks, n_pairs=n_pairs, missing_prompts=missing)
+
+
+def load_judge_prompts(path: str) -> dict[str, str]:
+    """Fallback templates from a file: a YAML/JSON mapping {metric: template}, or any question
+    file (the first template per metric wins, as upstream's loader does).
+
+    Templates are validated like question judge prompts (must contain {answer}).
+    """
+    from emjax.evalq.questions import QuestionFormatError, validate_judge_prompts, load_questions
+
+    if path.endswith((".yaml", ".yml", ".json")):
+        import yaml  # JSON is YAML
+
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise QuestionFormatError(f"{path}: invalid YAML/JSON: {e}") from None
+        if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
+            return validate_judge_prompts(data, path)
+    return fallback_templates(load_questions(path))
