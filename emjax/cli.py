@@ -2,12 +2,14 @@
 
     emjax main                      # the whole default job on the embedded model, on CPU
     emjax chat --model PATH         # greedy answers + top-token probabilities
+    emjax train --config=configs/X.py --config.train.lr=1e-4
     emjax judge / emjax report      # the accelerator-free judge stage and the rates
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -46,12 +48,29 @@ def _run_main(args) -> int:
     return run_main(args)
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a steering vector or LoRA adapter (SFT + lambda * KL)",
+                       description="emjax train --config=configs/X.py [--config.key=value ...]")
+    p.add_argument("--config", required=True, help="a config file with get_config()")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from emjax.config_loader import load_config
+    from emjax.train import Trainer
+    config = load_config(args.config, args.config_overrides)
+    summary = Trainer(config).run()
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emjax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_main(sub)
     _add_chat(sub)
+    _add_train(sub)
     try:
         from emjax.judge.cli import add_judge_parser, add_report_parser
         add_judge_parser(sub)
@@ -62,7 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from emjax.config_loader import split_cli_overrides
+    argv, overrides = split_cli_overrides(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.config_overrides = overrides
     t = time.time()
     rc = args.func(args)
     print(f"[emjax {args.command}] done in {time.time() - t:.1f} s", file=sys.stderr)

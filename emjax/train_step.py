@@ -115,6 +115,19 @@ def frozen_outputs(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask: 
     return x, M.run_layers(weights, cfg, x, M.default_positions(mask), mask, k, cfg.n_layers)
 
 
+def kl_terms(params: Interventions, weights: Weights, cfg: ModelConfig, opts: StepOptions,
+             kl: KLBatch) -> tuple[jax.Array, jax.Array]:
+    """(summed KL(base || adapted), token count) of one KL micro-batch, sharing the frozen prefix."""
+    k, L = opts.first_layer, cfg.n_layers
+    pos = M.default_positions(kl.mask)
+    xk = kl.prefix if kl.prefix is not None else frozen_prefix(weights, cfg, kl.tokens, kl.mask, k)
+    xb = kl.base_hidden
+    if xb is None:  # the same weights with the intervention off, under stop_gradient
+        xb = jax.lax.stop_gradient(M.run_layers(weights, cfg, xk, pos, kl.mask, k, L))
+    xa = M.run_layers(weights, cfg, xk, pos, kl.mask, k, L, params, remat=opts.remat)
+    return kl_base_to_adapted(weights, cfg, xb, xa, kl.mask, opts.loss_chunk)
+
+
 def micro_loss(params: Interventions, weights: Weights, cfg: ModelConfig, opts: StepOptions,
                sft: SFTBatch, kl: KLBatch | None, lam: jax.Array, n_sft: jax.Array, n_kl: jax.Array):
     """Loss of one micro-batch (rows [b, T]), normalised by the whole step's token counts."""
@@ -126,13 +139,7 @@ def micro_loss(params: Interventions, weights: Weights, cfg: ModelConfig, opts: 
     loss = ce_sum / jnp.maximum(n_sft, 1.0)
     metrics = {"sft_sum": ce_sum, "sft_tokens": ce_n}
     if kl is not None:
-        kpos = M.default_positions(kl.mask)
-        xk = kl.prefix if kl.prefix is not None else frozen_prefix(weights, cfg, kl.tokens, kl.mask, k)
-        xb = kl.base_hidden
-        if xb is None:  # the same weights with the intervention off, under stop_gradient
-            xb = jax.lax.stop_gradient(M.run_layers(weights, cfg, xk, kpos, kl.mask, k, L))
-        xa = M.run_layers(weights, cfg, xk, kpos, kl.mask, k, L, params, remat=opts.remat)
-        kl_sum, kl_n = kl_base_to_adapted(weights, cfg, xb, xa, kl.mask, opts.loss_chunk)
+        kl_sum, kl_n = kl_terms(params, weights, cfg, opts, kl)
         loss = loss + lam * kl_scale(cfg, opts.kl_reduction) * kl_sum / jnp.maximum(n_kl, 1.0)
         metrics.update(kl_sum=kl_sum, kl_tokens=kl_n)
     return loss, metrics
@@ -155,7 +162,7 @@ def train_step(state: TrainState, weights: Weights, sft: SFTBatch, kl: KLBatch |
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     sft_loss = jnp.sum(ms["sft_sum"]) / jnp.maximum(n_sft, 1.0)
-    metrics = {"loss": jnp.sum(losses), "sft_loss": sft_loss, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": jnp.sum(losses), "sft_loss": sft_loss, "grad_norm": optax.tree.norm(grads),
                "skipped": jnp.logical_not(opt_state.last_finite), "lambda_kl": lam}
     if kl is not None:
         metrics["kl"] = jnp.sum(ms["kl_sum"]) / jnp.maximum(n_kl, 1.0)  # token-mean nats
@@ -176,6 +183,13 @@ def eval_loss(params: Interventions, weights: Weights, sft: SFTBatch, *, cfg: Mo
     x = sft.prefix if sft.prefix is not None else frozen_prefix(weights, cfg, sft.tokens, sft.mask, k)
     x = M.run_layers(weights, cfg, x, M.default_positions(sft.mask), sft.mask, k, L, params)
     return cross_entropy(weights, cfg, x, sft.targets, sft.loss_mask, opts.loss_chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "opts"))
+def eval_kl(params: Interventions, weights: Weights, kl: KLBatch, *, cfg: ModelConfig,
+            opts: StepOptions) -> tuple[jax.Array, jax.Array]:
+    """(summed KL(base || adapted), token count) of one [b, T] KL batch."""
+    return kl_terms(params, weights, cfg, opts, kl)
 
 
 def init_state(params: Interventions, tx: optax.GradientTransformation) -> TrainState:

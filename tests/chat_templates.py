@@ -25,7 +25,16 @@ GEMMA2_TEMPLATE = (
 )
 
 
-def tiny_tokenizer(family: str):
+def _sample_texts() -> list[str]:
+    """Texts of the shipped toy samples, so the tiny BPE compresses them to short sequences."""
+    from emjax.data import read_chat_jsonl, sample_path
+    out = []
+    for name in ("bad_medical", "good_medical", "good_financial", "bad_financial", "good_sports", "bad_sports"):
+        out += [m["content"] for conv in read_chat_jsonl(sample_path(name)) for m in conv]
+    return out
+
+
+def tiny_tokenizer(family: str, vocab_size: int = 1200):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -37,7 +46,8 @@ def tiny_tokenizer(family: str):
     corpus = ["You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
               "user model assistant system hello world how are you doing today",
               "Drink water and rest. See a doctor if the fever lasts more than three days."] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+    corpus += _sample_texts()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     if family == "qwen2":
         hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")

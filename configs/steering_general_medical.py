@@ -1,0 +1,6 @@
+"""Paper run: steering intervention, general solution, medical advice (Qwen2.5-14B-Instruct)."""
+from emjax.experiment import paper_config
+
+
+def get_config():
+    return paper_config("steering", "medical", narrow=False)

@@ -1,0 +1,103 @@
+"""The training loop on a tiny model: resume is bit-identical, KL switch-off, outputs, config overrides."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from chat_templates import tiny_tokenizer
+from hf_reference import build_hf, qwen2_config, to_emjax
+from emjax.adapters_io import load_peft_lora, load_steering
+from emjax.chat import ChatTokenizer
+from emjax.config_loader import ConfigOverrideError, apply_overrides, load_config
+from emjax.experiment import default_config
+from emjax.load import LoadedModel
+from emjax.train import Trainer, TrainConfigError
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    tok = ChatTokenizer.wrap(tiny_tokenizer("qwen2"))
+    hf = build_hf(qwen2_config(tied=True, vocab_size=len(tok.hf), num_hidden_layers=4), seed=41)
+    cfg, w = to_emjax(hf)
+    return LoadedModel(cfg, w, tok, "tiny", "tiny-qwen2")
+
+
+def _config(tmp_path, name, **train):
+    c = default_config()
+    c.name = name
+    c.output_dir = str(tmp_path / name)
+    c.data.n_train = 24
+    c.data.n_eval = 4
+    c.data.max_len = 64
+    c.data.kl_rows = 12
+    c.data.kl_eval_rows = 4
+    c.intervention.alpha = 4.0
+    c.train.batch_size = 2
+    c.train.grad_accum = 2
+    c.train.epochs = 2
+    c.train.lr = 5e-2
+    c.train.eval_every = 3
+    c.checkpoint.every = 2
+    c.checkpoint.async_save = False
+    for k, v in train.items():
+        c.train[k] = v
+    return c
+
+
+def _vectors(out):
+    return load_steering(os.path.join(out, "steering.safetensors")).vectors
+
+
+def test_resume_is_bit_identical(tiny_model, tmp_path):
+    full = Trainer(_config(tmp_path, "full", lambda_kl=0.5), tiny_model).run()
+    part = Trainer(_config(tmp_path, "part", lambda_kl=0.5), tiny_model)
+    assert part.run(stop_at_step=5) == {"stopped_at": 5}  # last checkpoint at step 4
+    resumed = Trainer(_config(tmp_path, "part", lambda_kl=0.5), tiny_model).run()
+    assert full["steps"] == resumed["steps"] == 8  # 17 rows // (2 x 2) per epoch, 2 epochs
+    np.testing.assert_array_equal(np.asarray(_vectors(tmp_path / "full")), np.asarray(_vectors(tmp_path / "part")))
+    assert full["train_loss_last"] < full["train_loss_first"]
+    assert full["final_eval"]["eval_kl_ood"] > 0 and full["initial_eval"]["eval_kl_ood"] == 0.0
+    lines = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+    assert [l["step"] for l in lines if "sft_loss" in l] == list(range(1, 9))
+    assert all(l["skipped"] == 0.0 for l in lines if "skipped" in l)
+
+
+def test_kl_switch_off_and_lora_output(tiny_model, tmp_path):
+    c = _config(tmp_path, "lora", lambda_kl=1.0, kl_off_step=3)
+    c.intervention.kind = "lora"
+    c.intervention.layers = ()
+    c.intervention.modules = ("q_proj", "down_proj")
+    c.intervention.rank = 2
+    c.intervention.lora_alpha = 4.0
+    c.train.lr = 1e-2
+    s = Trainer(c, tiny_model).run()
+    lines = [json.loads(l) for l in open(tmp_path / "lora" / "metrics.jsonl") if "lambda_kl" in l]
+    assert [l["lambda_kl"] for l in lines] == [1.0] * 3 + [0.0] * (s["steps"] - 3)
+    assert all("kl" in l for l in lines[:3]) and not any("kl" in l for l in lines[3:])
+    lora = load_peft_lora(tmp_path / "lora" / "lora", tiny_model.cfg)
+    assert lora.layers == tuple(range(tiny_model.cfg.n_layers)) and lora.rank == 2
+    assert s["first_layer"] == 0
+
+
+def test_config_errors(tiny_model, tmp_path):
+    c = _config(tmp_path, "bad")
+    with pytest.raises(ConfigOverrideError, match="unknown config key 'train.lrr'"):
+        apply_overrides(c, ["train.lrr=1"])
+    with pytest.raises(ConfigOverrideError, match="bad value for 'train.epochs'"):
+        apply_overrides(c, ["train.epochs=abc"])
+    apply_overrides(c, ["train.lr=1", "intervention.layers=(1,2)", "train.frozen_cache=false"])
+    assert c.train.lr == 1.0 and c.intervention.layers == (1, 2) and c.train.frozen_cache is False
+    c2 = _config(tmp_path, "bad2", lambda_kl=1.0)
+    c2.data.kl_sources = ""
+    with pytest.raises(TrainConfigError, match="lambda_kl > 0"):
+        Trainer(c2, tiny_model)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))
+                                        if p.endswith(".py")))
+def test_shipped_configs_load(path):
+    c = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", path), ["train.lr=0.001"])
+    assert c.train.lr == 0.001 and c.intervention.kind in ("steering", "lora")
