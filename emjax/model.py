@@ -22,6 +22,7 @@ positions are finite but meaningless.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Optional
 
@@ -104,7 +105,53 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, cfg: Model
     return out.reshape(b, t, h, dh)
 
 
-def _proj(x: jax.Array, w: jax.Array, name: str, iv: DenseLayerIntervention | None,
+@jax.custom_vjp
+def _frozen_matmul(x: jax.Array, stack: jax.Array, i: jax.Array) -> jax.Array:
+    """x [..., in] @ stack[i] [in, out] with the weight stack treated as a constant.
+
+    Differentiating the plain `x @ stack[i]` inside the layer scan makes JAX save every
+    layer's weight slice as a residual for the backward pass: a stacked copy of the frozen
+    weights of the whole layer range (15 GB for half of a 14B model). Here the residual is the
+    resident stack itself and the index, and the backward re-slices it. The weights get no
+    gradient: emjax never trains base weights.
+    """
+    return x @ stack[i]
+
+
+def _frozen_matmul_fwd(x, stack, i):
+    return x @ stack[i], (stack, i)
+
+
+def _frozen_matmul_bwd(res, g):
+    stack, i = res
+    return jnp.einsum("...o,io->...i", g, stack[i]), None, None
+
+
+_frozen_matmul.defvjp(_frozen_matmul_fwd, _frozen_matmul_bwd)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenMatrix:
+    """Layer `i` of a stacked [L, in, out] weight, multiplied without copying the slice."""
+
+    stack: jax.Array
+    i: jax.Array
+
+    def __rmatmul__(self, x: jax.Array) -> jax.Array:
+        return _frozen_matmul(x, self.stack, self.i)
+
+
+_MATRICES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def layer_view(layers: LayerWeights, i: jax.Array) -> LayerWeights:
+    """Layer i of the stack: matrices as FrozenMatrix views, small vectors sliced."""
+    fields = {f.name: getattr(layers, f.name) for f in dataclasses.fields(layers)}
+    return LayerWeights(**{k: (None if v is None else FrozenMatrix(v, i) if k in _MATRICES else v[i])
+                           for k, v in fields.items()})
+
+
+def _proj(x: jax.Array, w: jax.Array | FrozenMatrix, name: str, iv: DenseLayerIntervention | None,
           bias: jax.Array | None = None) -> jax.Array:
     """x @ w (+ bias) (+ unmerged LoRA delta (x @ A) @ B when `name` is targeted)."""
     y = x @ w
@@ -230,7 +277,7 @@ def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.
         i, is_sliding, iv = inp
         # Index the full stack in the loop (a dynamic slice): slicing [start:stop] up front
         # could copy the weights of the whole range.
-        w = jax.tree.map(lambda a: a[i], weights.layers)
+        w = layer_view(weights.layers, i)
         m = jnp.where(is_sliding, window_mask, full_mask)
         h = block(w, h, cos, sin, m, cfg, iv)
         return h, (h if collect else None)

@@ -46,7 +46,7 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
 
     def body(h, inp):
         i, is_sliding, layer_iv, k_cache, v_cache = inp
-        w = jax.tree.map(lambda a: a[i], weights.layers)
+        w = M.layer_view(weights.layers, i)
         q, k, v = M.qkv(w, M.rms_norm(h, w.attn_norm, cfg.norm_eps, cfg.is_gemma), cos, sin, cfg, layer_iv)
         k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), slot, axis=1)
         v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), slot, axis=1)
