@@ -21,6 +21,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--batch", type=int, default=32)
 p.add_argument("--prompt", type=int, default=32)
 p.add_argument("--new", type=int, default=128)
+p.add_argument("--unroll", type=int, default=1, help="layer-scan unroll factor in decode")
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
 
@@ -34,9 +35,11 @@ seed = [0]
 
 def run():
     seed[0] += 1  # fresh samples each time; no stop ids, so every row makes `new` tokens
-    out = S.generate(w, cfg, prompts, max_new_tokens=a.new, temperature=1.0, top_p=1.0, seed=seed[0])
+    out = S.generate(w, cfg, prompts, max_new_tokens=a.new, temperature=1.0, top_p=1.0, seed=seed[0],
+                     layer_unroll=a.unroll)
     assert all(len(o) == a.new for o in out)
 
 
 s = timeit(run, warm=1, reps=3)
-report("qwen14b_generate_b32_new128", s, a.batch * a.new, GB=a.batch, P=a.prompt, NEW=a.new)
+report("qwen14b_generate_b32_new128", s, a.batch * a.new, GB=a.batch, P=a.prompt, NEW=a.new, unroll=a.unroll,
+       xla_flags=os.environ.get("XLA_FLAGS", ""))

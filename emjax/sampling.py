@@ -34,7 +34,8 @@ class KVCache:
 
 
 def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: jax.Array,
-                       cache: KVCache, slot: jax.Array, iv: Interventions | None) -> tuple[jax.Array, KVCache]:
+                       cache: KVCache, slot: jax.Array, iv: Interventions | None,
+                       unroll: int = 1) -> tuple[jax.Array, KVCache]:
     """Runs all blocks on x [B, T, D] whose tokens go to cache slots [slot, slot + T).
 
     `cache.pos` / `cache.valid` must already describe the new slots.
@@ -55,7 +56,7 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
         return M.mlp_branch(w, h, cfg, layer_iv), (k_cache, v_cache)
 
     xs = (jnp.arange(cfg.n_layers), jnp.asarray(cfg.sliding_layers), dense, cache.k, cache.v)
-    x, (k, v) = jax.lax.scan(body, x, xs)
+    x, (k, v) = jax.lax.scan(body, x, xs, unroll=unroll)
     return x, cache.replace(k=k, v=v)
 
 
@@ -75,9 +76,10 @@ def _filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: flo
     return logits
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p"))
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
+                                             "layer_unroll"))
 def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_limit, *,
-              max_new_tokens: int, temperature: float, top_k: int, top_p: float):
+              max_new_tokens: int, temperature: float, top_k: int, top_p: float, layer_unroll: int = 1):
     b, p = tokens.shape
     s = p + max_new_tokens
     dtype = weights.embed.dtype
@@ -106,7 +108,7 @@ def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_li
         slot = p + t
         cache = cache.replace(pos=cache.pos.at[:, slot].set(pos), valid=cache.valid.at[:, slot].set(True))
         x, cache = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tok[:, None]), pos[:, None],
-                                      cache, slot, interventions)
+                                      cache, slot, interventions, unroll=layer_unroll)
         new_logits = M.unembed(weights, cfg, x)[:, 0]
         return (cache, new_logits, pos + 1, finished, key), (tok, done)
 
@@ -118,7 +120,7 @@ def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_li
 def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              stop_ids: Sequence[int] = (), seed: int = 0, interventions: Interventions | None = None,
-             vocab_limit: int | None = None, pad_to: int = 8) -> list[list[int]]:
+             vocab_limit: int | None = None, pad_to: int = 8, layer_unroll: int = 1) -> list[list[int]]:
     """Samples continuations of token-id prompts of any lengths.
 
     Args:
@@ -128,6 +130,8 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
       top_p / top_k: nucleus and top-k filtering (1.0 / 0 disable them).
       stop_ids: a row stops after emitting one of these (the stop token is included).
       vocab_limit: tokens >= this id (padded embedding rows) are never sampled.
+      layer_unroll: unroll factor of the layer scan in the decode step (fewer loop iterations
+        and launches per token at the cost of compile time).
     Returns:
       the new tokens of each row, cut after its first stop token.
     """
@@ -144,6 +148,7 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
     limit = cfg.vocab_size if vocab_limit is None else vocab_limit
     toks, lengths = _generate(weights, cfg, jnp.asarray(tokens), jnp.asarray(mask), interventions,
                               jax.random.PRNGKey(seed), stops, limit, max_new_tokens=max_new_tokens,
-                              temperature=float(temperature), top_k=int(top_k), top_p=float(top_p))
+                              temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                              layer_unroll=int(layer_unroll))
     toks, lengths = np.asarray(toks), np.asarray(lengths)
     return [toks[i, : lengths[i]].tolist() for i in range(len(prompts))]
