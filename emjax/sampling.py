@@ -46,8 +46,7 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
     dense = densify(iv, 0, cfg.n_layers)
 
     def body(h, inp):
-        i, is_sliding, layer_iv, k_cache, v_cache = inp
-        w = M.layer_view(weights.layers, i)
+        w, is_sliding, layer_iv, k_cache, v_cache = inp
         q, k, v = M.qkv(w, M.rms_norm(h, w.attn_norm, cfg.norm_eps, cfg.is_gemma), cos, sin, cfg, layer_iv)
         k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), slot, axis=1)
         v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), slot, axis=1)
@@ -55,7 +54,7 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
         h = h + M.attn_out(w, M.attend(q, k_cache, v_cache, mask, cfg), cfg, layer_iv)
         return M.mlp_branch(w, h, cfg, layer_iv), (k_cache, v_cache)
 
-    xs = (jnp.arange(cfg.n_layers), jnp.asarray(cfg.sliding_layers), dense, cache.k, cache.v)
+    xs = (weights.layers, jnp.asarray(cfg.sliding_layers), dense, cache.k, cache.v)
     x, (k, v) = jax.lax.scan(body, x, xs, unroll=unroll)
     return x, cache.replace(k=k, v=v)
 
