@@ -3,6 +3,8 @@
     emjax main                      # the whole default job on the embedded model, on CPU
     emjax chat --model PATH         # greedy answers + top-token probabilities
     emjax train --config=configs/X.py --config.train.lr=1e-4
+    emjax sweep efficiency --config=configs/sweep_embedded.py
+    emjax generate --questions Q.yaml --intervention V --out answers.jsonl
     emjax judge / emjax report      # the accelerator-free judge stage and the rates
 """
 
@@ -64,6 +66,26 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="efficiency / stability / significance sweeps of trained interventions",
+                       description="emjax sweep {efficiency,stability,significance} --config=configs/sweep_X.py")
+    p.add_argument("kind", choices=["efficiency", "stability", "significance", "all"])
+    p.add_argument("--config", required=True)
+    p.set_defaults(func=_run_sweep)
+
+
+def _run_sweep(args) -> int:
+    from emjax.config_loader import load_config
+    from emjax.load import load_model
+    from emjax.sweep_run import KINDS, run_sweep
+    from emjax.train import DTYPES
+    c = load_config(args.config, args.config_overrides)
+    model = load_model(c.model.source, dtype=DTYPES[c.model.dtype])
+    for kind in (KINDS if args.kind == "all" else (args.kind,)):
+        print(json.dumps(run_sweep(kind, c, model), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emjax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_main(sub)
     _add_chat(sub)
     _add_train(sub)
+    _add_sweep(sub)
+    from emjax.generate_run import add_generate_parser
+    add_generate_parser(sub)
     try:
         from emjax.judge.cli import add_judge_parser, add_report_parser
         add_judge_parser(sub)
