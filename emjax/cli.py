@@ -42,6 +42,7 @@ def _add_main(sub) -> None:
     p = sub.add_parser("main", help="the default job on the embedded model (CPU-friendly)")
     p.add_argument("--model", default="embedded")
     p.add_argument("--out", default="runs/main", help="output folder")
+    p.add_argument("--quick", action="store_true", help="fewer steps and samples (a smoke run)")
     p.set_defaults(func=_run_main)
 
 
