@@ -8,7 +8,8 @@ def get_config():
     c = sweep_config()
     c.name = "embedded_medical"
     c.output_dir = "runs/sweeps_embedded"
-    c.data.n_rows = 32
+    c.data.n_rows = 16
+    c.loss_chunk = 32
     c.stability.seeds = 4
     c.stability.eps = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
     c.significance.n_docs = 16

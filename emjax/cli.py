@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     argv, overrides = split_cli_overrides(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.config_overrides = overrides
+    if os.environ.get("EMJAX_DISTRIBUTED") == "1":  # multi-host: SLURM / MPI / TPU pods
+        import jax
+        jax.distributed.initialize()
     t = time.time()
     rc = args.func(args)
     print(f"[emjax {args.command}] done in {time.time() - t:.1f} s", file=sys.stderr)
