@@ -17,6 +17,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.name = "run"
     c.output_dir = "runs/run"
 
+    # Device mesh, e.g. "fsdp:-1" (weights sharded over all devices) or "data:2,fsdp:4";
+    # "" keeps JAX's default placement (one device).
+    c.mesh = ""
+
     c.model = ml_collections.ConfigDict()
     c.model.source = "embedded"          # "embedded", a Hugging Face folder, or a .gguf file
     c.model.dtype = "float32"            # "bfloat16" on accelerators

@@ -30,12 +30,29 @@ from emjax.data import Batcher, build_kl_set, pad_batch, read_chat_jsonl, sample
 from emjax.frozen_cache import FrozenCache, cache_bytes
 from emjax.interventions import Interventions, init_lora, init_steering
 from emjax.load import LoadedModel, load_model
+from emjax.sharding import make_mesh, weight_shardings
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class TrainConfigError(ValueError):
     """A training config that cannot run; the message names the key."""
+
+
+def parse_mesh(text: str):
+    """"data:2,fsdp:4" (one axis may be -1) -> a device mesh over all devices."""
+    shape = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, size = item.partition(":")
+        try:
+            shape[name] = int(size)
+        except ValueError:
+            raise TrainConfigError(f"mesh entry {item!r} must be axis:size (axes data, fsdp, tensor)") from None
+    try:
+        return make_mesh(shape)
+    except ValueError as e:
+        raise TrainConfigError(f"mesh {text!r}: {e}") from None
 
 
 def resolve_data_spec(spec: str, data_dir: str) -> str:
@@ -145,8 +162,12 @@ class Trainer:
             raise TrainConfigError(f"train.kl_reduction must be 'token_mean' or 'upstream', got {tc.kl_reduction!r}")
         if config.model.dtype not in DTYPES:
             raise TrainConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}")
+        self.mesh = parse_mesh(config.mesh) if config.get("mesh") else None
         self.model = model or load_model(config.model.source, dtype=DTYPES[config.model.dtype])
         self.cfg = self.model.cfg
+        if self.mesh is not None:  # weights sharded by their logical axes; the step follows them
+            self.model = dataclasses.replace(self.model, weights=jax.device_put(
+                self.model.weights, weight_shardings(self.cfg, self.mesh)))
         self.data = prepare_data(config, self.model)
         self.params0 = build_intervention(config.intervention, self.cfg)
         self.k = self.params0.first_layer or 0
@@ -206,8 +227,16 @@ class Trainer:
         return self._stack(TS.KLBatch(tokens=b["tokens"], mask=b["mask"], prefix=prefix, base_hidden=base))
 
     def _stack(self, batch):
+        """[A * b, ...] host rows -> [A, b, ...] device arrays (b sharded over `data` with a mesh)."""
         a = self.config.train.grad_accum
-        return jax.tree.map(lambda x: jnp.asarray(x.reshape((a, x.shape[0] // a) + x.shape[1:])), batch)
+        stacked = jax.tree.map(lambda x: x.reshape((a, x.shape[0] // a) + x.shape[1:]), batch)
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, stacked)
+        n = self.mesh.shape["data"]
+        def put(x):
+            spec = P(None, "data") if x.shape[1] % n == 0 else P()
+            return jax.device_put(x, NamedSharding(self.mesh, spec))
+        return jax.tree.map(put, stacked)
 
     def lambda_at(self, step: int) -> float:
         tc = self.config.train

@@ -65,6 +65,21 @@ def test_resume_is_bit_identical(tiny_model, tmp_path):
     assert all(l["skipped"] == 0.0 for l in lines if "skipped" in l)
 
 
+def test_sharded_training_matches_single_device(tiny_model, tmp_path):
+    one = Trainer(_config(tmp_path, "one", lambda_kl=0.5, max_steps=3), tiny_model)
+    c = _config(tmp_path, "mesh", lambda_kl=0.5, max_steps=3)
+    c.mesh = "data:2,fsdp:2,tensor:2"
+    sharded = Trainer(c, tiny_model)
+    assert len(sharded.model.weights.layers.q_proj.sharding.device_set) == 8
+    s1, s8 = one.run(), sharded.run()
+    np.testing.assert_allclose(np.asarray(_vectors(tmp_path / "mesh")), np.asarray(_vectors(tmp_path / "one")),
+                               rtol=1e-4, atol=1e-6)
+    assert s8["final_eval"]["eval_loss"] == pytest.approx(s1["final_eval"]["eval_loss"], rel=1e-5)
+    with pytest.raises(TrainConfigError, match="mesh"):
+        c.mesh = "data:3"
+        Trainer(c, tiny_model)
+
+
 def test_kl_switch_off_and_lora_output(tiny_model, tmp_path):
     c = _config(tmp_path, "lora", lambda_kl=1.0, kl_off_step=3)
     c.intervention.kind = "lora"
