@@ -48,3 +48,12 @@ def random_weights(cfg: ModelConfig, dtype=jnp.bfloat16, seed: int = 0) -> Weigh
     keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
     make = jax.jit(lambda k, shape: 0.02 * jax.random.normal(k, shape, dtype), static_argnums=1)
     return jax.tree.unflatten(treedef, [make(k, l.shape) for k, l in zip(keys, leaves)])
+
+
+def bench_config(tiny: bool, name: str = "qwen2.5-14b-instruct") -> ModelConfig:
+    """The benchmark model shape: the real preset, or a 4-layer toy of it for CPU smoke runs."""
+    from emjax.config import preset
+    cfg = preset(name)
+    if tiny:
+        cfg = cfg.replace(n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=256, vocab_size=1024)
+    return cfg

@@ -13,9 +13,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import random_weights, report, timeit  # noqa: E402
+from bench.common import bench_config, random_weights, report, timeit  # noqa: E402
 from emjax import sampling as S  # noqa: E402
-from emjax.config import preset  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--batch", type=int, default=32)
@@ -25,9 +24,7 @@ p.add_argument("--unroll", type=int, default=1, help="layer-scan unroll factor i
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
 
-cfg = preset("qwen2.5-14b-instruct")
-if a.tiny:
-    cfg = cfg.replace(n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=256, vocab_size=1024)
+cfg = bench_config(a.tiny)
 w = random_weights(cfg)
 prompts = np.random.default_rng(0).integers(0, cfg.vocab_size, (a.batch, a.prompt)).tolist()
 seed = [0]

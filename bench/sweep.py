@@ -14,9 +14,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import random_weights, report, timeit  # noqa: E402
+from bench.common import bench_config, random_weights, report, timeit  # noqa: E402
 from emjax import sweeps as SW  # noqa: E402
-from emjax.config import preset  # noqa: E402
 from emjax.interventions import Interventions, init_steering  # noqa: E402
 
 p = argparse.ArgumentParser()
@@ -30,9 +29,7 @@ p.add_argument("--tiny", action="store_true")
 p.add_argument("--weights-seed", type=int, default=0)
 a = p.parse_args()
 
-cfg = preset("qwen2.5-14b-instruct")
-if a.tiny:
-    cfg = cfg.replace(n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=256, vocab_size=1024)
+cfg = bench_config(a.tiny)
 w = random_weights(cfg, seed=a.weights_seed)
 B, T, K = a.batch, a.seq, a.norms
 tokens = jax.random.randint(jax.random.PRNGKey(1), (B, T), 0, cfg.vocab_size)

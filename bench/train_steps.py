@@ -14,9 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from bench.common import random_weights, report, timeit  # noqa: E402
+from bench.common import bench_config, random_weights, report, timeit  # noqa: E402
 from emjax import train_step as TS  # noqa: E402
-from emjax.config import preset  # noqa: E402
 from emjax.interventions import Interventions, init_lora, init_steering  # noqa: E402
 from emjax.params import PROJECTIONS  # noqa: E402
 
@@ -29,9 +28,7 @@ p.add_argument("--loss-chunk", type=int, default=0)
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
 
-cfg = preset("qwen2.5-14b-instruct")
-if a.tiny:
-    cfg = cfg.replace(n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=256, vocab_size=1024)
+cfg = bench_config(a.tiny)
 B, T, mid = a.batch, a.seq, cfg.middle_layer
 w = random_weights(cfg)
 key = jax.random.PRNGKey(1)
