@@ -6,6 +6,8 @@ Prints one JSON line per case (median seconds of a full optimiser step, weights 
 """
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 
@@ -25,6 +27,7 @@ p.add_argument("--batch", type=int, default=8)
 p.add_argument("--seq", type=int, default=256)
 p.add_argument("--remat", default="", help="remat policy for the trained suffix ('', full, dots)")
 p.add_argument("--loss-chunk", type=int, default=0)
+p.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
 
@@ -42,8 +45,15 @@ kl = TS.KLBatch(tokens=kl_tokens, mask=mask)
 def run_case(name, params, kl_batch, sft_batch=sft, tokens_per_step=B * T):
     tx, _ = TS.make_optimizer(1e-4, total_steps=1000, warmup_steps=0)
     opts = TS.StepOptions(first_layer=params.first_layer or 0, remat=a.remat or None,
-                          loss_chunk=a.loss_chunk or None)
+                          loss_chunk=a.loss_chunk or None, attention=a.attention)
     step = TS.compile_step(cfg, opts, tx)
+    if a.attention != "xla":  # same loss as the exact path (bf16 tolerance)?
+        first = jax.tree.map(lambda x: x[0], (sft_batch, kl_batch))
+        args = (params, w, cfg)
+        loss = lambda o: float(TS.micro_loss(*args, o, first[0], first[1], jnp.float32(1.0), 1.0, 1.0)[0])
+        fast, exact = loss(opts), loss(dataclasses.replace(opts, attention="xla"))
+        print(json.dumps({"check": name, "attention": a.attention, "loss": fast, "loss_xla": exact,
+                          "rel_diff": abs(fast - exact) / abs(exact)}), flush=True)
     box = [TS.init_state(jax.tree.map(jnp.copy, params), tx)]  # the step donates its state
     lam = jnp.float32(1.0)
 
@@ -51,7 +61,8 @@ def run_case(name, params, kl_batch, sft_batch=sft, tokens_per_step=B * T):
         box[0], m = step(box[0], w, sft_batch, kl_batch, lam)
         jax.block_until_ready(m["loss"])
     s = timeit(once, warm=2, reps=7)
-    report(name, s, tokens_per_step, B=B, T=T, remat=a.remat or None, loss_chunk=a.loss_chunk or None)
+    report(name, s, tokens_per_step, B=B, T=T, remat=a.remat or None, loss_chunk=a.loss_chunk or None,
+           attention=a.attention)
 
 
 cases = a.cases.split(",")

@@ -185,7 +185,8 @@ class Trainer:
         self.tx, self.schedule = TS.make_optimizer(tc.lr, self.total_steps, tc.warmup_steps, tc.weight_decay,
                                                    tc.max_grad_norm or None)
         self.opts = TS.StepOptions(first_layer=self.k, remat=tc.remat or None,
-                                   loss_chunk=tc.loss_chunk or None, kl_reduction=tc.kl_reduction)
+                                   loss_chunk=tc.loss_chunk or None, kl_reduction=tc.kl_reduction,
+                                   attention=tc.attention)
         self.step_fn = TS.compile_step(self.cfg, self.opts, self.tx)
         self.cache_train = self.cache_kl = None
 

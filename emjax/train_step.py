@@ -78,12 +78,15 @@ class StepOptions:
     remat: rematerialisation policy of the block body in the trained suffix.
     loss_chunk: sequence chunk of the loss computations (None: whole sequence at once).
     kl_reduction: "token_mean" or "upstream" (divide by V; see emjax.losses).
+    attention: "xla" or "cudnn" in the trained suffix (see emjax.model.run_layers; training
+      batches are right-padded, which the cuDNN path requires).
     """
 
     first_layer: int = 0
     remat: Optional[str] = None
     loss_chunk: Optional[int] = None
     kl_reduction: KLReduction = "token_mean"
+    attention: str = "xla"
 
 
 def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 5, weight_decay: float = 0.01,
@@ -123,8 +126,8 @@ def kl_terms(params: Interventions, weights: Weights, cfg: ModelConfig, opts: St
     xk = kl.prefix if kl.prefix is not None else frozen_prefix(weights, cfg, kl.tokens, kl.mask, k)
     xb = kl.base_hidden
     if xb is None:  # the same weights with the intervention off, under stop_gradient
-        xb = jax.lax.stop_gradient(M.run_layers(weights, cfg, xk, pos, kl.mask, k, L))
-    xa = M.run_layers(weights, cfg, xk, pos, kl.mask, k, L, params, remat=opts.remat)
+        xb = jax.lax.stop_gradient(M.run_layers(weights, cfg, xk, pos, kl.mask, k, L, attention=opts.attention))
+    xa = M.run_layers(weights, cfg, xk, pos, kl.mask, k, L, params, remat=opts.remat, attention=opts.attention)
     return kl_base_to_adapted(weights, cfg, xb, xa, kl.mask, opts.loss_chunk)
 
 
@@ -134,7 +137,7 @@ def micro_loss(params: Interventions, weights: Weights, cfg: ModelConfig, opts: 
     k, L = opts.first_layer, cfg.n_layers
     pos = M.default_positions(sft.mask)
     x = sft.prefix if sft.prefix is not None else frozen_prefix(weights, cfg, sft.tokens, sft.mask, k)
-    x = M.run_layers(weights, cfg, x, pos, sft.mask, k, L, params, remat=opts.remat)
+    x = M.run_layers(weights, cfg, x, pos, sft.mask, k, L, params, remat=opts.remat, attention=opts.attention)
     ce_sum, ce_n = cross_entropy(weights, cfg, x, sft.targets, sft.loss_mask, opts.loss_chunk)
     loss = ce_sum / jnp.maximum(n_sft, 1.0)
     metrics = {"sft_sum": ce_sum, "sft_tokens": ce_n}

@@ -118,3 +118,15 @@ def test_bf16_forward_close_to_fp32(pair):
     assert out.dtype == jnp.float32
     rel = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
     assert rel < 5e-2, rel
+
+
+def test_attention_implementation_is_checked(pair):
+    name, hf, cfg, w = pair
+    x = jnp.zeros((1, 4, cfg.d_model))
+    pos = jnp.arange(4)[None]
+    mask = jnp.ones((1, 4), bool)
+    with pytest.raises(ValueError, match="unknown attention"):
+        M.run_layers(w, cfg, x, pos, mask, attention="flash")
+    if cfg.is_gemma:  # soft-caps and sliding windows are not in the fused kernel
+        with pytest.raises(ValueError, match="use 'xla'"):
+            M.run_layers(w, cfg, x, pos, mask, attention="cudnn")
