@@ -22,7 +22,7 @@ from emjax.interventions import Interventions, init_lora, init_steering  # noqa:
 from emjax.params import PROJECTIONS  # noqa: E402
 
 p = argparse.ArgumentParser()
-p.add_argument("--cases", default="steer,kl,kl_cached,lora1,lora32")
+p.add_argument("--cases", default="steer,kl,kl_cached,lora1,lora1_cached,lora32")
 p.add_argument("--batch", type=int, default=8)
 p.add_argument("--seq", type=int, default=256)
 p.add_argument("--remat", default="", help="remat policy for the trained suffix ('', full, dots)")
@@ -83,6 +83,11 @@ if "kl_cached" in cases:
 if "lora1" in cases:
     lora = init_lora(cfg, jax.random.PRNGKey(3), rank=1, alpha=1.0, modules=("down_proj",), layers=(mid,))
     run_case("qwen14b_lora_r1_layer_mid_down_step", Interventions(lora=lora), None)
+if "lora1_cached" in cases:
+    lora = init_lora(cfg, jax.random.PRNGKey(3), rank=1, alpha=1.0, modules=("down_proj",), layers=(mid,))
+    px, _ = TS.frozen_outputs(w, cfg, sft.tokens[0], sft.mask[0], mid, False)
+    run_case("qwen14b_lora_r1_layer_mid_down_step_cached_prefix", Interventions(lora=lora), None,
+             sft_batch=sft.replace(prefix=px[None]))
 if "lora32" in cases:
     lora = init_lora(cfg, jax.random.PRNGKey(4), rank=32, alpha=64.0, modules=PROJECTIONS)
     run_case("qwen14b_lora_r32_all_linear_step", Interventions(lora=lora), None)
