@@ -67,7 +67,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.kl_batch_size = 2            # KL rows per micro-batch
     c.train.remat = ""                   # "", "full" or "dots"
     c.train.loss_chunk = 0               # sequence chunk of the losses (0: no chunking)
-    c.train.attention = "xla"            # "cudnn": fused attention on NVIDIA GPUs (Qwen2 only)
+    c.train.attention = "auto"           # "auto": cuDNN fused attention on NVIDIA GPUs where the
+                                         # config allows (Qwen2), else "xla"; or force either
     c.train.eval_every = 10
     c.train.frozen_cache = True          # cache the frozen prefix / KL base outputs if they fit
     c.train.cache_budget_gb = 4.0

@@ -40,6 +40,14 @@ class TrainConfigError(ValueError):
     """A training config that cannot run; the message names the key."""
 
 
+def resolve_attention(choice: str, cfg) -> str:
+    """"auto" -> "cudnn" on NVIDIA GPUs for configs the fused kernel supports, else "xla"."""
+    if choice != "auto":
+        return choice
+    fused_ok = cfg.attn_softcap is None and not any(cfg.sliding_layers) and cfg.head_dim <= 128
+    return "cudnn" if fused_ok and jax.default_backend() == "gpu" else "xla"
+
+
 def parse_mesh(text: str):
     """"data:2,fsdp:4" (one axis may be -1) -> a device mesh over all devices."""
     shape = {}
@@ -186,7 +194,7 @@ class Trainer:
                                                    tc.max_grad_norm or None)
         self.opts = TS.StepOptions(first_layer=self.k, remat=tc.remat or None,
                                    loss_chunk=tc.loss_chunk or None, kl_reduction=tc.kl_reduction,
-                                   attention=tc.attention)
+                                   attention=resolve_attention(tc.attention, self.cfg))
         self.step_fn = TS.compile_step(self.cfg, self.opts, self.tx)
         self.cache_train = self.cache_kl = None
 

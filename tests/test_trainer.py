@@ -121,3 +121,9 @@ def test_shipped_configs_load(path):
         return
     c = load_config(full, ["train.lr=0.001"])
     assert c.train.lr == 0.001 and c.intervention.kind in ("steering", "lora")
+
+
+def test_attention_auto_resolves_on_cpu(tiny_model):
+    from emjax.train import resolve_attention
+    assert resolve_attention("auto", tiny_model.cfg) == "xla"  # CPU backend in tests
+    assert resolve_attention("cudnn", tiny_model.cfg) == "cudnn"
