@@ -15,6 +15,11 @@ dtype, softmax in float32, Gemma-2's attention soft-cap applied before masking a
 embedding scale rounded to the activation dtype first. Attention logits and final logits are
 accumulated in float32 even for bf16 weights.
 
+Base weights are constants under differentiation: the projections go through a custom VJP
+(`_frozen_matmul`) that passes no gradient to them, because emjax only ever trains interventions
+and the rule keeps the backward pass from copying the weights. Differentiate interventions, not
+`Weights`.
+
 Padding: `mask[b, t]` is True for real tokens. Positions default to the count of real tokens
 before t, so a left-padded row computes exactly what the unpadded row does. Logits at padding
 positions are finite but meaningless.
