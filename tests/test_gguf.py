@@ -529,6 +529,12 @@ def test_real_tokenizer(our_tokenizer, hf_tokenizer):
         assert ids == hf_tokenizer.encode(s), s
         assert tok.decode(ids) == s
     assert tok.encode(_TEXTS[-1])[0] == 151644  # special tokens in text are parsed as specials
+    # Our torch-free tokenizer encodes real chat data exactly as transformers' GGUF tokenizer does.
+    from emjax.data import read_chat_jsonl, sample_path
+    convs = read_chat_jsonl(sample_path("bad_medical")) + read_chat_jsonl(sample_path("good_sports"))
+    for conv in convs:
+        text = hf_tokenizer.apply_chat_template(conv, tokenize=False)
+        assert tok.encode(text) == hf_tokenizer.encode(text)
 
 
 @pytest.mark.real_weights

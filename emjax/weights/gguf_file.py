@@ -156,24 +156,63 @@ def load_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     return GGUFCheckpoint(path, reader, hf_config, metadata, refs)
 
 
-def gguf_tokenizer(path: str | os.PathLike) -> Any:
-    """A `transformers` fast tokenizer built from the GGUF's vocabulary, merges and template.
+# Pre-tokenizer split of Qwen2's byte-level BPE (as in its tokenizer.json / llama.cpp "qwen2").
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+               r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+_CONTROL, _USER_DEFINED = 3, 4  # GGUF token types
 
-    transformers converts the GGUF BPE vocabulary itself; we only make sure `chat_template` is
-    set (from `tokenizer.chat_template`) when that conversion did not carry it over.
+
+def _array_field(reader: Any, key: str, path: Path) -> list:
+    from gguf import GGUFValueType
+    field = reader.fields.get(key)
+    if field is None:
+        raise GGUFError(f"{path}: metadata field {key!r} is missing")
+    if field.types and field.types[-1] == GGUFValueType.STRING:
+        return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
+    return [field.parts[i][0].item() for i in field.data]
+
+
+def gguf_tokenizer(path: str | os.PathLike) -> Any:
+    """A `transformers` fast tokenizer built from the GGUF's vocabulary, merges and chat template.
+
+    Built directly with `tokenizers` (byte-level BPE, Qwen2's pre-tokenizer split, control tokens
+    as special tokens), so it needs no PyTorch: transformers' own GGUF loader imports torch.
     """
     path = Path(path)
     _check_magic(path)
-    from transformers import AutoTokenizer
+    reader = _open_reader(path)
+    meta = _scalar_metadata(reader, path)
+    model, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre")
+    if model != "gpt2" or pre not in ("qwen2", None):
+        raise GGUFError(f"{path}: tokenizer {model!r} / pre-tokenizer {pre!r} not supported "
+                        "(emjax builds Qwen2's byte-level BPE)")
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
 
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as e:  # transformers raises many types for a bad file; name the file
-        raise GGUFError(f"{path}: transformers could not build a tokenizer: {type(e).__name__}: {e}") from e
-    if not getattr(tok, "chat_template", None):
-        template = _read_string_field(path, "tokenizer.chat_template")
-        if template:
-            tok.chat_template = template
+    tokens = _array_field(reader, "tokenizer.ggml.tokens", path)
+    merges = [tuple(m.split(" ", 1)) for m in _array_field(reader, "tokenizer.ggml.merges", path)]
+    types = _array_field(reader, "tokenizer.ggml.token_type", path)
+    bpe = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                            for t, k in zip(tokens, types) if k == _CONTROL])
+    bpe.add_tokens([AddedToken(t, special=False, normalized=False)
+                    for t, k in zip(tokens, types) if k == _USER_DEFINED])
+
+    def token(key):
+        i = meta.get(f"tokenizer.ggml.{key}")
+        return tokens[i] if i is not None else None
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=token("bos_token_id"),
+                                  eos_token=token("eos_token_id"), pad_token=token("padding_token_id"),
+                                  unk_token=token("unknown_token_id"))
+    template = meta.get("tokenizer.chat_template")
+    if template:
+        tok.chat_template = template
     return tok
 
 
