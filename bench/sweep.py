@@ -24,6 +24,7 @@ p.add_argument("--batch", type=int, default=8)
 p.add_argument("--seq", type=int, default=256)
 p.add_argument("--chunk", type=int, default=0, help="versions per vmap chunk (0: all at once)")
 p.add_argument("--loss-chunk", type=int, default=64, help="sequence chunk of the CE (bounds logits memory)")
+p.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
 p.add_argument("--loop", action="store_true", help="also time the loop of full forwards")
 p.add_argument("--tiny", action="store_true")
 p.add_argument("--weights-seed", type=int, default=0)
@@ -40,9 +41,11 @@ sv = sv.replace(vectors=jax.random.normal(jax.random.PRNGKey(2), sv.vectors.shap
 stacked = SW.rescale_to_norms(Interventions(steer=sv), np.arange(1, K + 1, dtype=np.float32))
 
 run = lambda: np.asarray(SW.sweep_losses(stacked, w, cfg, tokens, mask, targets=targets, loss_mask=mask,
-                                         chunk=a.chunk or None, loss_chunk=a.loss_chunk or None))
+                                         chunk=a.chunk or None, loss_chunk=a.loss_chunk or None,
+                                         attention=a.attention))
 s = timeit(run, warm=1, reps=5)
-report("qwen14b_norm_sweep16_loss", s, K * B * T, K=K, B=B, T=T, chunk=a.chunk or None, loss_chunk=a.loss_chunk, impl_detail="vmap+prefix")
+report("qwen14b_norm_sweep16_loss", s, K * B * T, K=K, B=B, T=T, chunk=a.chunk or None, loss_chunk=a.loss_chunk, attention=a.attention,
+       impl_detail="vmap+prefix")
 if a.loop:
     s = timeit(lambda: SW.loop_losses(stacked, w, cfg, tokens, mask, targets=targets, loss_mask=mask), warm=1, reps=3)
     report("qwen14b_norm_sweep16_loss_loop", s, K * B * T, K=K, B=B, T=T, impl_detail="python loop of full forwards")

@@ -3,7 +3,8 @@ written as a tidy table (parquet + CSV), a plot in the paper's style and a JSON 
 
 Each named intervention (a steering .safetensors or a PEFT LoRA folder) is evaluated with the
 vmapped sweeps of `emjax.sweeps` (norms, the norm convention and prefix sharing are described
-there). Losses are token-weighted means over all evaluation rows.
+there). Losses are token-weighted means over all evaluation rows (right-padded batches, so the
+fused cuDNN attention is used on NVIDIA GPUs where the model allows).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from emjax import sweeps as SW
 from emjax.data import load_fineweb_texts, pad_batch, read_chat_jsonl, tokenize_plain, tokenize_sft
 from emjax.interventions import Interventions
 from emjax.load import LoadedModel, load_model
-from emjax.train import DTYPES, resolve_data_spec
+from emjax.train import DTYPES, resolve_attention, resolve_data_spec
 
 KINDS = ("efficiency", "stability", "significance")
 
@@ -104,7 +105,8 @@ def _mean_over_batches(stacked: Interventions, model: LoadedModel, batches: list
         return SW.sweep_losses(stacked, model.weights, model.cfg, jnp.asarray(b["tokens"]), jnp.asarray(b["mask"]),
                                metric=metric, targets=jnp.asarray(b["targets"]),
                                loss_mask=jnp.asarray(b["loss_mask"]), chunk=c.chunk or None,
-                               loss_chunk=c.loss_chunk or None, first_layer=first_layer)
+                               loss_chunk=c.loss_chunk or None, first_layer=first_layer,
+                               attention=resolve_attention("auto", model.cfg))
     return np.asarray(SW.batched_rows(one, batches))
 
 

@@ -109,20 +109,20 @@ def stack_trees(trees: list[Interventions]) -> Interventions:
 # Vmapped evaluation
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "k", "with_base"))
+@functools.partial(jax.jit, static_argnames=("cfg", "k", "with_base", "attention"))
 def frozen_pass(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask: jax.Array, k: int,
-                with_base: bool):
+                with_base: bool, attention: str = "xla"):
     """Once per sweep: the prefix entering layer k and (for KL) the frozen final hidden state."""
     pos = M.default_positions(mask)
-    x = M.run_layers(weights, cfg, M.embed(weights, cfg, tokens), pos, mask, 0, k)
-    base = M.run_layers(weights, cfg, x, pos, mask, k, cfg.n_layers) if with_base else None
+    x = M.run_layers(weights, cfg, M.embed(weights, cfg, tokens), pos, mask, 0, k, attention=attention)
+    base = M.run_layers(weights, cfg, x, pos, mask, k, cfg.n_layers, attention=attention) if with_base else None
     return x, base
 
 
 def _loss_one(iv: Interventions, weights: Weights, cfg: ModelConfig, k: int, metric: str, x: jax.Array,
               mask: jax.Array, targets: jax.Array | None, loss_mask: jax.Array | None,
-              base: jax.Array | None, loss_chunk: int | None) -> jax.Array:
-    xa = M.run_layers(weights, cfg, x, M.default_positions(mask), mask, k, cfg.n_layers, iv)
+              base: jax.Array | None, loss_chunk: int | None, attention: str) -> jax.Array:
+    xa = M.run_layers(weights, cfg, x, M.default_positions(mask), mask, k, cfg.n_layers, iv, attention=attention)
     if metric == "ce":
         s, n = cross_entropy(weights, cfg, xa, targets, loss_mask, loss_chunk)
     else:
@@ -130,11 +130,13 @@ def _loss_one(iv: Interventions, weights: Weights, cfg: ModelConfig, k: int, met
     return s / jnp.maximum(n, 1.0)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "k", "metric", "chunk", "loss_chunk", "in_batch"))
+@functools.partial(jax.jit, static_argnames=("cfg", "k", "metric", "chunk", "loss_chunk", "in_batch",
+                                             "attention"))
 def _sweep(stacked, weights, x, mask, targets, loss_mask, base, *, cfg, k, metric, chunk, loss_chunk,
-           in_batch):
+           in_batch, attention):
     one = functools.partial(_loss_one, weights=weights, cfg=cfg, k=k, metric=metric, x=x, mask=mask,
-                            targets=targets, loss_mask=loss_mask, base=base, loss_chunk=loss_chunk)
+                            targets=targets, loss_mask=loss_mask, base=base, loss_chunk=loss_chunk,
+                            attention=attention)
     if in_batch:  # small sweeps: one vmap over the whole stack
         return jax.vmap(one)(stacked)
     return jax.lax.map(one, stacked, batch_size=chunk)
@@ -143,23 +145,26 @@ def _sweep(stacked, weights, x, mask, targets, loss_mask, base, *, cfg, k, metri
 def sweep_losses(stacked: Interventions, weights: Weights, cfg: ModelConfig, tokens: jax.Array,
                  mask: jax.Array, *, metric: str = "ce", targets: jax.Array | None = None,
                  loss_mask: jax.Array | None = None, chunk: int | None = None,
-                 loss_chunk: int | None = None, first_layer: int | None = None) -> jax.Array:
+                 loss_chunk: int | None = None, first_layer: int | None = None,
+                 attention: str = "xla") -> jax.Array:
     """Mean loss of every stacked version of an intervention on one batch: [K] float32.
 
     metric "ce": token-mean cross-entropy on `loss_mask` positions predicting `targets`;
     metric "kl": token-mean KL(frozen || intervened) over `mask` positions.
     chunk: versions evaluated at once (None: all K in one vmap).
     first_layer: where the frozen prefix ends (default: the intervention's lowest layer).
+    attention: "xla" or "cudnn" (right-padded rows only; see emjax.model.run_layers).
     """
     if metric not in ("ce", "kl"):
         raise ValueError(f"metric must be 'ce' or 'kl', got {metric!r}")
     k = stacked.first_layer if first_layer is None else first_layer
     k = 0 if k is None else k
-    x, base = frozen_pass(weights, cfg, tokens, mask, k, metric == "kl")
+    x, base = frozen_pass(weights, cfg, tokens, mask, k, metric == "kl", attention)
     n = jax.tree.leaves(stacked)[0].shape[0]
     in_batch = chunk is None or chunk >= n
     return _sweep(stacked, weights, x, mask, targets, loss_mask, base, cfg=cfg, k=k, metric=metric,
-                  chunk=None if in_batch else chunk, loss_chunk=loss_chunk, in_batch=in_batch)
+                  chunk=None if in_batch else chunk, loss_chunk=loss_chunk, in_batch=in_batch,
+                  attention=attention)
 
 
 def loop_losses(stacked: Interventions, weights: Weights, cfg: ModelConfig, tokens, mask, *,
