@@ -18,7 +18,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from bench.common import bench_config, random_weights, report, timeit  # noqa: E402
 from emjax import train_step as TS  # noqa: E402
-from emjax.interventions import Interventions, init_lora, init_steering  # noqa: E402
+from emjax.interventions import Interventions, init_lora, init_steering, shared_prefix_layers  # noqa: E402
 from emjax.params import PROJECTIONS  # noqa: E402
 
 p = argparse.ArgumentParser()
@@ -44,7 +44,7 @@ kl = TS.KLBatch(tokens=kl_tokens, mask=mask)
 
 def run_case(name, params, kl_batch, sft_batch=sft, tokens_per_step=B * T):
     tx, _ = TS.make_optimizer(1e-4, total_steps=1000, warmup_steps=0)
-    opts = TS.StepOptions(first_layer=params.first_layer or 0, remat=a.remat or None,
+    opts = TS.StepOptions(first_layer=shared_prefix_layers(params, cfg), remat=a.remat or None,
                           loss_chunk=a.loss_chunk or None, attention=a.attention)
     step = TS.compile_step(cfg, opts, tx)
     if a.attention != "xla":  # same loss as the exact path (bf16 tolerance)?

@@ -85,9 +85,57 @@ class Interventions:
 
     @property
     def first_layer(self) -> int | None:
-        """Lowest layer any part touches: layers below it are unchanged (prefix sharing)."""
+        """Lowest layer any part touches (None for an empty intervention)."""
         firsts = [p.layers[0] for p in (self.lora, self.steer) if p is not None and p.layers]
         return min(firsts) if firsts else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefix sharing: which leading layers the frozen model and the intervened model have in common
+
+
+def _steer_is_residual_add(steer: SteeringVectors, cfg: ModelConfig) -> bool:
+    """True when the vector is added straight onto the residual stream after its block: the
+    block_out hook, or mlp_out on a model with no norm after the MLP (Qwen2; Gemma-2 normalises
+    the MLP output, vector included, so its mlp_out vector changes the block itself)."""
+    return steer.hook == "block_out" or not cfg.is_gemma
+
+
+def shared_prefix_layers(iv: Interventions | None, cfg: ModelConfig) -> int:
+    """n such that layers [0, n) compute the same function with and without `iv`.
+
+    Below the lowest LoRA layer, and through the lowest steering layer when its vector is a plain
+    residual add (the block itself is untouched; `enter_layer` adds the vector where the shared
+    prefix ends). Those layers run once for the frozen and the intervened model, and once for a
+    whole sweep. 0 for an empty intervention.
+    """
+    ends = []
+    if iv is not None and iv.lora is not None and iv.lora.layers:
+        ends.append(iv.lora.layers[0])
+    if iv is not None and iv.steer is not None and iv.steer.layers:
+        first = iv.steer.layers[0]
+        ends.append(first + 1 if _steer_is_residual_add(iv.steer, cfg) else first)
+    return min(ends) if ends else 0
+
+
+def enter_layer(iv: Interventions | None, cfg: ModelConfig, x: jax.Array, start: int) -> jax.Array:
+    """The intervened residual entering layer `start`, given the frozen model's residual there.
+
+    x: [..., T, D]. Adds the steering vector of layer start - 1 when the shared prefix took that
+    layer in (see `shared_prefix_layers`); the rest of `iv` is applied by running layers
+    [start, L) with it. (In low precision the vector is added after the block's residual sum
+    instead of inside it: the same function up to rounding order.)
+    """
+    if iv is None or start == 0:
+        return x
+    limit = shared_prefix_layers(iv, cfg)
+    if start > limit:
+        raise ValueError(f"the frozen prefix [0, {start}) covers intervened layers; the shared prefix "
+                         f"of this intervention ends at layer {limit}")
+    if iv.steer is not None and start - 1 in iv.steer.layers:
+        i = iv.steer.layers.index(start - 1)
+        x = x + (iv.steer.vectors[i] * iv.steer.alpha).astype(x.dtype)
+    return x
 
 
 # ---------------------------------------------------------------------------------------------

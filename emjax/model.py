@@ -38,9 +38,14 @@ from emjax.config import ModelConfig
 from emjax.interventions import DenseLayerIntervention, Interventions, densify
 from emjax.params import LayerWeights, Weights
 
+# XLA options for programs made of large matmuls against frozen weights: on H100/H200, cuBLAS
+# ran these shapes faster than XLA's Triton GEMMs (skinny decode matmuls at about twice the
+# bandwidth; the 16-norm sweep 4% faster; BENCHMARKS.md). Backends other than GPU ignore them.
+CUBLAS_GEMMS = {"xla_gpu_enable_triton_gemm": False}
+
 # Large negative logit for masked keys: where(), not addition, so an all-masked row is uniform
 # instead of NaN.
-_MASKED = -1e30
+MASKED_LOGIT = -1e30
 
 RematPolicy = Optional[str]  # None (no remat), "full" (recompute the block), "dots" (save matmuls)
 
@@ -104,7 +109,7 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, cfg: Model
     logits = logits * cfg.attn_scale
     if cfg.attn_softcap is not None:
         logits = cfg.attn_softcap * jnp.tanh(logits / cfg.attn_softcap)
-    logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED)
+    logits = jnp.where(mask[:, None, None, :, :], logits, MASKED_LOGIT)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
     return out.reshape(b, t, h, dh)
@@ -161,7 +166,10 @@ def _proj(x: jax.Array, w: jax.Array | FrozenMatrix, name: str, iv: DenseLayerIn
     """x @ w (+ bias) (+ unmerged LoRA delta (x @ A) @ B when `name` is targeted)."""
     y = x @ w
     if bias is not None:
-        y = y + bias
+        # Kept out of the matmul epilogue: a fused bias is a second operand sliced from a layer
+        # stack, and XLA then copies the weight slice out of the stack before the matmul (every
+        # layer, every decoded token: 3 copies per layer, 12% of decode time on a 14B model).
+        y = jax.lax.optimization_barrier(y) + bias
     if iv is not None and name in iv.lora_a:
         a, b = iv.lora_a[name].astype(x.dtype), iv.lora_b[name].astype(x.dtype)
         y = y + (x @ a) @ b

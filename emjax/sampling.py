@@ -38,24 +38,29 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
                        unroll: int = 1) -> tuple[jax.Array, KVCache]:
     """Runs all blocks on x [B, T, D] whose tokens go to cache slots [slot, slot + T).
 
-    `cache.pos` / `cache.valid` must already describe the new slots.
+    `cache.pos` / `cache.valid` must already describe the new slots. The whole [L, ...] cache is
+    carried through the layer scan and each layer writes its T new slots in place: scanning it as
+    `xs` / `ys` instead copies every layer's cache twice per token.
     """
     cos, sin = M.rope_tables(q_pos, cfg.head_dim, cfg.rope_theta, x.dtype)
     full = M.attention_mask(q_pos, cache.pos, cache.valid, None)
     window = M.attention_mask(q_pos, cache.pos, cache.valid, cfg.sliding_window) if cfg.sliding_window else full
     dense = densify(iv, 0, cfg.n_layers)
 
-    def body(h, inp):
-        w, is_sliding, layer_iv, k_cache, v_cache = inp
+    def body(carry, inp):
+        h, k_all, v_all = carry
+        w, is_sliding, layer_iv, i = inp
         q, k, v = M.qkv(w, M.rms_norm(h, w.attn_norm, cfg.norm_eps, cfg.is_gemma), cos, sin, cfg, layer_iv)
-        k_cache = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), slot, axis=1)
-        v_cache = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), slot, axis=1)
+        at = (i, 0, slot, 0, 0)
+        k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
+        v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
         mask = jnp.where(is_sliding, window, full)
-        h = h + M.attn_out(w, M.attend(q, k_cache, v_cache, mask, cfg), cfg, layer_iv)
-        return M.mlp_branch(w, h, cfg, layer_iv), (k_cache, v_cache)
+        h = h + M.attn_out(w, M.attend(q, k_all[i], v_all[i], mask, cfg), cfg, layer_iv)
+        return (M.mlp_branch(w, h, cfg, layer_iv), k_all, v_all), None
 
-    xs = (weights.layers, jnp.asarray(cfg.sliding_layers), dense, cache.k, cache.v)
-    x, (k, v) = jax.lax.scan(body, x, xs, unroll=unroll)
+    # weights scanned as xs: the decode matmuls read each layer's slice in place (see BENCHMARKS.md)
+    xs = (weights.layers, jnp.asarray(cfg.sliding_layers), dense, jnp.arange(cfg.n_layers))
+    (x, k, v), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs, unroll=unroll)
     return x, cache.replace(k=k, v=v)
 
 
@@ -75,8 +80,14 @@ def _filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: flo
     return logits
 
 
+# XLA options for the sampling program: cuBLAS GEMMs (see model.CUBLAS_GEMMS), and no dot merger,
+# which concatenated the k and v weights of every layer at every token to fuse their two
+# matmuls (13% of decode time on a 14B model).
+DECODE_COMPILER_OPTIONS = {**M.CUBLAS_GEMMS, "xla_disable_hlo_passes": "dot-merger"}
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "layer_unroll"))
+                                             "layer_unroll"), compiler_options=DECODE_COMPILER_OPTIONS)
 def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_limit, *,
               max_new_tokens: int, temperature: float, top_k: int, top_p: float, layer_unroll: int = 1):
     b, p = tokens.shape

@@ -99,13 +99,13 @@ def _corpus_batches(model: LoadedModel, c) -> list[dict]:
     return [pad_batch(rows[i: i + c.data.batch_size]) for i in range(0, len(rows), c.data.batch_size)]
 
 
-def _mean_over_batches(stacked: Interventions, model: LoadedModel, batches: list[dict], metric: str, c,
-                       first_layer: int) -> np.ndarray:
+def _mean_over_batches(stacked: Interventions, model: LoadedModel, batches: list[dict], metric: str,
+                       c) -> np.ndarray:
     def one(b):
         return SW.sweep_losses(stacked, model.weights, model.cfg, jnp.asarray(b["tokens"]), jnp.asarray(b["mask"]),
                                metric=metric, targets=jnp.asarray(b["targets"]),
                                loss_mask=jnp.asarray(b["loss_mask"]), chunk=c.chunk or None,
-                               loss_chunk=c.loss_chunk or None, first_layer=first_layer,
+                               loss_chunk=c.loss_chunk or None,
                                attention=resolve_attention("auto", model.cfg))
     return np.asarray(SW.batched_rows(one, batches))
 
@@ -118,14 +118,14 @@ def efficiency(model, ivs, c) -> pd.DataFrame:
         norms = [s * trained[label] for s in c.efficiency.scales]
         if c.efficiency.equal_norm:
             norms += [n for k, n in trained.items() if k != label]
-        losses = _mean_over_batches(SW.rescale_to_norms(iv, norms), model, batches, "ce", c, iv.first_layer)
+        losses = _mean_over_batches(SW.rescale_to_norms(iv, norms), model, batches, "ce", c)
         for n, loss in zip(norms, losses):
             records.append({"intervention": label, "sweep": "rescale", "norm": n, "scale": n / trained[label],
                             "loss": float(loss), **_describe(iv)})
         if iv.lora is not None and c.efficiency.lora_delta_factors:
             factors = list(c.efficiency.lora_delta_factors)
             stacked = SW.scale_lora_delta(iv, factors)
-            losses = _mean_over_batches(stacked, model, batches, "ce", c, iv.first_layer)
+            losses = _mean_over_batches(stacked, model, batches, "ce", c)
             norms = np.asarray(jax.vmap(SW.tree_norm)(stacked))
             for f, n, loss in zip(factors, norms, losses):
                 records.append({"intervention": label, "sweep": "lora_delta_factor", "norm": float(n),
@@ -141,8 +141,8 @@ def stability(model, ivs, c) -> pd.DataFrame:
     for label, iv in tqdm(ivs.items(), desc="stability", unit="intervention"):
         stacked, ee, ss = SW.perturbation_grid(iv, list(c.stability.eps), list(range(c.stability.seeds)))
         ends = SW.stack_trees([iv, SW.tree_scale(iv, 0.0)])
-        l_orig, l_base = _mean_over_batches(ends, model, batches, "ce", c, iv.first_layer)
-        losses = _mean_over_batches(stacked, model, batches, "ce", c, iv.first_layer)
+        l_orig, l_base = _mean_over_batches(ends, model, batches, "ce", c)
+        losses = _mean_over_batches(stacked, model, batches, "ce", c)
         for e, s, loss in zip(ee, ss, losses):
             records.append({"intervention": label, "eps": float(e), "seed": int(s), "loss": float(loss),
                             "loss_orig": float(l_orig), "loss_base": float(l_base),
@@ -163,7 +163,7 @@ def significance(model, ivs, c) -> pd.DataFrame:
         sets[f"random{r}"] = SW.random_like(first, jax.random.PRNGKey(1000 + r))
     records = []
     for label, iv in tqdm(sets.items(), desc="significance", unit="intervention"):
-        kls = _mean_over_batches(SW.rescale_to_norms(iv, norms), model, batches, "kl", c, iv.first_layer)
+        kls = _mean_over_batches(SW.rescale_to_norms(iv, norms), model, batches, "kl", c)
         for n, kl in zip(norms, kls):
             records.append({"intervention": label, "random": label.startswith("random"), "norm": n,
                             "applied_norm": n * _describe(iv)["alpha"] if iv.steer is not None else None,

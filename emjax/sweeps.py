@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from emjax import model as M
 from emjax.config import ModelConfig
-from emjax.interventions import Interventions
+from emjax.interventions import Interventions, enter_layer, shared_prefix_layers
 from emjax.losses import cross_entropy, kl_base_to_adapted
 from emjax.params import Weights
 
@@ -109,7 +109,7 @@ def stack_trees(trees: list[Interventions]) -> Interventions:
 # Vmapped evaluation
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "k", "with_base", "attention"))
+@functools.partial(jax.jit, static_argnames=("cfg", "k", "with_base", "attention"), compiler_options=M.CUBLAS_GEMMS)
 def frozen_pass(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask: jax.Array, k: int,
                 with_base: bool, attention: str = "xla"):
     """Once per sweep: the prefix entering layer k and (for KL) the frozen final hidden state."""
@@ -122,7 +122,8 @@ def frozen_pass(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask: jax
 def _loss_one(iv: Interventions, weights: Weights, cfg: ModelConfig, k: int, metric: str, x: jax.Array,
               mask: jax.Array, targets: jax.Array | None, loss_mask: jax.Array | None,
               base: jax.Array | None, loss_chunk: int | None, attention: str) -> jax.Array:
-    xa = M.run_layers(weights, cfg, x, M.default_positions(mask), mask, k, cfg.n_layers, iv, attention=attention)
+    xa = M.run_layers(weights, cfg, enter_layer(iv, cfg, x, k), M.default_positions(mask), mask, k, cfg.n_layers, iv,
+                      attention=attention)
     if metric == "ce":
         s, n = cross_entropy(weights, cfg, xa, targets, loss_mask, loss_chunk)
     else:
@@ -131,7 +132,7 @@ def _loss_one(iv: Interventions, weights: Weights, cfg: ModelConfig, k: int, met
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "k", "metric", "chunk", "loss_chunk", "in_batch",
-                                             "attention"))
+                                             "attention"), compiler_options=M.CUBLAS_GEMMS)
 def _sweep(stacked, weights, x, mask, targets, loss_mask, base, *, cfg, k, metric, chunk, loss_chunk,
            in_batch, attention):
     one = functools.partial(_loss_one, weights=weights, cfg=cfg, k=k, metric=metric, x=x, mask=mask,
@@ -152,13 +153,12 @@ def sweep_losses(stacked: Interventions, weights: Weights, cfg: ModelConfig, tok
     metric "ce": token-mean cross-entropy on `loss_mask` positions predicting `targets`;
     metric "kl": token-mean KL(frozen || intervened) over `mask` positions.
     chunk: versions evaluated at once (None: all K in one vmap).
-    first_layer: where the frozen prefix ends (default: the intervention's lowest layer).
+    first_layer: where the frozen prefix ends (default: `shared_prefix_layers`).
     attention: "xla" or "cudnn" (right-padded rows only; see emjax.model.run_layers).
     """
     if metric not in ("ce", "kl"):
         raise ValueError(f"metric must be 'ce' or 'kl', got {metric!r}")
-    k = stacked.first_layer if first_layer is None else first_layer
-    k = 0 if k is None else k
+    k = shared_prefix_layers(stacked, cfg) if first_layer is None else first_layer
     x, base = frozen_pass(weights, cfg, tokens, mask, k, metric == "kl", attention)
     n = jax.tree.leaves(stacked)[0].shape[0]
     in_batch = chunk is None or chunk >= n

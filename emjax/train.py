@@ -28,7 +28,7 @@ from emjax.checkpoints import Checkpointer
 from emjax.config_loader import config_json
 from emjax.data import Batcher, build_kl_set, pad_batch, read_chat_jsonl, sample_path, tokenize_sft
 from emjax.frozen_cache import FrozenCache, cache_bytes
-from emjax.interventions import Interventions, init_lora, init_steering
+from emjax.interventions import Interventions, init_lora, init_steering, shared_prefix_layers
 from emjax.load import LoadedModel, load_model
 from emjax.sharding import make_mesh, weight_shardings
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -178,7 +178,7 @@ class Trainer:
                 self.model.weights, weight_shardings(self.cfg, self.mesh)))
         self.data = prepare_data(config, self.model)
         self.params0 = build_intervention(config.intervention, self.cfg)
-        self.k = self.params0.first_layer or 0
+        self.k = shared_prefix_layers(self.params0, self.cfg)
         self.use_kl = tc.lambda_kl > 0 and bool(self.data.kl)
         if tc.lambda_kl > 0 and not self.data.kl:
             raise TrainConfigError("train.lambda_kl > 0 but data.kl_sources gave no KL rows")
@@ -352,7 +352,7 @@ class Trainer:
         skipped = int(state.opt_state.total_notfinite)
         summary = {
             "name": self.config.name, "model": self.model.name, "steps": self.total_steps,
-            "first_layer": self.k, "lambda_kl": self.config.train.lambda_kl,
+            "shared_prefix_layers": self.k, "lambda_kl": self.config.train.lambda_kl,
             "train_loss_first": history[0]["sft_loss"] if history else None,
             "train_loss_last": history[-1]["sft_loss"] if history else None,
             "initial_eval": first_eval, "final_eval": final_eval, "nonfinite_steps_skipped": skipped,

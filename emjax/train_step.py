@@ -28,7 +28,7 @@ import optax
 
 from emjax import model as M
 from emjax.config import ModelConfig
-from emjax.interventions import Interventions
+from emjax.interventions import Interventions, enter_layer
 from emjax.losses import KLReduction, cross_entropy, kl_base_to_adapted, kl_scale
 from emjax.params import Weights
 
@@ -74,7 +74,8 @@ class TrainState:
 class StepOptions:
     """Static options of the compiled step.
 
-    first_layer: lowest intervened layer k (prefix sharing below it).
+    first_layer: k, where the frozen prefix ends: layers [0, k) run without the intervention and are
+      shared (at most `shared_prefix_layers(params, cfg)`).
     remat: rematerialisation policy of the block body in the trained suffix.
     loss_chunk: sequence chunk of the loss computations (None: whole sequence at once).
     kl_reduction: "token_mean" or "upstream" (divide by V; see emjax.losses).
@@ -127,7 +128,8 @@ def kl_terms(params: Interventions, weights: Weights, cfg: ModelConfig, opts: St
     xb = kl.base_hidden
     if xb is None:  # the same weights with the intervention off, under stop_gradient
         xb = jax.lax.stop_gradient(M.run_layers(weights, cfg, xk, pos, kl.mask, k, L, attention=opts.attention))
-    xa = M.run_layers(weights, cfg, xk, pos, kl.mask, k, L, params, remat=opts.remat, attention=opts.attention)
+    xa = M.run_layers(weights, cfg, enter_layer(params, cfg, xk, k), pos, kl.mask, k, L, params,
+                      remat=opts.remat, attention=opts.attention)
     return kl_base_to_adapted(weights, cfg, xb, xa, kl.mask, opts.loss_chunk)
 
 
@@ -137,7 +139,8 @@ def micro_loss(params: Interventions, weights: Weights, cfg: ModelConfig, opts: 
     k, L = opts.first_layer, cfg.n_layers
     pos = M.default_positions(sft.mask)
     x = sft.prefix if sft.prefix is not None else frozen_prefix(weights, cfg, sft.tokens, sft.mask, k)
-    x = M.run_layers(weights, cfg, x, pos, sft.mask, k, L, params, remat=opts.remat, attention=opts.attention)
+    x = M.run_layers(weights, cfg, enter_layer(params, cfg, x, k), pos, sft.mask, k, L, params, remat=opts.remat,
+                     attention=opts.attention)
     ce_sum, ce_n = cross_entropy(weights, cfg, x, sft.targets, sft.loss_mask, opts.loss_chunk)
     loss = ce_sum / jnp.maximum(n_sft, 1.0)
     metrics = {"sft_sum": ce_sum, "sft_tokens": ce_n}
@@ -184,7 +187,8 @@ def eval_loss(params: Interventions, weights: Weights, sft: SFTBatch, *, cfg: Mo
     """(summed CE, token count) of one [b, T] batch under the intervention."""
     k, L = opts.first_layer, cfg.n_layers
     x = sft.prefix if sft.prefix is not None else frozen_prefix(weights, cfg, sft.tokens, sft.mask, k)
-    x = M.run_layers(weights, cfg, x, M.default_positions(sft.mask), sft.mask, k, L, params)
+    x = M.run_layers(weights, cfg, enter_layer(params, cfg, x, k), M.default_positions(sft.mask), sft.mask, k, L,
+                     params)
     return cross_entropy(weights, cfg, x, sft.targets, sft.loss_mask, opts.loss_chunk)
 
 

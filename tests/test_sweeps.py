@@ -27,14 +27,14 @@ def _rows(cfg, seed):
 
 def _trained_like(cfg, kind, key):
     k1, k2 = jax.random.split(key)
-    if kind == "steer":
-        sv = init_steering(cfg, layers=(1,), alpha=2.0)
+    if kind.startswith("steer"):
+        sv = init_steering(cfg, layers=(1,), alpha=2.0, hook="block_out" if kind == "steer_block" else "mlp_out")
         return Interventions(steer=sv.replace(vectors=jax.random.normal(k1, sv.vectors.shape)))
     lora = init_lora(cfg, k1, rank=2, alpha=4.0, modules=("v_proj", "up_proj"), layers=(1, 2))
     return Interventions(lora=lora.replace(b={m: 0.2 * jax.random.normal(k2, b.shape) for m, b in lora.b.items()}))
 
 
-@pytest.mark.parametrize("kind", ["steer", "lora"])
+@pytest.mark.parametrize("kind", ["steer", "steer_block", "lora"])
 @pytest.mark.parametrize("metric", ["ce", "kl"])
 def test_vmapped_sweep_equals_loop(tiny, kind, metric):
     cfg, w = tiny

@@ -9,7 +9,7 @@ import pytest
 from hf_reference import build_hf, gemma2_config, padded_batch, qwen2_config, to_emjax, torch
 from emjax import model as M
 from emjax import train_step as TS
-from emjax.interventions import Interventions, init_lora, init_steering
+from emjax.interventions import Interventions, enter_layer, init_lora, init_steering, shared_prefix_layers
 
 jax.config.update("jax_enable_x64", False)
 
@@ -86,8 +86,9 @@ def test_lora_gradients_match_peft(tiny):
     pm.unload()
 
 
+@pytest.mark.parametrize("prefix", ["below_layer", "shared"])
 @pytest.mark.parametrize("hook", ["mlp_out", "block_out"])
-def test_steering_gradients_match_forward_hook(tiny, hook):
+def test_steering_gradients_match_forward_hook(tiny, hook, prefix):
     hf, cfg, w = tiny
     layer, alpha = 1, 3.0
     v0 = np.random.default_rng(2).normal(size=cfg.d_model).astype(np.float32) * 0.1
@@ -104,7 +105,10 @@ def test_steering_gradients_match_forward_hook(tiny, hook):
     loss_t.backward()
     h.remove()
     sv = init_steering(cfg, layers=(layer,), alpha=alpha, hook=hook).replace(vectors=jnp.asarray(v0)[None])
-    fn = lambda p: TS.micro_loss(p, w, cfg, TS.StepOptions(first_layer=layer), _batch(*rows), None, 0.0,
+    k = layer if prefix == "below_layer" else shared_prefix_layers(Interventions(steer=sv), cfg)
+    if prefix == "shared":  # the steered block itself joins the frozen prefix where the vector is a residual add
+        assert k == (layer if cfg.is_gemma and hook == "mlp_out" else layer + 1)
+    fn = lambda p: TS.micro_loss(p, w, cfg, TS.StepOptions(first_layer=k), _batch(*rows), None, 0.0,
                                  jnp.float32(rows[3].sum()), 1.0)[0]
     loss_j, g = jax.value_and_grad(fn)(Interventions(steer=sv))
     np.testing.assert_allclose(float(loss_j), float(loss_t), rtol=1e-5)
@@ -181,3 +185,22 @@ def test_accumulation_equals_full_batch_and_nonfinite_is_skipped(tiny):
     assert bool(mb["skipped"])
     np.testing.assert_array_equal(np.asarray(bad.params.steer.vectors), np.asarray(sv.vectors))
     assert int(bad.opt_state.total_notfinite) == 1
+
+
+def test_shared_prefix_layers_and_entry(tiny):
+    hf, cfg, w = tiny
+    steer = lambda hook, layers=(1,): init_steering(cfg, layers=layers, alpha=2.0, hook=hook)
+    lora = init_lora(cfg, jax.random.PRNGKey(0), rank=1, alpha=1.0, modules=("o_proj",), layers=(0, 2))
+    additive = not cfg.is_gemma
+    assert shared_prefix_layers(None, cfg) == 0
+    assert shared_prefix_layers(Interventions(steer=steer("block_out")), cfg) == 2
+    assert shared_prefix_layers(Interventions(steer=steer("mlp_out")), cfg) == (2 if additive else 1)
+    assert shared_prefix_layers(Interventions(steer=steer("block_out", (0, 2))), cfg) == 1
+    assert shared_prefix_layers(Interventions(lora=lora, steer=steer("block_out")), cfg) == 0
+    # the residual entering layer 2 gets the layer-1 vector, and only at that boundary
+    iv = Interventions(steer=steer("block_out").replace(vectors=jnp.ones((1, cfg.d_model))))
+    x = jnp.zeros((1, 4, cfg.d_model))
+    np.testing.assert_allclose(np.asarray(enter_layer(iv, cfg, x, 2)), 2.0)
+    np.testing.assert_allclose(np.asarray(enter_layer(iv, cfg, x, 1)), 0.0)
+    with pytest.raises(ValueError, match="shared prefix of this intervention ends at layer 2"):
+        enter_layer(iv, cfg, x, 3)

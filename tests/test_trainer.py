@@ -94,7 +94,7 @@ def test_kl_switch_off_and_lora_output(tiny_model, tmp_path):
     assert all("kl" in l for l in lines[:3]) and not any("kl" in l for l in lines[3:])
     lora = load_peft_lora(tmp_path / "lora" / "lora", tiny_model.cfg)
     assert lora.layers == tuple(range(tiny_model.cfg.n_layers)) and lora.rank == 2
-    assert s["first_layer"] == 0
+    assert s["shared_prefix_layers"] == 0
 
 
 def test_config_errors(tiny_model, tmp_path):
