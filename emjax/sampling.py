@@ -34,11 +34,12 @@ class KVCache:
 
 
 def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: jax.Array,
-                       cache: KVCache, slot: jax.Array, iv: Interventions | None,
+                       cache: KVCache, slot: jax.Array, iv: Interventions | None, fused: M.FusedQKV,
                        unroll: int = 1) -> tuple[jax.Array, KVCache]:
     """Runs all blocks on x [B, T, D] whose tokens go to cache slots [slot, slot + T).
 
-    `cache.pos` / `cache.valid` must already describe the new slots. The whole [L, ...] cache is
+    `cache.pos` / `cache.valid` must already describe the new slots; `fused` is `M.fuse_qkv` of the
+    layer stack. The whole [L, ...] cache is
     carried through the layer scan and each layer writes its T new slots in place: scanning it as
     `xs` / `ys` instead copies every layer's cache twice per token.
     """
@@ -49,17 +50,20 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
 
     def body(carry, inp):
         h, k_all, v_all = carry
-        w, is_sliding, layer_iv, i = inp
-        q, k, v = M.qkv(w, M.rms_norm(h, w.attn_norm, cfg.norm_eps, cfg.is_gemma), cos, sin, cfg, layer_iv)
+        w, qkv_w, is_sliding, layer_iv, i = inp
+        q, k, v = M.qkv(w, M.rms_norm(h, w.attn_norm, cfg.norm_eps, cfg.is_gemma), cos, sin, cfg, layer_iv, qkv_w)
         at = (i, 0, slot, 0, 0)
         k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
         v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
+        # the attention reads the updated stack; fusing the update into that read instead made
+        # XLA build each layer's [B, S, K, Dh] operand in a slower combined kernel (5% of decode)
+        k_all, v_all = jax.lax.optimization_barrier((k_all, v_all))
         mask = jnp.where(is_sliding, window, full)
         h = h + M.attn_out(w, M.attend(q, k_all[i], v_all[i], mask, cfg), cfg, layer_iv)
         return (M.mlp_branch(w, h, cfg, layer_iv), k_all, v_all), None
 
     # weights scanned as xs: the decode matmuls read each layer's slice in place (see BENCHMARKS.md)
-    xs = (weights.layers, jnp.asarray(cfg.sliding_layers), dense, jnp.arange(cfg.n_layers))
+    xs = (weights.layers, fused, jnp.asarray(cfg.sliding_layers), dense, jnp.arange(cfg.n_layers))
     (x, k, v), _ = jax.lax.scan(body, (x, cache.k, cache.v), xs, unroll=unroll)
     return x, cache.replace(k=k, v=v)
 
@@ -98,7 +102,9 @@ def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_li
     cache = KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                     pos=jnp.zeros((b, s), jnp.int32).at[:, :p].set(positions),
                     valid=jnp.zeros((b, s), bool).at[:, :p].set(mask))
-    x, cache = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tokens), positions, cache, 0, interventions)
+    fused = M.fuse_qkv(weights.layers)  # once per call; every decode step reads it
+    x, cache = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tokens), positions, cache, 0, interventions,
+                                  fused)
     logits = M.unembed(weights, cfg, x[:, -1:])[:, 0]
     next_pos = positions[:, -1] + 1
     in_vocab = jnp.arange(logits.shape[-1]) < vocab_limit  # padded embedding rows never sampled
@@ -118,7 +124,7 @@ def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_li
         slot = p + t
         cache = cache.replace(pos=cache.pos.at[:, slot].set(pos), valid=cache.valid.at[:, slot].set(True))
         x, cache = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tok[:, None]), pos[:, None],
-                                      cache, slot, interventions, unroll=layer_unroll)
+                                      cache, slot, interventions, fused, unroll=layer_unroll)
         new_logits = M.unembed(weights, cfg, x)[:, 0]
         return (cache, new_logits, pos + 1, finished, key), (tok, done)
 
@@ -141,7 +147,10 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
       stop_ids: a row stops after emitting one of these (the stop token is included).
       vocab_limit: tokens >= this id (padded embedding rows) are never sampled.
       layer_unroll: unroll factor of the layer scan in the decode step (fewer loop iterations
-        and launches per token at the cost of compile time).
+        at the cost of compile time; on GPUs 1 is fastest: unrolled layers lose the in-place
+        weight-slice matmuls).
+    Memory: besides the KV cache, each call holds a concatenated copy of the q, k, v matrices
+    (about 1/8 of the weights) for the decode matmuls.
     Returns:
       the new tokens of each row, cut after its first stop token.
     """

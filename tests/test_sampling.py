@@ -33,7 +33,7 @@ def tiny(request):
 
 def _random_interventions(cfg, key):
     k1, k2, k3 = jax.random.split(key, 3)
-    lora = init_lora(cfg, k1, rank=2, alpha=4.0, modules=("q_proj", "down_proj"), layers=(1, 2))
+    lora = init_lora(cfg, k1, rank=2, alpha=4.0, modules=("q_proj", "v_proj", "down_proj"), layers=(1, 2))
     lora = lora.replace(b={m: 0.05 * jax.random.normal(k2, b.shape) for m, b in lora.b.items()})
     steer = init_steering(cfg, layers=(1,), alpha=3.0)
     steer = steer.replace(vectors=jax.random.normal(k3, steer.vectors.shape))
