@@ -61,7 +61,7 @@ with jax.profiler.trace(out):
 path = sorted(glob.glob(os.path.join(out, "**", "*.xplane.pb"), recursive=True))[-1]
 data = jax.profiler.ProfileData.from_file(path)
 by_name = collections.defaultdict(lambda: [0, 0.0])
-intervals = []
+intervals, events = [], []
 for plane in data.planes:
     if not plane.name.startswith("/device:GPU"):
         continue
@@ -72,6 +72,13 @@ for plane in data.planes:
             by_name[ev.name][0] += 1
             by_name[ev.name][1] += ev.duration_ns / 1e6
             intervals.append((ev.start_ns, ev.start_ns + ev.duration_ns))
+            events.append((ev.start_ns, ev.start_ns + ev.duration_ns, ev.name))
+events = sorted(events)
+gaps = collections.defaultdict(lambda: [0, 0.0])  # idle time before each kernel, by its name
+for (s0, e0, _), (s1, _, name) in zip(events, events[1:]):
+    if s1 > e0:
+        gaps[name][0] += 1
+        gaps[name][1] += (s1 - e0) / 1e6
 intervals.sort()
 busy, end = 0.0, -1.0
 for s, e in intervals:
@@ -88,3 +95,6 @@ total = sum(v[1] for v in by_name.values())
 print(f"{'ms':>9} {'%':>5} {'count':>6}  kernel")
 for name, (n, ms) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[: a.top]:
     print(f"{ms:9.2f} {100 * ms / total:5.1f} {n:6d}  {name[:110]}")
+print(f"idle GPU time before each kernel (top {a.top // 2}):")
+for name, (n, ms) in sorted(gaps.items(), key=lambda kv: -kv[1][1])[: a.top // 2]:
+    print(f"{ms:9.2f} ms {n:6d}  {name[:110]}")
