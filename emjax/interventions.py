@@ -83,12 +83,6 @@ class Interventions:
     lora: Optional[LoraAdapter] = None
     steer: Optional[SteeringVectors] = None
 
-    @property
-    def first_layer(self) -> int | None:
-        """Lowest layer any part touches (None for an empty intervention)."""
-        firsts = [p.layers[0] for p in (self.lora, self.steer) if p is not None and p.layers]
-        return min(firsts) if firsts else None
-
 
 # ---------------------------------------------------------------------------------------------
 # Prefix sharing: which leading layers the frozen model and the intervened model have in common

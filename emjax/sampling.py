@@ -39,9 +39,9 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
     """Runs all blocks on x [B, T, D] whose tokens go to cache slots [slot, slot + T).
 
     `cache.pos` / `cache.valid` must already describe the new slots; `fused` is `M.fuse_qkv` of the
-    layer stack. The whole [L, ...] cache is
-    carried through the layer scan and each layer writes its T new slots in place: scanning it as
-    `xs` / `ys` instead copies every layer's cache twice per token.
+    layer stack. The whole [L, ...] cache is carried through the layer scan and each layer writes
+    its T new slots in place: scanning it as `xs` / `ys` instead copies every layer's cache twice
+    per token.
     """
     cos, sin = M.rope_tables(q_pos, cfg.head_dim, cfg.rope_theta, x.dtype)
     full = M.attention_mask(q_pos, cache.pos, cache.valid, None)
