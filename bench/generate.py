@@ -21,6 +21,7 @@ p.add_argument("--batch", type=int, default=32)
 p.add_argument("--prompt", type=int, default=32)
 p.add_argument("--new", type=int, default=128)
 p.add_argument("--unroll", type=int, default=1, help="layer-scan unroll factor in decode")
+p.add_argument("--decode-attention", default="auto", choices=["auto", "xla", "pallas"])
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
 
@@ -33,10 +34,10 @@ seed = [0]
 def run():
     seed[0] += 1  # fresh samples each time; no stop ids, so every row makes `new` tokens
     out = S.generate(w, cfg, prompts, max_new_tokens=a.new, temperature=1.0, top_p=1.0, seed=seed[0],
-                     layer_unroll=a.unroll)
+                     layer_unroll=a.unroll, decode_attention=a.decode_attention)
     assert all(len(o) == a.new for o in out)
 
 
 s = timeit(run, warm=1, reps=3)
-report("qwen14b_generate_b32_new128", s, a.batch * a.new, GB=a.batch, P=a.prompt, NEW=a.new, unroll=a.unroll,
+report("qwen14b_generate_b32_new128", s, a.batch * a.new, GB=a.batch, P=a.prompt, NEW=a.new, unroll=a.unroll, decode_attention=a.decode_attention,
        xla_flags=os.environ.get("XLA_FLAGS", ""))

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emjax import decode_attention as DA
 from emjax import model as M
 from emjax.config import ModelConfig
 from emjax.interventions import Interventions, densify
@@ -35,13 +36,14 @@ class KVCache:
 
 def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: jax.Array,
                        cache: KVCache, slot: jax.Array, iv: Interventions | None, fused: M.FusedQKV,
-                       unroll: int = 1) -> tuple[jax.Array, KVCache]:
+                       unroll: int = 1, kernel: str = "xla") -> tuple[jax.Array, KVCache]:
     """Runs all blocks on x [B, T, D] whose tokens go to cache slots [slot, slot + T).
 
     `cache.pos` / `cache.valid` must already describe the new slots; `fused` is `M.fuse_qkv` of the
     layer stack. The whole [L, ...] cache is carried through the layer scan and each layer writes
     its T new slots in place: scanning it as `xs` / `ys` instead copies every layer's cache twice
-    per token.
+    per token. kernel: one-query attention by "xla" (`M.attend`), or the Pallas kernel of
+    `emjax.decode_attention` compiled ("pallas") or interpreted ("pallas_interpret").
     """
     cos, sin = M.rope_tables(q_pos, cfg.head_dim, cfg.rope_theta, x.dtype)
     full = M.attention_mask(q_pos, cache.pos, cache.valid, None)
@@ -59,7 +61,11 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
         # XLA build each layer's [B, S, K, Dh] operand in a slower combined kernel (5% of decode)
         k_all, v_all = jax.lax.optimization_barrier((k_all, v_all))
         mask = jnp.where(is_sliding, window, full)
-        h = h + M.attn_out(w, M.attend(q, k_all[i], v_all[i], mask, cfg), cfg, layer_iv)
+        if x.shape[1] == 1 and kernel != "xla":  # decode: read layer i of the stack in place
+            o = DA.attend_one_query(q, k_all, v_all, i, mask, cfg, interpret=kernel == "pallas_interpret")
+        else:
+            o = M.attend(q, k_all[i], v_all[i], mask, cfg)
+        h = h + M.attn_out(w, o, cfg, layer_iv)
         return (M.mlp_branch(w, h, cfg, layer_iv), k_all, v_all), None
 
     # weights scanned as xs: the decode matmuls read each layer's slice in place (see BENCHMARKS.md)
@@ -91,11 +97,12 @@ DECODE_COMPILER_OPTIONS = {**M.CUBLAS_GEMMS, "xla_disable_hlo_passes": "dot-merg
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "layer_unroll"), compiler_options=DECODE_COMPILER_OPTIONS)
+                                             "layer_unroll", "kernel"), compiler_options=DECODE_COMPILER_OPTIONS)
 def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_limit, *,
-              max_new_tokens: int, temperature: float, top_k: int, top_p: float, layer_unroll: int = 1):
+              max_new_tokens: int, temperature: float, top_k: int, top_p: float, layer_unroll: int = 1,
+              kernel: str = "xla"):
     b, p = tokens.shape
-    s = p + max_new_tokens
+    s = DA.cache_length(p + max_new_tokens)  # spare slots stay invalid
     dtype = weights.embed.dtype
     shape = (cfg.n_layers, b, s, cfg.n_kv_heads, cfg.head_dim)
     positions = M.default_positions(mask)
@@ -124,7 +131,7 @@ def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_li
         slot = p + t
         cache = cache.replace(pos=cache.pos.at[:, slot].set(pos), valid=cache.valid.at[:, slot].set(True))
         x, cache = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tok[:, None]), pos[:, None],
-                                      cache, slot, interventions, fused, unroll=layer_unroll)
+                                      cache, slot, interventions, fused, unroll=layer_unroll, kernel=kernel)
         new_logits = M.unembed(weights, cfg, x)[:, 0]
         return (cache, new_logits, pos + 1, finished, key), (tok, done)
 
@@ -133,10 +140,25 @@ def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_li
     return toks.T, (~was_done).sum(axis=0)
 
 
+def _decode_kernel(choice: str, cfg: ModelConfig, n_tokens: int) -> str:
+    """The `kernel` of `_layers_with_cache` for a `decode_attention` choice."""
+    if choice not in ("auto", "xla", "pallas"):
+        raise ValueError(f"decode_attention must be 'auto', 'xla' or 'pallas', got {choice!r}")
+    on_gpu = jax.default_backend() == "gpu"
+    supported = DA.supported(cfg, DA.cache_length(n_tokens))
+    if choice == "pallas" and not supported:
+        raise ValueError(f"the Pallas decode attention does not support this model's heads "
+                         f"({cfg.n_heads} query / {cfg.n_kv_heads} kv heads of size {cfg.head_dim})")
+    if choice == "xla" or not supported or (choice == "auto" and not on_gpu):
+        return "xla"
+    return "pallas" if on_gpu else "pallas_interpret"
+
+
 def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              stop_ids: Sequence[int] = (), seed: int = 0, interventions: Interventions | None = None,
-             vocab_limit: int | None = None, pad_to: int = 8, layer_unroll: int = 1) -> list[list[int]]:
+             vocab_limit: int | None = None, pad_to: int = 8, layer_unroll: int = 1,
+             decode_attention: str = "auto") -> list[list[int]]:
     """Samples continuations of token-id prompts of any lengths.
 
     Args:
@@ -149,6 +171,8 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
       layer_unroll: unroll factor of the layer scan in the decode step (fewer loop iterations
         at the cost of compile time; on GPUs 1 is fastest: unrolled layers lose the in-place
         weight-slice matmuls).
+      decode_attention: "auto" (the Pallas kernel of `emjax.decode_attention` on GPUs, XLA
+        elsewhere), "xla", or "pallas" (interpreted off GPU: slow, for checking the kernel).
     Memory: besides the KV cache, each call holds a concatenated copy of the q, k, v matrices
     (about 1/8 of the weights) for the decode matmuls.
     Returns:
@@ -168,6 +192,7 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
     toks, lengths = _generate(weights, cfg, jnp.asarray(tokens), jnp.asarray(mask), interventions,
                               jax.random.PRNGKey(seed), stops, limit, max_new_tokens=max_new_tokens,
                               temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                              layer_unroll=int(layer_unroll))
+                              layer_unroll=int(layer_unroll),
+                              kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens))
     toks, lengths = np.asarray(toks), np.asarray(lengths)
     return [toks[i, : lengths[i]].tolist() for i in range(len(prompts))]

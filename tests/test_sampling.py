@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from hf_reference import build_hf, gemma2_config, qwen2_config, to_emjax
+from emjax import decode_attention as DA
 from emjax import model as M
 from emjax import sampling as S
 from emjax.interventions import Interventions, init_lora, init_steering
@@ -40,15 +41,33 @@ def _random_interventions(cfg, key):
     return Interventions(lora=lora, steer=steer)
 
 
-@pytest.mark.parametrize("with_iv", [False, True])
-def test_greedy_cache_equals_full_forward(tiny, with_iv):
+@pytest.mark.parametrize("with_iv,attention", [(False, "xla"), (True, "xla"), (True, "pallas")])
+def test_greedy_cache_equals_full_forward(tiny, with_iv, attention):
     cfg, w = tiny
     rng = np.random.default_rng(3)
     prompts = [rng.integers(1, cfg.vocab_size, n).tolist() for n in (3, 9, 6)]
     iv = _random_interventions(cfg, jax.random.PRNGKey(4)) if with_iv else None
-    out = S.generate(w, cfg, prompts, max_new_tokens=12, temperature=0.0, interventions=iv)
+    out = S.generate(w, cfg, prompts, max_new_tokens=12, temperature=0.0, interventions=iv,
+                     decode_attention=attention)  # "pallas": the GPU kernel, interpreted on CPU
     for p, o in zip(prompts, out):
         assert o == _greedy_reference(w, cfg, p, 12, iv)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_decode_attention_kernel_equals_attend(tiny, seed):
+    """The Pallas kernel (interpreted) against M.attend on fresh random caches and masks,
+    including fully masked rows and, for Gemma-2, the attention soft-cap."""
+    cfg, _ = tiny
+    rng = np.random.default_rng(seed)
+    n_layers, b, s = 3, 3, DA.BLOCK_S * 2
+    kv = lambda: jnp.asarray(rng.normal(size=(n_layers, b, s, cfg.n_kv_heads, cfg.head_dim)) * 3, jnp.float32)
+    k_all, v_all = kv(), kv()
+    q = jnp.asarray(rng.normal(size=(b, 1, cfg.n_heads, cfg.head_dim)) * 3, jnp.float32)
+    mask = jnp.asarray(rng.random((b, 1, s)) < 0.5).at[1].set(False)
+    layer = int(rng.integers(n_layers))
+    got = DA.attend_one_query(q, k_all, v_all, jnp.int32(layer), mask, cfg, interpret=True)
+    want = M.attend(q, k_all[layer], v_all[layer], mask, cfg)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=1e-5)
 
 
 def test_stop_ids_and_vocab_limit(tiny):
