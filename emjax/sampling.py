@@ -140,18 +140,19 @@ def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_li
     return toks.T, (~was_done).sum(axis=0)
 
 
-def _decode_kernel(choice: str, cfg: ModelConfig, n_tokens: int) -> str:
-    """The `kernel` of `_layers_with_cache` for a `decode_attention` choice."""
+def _decode_kernel(choice: str, cfg: ModelConfig, n_tokens: int, n_devices: int) -> str:
+    """The `kernel` of `_layers_with_cache` for a `decode_attention` choice (the Pallas kernel is
+    not partitioned: with weights spread over several devices "auto" keeps XLA attention)."""
     if choice not in ("auto", "xla", "pallas"):
         raise ValueError(f"decode_attention must be 'auto', 'xla' or 'pallas', got {choice!r}")
-    on_gpu = jax.default_backend() == "gpu"
+    gpu = jax.default_backend() == "gpu"
     supported = DA.supported(cfg, DA.cache_length(n_tokens))
     if choice == "pallas" and not supported:
         raise ValueError(f"the Pallas decode attention does not support this model's heads "
                          f"({cfg.n_heads} query / {cfg.n_kv_heads} kv heads of size {cfg.head_dim})")
-    if choice == "xla" or not supported or (choice == "auto" and not on_gpu):
+    if choice == "xla" or not supported or (choice == "auto" and not (gpu and n_devices == 1)):
         return "xla"
-    return "pallas" if on_gpu else "pallas_interpret"
+    return "pallas" if gpu else "pallas_interpret"
 
 
 def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
@@ -171,8 +172,8 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
       layer_unroll: unroll factor of the layer scan in the decode step (fewer loop iterations
         at the cost of compile time; on GPUs 1 is fastest: unrolled layers lose the in-place
         weight-slice matmuls).
-      decode_attention: "auto" (the Pallas kernel of `emjax.decode_attention` on GPUs, XLA
-        elsewhere), "xla", or "pallas" (interpreted off GPU: slow, for checking the kernel).
+      decode_attention: "auto" (the Pallas kernel of `emjax.decode_attention` on one GPU, XLA
+        elsewhere and for weights sharded over several devices), "xla", or "pallas" (interpreted off GPU: slow, for checking the kernel).
     Memory: besides the KV cache, each call holds a concatenated copy of the q, k, v matrices
     (about 1/8 of the weights) for the decode matmuls.
     Returns:
@@ -193,6 +194,7 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
                               jax.random.PRNGKey(seed), stops, limit, max_new_tokens=max_new_tokens,
                               temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                               layer_unroll=int(layer_unroll),
-                              kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens))
+                              kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens,
+                                                    len(weights.embed.sharding.device_set)))
     toks, lengths = np.asarray(toks), np.asarray(lengths)
     return [toks[i, : lengths[i]].tolist() for i in range(len(prompts))]

@@ -96,3 +96,18 @@ def test_sampling_distribution_and_seed(tiny):
     b = S.generate(w, cfg, [[1, 2, 3]] * 4, max_new_tokens=6, temperature=1.0, seed=7)
     c = S.generate(w, cfg, [[1, 2, 3]] * 4, max_new_tokens=6, temperature=1.0, seed=8)
     assert a == b and a != c
+
+
+def test_decode_attention_choice(tiny):
+    cfg, w = tiny
+    assert S._decode_kernel("auto", cfg, 20, 1) == ("xla" if jax.default_backend() != "gpu" else "pallas")
+    assert S._decode_kernel("auto", cfg, 20, 2) == "xla"  # the kernel is not partitioned
+    assert S._decode_kernel("xla", cfg, 20, 1) == "xla"
+    if jax.default_backend() != "gpu":
+        assert S._decode_kernel("pallas", cfg, 20, 1) == "pallas_interpret"
+    with pytest.raises(ValueError, match="decode_attention must be"):
+        S._decode_kernel("flash", cfg, 20, 1)
+    odd = cfg.replace(head_dim=24, n_heads=2, n_kv_heads=1)
+    with pytest.raises(ValueError, match="does not support this model's heads"):
+        S._decode_kernel("pallas", odd, 20, 1)
+    assert S._decode_kernel("auto", odd, 20, 1) == "xla"
