@@ -18,10 +18,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
 from emjax.config import ModelConfig
+
+try:  # Pallas' Triton API moves between JAX releases; without it sampling uses XLA attention
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+    AVAILABLE = all(hasattr(plgpu, n) for n in ("dot", "CompilerParams")) and hasattr(pl, "no_block_spec")
+except ImportError:  # pragma: no cover
+    AVAILABLE = False
 
 BLOCK_S = 64  # cache slots per step; the cache length must be a multiple (see `cache_length`)
 _Q_ROWS = 16  # query heads per kv head, zero-padded to Triton's smallest dot tile
@@ -37,7 +42,7 @@ def supported(cfg: ModelConfig, n_slots: int) -> bool:
     """Whether the kernel handles this shape (else use `emjax.model.attend`)."""
     group = cfg.n_heads // cfg.n_kv_heads
     dh = cfg.head_dim
-    return group <= _Q_ROWS and dh >= 16 and dh & (dh - 1) == 0 and n_slots % BLOCK_S == 0
+    return AVAILABLE and group <= _Q_ROWS and dh >= 16 and dh & (dh - 1) == 0 and n_slots % BLOCK_S == 0
 
 
 def _kernel(layer_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, *, n_blocks: int, scale: float,

@@ -147,6 +147,8 @@ def _decode_kernel(choice: str, cfg: ModelConfig, n_tokens: int, n_devices: int)
         raise ValueError(f"decode_attention must be 'auto', 'xla' or 'pallas', got {choice!r}")
     gpu = jax.default_backend() == "gpu"
     supported = DA.supported(cfg, DA.cache_length(n_tokens))
+    if choice == "pallas" and not DA.AVAILABLE:
+        raise ValueError("decode_attention='pallas': this JAX has no Pallas Triton API")
     if choice == "pallas" and not supported:
         raise ValueError(f"the Pallas decode attention does not support this model's heads "
                          f"({cfg.n_heads} query / {cfg.n_kv_heads} kv heads of size {cfg.head_dim})")
