@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from emjax.config import ModelConfig
+from emjax.model import MASKED_LOGIT
 
 try:  # Pallas' Triton API moves between JAX releases; without it sampling uses XLA attention
     from jax.experimental import pallas as pl
@@ -30,7 +31,6 @@ except ImportError:  # pragma: no cover
 
 BLOCK_S = 64  # cache slots per step; the cache length must be a multiple (see `cache_length`)
 _Q_ROWS = 16  # query heads per kv head, zero-padded to Triton's smallest dot tile
-_MASKED = -1e30  # as emjax.model.MASKED_LOGIT: an all-masked row becomes uniform, not NaN
 
 
 def cache_length(n: int) -> int:
@@ -60,7 +60,7 @@ def _kernel(layer_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, *, n_blocks: int, s
         logits = plgpu.dot(q, k, trans_b=True, allow_tf32=tf32) * scale  # [_Q_ROWS, BLOCK_S] float32
         if softcap is not None:
             logits = softcap * jnp.tanh(logits / softcap)
-        logits = jnp.where(mask_ref[b, slots][None, :] != 0, logits, _MASKED)
+        logits = jnp.where(mask_ref[b, slots][None, :] != 0, logits, MASKED_LOGIT)  # all masked: uniform
         m_new = jnp.maximum(m, jnp.max(logits, axis=1))
         p = jnp.exp(logits - m_new[:, None])
         corr = jnp.exp(m - m_new)
