@@ -103,10 +103,10 @@ def shared_prefix_layers(iv: Interventions | None, cfg: ModelConfig) -> int:
     prefix ends). Those layers run once for the frozen and the intervened model, and once for a
     whole sweep. 0 for an empty intervention.
     """
-    ends = []
-    if iv is not None and iv.lora is not None and iv.lora.layers:
-        ends.append(iv.lora.layers[0])
-    if iv is not None and iv.steer is not None and iv.steer.layers:
+    if iv is None:
+        return 0
+    ends = [iv.lora.layers[0]] if iv.lora is not None and iv.lora.layers else []
+    if iv.steer is not None and iv.steer.layers:
         first = iv.steer.layers[0]
         ends.append(first + 1 if _steer_is_residual_add(iv.steer, cfg) else first)
     return min(ends) if ends else 0

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from emjax.config import ModelConfig
-from emjax.interventions import DenseLayerIntervention, Interventions, densify
+from emjax.interventions import DenseLayerIntervention, Interventions, densify, enter_layer
 from emjax.params import LayerWeights, Weights
 
 # XLA options for programs made of large matmuls against frozen weights: on H100/H200, cuBLAS
@@ -361,6 +361,15 @@ def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.
 
     x, hidden = jax.lax.scan(_remat(body, remat), x, (jnp.arange(start, stop), sliding, dense))
     return (x, hidden) if collect else x
+
+
+def run_suffix(weights: Weights, cfg: ModelConfig, x_frozen: jax.Array, positions: jax.Array, mask: jax.Array,
+               start: int, interventions: Interventions | None, **kwargs) -> jax.Array:
+    """Blocks [start, L) under `interventions`, from the *frozen* model's residual entering `start`
+    (prefix sharing: the steering vector of a block the shared prefix took in is added first, see
+    `emjax.interventions.enter_layer`). kwargs as in `run_layers`. Returns [B, T, D]."""
+    x = enter_layer(interventions, cfg, x_frozen, start)
+    return run_layers(weights, cfg, x, positions, mask, start, None, interventions, **kwargs)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "collect", "remat"))

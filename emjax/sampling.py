@@ -145,10 +145,10 @@ def _decode_kernel(choice: str, cfg: ModelConfig, n_tokens: int, n_devices: int)
     not partitioned: with weights spread over several devices "auto" keeps XLA attention)."""
     if choice not in ("auto", "xla", "pallas"):
         raise ValueError(f"decode_attention must be 'auto', 'xla' or 'pallas', got {choice!r}")
-    gpu = jax.default_backend() == "gpu"
-    supported = DA.supported(cfg, DA.cache_length(n_tokens))
     if choice == "pallas" and not DA.AVAILABLE:
         raise ValueError("decode_attention='pallas': this JAX has no Pallas Triton API")
+    gpu = jax.default_backend() == "gpu"
+    supported = DA.supported(cfg, DA.cache_length(n_tokens))
     if choice == "pallas" and not supported:
         raise ValueError(f"the Pallas decode attention does not support this model's heads "
                          f"({cfg.n_heads} query / {cfg.n_kv_heads} kv heads of size {cfg.head_dim})")
@@ -175,7 +175,8 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
         at the cost of compile time; on GPUs 1 is fastest: unrolled layers lose the in-place
         weight-slice matmuls).
       decode_attention: "auto" (the Pallas kernel of `emjax.decode_attention` on one GPU, XLA
-        elsewhere and for weights sharded over several devices), "xla", or "pallas" (interpreted off GPU: slow, for checking the kernel).
+        elsewhere and for weights sharded over several devices), "xla", or "pallas"
+        (interpreted off GPU: slow, for checking the kernel).
     Memory: besides the KV cache, each call holds a concatenated copy of the q, k, v matrices
     (about 1/8 of the weights) for the decode matmuls.
     Returns:

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from emjax import model as M
 from emjax.config import ModelConfig
-from emjax.interventions import Interventions, enter_layer, shared_prefix_layers
+from emjax.interventions import Interventions, shared_prefix_layers
 from emjax.losses import cross_entropy, kl_base_to_adapted
 from emjax.params import Weights
 
@@ -122,8 +122,7 @@ def frozen_pass(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask: jax
 def _loss_one(iv: Interventions, weights: Weights, cfg: ModelConfig, k: int, metric: str, x: jax.Array,
               mask: jax.Array, targets: jax.Array | None, loss_mask: jax.Array | None,
               base: jax.Array | None, loss_chunk: int | None, attention: str) -> jax.Array:
-    xa = M.run_layers(weights, cfg, enter_layer(iv, cfg, x, k), M.default_positions(mask), mask, k, cfg.n_layers, iv,
-                      attention=attention)
+    xa = M.run_suffix(weights, cfg, x, M.default_positions(mask), mask, k, iv, attention=attention)
     if metric == "ce":
         s, n = cross_entropy(weights, cfg, xa, targets, loss_mask, loss_chunk)
     else:

@@ -28,7 +28,7 @@ import optax
 
 from emjax import model as M
 from emjax.config import ModelConfig
-from emjax.interventions import Interventions, enter_layer
+from emjax.interventions import Interventions
 from emjax.losses import KLReduction, cross_entropy, kl_base_to_adapted, kl_scale
 from emjax.params import Weights
 
@@ -128,19 +128,17 @@ def kl_terms(params: Interventions, weights: Weights, cfg: ModelConfig, opts: St
     xb = kl.base_hidden
     if xb is None:  # the same weights with the intervention off, under stop_gradient
         xb = jax.lax.stop_gradient(M.run_layers(weights, cfg, xk, pos, kl.mask, k, L, attention=opts.attention))
-    xa = M.run_layers(weights, cfg, enter_layer(params, cfg, xk, k), pos, kl.mask, k, L, params,
-                      remat=opts.remat, attention=opts.attention)
+    xa = M.run_suffix(weights, cfg, xk, pos, kl.mask, k, params, remat=opts.remat, attention=opts.attention)
     return kl_base_to_adapted(weights, cfg, xb, xa, kl.mask, opts.loss_chunk)
 
 
 def micro_loss(params: Interventions, weights: Weights, cfg: ModelConfig, opts: StepOptions,
                sft: SFTBatch, kl: KLBatch | None, lam: jax.Array, n_sft: jax.Array, n_kl: jax.Array):
     """Loss of one micro-batch (rows [b, T]), normalised by the whole step's token counts."""
-    k, L = opts.first_layer, cfg.n_layers
+    k = opts.first_layer
     pos = M.default_positions(sft.mask)
     x = sft.prefix if sft.prefix is not None else frozen_prefix(weights, cfg, sft.tokens, sft.mask, k)
-    x = M.run_layers(weights, cfg, enter_layer(params, cfg, x, k), pos, sft.mask, k, L, params, remat=opts.remat,
-                     attention=opts.attention)
+    x = M.run_suffix(weights, cfg, x, pos, sft.mask, k, params, remat=opts.remat, attention=opts.attention)
     ce_sum, ce_n = cross_entropy(weights, cfg, x, sft.targets, sft.loss_mask, opts.loss_chunk)
     loss = ce_sum / jnp.maximum(n_sft, 1.0)
     metrics = {"sft_sum": ce_sum, "sft_tokens": ce_n}
@@ -185,10 +183,9 @@ def compile_step(cfg: ModelConfig, opts: StepOptions, tx: optax.GradientTransfor
 def eval_loss(params: Interventions, weights: Weights, sft: SFTBatch, *, cfg: ModelConfig,
               opts: StepOptions) -> tuple[jax.Array, jax.Array]:
     """(summed CE, token count) of one [b, T] batch under the intervention."""
-    k, L = opts.first_layer, cfg.n_layers
+    k = opts.first_layer
     x = sft.prefix if sft.prefix is not None else frozen_prefix(weights, cfg, sft.tokens, sft.mask, k)
-    x = M.run_layers(weights, cfg, enter_layer(params, cfg, x, k), M.default_positions(sft.mask), sft.mask, k, L,
-                     params)
+    x = M.run_suffix(weights, cfg, x, M.default_positions(sft.mask), sft.mask, k, params)
     return cross_entropy(weights, cfg, x, sft.targets, sft.loss_mask, opts.loss_chunk)
 
 
