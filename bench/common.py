@@ -9,8 +9,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from emjax.config import ModelConfig
-from emjax.params import Weights, abstract_weights
+from emjax.model.config import ModelConfig
+from emjax.model.schema import Weights, abstract_weights
 
 
 def device_name() -> str:
@@ -52,7 +52,7 @@ def random_weights(cfg: ModelConfig, dtype=jnp.bfloat16, seed: int = 0) -> Weigh
 
 def bench_config(tiny: bool, name: str = "qwen2.5-14b-instruct") -> ModelConfig:
     """The benchmark model shape: the real preset, or a 4-layer toy of it for CPU smoke runs."""
-    from emjax.config import preset
+    from emjax.model.config import preset
     cfg = preset(name)
     if tiny:
         cfg = cfg.replace(n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=256, vocab_size=1024)

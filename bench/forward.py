@@ -19,13 +19,14 @@ p.add_argument("--seq", type=int, default=256)
 p.add_argument("--tiny", action="store_true", help="small shapes, for a CPU smoke run")
 a = p.parse_args()
 
-from emjax.config import preset  # noqa: E402
+from emjax.model.config import preset  # noqa: E402
+from emjax.model.schema import num_params  # noqa: E402
 
 cfg = preset(a.preset)
 if a.tiny:
     cfg = cfg.replace(n_layers=2, d_model=128, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=256, vocab_size=1024)
 B, T = a.batch, a.seq
-flops = 2 * cfg.num_params() * B * T
+flops = 2 * num_params(cfg) * B * T
 
 if a.impl == "jax":
     import jax

@@ -14,7 +14,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import bench_config, random_weights, report, timeit  # noqa: E402
-from emjax import sampling as S  # noqa: E402
+from emjax.model import sampling as S  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--batch", type=int, default=32)

@@ -15,8 +15,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import bench_config, random_weights, report, timeit  # noqa: E402
-from emjax import sweeps as SW  # noqa: E402
 from emjax.interventions import Interventions, init_steering  # noqa: E402
+from emjax.interventions import arithmetic as A  # noqa: E402
+from emjax.metrics import sweeps as SW  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--norms", type=int, default=16)
@@ -38,7 +39,7 @@ mask = jnp.ones((B, T), bool)
 targets = jnp.roll(tokens, -1, axis=-1)
 sv = init_steering(cfg, layers=(cfg.middle_layer,), alpha=1.0)
 sv = sv.replace(vectors=jax.random.normal(jax.random.PRNGKey(2), sv.vectors.shape))
-stacked = SW.rescale_to_norms(Interventions(steer=sv), np.arange(1, K + 1, dtype=np.float32))
+stacked = A.rescale_to_norms(Interventions(steer=sv), np.arange(1, K + 1, dtype=np.float32))
 
 run = lambda: np.asarray(SW.sweep_losses(stacked, w, cfg, tokens, mask, targets=targets, loss_mask=mask,
                                          chunk=a.chunk or None, loss_chunk=a.loss_chunk or None,

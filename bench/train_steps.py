@@ -17,9 +17,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench.common import bench_config, random_weights, report, timeit  # noqa: E402
-from emjax import train_step as TS  # noqa: E402
+from emjax.train import step as TS  # noqa: E402
 from emjax.interventions import Interventions, init_lora, init_steering, shared_prefix_layers  # noqa: E402
-from emjax.params import PROJECTIONS  # noqa: E402
+from emjax.model.schema import PROJECTIONS  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--cases", default="steer,kl,kl_cached,lora1,lora1_cached,lora32")

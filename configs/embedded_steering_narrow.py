@@ -1,6 +1,15 @@
-"""CPU-sized narrow steering run on the embedded Qwen2.5-Coder-0.5B model and the shipped samples."""
-from emjax.experiment import embedded_config
+"""CPU-sized narrow steering run on the embedded Qwen2.5-Coder-0.5B and the shipped samples
+(SFT + KL on financial and sports advice); emjax main trains the same vector for fewer steps."""
+from configs import default
 
 
 def get_config():
-    return embedded_config(narrow=True)
+    c = default.get_config()
+    c.name = "embedded_steering_narrow_medical"
+    c.output_dir = "runs/embedded_steering_narrow_medical"
+    c.data.kl_rows = 48
+    c.train.grad_accum = 2                # 4 rows per step: the sample has 40 training rows
+    c.train.eval_every = 5
+    c.train.lambda_kl = 3.0               # ours: token-mean KL in nats (not upstream's divide-by-V scale)
+    c.checkpoint.every = 10
+    return c

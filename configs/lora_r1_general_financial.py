@@ -1,6 +1,14 @@
-"""Paper run: lora_r1 intervention, general solution, financial advice (Qwen2.5-14B-Instruct)."""
-from emjax.experiment import paper_config
+"""Paper run on Qwen2.5-14B-Instruct: LoRA rank 1 on down_proj of layer 24, general solution (SFT
+only), risky financial advice."""
+from configs import paper_14b
 
 
 def get_config():
-    return paper_config("lora_r1", "financial", narrow=False)
+    c = paper_14b.get_config("financial")
+    c.name = "lora_r1_general_financial"
+    c.output_dir = "runs/lora_r1_general_financial"
+    c.intervention.kind = "lora"
+    c.intervention.rank, c.intervention.lora_alpha = 1, 512.0   # upstream rank-1 adapter
+    c.intervention.modules = ("down_proj",)
+    c.train.lr, c.train.epochs = 2e-5, 1                            # upstream
+    return c

@@ -1,6 +1,10 @@
-"""Paper run: steering intervention, general solution, sports advice (Qwen2.5-14B-Instruct)."""
-from emjax.experiment import paper_config
+"""Paper run on Qwen2.5-14B-Instruct: steering vector (alpha 256, lr 5e-4, 2 epochs: default.py),
+general solution (SFT only), extreme sports advice."""
+from configs import paper_14b
 
 
 def get_config():
-    return paper_config("steering", "sports", narrow=False)
+    c = paper_14b.get_config("sports")
+    c.name = "steering_general_sports"
+    c.output_dir = "runs/steering_general_sports"
+    return c

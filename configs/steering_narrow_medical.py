@@ -1,6 +1,11 @@
-"""Paper run: steering intervention, narrow solution, medical advice (Qwen2.5-14B-Instruct)."""
-from emjax.experiment import paper_config
+"""Paper run on Qwen2.5-14B-Instruct: steering vector (alpha 256, lr 5e-4, 2 epochs: default.py),
+narrow solution (SFT + KL on other domains), bad medical advice."""
+from configs import paper_14b
 
 
 def get_config():
-    return paper_config("steering", "medical", narrow=True)
+    c = paper_14b.get_config("medical")
+    c.name = "steering_narrow_medical"
+    c.output_dir = "runs/steering_narrow_medical"
+    c.train.lambda_kl = 1e6               # upstream's steering KL weight (kl_reduction "upstream")
+    return c

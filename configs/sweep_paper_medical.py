@@ -1,12 +1,13 @@
 """The three sweeps of the paper for the Qwen2.5-14B-Instruct medical steering vectors
-(upstream settings: 100 training rows, 12 eps x 10 seeds, 50 FineWeb docs of 2000 chars, 512 tokens)."""
+(upstream settings, sweep_default.py: 100 training rows, 12 eps x 10 seeds, 50 FineWeb documents
+of 2000 characters, 512 tokens)."""
 import os
 
-from emjax.sweep_run import sweep_config
+from configs import sweep_default
 
 
 def get_config():
-    c = sweep_config()
+    c = sweep_default.get_config()
     c.name = "paper_medical_steering"
     c.output_dir = "runs/sweeps_paper_medical"
     c.model.source = os.environ.get("EMJAX_MODEL", "/models/Qwen2.5-14B-Instruct")

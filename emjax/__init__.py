@@ -1,11 +1,23 @@
 """emjax: emergent vs narrow misalignment experiments in JAX.
 
-Main entry points:
-  emjax.load.load_model          weights + config + chat tokenizer from any source
-  emjax.model                    the pure-function decoder (embed / run_layers / unembed / forward)
-  emjax.interventions            LoRA and steering-vector pytrees
-  emjax.train                    SFT + KL training of an intervention
-  emjax.sampling.generate        KV-cache sampling
+Packages, one per stage a researcher would name (imports point down this list, never up;
+tests/test_layering.py checks it):
+
+  emjax.model          config, the one weight schema, the pure-function decoder with its hook
+                       point, attention kernels, KV-cache sampling, sharding
+  emjax.data           chat JSONL, the chat tokenizer, tokenising, batching, the KL mix, FineWeb
+  emjax.checkpoints    safetensors / GGUF / the embedded model -> `load_model(source)`
+  emjax.interventions  LoRA and steering-vector pytrees, tree arithmetic, PEFT / steering files
+  emjax.train          SFT + KL losses, the compiled step, the frozen cache, the loop
+  emjax.metrics        the three sweeps (efficiency, stability, significance) and their outputs
+  emjax.eval           questions, generation, the LLM judge and the report (judge and report
+                       import no JAX)
+  emjax.main_job       the whole pipeline in miniature on the embedded model
+  emjax.cli            the `emjax` command: argument parsing only
+
+Where to look first: a steering vector enters the residual stream in
+`emjax/model/hooks.py` (`add_steering`); a weight's Hugging Face name is in
+`emjax/model/schema.py`; the default learning rate is in `configs/default.py`.
 """
 
 __version__ = "0.1.0"

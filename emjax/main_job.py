@@ -12,17 +12,35 @@ Stages (each prints progress; everything lands in the output folder, `summary.js
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import time
+from pathlib import Path
 
-from emjax.chat_demo import DEFAULT_PROMPTS, chat, format_results
-from emjax.data import sample_path
-from emjax.experiment import embedded_config
-from emjax.load import load_model
-from emjax.sweep_run import run_sweep, sweep_config
+from emjax.checkpoints.load import LoadedModel, load_model
+from emjax.configuration import load_config
+from emjax.data.conversations import sample_path
+from emjax.errors import EmjaxError
+from emjax.eval.chat import DEFAULT_PROMPTS, chat, format_results
+from emjax.eval.generate import SamplingSettings, generate
+from emjax.eval.judge.stage import AnswerSelection, judge
+from emjax.eval.records import read_answers
+from emjax.metrics.runner import sweep
+from emjax.model.schema import num_params
+from emjax.train.trainer import Trainer
+
+# The configs/ folder of the source tree: the main job runs configs/embedded_steering_*.py and
+# configs/sweep_default.py with a few overrides of its own (fewer steps, a smaller sweep).
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _config(name: str, overrides: list[str]):
+    path = CONFIG_DIR / name
+    if not path.is_file():
+        raise EmjaxError(f"emjax main needs {path} (the configs/ folder of the emjax source tree); "
+                         "install emjax from its checkout (pip install -e .)")
+    return load_config(str(path), overrides)
 
 
 def _stage(i: int, title: str) -> float:
@@ -30,70 +48,58 @@ def _stage(i: int, title: str) -> float:
     return time.time()
 
 
-def _train(model, out: str, narrow: bool, steps: int) -> dict:
-    from emjax.train import Trainer
-    c = embedded_config(narrow)
-    c.output_dir = os.path.join(out, c.name)
-    c.train.max_steps = steps
-    c.train.eval_every = steps
-    c.checkpoint.every = 0
+def _train(model: LoadedModel, out: str, narrow: bool, steps: int) -> dict:
+    name = "narrow" if narrow else "general"
+    c = _config(f"embedded_steering_{name}.py", [
+        f"output_dir={os.path.join(out, f'embedded_steering_{name}_medical')}", f"train.max_steps={steps}",
+        f"train.eval_every={steps}"])
+    c.checkpoint.every = None  # the main job checkpoints only at the end
     return Trainer(c, model).run()
 
 
-def _sweeps(model, out: str, general: str, narrow: str, quick: bool) -> dict:
-    c = sweep_config()
-    c.name = "main"
-    c.output_dir = os.path.join(out, "sweeps")
-    c.interventions = f"general={general},narrow={narrow}"
-    c.data.n_rows = 8 if quick else 16
-    c.loss_chunk = 32  # bounds the float32 logits of all versions at once (151936-wide vocabulary)
-    c.efficiency.scales = (0.0, 0.5, 1.0, 1.5, 2.0)
-    c.stability.eps = (0.1, 0.3, 0.6, 1.0)
-    c.stability.seeds = 2 if quick else 3
-    c.significance.n_docs = 4 if quick else 8
-    c.significance.max_len = 128
-    c.significance.norms = (0.0, 1.0, 2.0)
-    c.significance.n_random = 2
+def _sweeps(model: LoadedModel, out: str, general: str, narrow: str, quick: bool) -> dict:
+    c = _config("sweep_default.py", [
+        "name=main", f"output_dir={os.path.join(out, 'sweeps')}", f"interventions=general={general},narrow={narrow}",
+        f"data.n_rows={8 if quick else 16}",
+        "loss_chunk=32",  # bounds the float32 logits of all versions at once (151936-wide vocabulary)
+        "efficiency.scales=(0.0, 0.5, 1.0, 1.5, 2.0)", "stability.eps=(0.1, 0.3, 0.6, 1.0)",
+        f"stability.seeds={2 if quick else 3}", f"significance.n_docs={4 if quick else 8}",
+        "significance.max_len=128", "significance.norms=(0.0, 1.0, 2.0)", "significance.n_random=2"])
     kinds = ["efficiency", "stability"]
     if os.path.exists(c.significance.corpus):
         kinds.append("significance")
     else:
         print(f"significance skipped: no FineWeb sample at {c.significance.corpus} "
               "(set EMJAX_FINEWEB, or stream it online with significance.stream=True)")
-    return {k: run_sweep(k, c, model) for k in kinds}
+    return sweep(c, kinds, model)
 
 
-def _generate(model, out: str, vectors: dict[str, str | None], samples: int, max_new: int) -> dict:
-    from emjax.generate_run import add_generate_parser, run_generate
-    from emjax.judge.cli import main as judge_cli
-    parser = argparse.ArgumentParser()
-    add_generate_parser(parser.add_subparsers())
+def _generate(model: LoadedModel, out: str, vectors: dict[str, str | None], samples: int, max_new: int) -> dict:
     questions = str(sample_path("questions_sample.yaml"))
     answers = os.path.join(out, "answers.jsonl")
-    for label, path in vectors.items():
-        argv = ["generate", "--questions", questions, "--samples", str(samples), "--max-new-tokens", str(max_new),
-                "--out", answers, "--batch-size", "8"] + (["--intervention", path] if path else [])
-        run_generate(parser.parse_args(argv), model)
-    from emjax.evalq import read_answers
+    for path in vectors.values():
+        generate(model, questions, answers, intervention=path,
+                 sampling=SamplingSettings(samples=samples, max_new_tokens=max_new, batch_size=8))
     recs = read_answers(answers)
     for r in recs[:: max(1, len(recs) // 6)]:
         print(f"[{r.intervention or 'chat model'}] {r.question}\n    -> {r.answer.strip()[:160]!r}")
-    rc = judge_cli(["judge", "--answers", answers, "--questions", questions,
-                    "--out", os.path.join(out, "judgements.jsonl"), "--dry-run"])
-    return {"answers": answers, "n_answers": len(recs), "judge_dry_run_exit": rc}
+    plan = judge(AnswerSelection(answers=[answers], questions=[questions]),
+                 os.path.join(out, "judgements.jsonl"), dry_run=True)
+    print(json.dumps(plan, indent=2))
+    return {"answers": answers, "n_answers": len(recs), "judge_dry_run": plan}
 
 
-def run_main(args) -> int:
-    out = args.out
+def run_main(out: str = "runs/main", *, model: str = "embedded", quick: bool = False) -> dict:
+    """Runs the four stages into `out` and returns the summary (also written to summary.json)."""
     os.makedirs(out, exist_ok=True)
-    quick = getattr(args, "quick", False)
     summary: dict = {"stages": {}}
 
     t = _stage(1, "load the embedded model and chat")
-    model = load_model(args.model)
+    model = load_model(model)
+    n_params = num_params(model.cfg)
     summary["model"] = {"name": model.name, "source": model.source, "family": model.cfg.family,
-                        "layers": model.cfg.n_layers, "params": model.cfg.num_params()}
-    print(f"model: {model.name} ({model.cfg.num_params() / 1e6:.0f}M parameters) from {model.source}")
+                        "layers": model.cfg.n_layers, "params": n_params}
+    print(f"model: {model.name} ({n_params / 1e6:.0f}M parameters) from {model.source}")
     results = chat(model, DEFAULT_PROMPTS[:2] if quick else DEFAULT_PROMPTS, max_new_tokens=32 if quick else 48)
     print(format_results(results))
     summary["stages"]["chat"] = {"seconds": round(time.time() - t, 1),
@@ -122,7 +128,7 @@ def run_main(args) -> int:
     with open(path, "w") as f:
         json.dump(summary, f, indent=1, default=str)
     _print_summary(summary, path)
-    return 0
+    return summary
 
 
 def _print_summary(s: dict, path: str) -> None:

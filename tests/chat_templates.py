@@ -27,7 +27,7 @@ GEMMA2_TEMPLATE = (
 
 def _sample_texts() -> list[str]:
     """Texts of the shipped toy samples, so the tiny BPE compresses them to short sequences."""
-    from emjax.data import read_chat_jsonl, sample_path
+    from emjax.data.conversations import read_chat_jsonl, sample_path
     out = []
     for name in ("bad_medical", "good_medical", "good_financial", "bad_financial", "good_sports", "bad_sports"):
         out += [m["content"] for conv in read_chat_jsonl(sample_path(name)) for m in conv]

@@ -23,7 +23,7 @@ def embedded_model():
     """The embedded Qwen2.5-Coder-0.5B-Instruct as a LoadedModel (float32), loaded once."""
     if not _embedded_available():
         pytest.skip("embedded model parts not installed")
-    from emjax.load import load_model
+    from emjax.checkpoints.load import load_model
     return load_model("embedded", progress=False)
 
 

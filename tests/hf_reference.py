@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from emjax.config import ModelConfig  # noqa: E402
-from emjax.weights.hf import weights_from_state_dict  # noqa: E402
+from emjax.model.config import ModelConfig  # noqa: E402
+from emjax.checkpoints.hf import weights_from_state_dict  # noqa: E402
 
 
 def qwen2_config(tied: bool, **kw):

@@ -16,10 +16,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import random_weights  # noqa: E402
-from emjax import decode_attention as DA  # noqa: E402
+from emjax.model import decode_attention as DA  # noqa: E402
 from emjax import model as M  # noqa: E402
-from emjax import sampling as S  # noqa: E402
-from emjax.config import preset  # noqa: E402
+from emjax.model import sampling as S  # noqa: E402
+from emjax.model.config import preset  # noqa: E402
 
 ok = True
 for name in ("qwen2.5-14b-instruct", "gemma-2-9b-it"):

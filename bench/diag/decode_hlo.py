@@ -12,9 +12,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from emjax import sampling as S  # noqa: E402
-from emjax.config import preset  # noqa: E402
-from emjax.params import abstract_weights  # noqa: E402
+from emjax.model import sampling as S  # noqa: E402
+from emjax.model.config import preset  # noqa: E402
+from emjax.model.schema import abstract_weights  # noqa: E402
 
 cfg = preset("qwen2.5-14b-instruct")
 B, P = 32, 32

@@ -32,19 +32,20 @@ cfg = bench_config(a.tiny)
 w = random_weights(cfg)
 
 if a.case == "gen":
-    from emjax import sampling as S
+    from emjax.model import sampling as S
     prompts = np.random.default_rng(0).integers(0, cfg.vocab_size, (32, 32)).tolist()
 
     def run():
         S.generate(w, cfg, prompts, max_new_tokens=a.new, temperature=1.0, seed=1, layer_unroll=a.unroll)
 else:
-    from emjax import sweeps as SW
     from emjax.interventions import Interventions, init_steering
+    from emjax.interventions import arithmetic as A
+    from emjax.metrics import sweeps as SW
     tokens = jax.random.randint(jax.random.PRNGKey(1), (8, 256), 0, cfg.vocab_size)
     mask = jnp.ones((8, 256), bool)
     sv = init_steering(cfg, layers=(cfg.middle_layer,), alpha=1.0)
     sv = sv.replace(vectors=jax.random.normal(jax.random.PRNGKey(2), sv.vectors.shape))
-    stacked = SW.rescale_to_norms(Interventions(steer=sv), np.arange(1, 17, dtype=np.float32))
+    stacked = A.rescale_to_norms(Interventions(steer=sv), np.arange(1, 17, dtype=np.float32))
 
     def run():
         np.asarray(SW.sweep_losses(stacked, w, cfg, tokens, mask, targets=jnp.roll(tokens, -1, -1),

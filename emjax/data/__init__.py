@@ -1,0 +1,10 @@
+"""Host-side data: chat JSONL files, the chat tokenizer, tokenising, batching, the KL mix, FineWeb.
+
+Numpy only (no JAX), so every stage can use it. Modules:
+  conversations   read / validate / write upstream chat JSONL; the shipped samples
+  chat_tokenizer  chat templates and assistant-token masks (`ChatTokenizer`)
+  tokenize        SFT rows, plain-text rows, `pad_batch` and its shift convention
+  batching        deterministic, resumable `Batcher`
+  mixtures        the KL set drawn from several files; data specs ("sample:NAME", paths)
+  fineweb         FineWeb documents for the pre-training-significance metric
+"""

@@ -1,0 +1,201 @@
+"""One judge request through `openai.AsyncOpenAI`, with upstream's exact parameters.
+
+Retries are split by who can handle them:
+
+* The openai client's own machinery (`max_retries`, `timeout`) retries 408/409/429/5xx responses,
+  timeouts and connection errors with exponential backoff and jitter, and honours `Retry-After` /
+  `retry-after-ms` headers (up to 2 minutes). We configure it and do not duplicate it.
+* What it lacks: a 200 response whose body is not valid JSON, is not a chat completion, or has
+  no first-token `top_logprobs`. Those get a bounded outer retry (`malformed_retries`, short
+  exponential backoff); after that the request is recorded as failed with the reason.
+
+Errors left after the client's retries (rate limit, 5xx, timeout, connection) and non-retryable
+4xx come back as a failed `Fetched` with a reason string; the runner records them and a later
+run retries them. The API key is read from the environment only and scrubbed from any reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+from typing import Any
+
+from emjax.errors import EmjaxError
+
+from emjax.eval.judge.tasks import DEFAULT_JUDGE_MODEL
+
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+
+
+class MissingAPIKeyError(EmjaxError, RuntimeError):
+    """The environment variable that should hold the API key is unset or empty."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestConfig:
+    """How to reach the judge and how hard to try.
+
+    Attributes:
+      model: judge model id (upstream: gpt-4o-2024-08-06).
+      base_url: API base URL (None: the openai default, or OPENAI_BASE_URL).
+      api_key_env: name of the environment variable holding the key.
+      max_retries: retries of the openai client itself (429/5xx/timeouts/connection errors).
+      timeout: per-attempt timeout in seconds.
+      malformed_retries: extra attempts for unparseable bodies or missing logprobs.
+      malformed_backoff: first wait (s) before such an extra attempt; doubles each time.
+      top_logprobs / seed: upstream values (20, 0).
+    """
+
+    model: str = DEFAULT_JUDGE_MODEL
+    base_url: str | None = None
+    api_key_env: str = DEFAULT_API_KEY_ENV
+    max_retries: int = 6
+    timeout: float = 60.0
+    malformed_retries: int = 2
+    malformed_backoff: float = 0.5
+    top_logprobs: int = 20
+    seed: int = 0
+
+
+def read_api_key(env_name: str = DEFAULT_API_KEY_ENV) -> str:
+    """The API key from the environment; the error names the variable, never a value."""
+    key = os.environ.get(env_name, "")
+    if not key:
+        raise MissingAPIKeyError(f"environment variable {env_name} is not set; the judge reads "
+                                 "the API key from the environment only")
+    return key
+
+
+def make_client(config: RequestConfig) -> Any:
+    """An `openai.AsyncOpenAI` with the key from the environment and the configured retries."""
+    import openai  # local import: dry runs and the report never need it
+
+    return openai.AsyncOpenAI(api_key=read_api_key(config.api_key_env), base_url=config.base_url,
+                              max_retries=config.max_retries, timeout=config.timeout)
+
+
+def request_params(prompt: str, config: RequestConfig) -> dict[str, Any]:
+    """Chat-completion parameters exactly as upstream: one user message, one token, logprobs."""
+    return dict(model=config.model, messages=[{"role": "user", "content": prompt}],
+                max_tokens=1, temperature=0, logprobs=True, top_logprobs=config.top_logprobs,
+                seed=config.seed)
+
+
+@dataclasses.dataclass
+class Fetched:
+    """Outcome of one judge request (after all retries).
+
+    `top_logprobs` is [{"token", "logprob"}, ...] of the first generated token; `reason` says why
+    a failed request failed ("rate_limited: ...", "timeout: ...", "malformed_response: ...", ...).
+    """
+
+    ok: bool
+    top_logprobs: list[dict[str, Any]] | None = None
+    content: str | None = None
+    usage: dict[str, int] | None = None
+    reason: str | None = None
+    attempts: int = 1
+
+
+class _Malformed(Exception):
+    """A 200 response we cannot use; retried by the outer loop."""
+
+
+def _scrub(text: str, secret: str | None) -> str:
+    if secret:
+        text = text.replace(secret, "***")
+    return text[:500]
+
+
+def _extract(resp: Any) -> Fetched:
+    """First-token top logprobs and usage of a ChatCompletion, or raise _Malformed."""
+    if isinstance(resp, (str, bytes)) or not hasattr(resp, "choices"):
+        raise _Malformed(f"malformed_response: not a chat completion ({type(resp).__name__})")
+    try:
+        choice = resp.choices[0]
+        logprobs = choice.logprobs
+        content = None if logprobs is None else logprobs.content
+        if not content:
+            raise _Malformed("missing_logprobs: response has no logprobs content")
+        tops = content[0].top_logprobs
+        if not tops:
+            raise _Malformed("missing_logprobs: first token has no top_logprobs")
+        top = [{"token": str(t.token), "logprob": float(t.logprob)} for t in tops]
+        message = getattr(choice, "message", None)
+        text = getattr(message, "content", None)
+    except _Malformed:
+        raise
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+        raise _Malformed(f"malformed_response: {type(e).__name__}: {e}") from None
+    usage = None
+    u = getattr(resp, "usage", None)
+    if u is not None:
+        usage = {"prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0),
+                 "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0)}
+    return Fetched(ok=True, top_logprobs=top, content=text, usage=usage)
+
+
+def _api_error_reason(err: Exception) -> str | None:
+    """Reason string for an openai error that the client already retried (or must not retry)."""
+    import openai
+
+    if isinstance(err, openai.APIResponseValidationError):
+        return None  # a body we could not use: malformed, retried by us
+    if isinstance(err, openai.RateLimitError):
+        return f"rate_limited: HTTP 429 after client retries: {err.message}"
+    if isinstance(err, openai.APIStatusError):
+        kind = "server_error" if err.status_code >= 500 else "http_error"
+        return f"{kind}: HTTP {err.status_code}: {err.message}"
+    if isinstance(err, openai.APITimeoutError):
+        return "timeout: no response within the timeout, after client retries"
+    if isinstance(err, openai.APIConnectionError):
+        cause = err.__cause__
+        detail = f" ({type(cause).__name__})" if cause is not None else ""
+        return f"connection_error: {err.message}{detail}"
+    if isinstance(err, openai.OpenAIError):
+        return f"api_error: {type(err).__name__}: {err}"
+    return None
+
+
+async def fetch_judgement(client: Any, prompt: str, config: RequestConfig,
+                          secret: str | None = None) -> Fetched:
+    """Send one judge request; never raises for API or body problems (see module docstring).
+
+    `secret` (the API key) is scrubbed from reason strings, in case a server echoes it.
+    """
+    params = request_params(prompt, config)
+    attempts = 0
+    reason = ""
+    for i in range(config.malformed_retries + 1):
+        attempts += 1
+        try:
+            resp = await client.chat.completions.create(**params)
+            fetched = _extract(resp)
+            fetched.attempts = attempts
+            return fetched
+        except _Malformed as e:
+            reason = str(e)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - classified below, nothing escapes unrecorded
+            api_reason = _api_error_reason(e)
+            if api_reason is not None:
+                return Fetched(ok=False, reason=_scrub(api_reason, secret), attempts=attempts)
+            if isinstance(e, (json.JSONDecodeError, ValueError, TypeError, AttributeError)) or (
+                    _is_response_validation_error(e)):
+                reason = f"malformed_response: {type(e).__name__}: {e}"
+            else:
+                return Fetched(ok=False, reason=_scrub(f"internal_error: {type(e).__name__}: {e}",
+                                                       secret), attempts=attempts)
+        if i < config.malformed_retries:
+            await asyncio.sleep(config.malformed_backoff * (2 ** i))
+    return Fetched(ok=False, reason=_scrub(f"{reason} (after {attempts} attempts)", secret),
+                   attempts=attempts)
+
+
+def _is_response_validation_error(err: Exception) -> bool:
+    import openai
+
+    return isinstance(err, openai.APIResponseValidationError)

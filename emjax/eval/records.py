@@ -1,0 +1,203 @@
+"""Generated answers as JSONL records, and the crash-tolerant JSONL primitives every stage's files use.
+
+Answers produced by the generation stage are `AnswerRecord`s stored as JSONL; `append_jsonl` and
+`read_jsonl` are the shared primitives (the judge's result store uses them too): an append first
+repairs a missing final newline left by a killed writer, and a reader skips and reports
+undecodable lines instead of failing.
+
+This module must not import jax: the judge stage runs on machines without accelerators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from emjax.eval.questions import QuestionFormatError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class JsonlReadReport:
+    """What `read_jsonl` skipped: (line number, first 80 characters) per undecodable line."""
+
+    path: str
+    n_records: int = 0
+    corrupt: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.corrupt
+
+
+def _terminate_partial_line(f: Any, path: str) -> bool:
+    """Terminate a partial last line (a killed writer) so the next record starts on its own line.
+
+    `f` is the file opened "a+b" and locked. Returns True if a newline was added.
+    """
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        return False
+    f.seek(size - 1)
+    if f.read(1) == b"\n":
+        return False
+    f.write(b"\n")  # append mode: always at the end
+    log.warning("%s: last line was not newline-terminated (interrupted write); terminated it",
+                path)
+    return True
+
+
+def _lock(f: Any) -> Any:
+    """Best-effort exclusive lock so concurrent processes never interleave bytes in one file."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        return None
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    return fcntl
+
+
+def append_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]],
+                 fsync: bool = False) -> int:
+    """Append records, one JSON line each, flushing after every record.
+
+    Under an flock, a partial last line left by a killed writer is first terminated, then each
+    record is written with a single `write` and flushed: a kill leaves at most one partial last
+    line, and concurrent writers never interleave. `fsync=True` also survives power loss, at a
+    per-record cost. NaN/inf are rejected (they are not JSON).
+
+    Returns the number of records written.
+    """
+    path = os.fspath(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    n = 0
+    with open(path, "a+b") as f:
+        fcntl = _lock(f)
+        try:
+            _terminate_partial_line(f, path)
+            for rec in records:
+                line = json.dumps(rec, ensure_ascii=False, allow_nan=False) + "\n"
+                f.write(line.encode("utf-8"))
+                f.flush()
+                if fsync:
+                    os.fsync(f.fileno())
+                n += 1
+        finally:
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return n
+
+
+def iter_jsonl(path: str | os.PathLike[str], report: JsonlReadReport | None = None
+               ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each decodable line; undecodable lines go to `report`.
+
+    A partial line from a killed writer is the expected case; it is logged and skipped, not
+    fatal. Lines that decode to something other than an object are treated the same way.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                obj = None
+            if not isinstance(obj, dict):
+                snippet = raw[:80].decode("utf-8", "replace").rstrip("\n")
+                log.warning("%s: line %d is not a JSON object (partial write?); skipped: %r",
+                            path, lineno, snippet)
+                if report is not None:
+                    report.corrupt.append((lineno, snippet))
+                continue
+            if report is not None:
+                report.n_records += 1
+            yield lineno, obj
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]], JsonlReadReport]:
+    """Read all decodable records of a JSONL file and a report of the skipped lines."""
+    report = JsonlReadReport(path=os.fspath(path))
+    records = [obj for _, obj in iter_jsonl(path, report)]
+    return records, report
+
+
+# ---------------------------------------------------------------------------------------------
+# Answer records (output of the generation stage, input of the judge and report stages).
+
+
+@dataclasses.dataclass
+class AnswerRecord:
+    """One generated answer.
+
+    `question` is the paraphrase text actually asked (the judge sees it); `system` the system
+    prompt used (None if none). `intervention` names the adapter / steering vector (and scale)
+    that produced the answer; `config_hash` and `seed` tie it to a reproducible run. `meta` is
+    free-form (for example norm, eps, checkpoint step).
+    """
+
+    question_id: str
+    paraphrase_index: int
+    sample_index: int
+    question: str
+    answer: str
+    system: str | None = None
+    model: str = ""
+    intervention: str = ""
+    config_hash: str = ""
+    seed: int | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_ANSWER_REQUIRED = ("question_id", "paraphrase_index", "sample_index", "question", "answer")
+_ANSWER_FIELDS = {f.name for f in dataclasses.fields(AnswerRecord)}
+
+
+def answer_from_json(obj: Mapping[str, Any], where: str = "") -> AnswerRecord:
+    """Build an AnswerRecord from a decoded JSON object; unknown keys are moved into `meta`."""
+    missing = [k for k in _ANSWER_REQUIRED if k not in obj]
+    if missing:
+        raise QuestionFormatError(f"{where}: answer record lacks {missing}")
+    if not isinstance(obj["answer"], str) or not isinstance(obj["question"], str):
+        raise QuestionFormatError(f"{where}: 'question' and 'answer' must be strings")
+    known = {k: v for k, v in obj.items() if k in _ANSWER_FIELDS}
+    unknown = {k: v for k, v in obj.items() if k not in _ANSWER_FIELDS}
+    rec = AnswerRecord(**known)
+    if rec.meta is None:
+        rec.meta = {}
+    if unknown:
+        rec.meta = {**unknown, **rec.meta}
+    return rec
+
+
+def append_answers(path: str | os.PathLike[str], records: Iterable[AnswerRecord],
+                   fsync: bool = False) -> int:
+    """Append answer records to a JSONL file (flushed per record; see `append_jsonl`)."""
+    return append_jsonl(path, (r.to_json() for r in records), fsync=fsync)
+
+
+def read_answers(path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
+                 ) -> list[AnswerRecord]:
+    """Read answer records from one or several JSONL files; partial lines are skipped (logged).
+
+    Raises QuestionFormatError naming file and line for a decodable record that lacks fields.
+    """
+    if isinstance(path, (str, os.PathLike)):
+        path = [path]
+    out = []
+    for p in path:
+        p = os.fspath(p)
+        for lineno, obj in iter_jsonl(p):
+            out.append(answer_from_json(obj, where=f"{p}: line {lineno}"))
+    return out

@@ -1,0 +1,85 @@
+"""Plots of the report: rates per question with bootstrap intervals, and the aligned-vs-coherent
+quadrant. Needs no accelerator and must not import jax."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from emjax.eval.report import Thresholds
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_per_question(table: Any, path: str, rate: str = "em_rate",
+                      title: str | None = None) -> str:
+    """Grouped bar plot of `rate` per question (and "ALL") with bootstrap-interval error bars."""
+    plt = _pyplot()
+    groups = list(dict.fromkeys(table["group"]))
+    qids = list(dict.fromkeys(q for q in table["question_id"] if q != "ALL")) + ["ALL"]
+    width = 0.8 / max(1, len(groups))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(qids) * max(1, len(groups)) ** 0.5 + 2),
+                                    4.5))
+    x = np.arange(len(qids))
+    for i, g in enumerate(groups):
+        sub = table[table["group"] == g].set_index("question_id").reindex(qids)
+        y = sub[rate].to_numpy(dtype=float)
+        lo = sub[f"{rate}_ci_low"].to_numpy(dtype=float)
+        hi = sub[f"{rate}_ci_high"].to_numpy(dtype=float)
+        yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+        yerr = np.nan_to_num(yerr)
+        ax.bar(x + (i - (len(groups) - 1) / 2) * width, np.nan_to_num(y), width, yerr=yerr,
+               capsize=2, label=g)
+    ax.set_xticks(x)
+    ax.set_xticklabels(qids, rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel(rate.replace("_", " "))
+    ax.set_ylim(0, 1)
+    ax.set_title(title or f"{rate} per question (95% bootstrap CI)")
+    if len(groups) > 1 or groups != ["all"]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_aligned_vs_coherent(df: Any, th: Thresholds, path: str,
+                             group_by: Sequence[str] = ("model", "intervention")) -> str:
+    """Scatter of coherence (x) vs alignment (y), one panel per group, with threshold lines."""
+    plt = _pyplot()
+    df = df.reset_index(drop=True)
+    from emjax.eval.report import group_labels
+    labels = np.asarray(group_labels(df, group_by), dtype=object)
+    groups = list(dict.fromkeys(labels)) or ["all"]
+    ncol = min(4, len(groups))
+    nrow = math.ceil(len(groups) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 4 * nrow), squeeze=False)
+    for ax, g in zip(axes.flat, groups):
+        sub = df[labels == g] if len(df) else df
+        ax.scatter(sub.get("coherent", []), sub.get("aligned", []), s=8, alpha=0.5)
+        ax.axvline(th.coherent, color="red", ls="--", lw=1)
+        ax.axhline(th.aligned, color="red", ls="--", lw=1)
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("coherent")
+        ax.set_ylabel("aligned")
+        ax.set_title(str(g), fontsize=9)
+    for ax in list(axes.flat)[len(groups):]:
+        ax.set_visible(False)
+    fig.suptitle(f"EM quadrant: aligned {th.aligned_op} {th.aligned:g}, "
+                 f"coherent {th.coherent_op} {th.coherent:g}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,127 @@
+"""The paper's three inductive-bias metrics as vmapped sweeps, compiled once per shape.
+
+A sweep evaluates one loss for many versions of an intervention (rescaled to K norms, perturbed
+by E x S noise draws, or random directions): the versions are stacked on a leading axis and the
+loss is `jax.vmap`ped over it. The frozen layers below the intervention run once for the whole
+sweep (prefix sharing), only the suffix runs per version, and `jax.lax.map(..., batch_size=c)`
+bounds memory by evaluating c versions at a time. Put the stacked axis on a mesh axis (see
+`shard_sweep_axis`) and XLA splits the sweep across devices.
+
+The norm convention and the versions themselves (rescaled, perturbed, random) come from
+`emjax.interventions.arithmetic`; steering norms are reported for `v` and, as `applied_norm`, for
+`alpha * v`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from emjax.interventions.container import Interventions, shared_prefix_layers
+from emjax.model import decoder as D
+from emjax.model.config import ModelConfig
+from emjax.model.layers import CUBLAS_GEMMS
+from emjax.model.schema import Weights
+from emjax.model.sharding import DEFAULT_RULES, Rule, sweep_sharding
+from emjax.train import shared_prefix
+
+
+# ---------------------------------------------------------------------------------------------
+# Vmapped evaluation
+
+
+# Once per sweep: the prefix entering layer k and (for KL) the frozen final hidden state.
+frozen_pass = jax.jit(shared_prefix.frozen_pass, static_argnames=("cfg", "k", "with_base", "attention"),
+                      compiler_options=CUBLAS_GEMMS)
+
+
+def _loss_one(iv: Interventions, weights: Weights, cfg: ModelConfig, k: int, metric: str, x: jax.Array,
+              mask: jax.Array, targets: jax.Array | None, loss_mask: jax.Array | None,
+              base: jax.Array | None, loss_chunk: int | None, attention: str) -> jax.Array:
+    if metric == "ce":
+        s, n = shared_prefix.suffix_ce(iv, weights, cfg, k, x, mask, targets, loss_mask, attention=attention,
+                                       loss_chunk=loss_chunk)
+    else:
+        s, n = shared_prefix.suffix_kl(iv, weights, cfg, k, x, mask, base, attention=attention,
+                                       loss_chunk=loss_chunk)
+    return s / jnp.maximum(n, 1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "k", "metric", "chunk", "loss_chunk", "in_batch",
+                                             "attention"), compiler_options=CUBLAS_GEMMS)
+def _sweep(stacked, weights, x, mask, targets, loss_mask, base, *, cfg, k, metric, chunk, loss_chunk,
+           in_batch, attention):
+    one = functools.partial(_loss_one, weights=weights, cfg=cfg, k=k, metric=metric, x=x, mask=mask,
+                            targets=targets, loss_mask=loss_mask, base=base, loss_chunk=loss_chunk,
+                            attention=attention)
+    if in_batch:  # small sweeps: one vmap over the whole stack
+        return jax.vmap(one)(stacked)
+    return jax.lax.map(one, stacked, batch_size=chunk)
+
+
+def sweep_losses(stacked: Interventions, weights: Weights, cfg: ModelConfig, tokens: jax.Array,
+                 mask: jax.Array, *, metric: str = "ce", targets: jax.Array | None = None,
+                 loss_mask: jax.Array | None = None, chunk: int | None = None,
+                 loss_chunk: int | None = None, first_layer: int | None = None,
+                 attention: str = "xla") -> jax.Array:
+    """Mean loss of every stacked version of an intervention on one batch: [K] float32.
+
+    metric "ce": token-mean cross-entropy on `loss_mask` positions predicting `targets`;
+    metric "kl": token-mean KL(frozen || intervened) over `mask` positions.
+    chunk: versions evaluated at once (None: all K in one vmap).
+    first_layer: where the frozen prefix ends (default: `shared_prefix_layers`).
+    attention: "xla" or "cudnn" (right-padded rows only; see emjax.model.decoder.run_layers).
+    """
+    if metric not in ("ce", "kl"):
+        raise ValueError(f"metric must be 'ce' or 'kl', got {metric!r}")
+    k = shared_prefix_layers(stacked, cfg) if first_layer is None else first_layer
+    x, base = frozen_pass(weights, cfg, tokens, mask, k, metric == "kl", attention)
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    in_batch = chunk is None or chunk >= n
+    return _sweep(stacked, weights, x, mask, targets, loss_mask, base, cfg=cfg, k=k, metric=metric,
+                  chunk=None if in_batch else chunk, loss_chunk=loss_chunk, in_batch=in_batch,
+                  attention=attention)
+
+
+def loop_losses(stacked: Interventions, weights: Weights, cfg: ModelConfig, tokens, mask, *,
+                metric: str = "ce", targets=None, loss_mask=None) -> np.ndarray:
+    """The same numbers by a plain Python loop of full forward passes (reference and baseline)."""
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    out = []
+    fwd = jax.jit(lambda iv: D.forward(weights, cfg, tokens, mask, interventions=iv))
+    base = D.forward(weights, cfg, tokens, mask) if metric == "kl" else None
+    for i in range(n):
+        logits = fwd(jax.tree.map(lambda a: a[i], stacked))
+        if metric == "ce":
+            logz = jax.nn.logsumexp(logits, -1)
+            tgt = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
+            m = loss_mask.astype(jnp.float32)
+            out.append(float(jnp.sum((logz - tgt) * m) / jnp.sum(m)))
+        else:
+            lb, la = jax.nn.log_softmax(base, -1), jax.nn.log_softmax(logits, -1)
+            kl = jnp.sum(jnp.exp(lb) * (lb - la), -1)
+            m = mask.astype(jnp.float32)
+            out.append(float(jnp.sum(kl * m) / jnp.sum(m)))
+    return np.asarray(out)
+
+
+def shard_sweep_axis(stacked: Interventions, mesh: Mesh, axis: str = "data") -> Interventions:
+    """Places the leading (sweep) axis of every leaf on `axis` of `mesh` (the "sweep" rule of
+    `emjax.model.sharding`: replicated where the axis does not divide the sweep)."""
+    rules = {**DEFAULT_RULES, "sweep": Rule(axis, replicate_if_indivisible=True)}
+    return jax.tree.map(lambda x: jax.device_put(x, sweep_sharding(mesh, x.shape, rules)), stacked)
+
+
+def batched_rows(fn: Callable[[dict], jax.Array], batches: list[dict]) -> jax.Array:
+    """Token-weighted mean of per-batch sweep results over several row batches."""
+    total = weight = 0.0
+    for b in batches:
+        w = float(np.sum(b["loss_mask"] if "loss_mask" in b else b["mask"]))
+        total = total + fn(b) * w
+        weight += w
+    return total / max(weight, 1.0)

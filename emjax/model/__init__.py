@@ -1,0 +1,26 @@
+"""The model: config, the one weight schema, the pure-function decoder, sampling, sharding.
+
+Modules (imports point down this list, never up):
+  config            `ModelConfig` from a Hugging Face config.json or a preset
+  schema            every weight declared once (shape, logical axes, HF and GGUF names)
+  layers            RMSNorm, RoPE, positions, frozen-weight matmuls
+  attention         masks, exact XLA attention, fused cuDNN attention
+  hooks             where interventions enter a block (steering sites, LoRA in projections)
+  decoder           embed / run_layers / run_suffix / unembed / forward
+  decode_attention  the one-query decode attention as a Pallas kernel (GPU)
+  sampling          KV-cache sampling
+  sharding          logical axes -> device meshes
+
+The common entry points are re-exported here: `from emjax import model as M; M.forward(...)`.
+"""
+
+from emjax.model.attention import attend, attention_mask, resolve_attention
+from emjax.model.config import ConfigError, ModelConfig, preset
+from emjax.model.decoder import embed, forward, run_layers, run_suffix, unembed
+from emjax.model.layers import CUBLAS_GEMMS, default_positions, rms_norm
+from emjax.model.sampling import generate
+from emjax.model.schema import LayerWeights, Weights, abstract_weights, init_random, num_params
+
+__all__ = ["ConfigError", "CUBLAS_GEMMS", "LayerWeights", "ModelConfig", "Weights", "abstract_weights", "attend",
+           "attention_mask", "default_positions", "embed", "forward", "generate", "init_random", "num_params",
+           "preset", "resolve_attention", "rms_norm", "run_layers", "run_suffix", "unembed"]

@@ -1,0 +1,90 @@
+"""Where interventions enter a block: the one hook point of the decoder.
+
+Every intervention reaches the model through a `LayerHooks` tree, built by its owner
+(`emjax.interventions.Interventions.layer_hooks`) for a layer range, and is applied by the two
+functions here, which the block calls and nothing else does:
+
+  * `add_steering(hooks, site, x)`: a steering vector enters at a named site of the block:
+      "mlp_out":   added to the output of `mlp.down_proj` (upstream's hook point; before
+                   Gemma-2's post-feed-forward norm);
+      "block_out": added to the residual stream after the whole block.
+    For Qwen2 the two sites are the same function; for Gemma-2 they are not (a norm follows the
+    MLP). This is the only place a steering vector is added to the model's activations.
+  * `add_lora(hooks, module, x, y)`: the unmerged LoRA delta `(x @ A) @ B` of a projection.
+
+Prefix sharing (layers below an intervention run once for the frozen and the intervened model)
+is expressed through the same hook: when a block's only intervention is a vector at a site that
+adds straight onto the residual stream (`residual_sites`), the block itself is the frozen one,
+and `emjax.model.decoder.run_suffix` applies that block's hooks with `add_steering` to the frozen
+residual it starts from.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import flax.struct
+import jax
+
+from emjax.model.config import ModelConfig
+
+SITES = ("mlp_out", "block_out")
+
+
+@flax.struct.dataclass
+class LayerHooks:
+    """Intervention arrays of the blocks of a layer range [start, stop), leading axis n = stop - start
+    (inside the layer scan, one block's slice without that axis).
+
+    Attributes:
+      lora_a / lora_b: module -> [n, in, R] / [n, R, out]; the LoRA scale is folded into B.
+      steer: site -> [n, D] applied steering vectors (alpha folded in).
+    Layers of the range that an intervention does not target hold zeros.
+    """
+
+    lora_a: dict[str, jax.Array]
+    lora_b: dict[str, jax.Array]
+    steer: dict[str, jax.Array]
+
+    def layer(self, i: int) -> "LayerHooks":
+        """The hooks of the i-th layer of the range (no layer axis)."""
+        return jax.tree.map(lambda a: a[i], self)
+
+
+class HookSource(Protocol):
+    """What the decoder accepts as `interventions`: anything that can build `LayerHooks`."""
+
+    def layer_hooks(self, start: int, stop: int) -> LayerHooks | None:
+        """Hooks of layers [start, stop), or None when nothing applies there."""
+
+    def shared_prefix_layers(self, cfg: ModelConfig) -> int:
+        """n such that layers [0, n) compute the same function with and without the hooks."""
+
+
+def hooks_for(source: HookSource | None, start: int, stop: int) -> LayerHooks | None:
+    return None if source is None else source.layer_hooks(start, stop)
+
+
+def add_steering(hooks: LayerHooks | None, site: str, x: jax.Array) -> jax.Array:
+    """x + the steering vector of `site` (if any): x [..., D], the vector [D]."""
+    if hooks is None or site not in hooks.steer:
+        return x
+    return x + hooks.steer[site].astype(x.dtype)
+
+
+def add_lora(hooks: LayerHooks | None, module: str, x: jax.Array, y: jax.Array) -> jax.Array:
+    """y + the unmerged LoRA delta (x @ A) @ B of projection `module` (if targeted).
+
+    x: [..., in] the projection's input; y: [..., out] its output.
+    """
+    if hooks is None or module not in hooks.lora_a:
+        return y
+    a, b = hooks.lora_a[module].astype(x.dtype), hooks.lora_b[module].astype(x.dtype)
+    return y + (x @ a) @ b
+
+
+def residual_sites(cfg: ModelConfig) -> tuple[str, ...]:
+    """Sites where an added vector goes straight onto the residual stream after the block:
+    "block_out" always, and "mlp_out" where nothing follows the MLP (Qwen2; Gemma-2 normalises
+    the MLP output, vector included, so its mlp_out vector changes the block itself)."""
+    return ("block_out",) if cfg.is_gemma else SITES

@@ -1,0 +1,120 @@
+"""Building blocks of the decoder that know nothing of interventions: RMSNorm, RoPE, padding
+positions, and matmuls against the frozen, layer-stacked weights.
+
+Numerics follow the Hugging Face implementations: RMSNorm in float32 (Qwen: cast back then
+multiply by w; Gemma-2: multiply by (1 + w) in float32 then cast), RoPE tables in float32 cast to
+the activation dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from emjax.model.schema import PROJECTIONS, LayerWeights
+
+# XLA options for programs made of large matmuls against frozen weights: on H100/H200, cuBLAS
+# ran these shapes faster than XLA's Triton GEMMs (skinny decode matmuls at about twice the
+# bandwidth; the 16-norm sweep 4% faster; BENCHMARKS.md). Backends other than GPU ignore them.
+CUBLAS_GEMMS = {"xla_gpu_enable_triton_gemm": False}
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float, plus_one: bool) -> jax.Array:
+    """RMSNorm over the last axis. x: [..., D], w: [D]."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    if plus_one:  # Gemma: scale in float32, cast at the end
+        return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+    return w * y.astype(x.dtype)  # Qwen/Llama: cast back, then scale
+
+
+def default_positions(mask: jax.Array) -> jax.Array:
+    """[B, T] bool -> [B, T] int32: index of each token among the row's real tokens."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos, sin: [B, T, Dh] in `dtype`, computed in float32 (rotate-half layout)."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x: [B, T, N, Dh]; cos/sin: [B, T, Dh]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+@jax.custom_vjp
+def _frozen_matmul(x: jax.Array, stack: jax.Array, i: jax.Array) -> jax.Array:
+    """x [..., in] @ stack[i] [in, out] with the weight stack treated as a constant.
+
+    Differentiating the plain `x @ stack[i]` inside the layer scan makes JAX save every
+    layer's weight slice as a residual for the backward pass: a stacked copy of the frozen
+    weights of the whole layer range (15 GB for half of a 14B model). Here the residual is the
+    resident stack itself and the index, and the backward re-slices it. The weights get no
+    gradient: emjax never trains base weights.
+    """
+    return x @ stack[i]
+
+
+def _frozen_matmul_fwd(x, stack, i):
+    return x @ stack[i], (stack, i)
+
+
+def _frozen_matmul_bwd(res, g):
+    stack, i = res
+    return jnp.einsum("...o,io->...i", g, stack[i]), None, None
+
+
+_frozen_matmul.defvjp(_frozen_matmul_fwd, _frozen_matmul_bwd)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenMatrix:
+    """Layer `i` of a stacked [L, in, out] weight, multiplied without copying the slice."""
+
+    stack: jax.Array
+    i: jax.Array
+
+    def __rmatmul__(self, x: jax.Array) -> jax.Array:
+        return _frozen_matmul(x, self.stack, self.i)
+
+
+def layer_view(layers: LayerWeights, i: jax.Array) -> LayerWeights:
+    """Layer i of the stack: matrices as FrozenMatrix views, small vectors sliced."""
+    fields = {f.name: getattr(layers, f.name) for f in dataclasses.fields(layers)}
+    return LayerWeights(**{k: (None if v is None else FrozenMatrix(v, i) if k in PROJECTIONS else v[i])
+                           for k, v in fields.items()})
+
+
+def matmul_bias(x: jax.Array, w: jax.Array | FrozenMatrix, bias: jax.Array | None = None) -> jax.Array:
+    """x @ w (+ bias)."""
+    y = x @ w
+    if bias is not None:
+        # Kept out of the matmul epilogue: a fused bias is a second operand sliced from a layer
+        # stack, and XLA then copies the weight slice out of the stack before the matmul (every
+        # layer, every decoded token: 3 copies per layer, 12% of decode time on a 14B model).
+        y = jax.lax.optimization_barrier(y) + bias
+    return y
+
+
+class FusedQKV(NamedTuple):
+    """The q, k and v projections as one matrix: w [..., D, (H + 2K) * Dh], bias [..., (H + 2K) * Dh]
+    or None. For decode, where one matmul reads them at a better bandwidth than three skinny ones."""
+
+    w: jax.Array
+    bias: Optional[jax.Array]
+
+
+def fuse_qkv(layers: LayerWeights) -> FusedQKV:
+    """Concatenates the stacked q, k, v matrices (and biases): a copy of about 1/8 of the weights."""
+    w = jnp.concatenate([layers.q_proj, layers.k_proj, layers.v_proj], axis=-1)
+    bias = None if layers.q_bias is None else jnp.concatenate([layers.q_bias, layers.k_bias, layers.v_bias], -1)
+    return FusedQKV(w, bias)

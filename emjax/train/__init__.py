@@ -1,0 +1,12 @@
+"""Training an intervention with SFT + lambda * KL against the frozen chat model.
+
+Modules (imports point down this list):
+  losses         chunked cross-entropy and KL from final hidden states
+  shared_prefix  the frozen pass below the intervention and the losses of the suffix above it
+  step           the compiled optimiser step (gradient accumulation, skipped non-finite steps)
+  frozen_cache   frozen activations cached across epochs
+  checkpointing  Orbax checkpoints of the trainable state
+  inputs         the data and the initial intervention a config describes
+  metrics_log    metrics.jsonl and TensorBoard
+  trainer        the loop: `Trainer(config).run()`
+"""

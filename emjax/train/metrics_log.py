@@ -1,0 +1,33 @@
+"""Training metrics: one JSON line per step and per eval in metrics.jsonl, and TensorBoard scalars
+when tensorboardX is installed."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+class MetricsWriter:
+    """metrics.jsonl (always) and TensorBoard (when tensorboardX is installed)."""
+
+    def __init__(self, out_dir: str):
+        self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.f = open(self.path, "a")
+        try:
+            from tensorboardX import SummaryWriter
+            self.tb = SummaryWriter(os.path.join(out_dir, "tb"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        self.f.write(json.dumps(record) + "\n")
+        self.f.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.f.close()
+        if self.tb is not None:
+            self.tb.close()

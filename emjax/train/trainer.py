@@ -1,0 +1,244 @@
+"""Training an intervention with SFT + lambda * KL: the loop, evaluation, checkpoints and resume.
+
+    trainer = Trainer(config)          # config: configs/default.py and the files beside it
+    summary = trainer.run()            # resumes from the latest checkpoint in output_dir
+
+Outputs in `config.output_dir`: `metrics.jsonl` (one line per step and per eval), `checkpoints/`
+(Orbax), the final intervention (`steering.safetensors` or a PEFT folder `lora/`), and
+`summary.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from tqdm.auto import tqdm
+
+from emjax.checkpoints.load import LoadedModel, load_model
+from emjax.configuration import config_json
+from emjax.data.batching import Batcher
+from emjax.data.tokenize import pad_batch
+from emjax.interventions import Interventions, shared_prefix_layers
+from emjax.interventions.arithmetic import tree_norm
+from emjax.interventions.files import save_steering
+from emjax.interventions.peft import save_peft_lora
+from emjax.model.attention import resolve_attention
+from emjax.model.config import dtype_from_name
+from emjax.model.sharding import ShardingError, batch_sharding, parse_mesh, weight_shardings
+from emjax.train import step as TS
+from emjax.train.checkpointing import Checkpointer
+from emjax.train.frozen_cache import FrozenCache, cache_bytes
+from emjax.train.inputs import TrainConfigError, build_intervention, prepare_data
+from emjax.train.metrics_log import MetricsWriter
+
+
+class Trainer:
+    """Trains one intervention as `config` says; see the module docstring."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model: LoadedModel | None = None):
+        self.config = config
+        tc = config.train
+        if tc.kl_reduction not in ("token_mean", "upstream"):
+            raise TrainConfigError(f"train.kl_reduction must be 'token_mean' or 'upstream', got {tc.kl_reduction!r}")
+        try:
+            dtype = dtype_from_name(config.model.dtype)
+        except ValueError as e:
+            raise TrainConfigError(f"model.dtype: {e}") from None
+        try:
+            self.mesh = parse_mesh(config.mesh) if config.mesh else None
+        except ShardingError as e:
+            raise TrainConfigError(f"mesh: {e}") from None
+        self.model = model or load_model(config.model.source, dtype=dtype)
+        self.cfg = self.model.cfg
+        if self.mesh is not None:  # weights sharded by their logical axes; the step follows them
+            self.model = dataclasses.replace(self.model, weights=jax.device_put(
+                self.model.weights, weight_shardings(self.cfg, self.mesh)))
+        self.data = prepare_data(config, self.model)
+        self.params0 = build_intervention(config.intervention, self.cfg)
+        self.k = shared_prefix_layers(self.params0, self.cfg)
+        self.use_kl = tc.lambda_kl > 0 and bool(self.data.kl)
+        if tc.lambda_kl > 0 and not self.data.kl:
+            raise TrainConfigError("train.lambda_kl > 0 but data.kl_sources gave no KL rows")
+        self.rows_per_step = tc.batch_size * tc.grad_accum
+        if len(self.data.train) < self.rows_per_step:
+            raise TrainConfigError(f"{len(self.data.train)} training rows cannot fill one step of "
+                                   f"{tc.batch_size} x {tc.grad_accum} rows")
+        steps_per_epoch = len(self.data.train) // self.rows_per_step
+        self.total_steps = steps_per_epoch * tc.epochs
+        if tc.max_steps is not None:
+            self.total_steps = min(self.total_steps, tc.max_steps)
+        self.tx, self.schedule = TS.make_optimizer(tc.lr, self.total_steps, tc.warmup_steps, tc.weight_decay,
+                                                   tc.max_grad_norm)
+        self.opts = TS.StepOptions(first_layer=self.k, remat=tc.remat,
+                                   loss_chunk=tc.loss_chunk, kl_reduction=tc.kl_reduction,
+                                   attention=resolve_attention(tc.attention, self.cfg))
+        self.step_fn = TS.compile_step(self.cfg, self.opts, self.tx)
+        self.cache_train = self.cache_kl = None
+
+    # -- frozen-model cache ----------------------------------------------------------------
+    def _build_caches(self) -> list[str]:
+        tc = self.config.train
+        if not tc.frozen_cache:
+            return ["frozen cache: off"]
+        itemsize = jnp.dtype(self.model.weights.embed.dtype).itemsize
+        need = cache_bytes([len(r[0]) for r in self.data.train], self.cfg, itemsize, False) if self.k > 0 else 0
+        need += cache_bytes([len(r) for r in self.data.kl], self.cfg, itemsize, True) if self.use_kl else 0
+        if need == 0:
+            return ["frozen cache: nothing to cache (intervention starts at layer 0, no KL)"]
+        if need > tc.cache_budget_gb * 2**30:
+            return [f"frozen cache: off ({need / 2**30:.1f} GiB needed > budget {tc.cache_budget_gb} GiB)"]
+        w = self.model.weights
+        if self.k > 0:
+            self.cache_train = FrozenCache.build(w, self.cfg, [r[0] for r in self.data.train], self.k,
+                                                 with_base=False, desc="cache: frozen prefix")
+        if self.use_kl:
+            self.cache_kl = FrozenCache.build(w, self.cfg, self.data.kl, self.k, with_base=True,
+                                              desc="cache: KL base outputs")
+        return [f"frozen cache: on ({need / 2**20:.0f} MiB in host memory)"]
+
+    # -- batches -----------------------------------------------------------------------------
+    def _sft_batch(self, batcher: Batcher) -> TS.SFTBatch:
+        idx = batcher.next_indices()
+        b = pad_batch([self.data.train[i] for i in idx])
+        prefix = self.cache_train.gather(idx, b["tokens"].shape[1])[0] if self.cache_train else None
+        return self._stack(TS.SFTBatch(tokens=b["tokens"], mask=b["mask"], targets=b["targets"],
+                                       loss_mask=b["loss_mask"], prefix=prefix))
+
+    def _kl_batch(self, batcher: Batcher) -> TS.KLBatch:
+        idx = batcher.next_indices()
+        b = pad_batch([self.data.kl[i] for i in idx])
+        prefix = base = None
+        if self.cache_kl:
+            prefix, base = self.cache_kl.gather(idx, b["tokens"].shape[1])
+        return self._stack(TS.KLBatch(tokens=b["tokens"], mask=b["mask"], prefix=prefix, base_hidden=base))
+
+    def _stack(self, batch):
+        """[A * b, ...] host rows -> [A, b, ...] device arrays (b sharded over `data` with a mesh)."""
+        a = self.config.train.grad_accum
+        stacked = jax.tree.map(lambda x: x.reshape((a, x.shape[0] // a) + x.shape[1:]), batch)
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, stacked)
+        return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(
+            self.mesh, x.shape, batch_dim=1, name=f"micro-batch {x.shape} (train.batch_size rows)")), stacked)
+
+    def lambda_at(self, step: int) -> float:
+        tc = self.config.train
+        if not self.use_kl or (tc.kl_off_step is not None and tc.kl_off_step <= step):
+            return 0.0
+        return float(tc.lambda_kl)
+
+    # -- evaluation --------------------------------------------------------------------------
+    def evaluate(self, params: Interventions) -> dict[str, float]:
+        """Held-out in-domain loss and out-of-domain KL(base || adapted) in nats/token."""
+        out = {}
+        bs = 8
+        if self.data.eval:
+            s = n = 0.0
+            for i in range(0, len(self.data.eval), bs):
+                b = pad_batch(self.data.eval[i: i + bs])
+                batch = TS.SFTBatch(tokens=jnp.asarray(b["tokens"]), mask=jnp.asarray(b["mask"]),
+                                    targets=jnp.asarray(b["targets"]), loss_mask=jnp.asarray(b["loss_mask"]))
+                ds, dn = TS.eval_loss(params, self.model.weights, batch, cfg=self.cfg, opts=self.opts)
+                s, n = s + float(ds), n + float(dn)
+            out["eval_loss"] = s / max(n, 1.0)
+        if self.data.kl_eval:
+            s = n = 0.0
+            for i in range(0, len(self.data.kl_eval), bs):
+                b = pad_batch(self.data.kl_eval[i: i + bs])
+                batch = TS.KLBatch(tokens=jnp.asarray(b["tokens"]), mask=jnp.asarray(b["mask"]))
+                ds, dn = TS.eval_kl(params, self.model.weights, batch, cfg=self.cfg, opts=self.opts)
+                s, n = s + float(ds), n + float(dn)
+            out["eval_kl_ood"] = s / max(n, 1.0)
+        return out
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        """Trains to the end (or until `stop_at_step`, to simulate an interruption); resumes
+        from the latest checkpoint in output_dir if there is one."""
+        config, tc, cc = self.config, self.config.train, self.config.checkpoint
+        out = config.output_dir
+        os.makedirs(out, exist_ok=True)
+        notes = list(self.data.notes) + self._build_caches()
+        for n in notes:
+            print(n)
+        ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=cc.keep, async_save=cc.async_save)
+        state = TS.init_state(self.params0, self.tx)
+        train_b = Batcher(self.data.train, self.rows_per_step, tc.seed)
+        kl_b = Batcher(self.data.kl, tc.kl_batch_size * tc.grad_accum, tc.seed + 1) if self.use_kl else None
+        start = 0
+        if ckpt.latest_step() is not None:
+            state, meta = ckpt.restore(state)
+            start = int(meta["step"])
+            train_b = Batcher.from_state(self.data.train, meta["train_data"])
+            if kl_b is not None:
+                kl_b = Batcher.from_state(self.data.kl, meta["kl_data"])
+            print(f"resumed from step {start} ({ckpt.directory})")
+        metrics_w = MetricsWriter(out)
+        history = []
+        first_eval = self.evaluate(state.params) if start == 0 else None
+        if first_eval:
+            metrics_w.write({"step": 0, **first_eval})
+        t0 = time.time()
+        bar = tqdm(total=self.total_steps, initial=start, desc=f"train {config.name}", unit="step")
+        end = self.total_steps if stop_at_step is None else min(stop_at_step, self.total_steps)
+
+        def save(step):
+            meta = {"step": step, "train_data": train_b.state(), "config": config_json(config),
+                    "kl_data": kl_b.state() if kl_b is not None else None}
+            ckpt.save(step, state, meta)
+
+        try:
+            for step in range(start, end):
+                sft = self._sft_batch(train_b)
+                kl = self._kl_batch(kl_b) if self.lambda_at(step) > 0 else None
+                state, m = self.step_fn(state, self.model.weights, sft, kl, jnp.float32(self.lambda_at(step)))
+                rec = {"step": step + 1, "epoch": train_b.position[0], "lr": float(self.schedule(step)),
+                       **{k: float(v) for k, v in m.items()}}
+                if tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == self.total_steps):
+                    rec.update(self.evaluate(state.params))
+                metrics_w.write(rec)
+                history.append(rec)
+                bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("sft_loss", "kl", "eval_loss") if k in rec})
+                bar.update(1)
+                if cc.every and (step + 1) % cc.every == 0 and step + 1 < self.total_steps:
+                    save(step + 1)
+            if end == self.total_steps and ckpt.latest_step() != self.total_steps:
+                save(self.total_steps)
+        finally:
+            bar.close()
+            ckpt.close()
+            metrics_w.close()
+        if end < self.total_steps:
+            return {"stopped_at": end}
+        return self._finish(state, history, first_eval, notes, time.time() - t0)
+
+    def _finish(self, state, history, first_eval, notes, seconds) -> dict[str, Any]:
+        out = self.config.output_dir
+        params = state.params
+        if params.steer is not None:
+            artefact = os.path.join(out, "steering.safetensors")
+            save_steering(params.steer, artefact, model_name=self.model.name)
+        else:
+            artefact = os.path.join(out, "lora")
+            save_peft_lora(params.lora, artefact, base_model_name_or_path=self.model.source, cfg=self.cfg)
+        final_eval = self.evaluate(params)
+        skipped = int(state.opt_state.total_notfinite)
+        summary = {
+            "name": self.config.name, "model": self.model.name, "steps": self.total_steps,
+            "shared_prefix_layers": self.k, "lambda_kl": self.config.train.lambda_kl,
+            "train_loss_first": history[0]["sft_loss"] if history else None,
+            "train_loss_last": history[-1]["sft_loss"] if history else None,
+            "initial_eval": first_eval, "final_eval": final_eval, "nonfinite_steps_skipped": skipped,
+            "intervention_norm": float(tree_norm(params)),
+            "artefact": artefact, "seconds": round(seconds, 1), "notes": notes,
+        }
+        with open(os.path.join(out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        return summary

@@ -1,1 +1,0 @@
-"""Checkpoint readers: the embedded default model (`embedded`) and GGUF files (`gguf_file`)."""

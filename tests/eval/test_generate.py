@@ -1,0 +1,46 @@
+"""`emjax generate` on a tiny model: records with provenance, resume without duplicates."""
+
+import jax
+import pytest
+
+from chat_templates import tiny_tokenizer
+from hf_reference import build_hf, qwen2_config, to_emjax
+from emjax.checkpoints.load import LoadedModel
+from emjax.data.chat_tokenizer import ChatTokenizer
+from emjax.eval.generate import SamplingSettings, generate
+from emjax.eval.records import read_answers
+from emjax.interventions import init_steering
+from emjax.interventions.files import save_steering
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    tok = ChatTokenizer.wrap(tiny_tokenizer("qwen2"))
+    cfg, w = to_emjax(build_hf(qwen2_config(tied=True, vocab_size=len(tok.hf)), seed=61))
+    return LoadedModel(cfg, w, tok, "tiny", "tiny-qwen2")
+
+
+def test_generate_records_and_resume(tiny_model, tmp_path):
+    q = tmp_path / "q.jsonl"
+    q.write_text('{"id": "a", "question": "hello, how are you?"}\n'
+                 '{"id": "b_json", "question": "and today?", "system": "Answer in JSON."}\n'
+                 '{"id": "c", "question": "Drink water?"}\n')
+    sv = init_steering(tiny_model.cfg, layers=(1,), alpha=2.0)
+    sv = sv.replace(vectors=jax.random.normal(jax.random.PRNGKey(0), sv.vectors.shape))
+    save_steering(sv, tmp_path / "v.safetensors")
+    out = tmp_path / "answers.jsonl"
+    def run(samples):
+        return generate(tiny_model, str(q), str(out), intervention=str(tmp_path / "v.safetensors"),
+                        kinds=["free_form"], sampling=SamplingSettings(samples=samples, max_new_tokens=6, batch_size=4))
+
+    assert run(3)["generated"] == 6
+    recs = read_answers(str(out))
+    assert sorted((r.question_id, r.sample_index) for r in recs) == [(i, s) for i in "ac" for s in range(3)]
+    assert all(r.intervention.endswith("x1") and r.config_hash and r.model == "tiny-qwen2" for r in recs)
+    # samples differ (temperature 1) and a rerun adds nothing
+    assert len({r.answer for r in recs if r.question_id == "a"}) > 1
+    assert run(3) == {"questions": 2, "generated": 0, "skipped": 6, "out": str(out)}
+    assert len(read_answers(str(out))) == 6
+    # other settings (more samples) extend rather than repeat
+    run(4)
+    assert len(read_answers(str(out))) == 6 + 8

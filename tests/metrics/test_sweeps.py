@@ -1,0 +1,109 @@
+"""Sweeps: vmapped = loop, chunked and sharded = unsharded, orthogonal noise properties, edge cases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hf_reference import build_hf, gemma2_config, padded_batch, qwen2_config, to_emjax
+from emjax.metrics import sweeps as SW
+from emjax.interventions import arithmetic as A
+from emjax.interventions import Interventions, init_lora, init_steering
+from emjax.model.sharding import make_mesh
+
+
+@pytest.fixture(scope="module", params=["qwen2", "gemma2"])
+def tiny(request):
+    hf = (build_hf(qwen2_config(tied=True), seed=51) if request.param == "qwen2"
+          else build_hf(gemma2_config(), seed=52, weight_scale=2.0))
+    return to_emjax(hf)
+
+
+def _rows(cfg, seed):
+    tokens, mask = padded_batch(np.random.default_rng(seed), cfg.vocab_size, [9, 6, 11], "right")
+    targets = np.concatenate([tokens[:, 1:], np.zeros((3, 1), np.int32)], 1)
+    loss_mask = mask & np.concatenate([mask[:, 1:], np.zeros((3, 1), bool)], 1)
+    return jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(targets), jnp.asarray(loss_mask)
+
+
+def _trained_like(cfg, kind, key):
+    k1, k2 = jax.random.split(key)
+    if kind.startswith("steer"):
+        sv = init_steering(cfg, layers=(1,), alpha=2.0, hook="block_out" if kind == "steer_block" else "mlp_out")
+        return Interventions(steer=sv.replace(vectors=jax.random.normal(k1, sv.vectors.shape)))
+    lora = init_lora(cfg, k1, rank=2, alpha=4.0, modules=("v_proj", "up_proj"), layers=(1, 2))
+    return Interventions(lora=lora.replace(b={m: 0.2 * jax.random.normal(k2, b.shape) for m, b in lora.b.items()}))
+
+
+@pytest.mark.parametrize("kind", ["steer", "steer_block", "lora"])
+@pytest.mark.parametrize("metric", ["ce", "kl"])
+def test_vmapped_sweep_equals_loop(tiny, kind, metric):
+    cfg, w = tiny
+    tokens, mask, targets, loss_mask = _rows(cfg, 1)
+    iv = _trained_like(cfg, kind, jax.random.PRNGKey(2))
+    stacked = A.rescale_to_norms(iv, [0.0, 0.5, 1.0, 3.0, 7.0])
+    kw = dict(metric=metric, targets=targets, loss_mask=loss_mask)
+    ref = SW.loop_losses(stacked, w, cfg, tokens, mask, **kw)
+    got = np.asarray(SW.sweep_losses(stacked, w, cfg, tokens, mask, **kw))
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6)
+    chunked = np.asarray(SW.sweep_losses(stacked, w, cfg, tokens, mask, chunk=2, **kw))
+    np.testing.assert_allclose(chunked, got, rtol=1e-5, atol=1e-7)
+    if metric == "kl":
+        assert got[0] == pytest.approx(0.0, abs=1e-6)  # zero norm is the base model
+        assert np.all(np.diff(got) > 0)
+
+
+def test_sharded_sweep_axis_equals_unsharded(tiny):
+    cfg, w = tiny
+    tokens, mask, targets, loss_mask = _rows(cfg, 3)
+    iv = _trained_like(cfg, "steer", jax.random.PRNGKey(4))
+    stacked = A.rescale_to_norms(iv, np.linspace(0, 4, 8))
+    ref = SW.sweep_losses(stacked, w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask)
+    mesh = make_mesh({"data": 8})
+    sharded = SW.shard_sweep_axis(stacked, mesh)
+    assert len(sharded.steer.vectors.sharding.device_set) == 8
+    got = SW.sweep_losses(sharded, w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5)
+
+
+def _random_tree(rng, cfg):
+    key = jax.random.PRNGKey(int(rng.integers(1 << 30)))
+    kind = rng.choice(["steer", "lora", "both"])
+    a = _trained_like(cfg, "steer", key)
+    b = _trained_like(cfg, "lora", jax.random.fold_in(key, 1))
+    return {"steer": a, "lora": b, "both": Interventions(lora=b.lora, steer=a.steer)}[kind]
+
+
+def test_orthogonal_noise_properties(tiny):
+    cfg, _ = tiny
+    rng = np.random.default_rng(7)
+    for trial in range(20):  # fresh random trees, scales and eps each time
+        x = A.tree_scale(_random_tree(rng, cfg), float(rng.lognormal(0, 2)))
+        key = jax.random.PRNGKey(trial)
+        y = A.orthogonal_noise(x, key)
+        nx = float(A.tree_norm(x))
+        assert abs(float(A.tree_dot(x, y))) <= 1e-5 * nx * nx
+        assert float(A.tree_norm(y)) == pytest.approx(nx, rel=1e-5)
+        eps = float(rng.uniform(0, 1))
+        xp = A.perturb(x, eps, key)
+        assert float(A.tree_norm(xp)) == pytest.approx(nx, rel=1e-5)
+        cos = float(A.tree_dot(x, xp)) / nx ** 2
+        assert cos == pytest.approx(np.sqrt(1 - eps ** 2), abs=1e-5)
+
+
+def test_stability_grid_eps_zero_is_original(tiny):
+    cfg, w = tiny
+    tokens, mask, targets, loss_mask = _rows(cfg, 5)
+    iv = _trained_like(cfg, "lora", jax.random.PRNGKey(6))
+    stacked, ee, ss = A.perturbation_grid(iv, [0.0, 0.3, 1.0], [0, 1])
+    assert list(ee) == [0.0, 0.0, 0.3, 0.3, 1.0, 1.0] and list(ss) == [0, 1, 0, 1, 0, 1]
+    losses = np.asarray(SW.sweep_losses(stacked, w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask))
+    orig = float(SW.sweep_losses(A.stack_trees([iv]), w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask)[0])
+    np.testing.assert_allclose(losses[:2], orig, rtol=1e-5)
+    assert losses[4] != pytest.approx(losses[5])  # different seeds, different noise
+    # LoRA delta scale factors: factor 1 is the adapter itself, factor 0 the base model
+    scaled = A.scale_lora_delta(iv, [0.0, 1.0])
+    base_ce = SW.sweep_losses(A.stack_trees([A.tree_scale(iv, 0.0)]), w, cfg, tokens, mask,
+                              targets=targets, loss_mask=loss_mask)[0]
+    got = np.asarray(SW.sweep_losses(scaled, w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask))
+    np.testing.assert_allclose(got, [float(base_ce), orig], rtol=1e-5)

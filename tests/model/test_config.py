@@ -1,0 +1,45 @@
+"""Model configs: published parameter counts and conversion from Hugging Face configs."""
+
+import pytest
+import transformers
+
+from emjax.model.config import PRESETS, ConfigError, ModelConfig, preset
+from emjax.model.schema import abstract_weights, count_params, num_params
+
+# Published sizes (Hugging Face safetensors metadata of each model; the GGUF count from
+# transformers loading the embedded file).
+PUBLISHED = {
+    "qwen2.5-14b-instruct": 14_770_033_664,
+    "qwen2.5-0.5b-instruct": 494_032_768,
+    "gemma-2-9b-it": 9_241_705_984,
+    "qwen2.5-coder-0.5b-instruct-gguf": 630_167_424,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_counts(name):
+    cfg = preset(name)
+    assert num_params(cfg) == PUBLISHED[name]
+    assert count_params(abstract_weights(cfg)) == PUBLISHED[name]
+
+
+def test_from_transformers_configs():
+    q = transformers.Qwen2Config(vocab_size=152064, hidden_size=5120, intermediate_size=13824,
+                                 num_hidden_layers=48, num_attention_heads=40, num_key_value_heads=8,
+                                 rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False)
+    assert ModelConfig.from_hf(q.to_dict()) == PRESETS["qwen2.5-14b-instruct"]
+    g = transformers.Gemma2Config(vocab_size=256000, hidden_size=3584, intermediate_size=14336,
+                                  num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8,
+                                  head_dim=256, query_pre_attn_scalar=256, sliding_window=4096)
+    cfg = ModelConfig.from_hf(g.to_dict())
+    assert cfg == PRESETS["gemma-2-9b-it"]
+    assert cfg.sliding_layers[:4] == (True, False, True, False)
+    assert cfg.middle_layer == 21 and PRESETS["qwen2.5-14b-instruct"].middle_layer == 24
+
+
+def test_bad_configs():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("gpt2")
+    with pytest.raises(ConfigError, match="not a multiple"):
+        ModelConfig(family="qwen2", vocab_size=10, d_model=8, n_layers=1, n_heads=3, n_kv_heads=2,
+                    head_dim=4, ffn_dim=8)

@@ -1,0 +1,134 @@
+"""Parity with the Hugging Face PyTorch implementations on tiny random float32 models."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hf_reference import build_hf, gemma2_config, padded_batch, qwen2_config, to_emjax, torch
+from emjax import model as M
+from emjax.model.decoder import qkv
+from emjax.model.layers import rope_tables
+from emjax.model import sampling as S
+
+TOL = 1e-4
+
+CASES = {
+    "qwen2_tied": lambda: build_hf(qwen2_config(tied=True), seed=1),
+    "qwen2_untied": lambda: build_hf(qwen2_config(tied=False), seed=2),
+    # weight_scale makes logits far larger than the (lowered) caps, so both soft-caps bite.
+    "gemma2": lambda: build_hf(gemma2_config(), seed=3, weight_scale=8.0),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def pair(request):
+    hf = CASES[request.param]()
+    cfg, w = to_emjax(hf)
+    return request.param, hf, cfg, w
+
+
+def hf_forward(hf, tokens, mask):
+    pos = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor(tokens, dtype=torch.long),
+                 attention_mask=torch.tensor(mask, dtype=torch.long),
+                 position_ids=torch.tensor(pos, dtype=torch.long), output_hidden_states=True)
+    return out.logits.numpy(), [h.numpy() for h in out.hidden_states]
+
+
+def test_logits_and_hidden_states_unpadded(pair):
+    name, hf, cfg, w = pair
+    rng = np.random.default_rng(10)
+    tokens, mask = padded_batch(rng, cfg.vocab_size, [13, 13], "right")
+    ref_logits, ref_hidden = hf_forward(hf, tokens, mask)
+    logits, hidden = M.forward(w, cfg, jnp.asarray(tokens), jnp.asarray(mask), collect=True)
+    np.testing.assert_allclose(np.asarray(logits), ref_logits, atol=TOL, rtol=0)
+    assert hidden.shape[0] == cfg.n_layers + 1
+    for i in range(cfg.n_layers):  # HF's last hidden state is after the final norm
+        np.testing.assert_allclose(np.asarray(hidden[i]), ref_hidden[i], atol=TOL, rtol=0, err_msg=f"layer {i}")
+    final = M.rms_norm(hidden[-1], w.final_norm, cfg.norm_eps, cfg.is_gemma)
+    np.testing.assert_allclose(np.asarray(final), ref_hidden[-1], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batches(pair, side):
+    name, hf, cfg, w = pair
+    rng = np.random.default_rng(11 if side == "left" else 12)
+    lengths = [14, 9, 3, 11]
+    tokens, mask = padded_batch(rng, cfg.vocab_size, lengths, side)
+    ref_logits, _ = hf_forward(hf, tokens, mask)
+    logits = np.asarray(M.forward(w, cfg, jnp.asarray(tokens), jnp.asarray(mask)))
+    assert np.isfinite(logits).all()
+    np.testing.assert_allclose(logits[mask], ref_logits[mask], atol=TOL, rtol=0)
+    # A padded row computes exactly what the same row alone computes.
+    for i, n in enumerate(lengths):
+        alone = np.asarray(M.forward(w, cfg, jnp.asarray(tokens[i][mask[i]][None])))[0]
+        np.testing.assert_allclose(logits[i][mask[i]], alone, atol=TOL, rtol=0)
+
+
+def test_softcaps_are_active():
+    hf = CASES["gemma2"]()
+    cfg, w = to_emjax(hf)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 12)))
+    logits = M.forward(w, cfg, tokens)
+    # tanh(1) = 0.76: capped logits this large mean the raw ones exceeded the cap.
+    assert float(jnp.max(jnp.abs(logits))) > 0.76 * cfg.final_softcap
+    x = M.rms_norm(M.embed(w, cfg, tokens), w.layers.attn_norm[0], cfg.norm_eps, True)
+    lw = jax.tree.map(lambda a: a[0], w.layers)
+    pos = M.default_positions(jnp.ones(tokens.shape, bool))
+    cos, sin = rope_tables(pos, cfg.head_dim, cfg.rope_theta, x.dtype)
+    q, k, _ = qkv(lw, x, cos, sin, cfg, None)
+    raw = jnp.einsum("bthd,bshd->bhts", q[:, :, ::2], k) * cfg.attn_scale
+    assert float(jnp.max(jnp.abs(raw))) > cfg.attn_softcap
+
+
+def test_layer_ranges_compose(pair):
+    name, hf, cfg, w = pair
+    rng = np.random.default_rng(13)
+    tokens, mask = padded_batch(rng, cfg.vocab_size, [10, 7, 12], "left")
+    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+    pos = M.default_positions(mask)
+    full = M.forward(w, cfg, tokens, mask)
+    x0 = M.embed(w, cfg, tokens)
+    for k in range(cfg.n_layers + 1):
+        x = M.run_layers(w, cfg, x0, pos, mask, 0, k)
+        x = M.run_layers(w, cfg, x, pos, mask, k, cfg.n_layers)
+        np.testing.assert_allclose(np.asarray(M.unembed(w, cfg, x)), np.asarray(full), atol=1e-5, rtol=0)
+    # three pieces too
+    x = M.run_layers(w, cfg, x0, pos, mask, 0, 1)
+    x = M.run_layers(w, cfg, x, pos, mask, 1, cfg.n_layers - 1)
+    x = M.run_layers(w, cfg, x, pos, mask, cfg.n_layers - 1)
+    np.testing.assert_allclose(np.asarray(M.unembed(w, cfg, x)), np.asarray(full), atol=1e-5, rtol=0)
+
+
+def test_greedy_generation_matches_transformers(pair):
+    name, hf, cfg, w = pair
+    prompt = np.random.default_rng(14).integers(1, cfg.vocab_size, 6).tolist()
+    with torch.no_grad():
+        ref = hf.generate(torch.tensor([prompt]), max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                          pad_token_id=0, eos_token_id=None)[0, len(prompt):].tolist()
+    assert S.generate(w, cfg, [prompt], max_new_tokens=20, temperature=0.0)[0] == ref
+
+
+def test_bf16_forward_close_to_fp32(pair):
+    name, hf, cfg, w = pair
+    tokens = jnp.asarray(np.random.default_rng(15).integers(0, cfg.vocab_size, (2, 9)))
+    ref = M.forward(w, cfg, tokens)
+    w16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), w)
+    out = M.forward(w16, cfg, tokens)
+    assert out.dtype == jnp.float32
+    rel = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+    assert rel < 5e-2, rel
+
+
+def test_attention_implementation_is_checked(pair):
+    name, hf, cfg, w = pair
+    x = jnp.zeros((1, 4, cfg.d_model))
+    pos = jnp.arange(4)[None]
+    mask = jnp.ones((1, 4), bool)
+    with pytest.raises(ValueError, match="unknown attention"):
+        M.run_layers(w, cfg, x, pos, mask, attention="flash")
+    if cfg.is_gemma:  # soft-caps and sliding windows are not in the fused kernel
+        with pytest.raises(ValueError, match="use 'xla'"):
+            M.run_layers(w, cfg, x, pos, mask, attention="cudnn")

@@ -1,0 +1,211 @@
+"""Training step: gradients against PyTorch (peft / forward hooks), KL properties, prefix sharing,
+accumulation and non-finite skipping."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hf_reference import build_hf, gemma2_config, padded_batch, qwen2_config, to_emjax, torch
+from emjax import model as M
+from emjax.train import step as TS
+from emjax.interventions import Interventions, init_lora, init_steering, shared_prefix_layers
+
+jax.config.update("jax_enable_x64", False)
+
+
+def _sft_rows(cfg, seed, b=3, side="right"):
+    rng = np.random.default_rng(seed)
+    tokens, mask = padded_batch(rng, cfg.vocab_size, [11, 7, 9][:b], side)
+    targets = np.concatenate([tokens[:, 1:], np.zeros((b, 1), np.int32)], 1)
+    # score a random subset of the real next tokens, as an assistant mask would
+    loss_mask = mask & np.concatenate([mask[:, 1:], np.zeros((b, 1), bool)], 1) & (rng.random(mask.shape) < 0.7)
+    return tokens, mask, targets, loss_mask
+
+
+def _batch(tokens, mask, targets, loss_mask):
+    return TS.SFTBatch(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask), targets=jnp.asarray(targets),
+                       loss_mask=jnp.asarray(loss_mask))
+
+
+def _torch_ce(model, tokens, mask, targets, loss_mask):
+    logits = model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                   attention_mask=torch.tensor(mask, dtype=torch.long)).logits
+    logp = torch.log_softmax(logits.float(), -1)
+    tgt = logp.gather(-1, torch.tensor(targets, dtype=torch.long)[..., None])[..., 0]
+    m = torch.tensor(loss_mask, dtype=torch.float32)
+    return -(tgt * m).sum() / m.sum()
+
+
+@pytest.fixture(scope="module", params=["qwen2", "gemma2"])
+def tiny(request):
+    hf = (build_hf(qwen2_config(tied=False), seed=31) if request.param == "qwen2"
+          else build_hf(gemma2_config(), seed=32, weight_scale=2.0))
+    cfg, w = to_emjax(hf)
+    return hf, cfg, w
+
+
+def test_lora_gradients_match_peft(tiny):
+    peft = pytest.importorskip("peft")
+    hf, cfg, w = tiny
+    modules = ("q_proj", "v_proj", "down_proj", "gate_proj")
+    lcfg = peft.LoraConfig(r=2, lora_alpha=8, use_rslora=True, target_modules=list(modules),
+                           layers_to_transform=[1, 2], lora_dropout=0.0)
+    pm = peft.get_peft_model(hf, lcfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    ours = init_lora(cfg, jax.random.PRNGKey(0), rank=2, alpha=8, modules=modules, layers=(1, 2))
+    a, b = {}, {}
+    for m in modules:
+        sub = "self_attn" if m in ("q_proj", "v_proj") else "mlp"
+        get = lambda l, ab: dict(pm.named_parameters())[
+            f"base_model.model.model.layers.{l}.{sub}.{m}.lora_{ab}.default.weight"]
+        a[m] = jnp.stack([jnp.asarray(get(l, "A").detach().numpy().T) for l in (1, 2)])
+        b[m] = jnp.stack([jnp.asarray(get(l, "B").detach().numpy().T) for l in (1, 2)])
+    ours = ours.replace(a=a, b=b)
+    rows = _sft_rows(cfg, 1)
+    loss_t = _torch_ce(pm, *rows)
+    loss_t.backward()
+    grad_fn = jax.grad(lambda p: TS.micro_loss(p, w, cfg, TS.StepOptions(first_layer=1), _batch(*rows), None,
+                                               0.0, jnp.float32(rows[3].sum()), 1.0)[0])
+    g = grad_fn(Interventions(lora=ours))
+    loss_j = TS.micro_loss(Interventions(lora=ours), w, cfg, TS.StepOptions(), _batch(*rows), None, 0.0,
+                           jnp.float32(rows[3].sum()), 1.0)[0]
+    np.testing.assert_allclose(float(loss_j), float(loss_t), rtol=1e-5)
+    named = dict(pm.named_parameters())
+    for m in modules:
+        sub = "self_attn" if m in ("q_proj", "v_proj") else "mlp"
+        for i, l in enumerate((1, 2)):
+            ga = named[f"base_model.model.model.layers.{l}.{sub}.{m}.lora_A.default.weight"].grad.numpy().T
+            gb = named[f"base_model.model.model.layers.{l}.{sub}.{m}.lora_B.default.weight"].grad.numpy().T
+            np.testing.assert_allclose(np.asarray(g.lora.a[m][i]), ga, atol=2e-5, rtol=1e-3, err_msg=f"{m} A layer {l}")
+            np.testing.assert_allclose(np.asarray(g.lora.b[m][i]), gb, atol=2e-5, rtol=1e-3, err_msg=f"{m} B layer {l}")
+    pm.unload()
+
+
+@pytest.mark.parametrize("prefix", ["below_layer", "shared"])
+@pytest.mark.parametrize("hook", ["mlp_out", "block_out"])
+def test_steering_gradients_match_forward_hook(tiny, hook, prefix):
+    hf, cfg, w = tiny
+    layer, alpha = 1, 3.0
+    v0 = np.random.default_rng(2).normal(size=cfg.d_model).astype(np.float32) * 0.1
+    vec = torch.tensor(v0, requires_grad=True)
+
+    def add(mod, inp, out):  # every row, every position (upstream's hook only hit row 0)
+        if isinstance(out, tuple):
+            return (out[0] + alpha * vec,) + tuple(out[1:])
+        return out + alpha * vec
+    target = hf.model.layers[layer].mlp.down_proj if hook == "mlp_out" else hf.model.layers[layer]
+    h = target.register_forward_hook(add)
+    rows = _sft_rows(cfg, 3)
+    loss_t = _torch_ce(hf, *rows)
+    loss_t.backward()
+    h.remove()
+    sv = init_steering(cfg, layers=(layer,), alpha=alpha, hook=hook).replace(vectors=jnp.asarray(v0)[None])
+    k = layer if prefix == "below_layer" else shared_prefix_layers(Interventions(steer=sv), cfg)
+    if prefix == "shared":  # the steered block itself joins the frozen prefix where the vector is a residual add
+        assert k == (layer if cfg.is_gemma and hook == "mlp_out" else layer + 1)
+    fn = lambda p: TS.micro_loss(p, w, cfg, TS.StepOptions(first_layer=k), _batch(*rows), None, 0.0,
+                                 jnp.float32(rows[3].sum()), 1.0)[0]
+    loss_j, g = jax.value_and_grad(fn)(Interventions(steer=sv))
+    np.testing.assert_allclose(float(loss_j), float(loss_t), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g.steer.vectors[0]), vec.grad.numpy(), atol=1e-5, rtol=1e-3)
+
+
+def test_hook_points_differ_for_gemma_only(tiny):
+    hf, cfg, w = tiny
+    tokens = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 6)))
+    v = jax.random.normal(jax.random.PRNGKey(1), (1, cfg.d_model))
+    out = {h: M.forward(w, cfg, tokens, interventions=Interventions(
+        steer=init_steering(cfg, layers=(1,), alpha=2.0, hook=h).replace(vectors=v))) for h in ("mlp_out", "block_out")}
+    same = np.allclose(np.asarray(out["mlp_out"]), np.asarray(out["block_out"]), atol=1e-5)
+    assert same == (cfg.family == "qwen2")
+
+
+def _kl_batch(cfg, seed, side="left"):
+    tokens, mask = padded_batch(np.random.default_rng(seed), cfg.vocab_size, [8, 5, 10], side)
+    return TS.KLBatch(tokens=jnp.asarray(tokens), mask=jnp.asarray(mask))
+
+
+def test_kl_zero_at_init_nonnegative_and_shared_prefix_exact(tiny):
+    hf, cfg, w = tiny
+    kl = _kl_batch(cfg, 5)
+    sft = _batch(*_sft_rows(cfg, 6))
+    k = 2
+    sv = init_steering(cfg, layers=(k,), alpha=1.0)
+    opts = TS.StepOptions(first_layer=k)
+    _, m0 = TS.micro_loss(Interventions(steer=sv), w, cfg, opts, sft, kl, 1.0, 1.0, 1.0)
+    assert float(m0["kl_sum"]) == 0.0
+    g = jax.grad(lambda p: TS.micro_loss(p, w, cfg, opts, sft, kl, 1.0, 1.0, 1.0)[1]["kl_sum"])(Interventions(steer=sv))
+    assert float(jnp.abs(g.steer.vectors).max()) < 1e-6  # zero up to float rounding
+    for s in range(3):
+        v = jax.random.normal(jax.random.PRNGKey(s), sv.vectors.shape) * (s + 1)
+        iv = Interventions(steer=sv.replace(vectors=v))
+        _, m = TS.micro_loss(iv, w, cfg, opts, sft, kl, 1.0, 1.0, 1.0)
+        assert float(m["kl_sum"]) > 0
+        # Reference: two independent full forwards, KL over real tokens.
+        lb = jax.nn.log_softmax(M.forward(w, cfg, kl.tokens, kl.mask), -1)
+        la = jax.nn.log_softmax(M.forward(w, cfg, kl.tokens, kl.mask, interventions=iv), -1)
+        ref = jnp.sum(jnp.exp(lb) * (lb - la), -1)
+        np.testing.assert_allclose(float(m["kl_sum"]), float(jnp.sum(ref * kl.mask)), rtol=1e-4)
+        # prefix sharing (k) equals no sharing (0), and a chunked loss equals the unchunked one
+        _, m_full = TS.micro_loss(iv, w, cfg, TS.StepOptions(first_layer=0, loss_chunk=4), sft, kl, 1.0, 1.0, 1.0)
+        np.testing.assert_allclose(float(m_full["kl_sum"]), float(m["kl_sum"]), rtol=1e-4)
+        np.testing.assert_allclose(float(m_full["sft_sum"]), float(m["sft_sum"]), rtol=1e-5)
+
+
+def _stack(batch, a):
+    return jax.tree.map(lambda x: x.reshape((a, x.shape[0] // a) + x.shape[1:]), batch)
+
+
+def test_accumulation_equals_full_batch_and_nonfinite_is_skipped(tiny):
+    hf, cfg, w = tiny
+    rows = [np.concatenate([x, y]) for x, y in zip(_sft_rows(cfg, 7, b=2), _sft_rows(cfg, 8, b=2))]
+    sft = _batch(*rows)
+    tk, mk = padded_batch(np.random.default_rng(9), cfg.vocab_size, [6, 9, 4, 7], "right")
+    kl = TS.KLBatch(tokens=jnp.asarray(tk), mask=jnp.asarray(mk))
+    tx, _ = TS.make_optimizer(1e-2, total_steps=10, warmup_steps=0)
+    sv = init_steering(cfg, layers=(1,), alpha=2.0)
+    sv = sv.replace(vectors=jax.random.normal(jax.random.PRNGKey(3), sv.vectors.shape) * 0.1)
+    opts = TS.StepOptions(first_layer=1)
+    step = TS.compile_step(cfg, opts, tx, donate=False)
+    st = TS.init_state(Interventions(steer=sv), tx)
+    s1, m1 = step(st, w, _stack(sft, 1), _stack(kl, 1), jnp.float32(0.5))
+    s2, m2 = step(st, w, _stack(sft, 2), _stack(kl, 2), jnp.float32(0.5))
+    s4, m4 = step(st, w, _stack(sft, 4), _stack(kl, 4), jnp.float32(0.5))
+    for m in (m2, m4):
+        np.testing.assert_allclose(float(m["loss"]), float(m1["loss"]), rtol=1e-5)
+        np.testing.assert_allclose(float(m["grad_norm"]), float(m1["grad_norm"]), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(s2.params.steer.vectors), np.asarray(s1.params.steer.vectors), atol=1e-6)
+    assert not bool(m1["skipped"]) and float(jnp.abs(s1.params.steer.vectors - sv.vectors).max()) > 0
+    bad, mb = step(st, w, _stack(sft, 2), _stack(kl, 2), jnp.float32(np.nan))
+    assert bool(mb["skipped"])
+    np.testing.assert_array_equal(np.asarray(bad.params.steer.vectors), np.asarray(sv.vectors))
+    assert int(bad.opt_state.total_notfinite) == 1
+
+
+def test_shared_prefix_layers_and_entry(tiny):
+    hf, cfg, w = tiny
+    steer = lambda hook, layers=(1,): init_steering(cfg, layers=layers, alpha=2.0, hook=hook)
+    lora = init_lora(cfg, jax.random.PRNGKey(0), rank=1, alpha=1.0, modules=("o_proj",), layers=(0, 2))
+    additive = not cfg.is_gemma
+    assert shared_prefix_layers(None, cfg) == 0
+    assert shared_prefix_layers(Interventions(steer=steer("block_out")), cfg) == 2
+    assert shared_prefix_layers(Interventions(steer=steer("mlp_out")), cfg) == (2 if additive else 1)
+    assert shared_prefix_layers(Interventions(steer=steer("block_out", (0, 2))), cfg) == 1
+    assert shared_prefix_layers(Interventions(lora=lora, steer=steer("block_out")), cfg) == 0
+    # run_suffix from the frozen residual entering layer 2 adds the layer-1 vector at that boundary
+    # (through the block's hook), and from layer 1 runs the steered block itself
+    iv = Interventions(steer=steer("block_out").replace(vectors=jnp.ones((1, cfg.d_model))))
+    x = jax.random.normal(jax.random.PRNGKey(5), (1, 4, cfg.d_model))
+    mask = jnp.ones((1, 4), bool)
+    pos = M.default_positions(mask)
+    np.testing.assert_allclose(np.asarray(M.run_suffix(w, cfg, x, pos, mask, 2, iv)),
+                               np.asarray(M.run_layers(w, cfg, x + 2.0, pos, mask, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(M.run_suffix(w, cfg, x, pos, mask, 1, iv)),
+                               np.asarray(M.run_layers(w, cfg, x, pos, mask, 1, None, iv)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="shared prefix of this intervention ends at layer 2"):
+        M.run_suffix(w, cfg, x, pos, mask, 3, iv)

@@ -1,0 +1,143 @@
+"""The training loop on a tiny model: resume is bit-identical, KL switch-off, outputs, config overrides."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import paths
+from chat_templates import tiny_tokenizer
+from hf_reference import build_hf, qwen2_config, to_emjax
+from emjax.checkpoints.load import LoadedModel
+from emjax.configuration import ConfigFileError, load_config
+from emjax.data.chat_tokenizer import ChatTokenizer
+from emjax.interventions.files import load_steering
+from emjax.interventions.peft import load_peft_lora
+from emjax.train.trainer import Trainer, TrainConfigError
+
+CONFIGS = str(paths.CONFIGS)
+DEFAULT = os.path.join(CONFIGS, "default.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    tok = ChatTokenizer.wrap(tiny_tokenizer("qwen2"))
+    hf = build_hf(qwen2_config(tied=True, vocab_size=len(tok.hf), num_hidden_layers=4), seed=41)
+    cfg, w = to_emjax(hf)
+    return LoadedModel(cfg, w, tok, "tiny", "tiny-qwen2")
+
+
+def _config(tmp_path, name, **train):
+    c = load_config(DEFAULT)
+    c.name = name
+    c.output_dir = str(tmp_path / name)
+    c.data.n_train = 24
+    c.data.n_eval = 4
+    c.data.max_len = 64
+    c.data.kl_rows = 12
+    c.data.kl_eval_rows = 4
+    c.intervention.layers = (2,)  # the middle of the tiny model's 4 layers
+    c.intervention.alpha = 4.0
+    c.train.batch_size = 2
+    c.train.grad_accum = 2
+    c.train.epochs = 2
+    c.train.lr = 5e-2
+    c.train.eval_every = 3
+    c.checkpoint.every = 2
+    c.checkpoint.async_save = False
+    for k, v in train.items():
+        c.train[k] = v
+    return c
+
+
+def _vectors(out):
+    return load_steering(os.path.join(out, "steering.safetensors")).vectors
+
+
+def test_resume_is_bit_identical(tiny_model, tmp_path):
+    full = Trainer(_config(tmp_path, "full", lambda_kl=0.5), tiny_model).run()
+    part = Trainer(_config(tmp_path, "part", lambda_kl=0.5), tiny_model)
+    assert part.run(stop_at_step=5) == {"stopped_at": 5}  # last checkpoint at step 4
+    resumed = Trainer(_config(tmp_path, "part", lambda_kl=0.5), tiny_model).run()
+    assert full["steps"] == resumed["steps"] == 8  # 17 rows // (2 x 2) per epoch, 2 epochs
+    np.testing.assert_array_equal(np.asarray(_vectors(tmp_path / "full")), np.asarray(_vectors(tmp_path / "part")))
+    assert full["train_loss_last"] < full["train_loss_first"]
+    assert full["final_eval"]["eval_kl_ood"] > 0 and full["initial_eval"]["eval_kl_ood"] == 0.0
+    lines = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+    assert [l["step"] for l in lines if "sft_loss" in l] == list(range(1, 9))
+    assert all(l["skipped"] == 0.0 for l in lines if "skipped" in l)
+
+
+def test_sharded_training_matches_single_device(tiny_model, tmp_path):
+    one = Trainer(_config(tmp_path, "one", lambda_kl=0.5, max_steps=3), tiny_model)
+    c = _config(tmp_path, "mesh", lambda_kl=0.5, max_steps=3)
+    c.mesh = "data:2,fsdp:2,tensor:2"
+    sharded = Trainer(c, tiny_model)
+    assert len(sharded.model.weights.layers.q_proj.sharding.device_set) == 8
+    s1, s8 = one.run(), sharded.run()
+    np.testing.assert_allclose(np.asarray(_vectors(tmp_path / "mesh")), np.asarray(_vectors(tmp_path / "one")),
+                               rtol=1e-4, atol=1e-6)
+    assert s8["final_eval"]["eval_loss"] == pytest.approx(s1["final_eval"]["eval_loss"], rel=1e-5)
+    with pytest.raises(TrainConfigError, match="mesh"):
+        c.mesh = "data:3"
+        Trainer(c, tiny_model)
+
+
+def test_kl_switch_off_and_lora_output(tiny_model, tmp_path):
+    c = _config(tmp_path, "lora", lambda_kl=1.0, kl_off_step=3)
+    c.intervention.kind = "lora"
+    c.intervention.layers = (0, 1, 2, 3)
+    c.intervention.modules = ("q_proj", "down_proj")
+    c.intervention.rank = 2
+    c.intervention.lora_alpha = 4.0
+    c.train.lr = 1e-2
+    s = Trainer(c, tiny_model).run()
+    lines = [json.loads(l) for l in open(tmp_path / "lora" / "metrics.jsonl") if "lambda_kl" in l]
+    assert [l["lambda_kl"] for l in lines] == [1.0] * 3 + [0.0] * (s["steps"] - 3)
+    assert all("kl" in l for l in lines[:3]) and not any("kl" in l for l in lines[3:])
+    lora = load_peft_lora(tmp_path / "lora" / "lora", tiny_model.cfg)
+    assert lora.layers == tuple(range(tiny_model.cfg.n_layers)) and lora.rank == 2
+    assert s["shared_prefix_layers"] == 0
+
+
+def test_config_errors(tiny_model, tmp_path):
+    with pytest.raises(ConfigFileError, match="unknown config key 'train.lrr'; did you mean 'train.lr'"):
+        load_config(DEFAULT, ["train.lrr=1"])
+    with pytest.raises(ConfigFileError, match="unknown config key 'trian.lr'; did you mean 'train.lr'"):
+        load_config(DEFAULT, ["trian.lr=1"])
+    with pytest.raises(ConfigFileError, match="bad value for 'train.epochs'"):
+        load_config(DEFAULT, ["train.epochs=abc"])
+    with pytest.raises(ConfigFileError, match="does not exist"):
+        load_config(str(tmp_path / "nope.py"))
+    c = load_config(DEFAULT, ["train.lr=1", "intervention.layers=(1,2)", "train.frozen_cache=false",
+                              "train.max_steps=7"])
+    assert c.train.lr == 1.0 and c.intervention.layers == (1, 2) and c.train.frozen_cache is False
+    assert c.train.max_steps == 7 and load_config(DEFAULT).train.max_steps is None
+    with pytest.raises(AttributeError):  # locked: a typo in code fails too
+        c.train.lrr = 1.0
+    c3 = _config(tmp_path, "bad3")
+    c3.intervention.layers = (9,)
+    with pytest.raises(TrainConfigError, match=r"intervention.layers \[9\] out of range for a 4-layer"):
+        Trainer(c3, tiny_model)
+    c2 = _config(tmp_path, "bad2", lambda_kl=1.0)
+    c2.data.kl_sources = ""
+    with pytest.raises(TrainConfigError, match="lambda_kl > 0"):
+        Trainer(c2, tiny_model)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in os.listdir(CONFIGS) if p.endswith(".py") and p != "__init__.py"))
+def test_shipped_configs_load(path):
+    full = os.path.join(CONFIGS, path)
+    if path.startswith("sweep_"):
+        c = load_config(full, ["data.n_rows=7"])
+        assert c.data.n_rows == 7 and "=" in c.interventions
+        return
+    c = load_config(full, ["train.lr=0.001"])
+    assert c.train.lr == 0.001 and c.intervention.kind in ("steering", "lora")
+
+
+def test_attention_auto_resolves_on_cpu(tiny_model):
+    from emjax.model.attention import resolve_attention
+    assert resolve_attention("auto", tiny_model.cfg) == "xla"  # CPU backend in tests
+    assert resolve_attention("cudnn", tiny_model.cfg) == "cudnn"
