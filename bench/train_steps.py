@@ -73,7 +73,7 @@ if "kl" in cases:
     run_case("qwen14b_steer_kl_step", steer, kl, tokens_per_step=2 * B * T)
 if "kl_cached" in cases:
     # The frozen-model cache: prefix below layer `mid` and the base model's final hidden states
-    # on the KL rows are computed once per data set, not per step (see emjax/frozen_cache.py).
+    # on the KL rows are computed once per data set, not per step (see emjax/train/frozen_cache.py).
     px, _ = TS.frozen_outputs(w, cfg, sft.tokens[0], sft.mask[0], mid, False)
     kx, kb = TS.frozen_outputs(w, cfg, kl.tokens[0], kl.mask[0], mid, True)
     sft_c = sft.replace(prefix=px[None])

@@ -78,8 +78,8 @@ class StepOptions:
       shared (at most `shared_prefix_layers(params, cfg)`).
     remat: rematerialisation policy of the block body in the trained suffix.
     loss_chunk: sequence chunk of the loss computations (None: whole sequence at once).
-    kl_reduction: "token_mean" or "upstream" (divide by V; see emjax.losses).
-    attention: "xla" or "cudnn" in the trained suffix (see emjax.model.run_layers; training
+    kl_reduction: "token_mean" or "upstream" (divide by V; see emjax.train.losses).
+    attention: "xla" or "cudnn" in the trained suffix (see emjax.model.decoder.run_layers; training
       batches are right-padded, which the cuDNN path requires).
     """
 

@@ -1,4 +1,4 @@
-"""Upstream's logprob-weighted 0-100 judge score (emjax.judge.scoring)."""
+"""Upstream's logprob-weighted 0-100 judge score (emjax.eval.judge.scoring)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""EM / coherence / narrow rates, bootstrap intervals, plots and the JSON summary (emjax.report)."""
+"""EM / coherence / narrow rates, bootstrap intervals, plots and the JSON summary (emjax.eval.report)."""
 
 from __future__ import annotations
 
