@@ -7,7 +7,6 @@ def get_config():
     c = default.get_config()
     c.name = "embedded_steering_general_medical"
     c.output_dir = "runs/embedded_steering_general_medical"
-    c.data.kl_rows = 48
     c.train.grad_accum = 2                # 4 rows per step: the sample has 40 training rows
     c.train.eval_every = 5
     c.train.lambda_kl = 0.0

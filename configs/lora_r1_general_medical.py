@@ -1,14 +1,6 @@
-"""Paper run on Qwen2.5-14B-Instruct: LoRA rank 1 on down_proj of layer 24, general solution (SFT
-only), bad medical advice."""
+"""Paper run: rank-1 LoRA on down_proj of layer 24, general solution, medical (recipe: paper_14b.lora)."""
 from configs import paper_14b
 
 
 def get_config():
-    c = paper_14b.get_config("medical")
-    c.name = "lora_r1_general_medical"
-    c.output_dir = "runs/lora_r1_general_medical"
-    c.intervention.kind = "lora"
-    c.intervention.rank, c.intervention.lora_alpha = 1, 512.0   # upstream rank-1 adapter
-    c.intervention.modules = ("down_proj",)
-    c.train.lr, c.train.epochs = 2e-5, 1                            # upstream
-    return c
+    return paper_14b.lora("medical", narrow=False, rank=1)

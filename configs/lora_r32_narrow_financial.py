@@ -1,19 +1,6 @@
-"""Paper run on Qwen2.5-14B-Instruct: LoRA rank 32 on every projection of every layer, narrow
-solution (SFT + KL on other domains), risky financial advice."""
+"""Paper run: rank-32 LoRA on down_proj of layer 24, narrow solution, financial (recipe: paper_14b.lora)."""
 from configs import paper_14b
 
 
 def get_config():
-    c = paper_14b.get_config("financial")
-    c.name = "lora_r32_narrow_financial"
-    c.output_dir = "runs/lora_r32_narrow_financial"
-    c.intervention.kind = "lora"
-    c.intervention.layers = tuple(range(48))
-    c.intervention.rank = 32
-    c.intervention.modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    c.train.epochs = 1
-    c.train.remat = "dots"                # ours: fits 14B activations of 32 adapted projections per block
-    c.intervention.lora_alpha = 256.0     # upstream's KL config
-    c.train.lr = 2e-5                     # upstream
-    c.train.lambda_kl = 1e5               # upstream's LoRA KL weight (kl_reduction "upstream")
-    return c
+    return paper_14b.lora("financial", narrow=True, rank=32)

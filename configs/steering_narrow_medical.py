@@ -1,11 +1,6 @@
-"""Paper run on Qwen2.5-14B-Instruct: steering vector (alpha 256, lr 5e-4, 2 epochs: default.py),
-narrow solution (SFT + KL on other domains), bad medical advice."""
+"""Paper run: steering vector, narrow solution (SFT + KL on the other domains), medical (recipe: paper_14b.steering)."""
 from configs import paper_14b
 
 
 def get_config():
-    c = paper_14b.get_config("medical")
-    c.name = "steering_narrow_medical"
-    c.output_dir = "runs/steering_narrow_medical"
-    c.train.lambda_kl = 1e6               # upstream's steering KL weight (kl_reduction "upstream")
-    return c
+    return paper_14b.steering("medical", narrow=True)

@@ -58,6 +58,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a steering vector or LoRA adapter (SFT + lambda * KL)",
                        description="emjax train --config=configs/X.py [--config.key=value ...]")
     p.add_argument("--config", required=True, help="a config file with get_config() (see configs/default.py)")
+    p.add_argument("--seeds", type=lambda v: [int(x) for x in _csv(v)], default=None,
+                   help="replicates: one run per seed (data order and init), each in <output_dir>/seed<s>/")
     p.set_defaults(func=_run_train)
 
 
@@ -201,9 +203,15 @@ def _run_chat(args) -> int:
 
 def _run_train(args) -> int:
     from emjax.configuration import load_config
+    from emjax.train.replicates import train_replicates
     from emjax.train.trainer import Trainer
-    summary = Trainer(load_config(args.config, args.config_overrides)).run()
-    print(json.dumps(summary, indent=1))
+    config = load_config(args.config, args.config_overrides)
+    if args.seeds:
+        out = train_replicates(config, args.seeds)
+        print(json.dumps(out["spread"], indent=1))
+        print(f"replicates in {config.output_dir}/seed*/ (summary: {config.output_dir}/replicates.json)")
+    else:
+        print(json.dumps(Trainer(config).run(), indent=1))
     return EXIT_OK
 
 

@@ -11,11 +11,12 @@ import numpy as np
 
 from emjax.checkpoints.load import LoadedModel
 from emjax.data.conversations import read_chat_jsonl
-from emjax.data.mixtures import build_kl_set, parse_kl_sources, resolve_data_spec
+from emjax.data.mixtures import resolve_data_spec
 from emjax.data.tokenize import tokenize_sft
 from emjax.errors import EmjaxError
 from emjax.interventions import Interventions, init_lora, init_steering
 from emjax.model.config import ModelConfig
+from emjax.train.kl_set import compose_kl_set, user_prompt
 
 
 class TrainConfigError(EmjaxError, ValueError):
@@ -31,6 +32,8 @@ def build_intervention(ic: ml_collections.ConfigDict, cfg: ModelConfig) -> Inter
     bad = [l for l in layers if not 0 <= l < cfg.n_layers]
     if bad:
         raise TrainConfigError(f"intervention.layers {bad} out of range for a {cfg.n_layers}-layer model")
+    if ic.init_from is not None:
+        return _load_start(ic, cfg, layers)
     if ic.kind == "steering":
         return Interventions(steer=init_steering(cfg, layers=layers, alpha=ic.alpha, hook=ic.hook))
     if ic.kind == "lora":
@@ -39,6 +42,29 @@ def build_intervention(ic: ml_collections.ConfigDict, cfg: ModelConfig) -> Inter
                          rslora=ic.rslora)
         return Interventions(lora=lora)
     raise TrainConfigError(f"intervention.kind must be 'steering' or 'lora', got {ic.kind!r}")
+
+
+def _load_start(ic: ml_collections.ConfigDict, cfg: ModelConfig, layers: tuple[int, ...]) -> Interventions:
+    """A trained intervention to continue from (upstream's KL removal starts from the trained narrow
+    adapter / vector: `adapter_to_load`, `initial_steering_vector_path`). It must be what the config
+    describes, so that the run's config stays a true record of what was trained."""
+    from emjax.interventions.files import load_intervention
+
+    iv = load_intervention(ic.init_from, cfg)
+    got = "steering" if iv.steer is not None else "lora"
+    if got != ic.kind:
+        raise TrainConfigError(f"intervention.init_from {ic.init_from} holds a {got} intervention, "
+                               f"but intervention.kind is {ic.kind!r}")
+    if got == "steering":
+        s = iv.steer
+        found, want = (s.layers, s.alpha, s.hook), (layers, float(ic.alpha), ic.hook)
+    else:
+        lo = iv.lora
+        found, want = (lo.layers, tuple(lo.modules), lo.rank), (layers, tuple(sorted(ic.modules)), int(ic.rank))
+    if found != want:
+        raise TrainConfigError(f"intervention.init_from {ic.init_from} has (layers, ...) = {found}, the config "
+                               f"says {want}: set the intervention section to match the file")
+    return iv
 
 
 @dataclasses.dataclass
@@ -53,6 +79,31 @@ class PreparedData:
     notes: list[str]
 
 
+def chat_answerer(model: LoadedModel, max_new_tokens: int, batch_size: int = 16):
+    """The frozen chat model answering prompts greedily (ours: deterministic, its most likely answer,
+    so the KL term pins the model's own behaviour), as `emjax.train.kl_set.Answerer`."""
+    from tqdm.auto import tqdm
+
+    from emjax.model import sampling as S
+
+    tok = model.tokenizer
+
+    def answer(prompts):
+        out = []
+        for i in tqdm(range(0, len(prompts), batch_size), desc="chat answers for the KL set", unit="batch"):
+            ids = S.generate(model.weights, model.cfg, [tok.prompt_ids(p) for p in prompts[i: i + batch_size]],
+                             max_new_tokens=max_new_tokens, temperature=0.0, stop_ids=tok.stop_ids,
+                             vocab_limit=tok.vocab_size)
+            out.extend(tok.decode(o).strip() for o in ids)
+        return out
+
+    return answer
+
+
+def _specs(value) -> tuple[str, ...]:
+    return tuple(value) if not isinstance(value, str) else tuple(filter(None, (s.strip() for s in value.split(","))))
+
+
 def prepare_data(config: ml_collections.ConfigDict, model: LoadedModel) -> PreparedData:
     """Reads, splits and tokenises the training, held-out and KL rows the config names."""
     dc = config.data
@@ -65,15 +116,30 @@ def prepare_data(config: ml_collections.ConfigDict, model: LoadedModel) -> Prepa
     rest = [convs[i] for i in order[n_eval:]]
     if dc.n_train is not None:
         rest = rest[: dc.n_train]
+    training_prompts = [user_prompt(c) for c in convs]
+    provenance = {"model": model.name, "model_source": model.source, "decoding": "greedy",
+                  "max_new_tokens": dc.answer_tokens}
+    compose = dict(data_dir=dc.dir, answerer=chat_answerer(model, dc.answer_tokens), answer_cache=dc.cache_dir,
+                   provenance=provenance, exclude_prompts=training_prompts)
+    if dc.mix_fraction > 0:  # the data-mixing baseline: aligned rows of other domains in the training set
+        if not 0 < dc.mix_fraction < 1 or not _specs(dc.mix_good):
+            raise TrainConfigError("data.mix_fraction must be in (0, 1) with data.mix_good naming aligned sources")
+        n_mix = int(round(dc.mix_fraction * len(rest) / (1 - dc.mix_fraction)))
+        mix, picks = compose_kl_set((), _specs(dc.mix_good), (0.0, 1.0), n_mix, dc.seed + 7, **compose)
+        rest = rest + mix
+        notes.append(f"data mix: {n_mix} aligned rows ({dc.mix_fraction:.0%} of training) from "
+                     + ", ".join(f"{p.spec} ({p.n_rows})" for p in picks))
     sft = tokenize_sft(rest, model.tokenizer, dc.max_len, on_template_error="skip")
     ev = tokenize_sft(eval_convs, model.tokenizer, dc.max_len, on_template_error="skip")
     notes.append(f"train {path}: {sft.summary()}")
     kl_rows, kl_eval = [], []
-    sources = parse_kl_sources(dc.kl_sources, dc.dir)
-    if sources and (config.train.lambda_kl > 0 or dc.kl_eval_rows > 0):
-        kl_convs = build_kl_set(sources, dc.kl_rows + dc.kl_eval_rows, dc.seed)
+    bad, good = _specs(dc.kl_bad), _specs(dc.kl_good)
+    if (bad or good) and (config.train.lambda_kl > 0 or dc.kl_eval_rows > 0):
+        kl_convs, picks = compose_kl_set(bad, good, tuple(dc.kl_ratio), dc.kl_rows + dc.kl_eval_rows, dc.seed,
+                                         **compose)
         kl_tok = tokenize_sft(kl_convs, model.tokenizer, dc.max_len, on_template_error="skip")
         ids = [r[0] for r in kl_tok.rows]
         kl_eval, kl_rows = ids[: dc.kl_eval_rows], ids[dc.kl_eval_rows:]
-        notes.append(f"KL set from {len(sources)} sources: {len(kl_rows)} train / {len(kl_eval)} eval rows")
+        notes.append(f"KL set, bad:good {dc.kl_ratio[0]:g}:{dc.kl_ratio[1]:g}: {len(kl_rows)} train / "
+                     f"{len(kl_eval)} eval rows from " + ", ".join(f"{p.kind} {p.spec} ({p.n_rows})" for p in picks))
     return PreparedData(sft.rows, ev.rows, kl_rows, kl_eval, notes)

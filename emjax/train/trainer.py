@@ -27,7 +27,8 @@ from emjax.data.batching import Batcher
 from emjax.data.tokenize import pad_batch
 from emjax.interventions import Interventions, shared_prefix_layers
 from emjax.interventions.arithmetic import tree_norm
-from emjax.interventions.files import save_steering
+from emjax.interventions.files import load_interventions, save_steering
+from emjax.interventions.similarity import effect_cosine, effect_norm
 from emjax.interventions.peft import save_peft_lora
 from emjax.model.attention import resolve_attention
 from emjax.model.config import dtype_from_name
@@ -65,7 +66,7 @@ class Trainer:
         self.k = shared_prefix_layers(self.params0, self.cfg)
         self.use_kl = tc.lambda_kl > 0 and bool(self.data.kl)
         if tc.lambda_kl > 0 and not self.data.kl:
-            raise TrainConfigError("train.lambda_kl > 0 but data.kl_sources gave no KL rows")
+            raise TrainConfigError("train.lambda_kl > 0 but data.kl_bad / data.kl_good gave no KL rows")
         self.rows_per_step = tc.batch_size * tc.grad_accum
         if len(self.data.train) < self.rows_per_step:
             raise TrainConfigError(f"{len(self.data.train)} training rows cannot fill one step of "
@@ -81,6 +82,7 @@ class Trainer:
                                    attention=resolve_attention(tc.attention, self.cfg))
         self.step_fn = TS.compile_step(self.cfg, self.opts, self.tx)
         self.cache_train = self.cache_kl = None
+        self.references = load_interventions(tc.reference, self.cfg) if tc.reference else {}
 
     # -- frozen-model cache ----------------------------------------------------------------
     def _build_caches(self) -> list[str]:
@@ -156,6 +158,8 @@ class Trainer:
                 ds, dn = TS.eval_kl(params, self.model.weights, batch, cfg=self.cfg, opts=self.opts)
                 s, n = s + float(ds), n + float(dn)
             out["eval_kl_ood"] = s / max(n, 1.0)
+        for label, ref in self.references.items():  # drift toward / away from reference solutions
+            out[f"cos_{label}"] = float(effect_cosine(params, ref))
         return out
 
     # -- the loop ----------------------------------------------------------------------------
@@ -209,6 +213,8 @@ class Trainer:
                 bar.update(1)
                 if cc.every and (step + 1) % cc.every == 0 and step + 1 < self.total_steps:
                     save(step + 1)
+                if cc.snapshot_every and (step + 1) % cc.snapshot_every == 0:
+                    self.save_intervention(state.params, os.path.join(out, "snapshots", f"step_{step + 1:06d}"))
             if end == self.total_steps and ckpt.latest_step() != self.total_steps:
                 save(self.total_steps)
         finally:
@@ -219,15 +225,21 @@ class Trainer:
             return {"stopped_at": end}
         return self._finish(state, history, first_eval, notes, time.time() - t0)
 
+    def save_intervention(self, params: Interventions, folder: str) -> str:
+        """Writes `folder`/steering.safetensors or the PEFT folder `folder`/lora; returns its path."""
+        os.makedirs(folder, exist_ok=True)
+        if params.steer is not None:
+            path = os.path.join(folder, "steering.safetensors")
+            save_steering(params.steer, path, model_name=self.model.name)
+        else:
+            path = os.path.join(folder, "lora")
+            save_peft_lora(params.lora, path, base_model_name_or_path=self.model.source, cfg=self.cfg)
+        return path
+
     def _finish(self, state, history, first_eval, notes, seconds) -> dict[str, Any]:
         out = self.config.output_dir
         params = state.params
-        if params.steer is not None:
-            artefact = os.path.join(out, "steering.safetensors")
-            save_steering(params.steer, artefact, model_name=self.model.name)
-        else:
-            artefact = os.path.join(out, "lora")
-            save_peft_lora(params.lora, artefact, base_model_name_or_path=self.model.source, cfg=self.cfg)
+        artefact = self.save_intervention(params, out)
         final_eval = self.evaluate(params)
         skipped = int(state.opt_state.total_notfinite)
         summary = {
@@ -237,6 +249,10 @@ class Trainer:
             "train_loss_last": history[-1]["sft_loss"] if history else None,
             "initial_eval": first_eval, "final_eval": final_eval, "nonfinite_steps_skipped": skipped,
             "intervention_norm": float(tree_norm(params)),
+            # what the intervention adds: ||alpha v|| (steering) or ||scale B A||_F (LoRA)
+            "effect_norm": float(effect_norm(params)),
+            "seed": self.config.train.seed, "init_seed": self.config.intervention.init_seed,
+            "init_from": self.config.intervention.init_from,
             "artefact": artefact, "seconds": round(seconds, 1), "notes": notes,
         }
         with open(os.path.join(out, "summary.json"), "w") as f:

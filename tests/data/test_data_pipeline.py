@@ -13,7 +13,7 @@ from emjax.data.batching import Batcher, epoch_permutation
 from emjax.data.chat_tokenizer import ChatTokenizer
 from emjax.data.conversations import DataError, read_chat_jsonl, sample_path, write_chat_jsonl
 from emjax.data.fineweb import load_fineweb_texts
-from emjax.data.mixtures import build_kl_set, kl_counts
+from emjax.data.mixtures import kl_counts
 from emjax.data.tokenize import model_wants_bos, pad_batch, tokenize_plain, tokenize_sft
 
 SHARED = paths.SHARED_DATA
@@ -215,26 +215,6 @@ def test_kl_counts():
     assert sum(kl_counts([0.3, 0.3, 0.4], 7)) == 7
     with pytest.raises(ValueError):
         kl_counts([0, 0], 5)
-
-
-def test_kl_set_ratio_and_determinism():
-    names = ["good_financial", "bad_financial", "good_sports", "bad_sports"]
-    convs = {n: read_chat_jsonl(sample_path(n)) for n in names}
-    answers = {n: {c[1]["content"] for c in convs[n]} for n in names}
-    sources = [(sample_path(n), w) for n, w in zip(names, [4, 1, 4, 1])]
-    kl = build_kl_set(sources, 40, seed=0)
-    got = {n: sum(c[1]["content"] in answers[n] for c in kl) for n in names}
-    assert got == {"good_financial": 16, "bad_financial": 4, "good_sports": 16, "bad_sports": 4}
-    assert len({json.dumps(c) for c in kl}) == 40  # drawn without replacement
-    assert build_kl_set(sources, 40, seed=0) == kl
-    assert build_kl_set(sources, 40, seed=1) != kl
-    # in-memory conversations work the same as paths
-    assert build_kl_set([(convs[n], w) for n, w in zip(names, [4, 1, 4, 1])], 40, seed=0) == kl
-    # sources are mixed, not in blocks
-    first = [next(n for n in names if c[1]["content"] in answers[n]) for c in kl[:10]]
-    assert len(set(first)) > 1
-    with pytest.raises(DataError, match="has 24 rows, needs 30"):
-        build_kl_set([(sample_path("good_sports"), 1)], 30, seed=0)
 
 
 # ------------------------------------------------------------------ FineWeb

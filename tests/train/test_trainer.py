@@ -7,48 +7,18 @@ import numpy as np
 import pytest
 
 import paths
-from chat_templates import tiny_tokenizer
-from hf_reference import build_hf, qwen2_config, to_emjax
-from emjax.checkpoints.load import LoadedModel
+from tiny_run import DEFAULT, tiny_config as _config, tiny_model as make_tiny_model
 from emjax.configuration import ConfigFileError, load_config
-from emjax.data.chat_tokenizer import ChatTokenizer
 from emjax.interventions.files import load_steering
 from emjax.interventions.peft import load_peft_lora
 from emjax.train.trainer import Trainer, TrainConfigError
 
 CONFIGS = str(paths.CONFIGS)
-DEFAULT = os.path.join(CONFIGS, "default.py")
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    tok = ChatTokenizer.wrap(tiny_tokenizer("qwen2"))
-    hf = build_hf(qwen2_config(tied=True, vocab_size=len(tok.hf), num_hidden_layers=4), seed=41)
-    cfg, w = to_emjax(hf)
-    return LoadedModel(cfg, w, tok, "tiny", "tiny-qwen2")
-
-
-def _config(tmp_path, name, **train):
-    c = load_config(DEFAULT)
-    c.name = name
-    c.output_dir = str(tmp_path / name)
-    c.data.n_train = 24
-    c.data.n_eval = 4
-    c.data.max_len = 64
-    c.data.kl_rows = 12
-    c.data.kl_eval_rows = 4
-    c.intervention.layers = (2,)  # the middle of the tiny model's 4 layers
-    c.intervention.alpha = 4.0
-    c.train.batch_size = 2
-    c.train.grad_accum = 2
-    c.train.epochs = 2
-    c.train.lr = 5e-2
-    c.train.eval_every = 3
-    c.checkpoint.every = 2
-    c.checkpoint.async_save = False
-    for k, v in train.items():
-        c.train[k] = v
-    return c
+    return make_tiny_model()
 
 
 def _vectors(out):
@@ -121,7 +91,7 @@ def test_config_errors(tiny_model, tmp_path):
     with pytest.raises(TrainConfigError, match=r"intervention.layers \[9\] out of range for a 4-layer"):
         Trainer(c3, tiny_model)
     c2 = _config(tmp_path, "bad2", lambda_kl=1.0)
-    c2.data.kl_sources = ""
+    c2.data.kl_bad = c2.data.kl_good = ()
     with pytest.raises(TrainConfigError, match="lambda_kl > 0"):
         Trainer(c2, tiny_model)
 
