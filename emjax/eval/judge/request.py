@@ -130,6 +130,10 @@ class Fetched:
     responses_without_usage: int = 0
     http_requests: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.ok and not self.paid_responses:  # built by hand: a usable answer was a 2xx
+            self.paid_responses = 1
+
     @property
     def paid(self) -> bool:
         """The API answered at least once with 2xx, so this request has cost money."""
