@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
-import json
 import os
 from typing import Any
 

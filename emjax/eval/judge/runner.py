@@ -73,7 +73,9 @@ class RunConfig:
 
 @dataclasses.dataclass
 class RunStats:
-    """What a run did, counted per request. Token counts and `cost_usd` are the API's usage of
+    """What a run did, counted per request. `n_tasks` unique keys, `n_pending` of them sent,
+    `n_cached` not sent (scored before, or recorded failed and left alone by the retry policy:
+    those are also in `n_failed_not_retried`). Token counts and `cost_usd` are the API's usage of
     this run's billed (2xx) responses, `n_requests` of them, a 200 without logprobs included;
     `n_requests_without_usage` of those gave no usage (token counts are then a lower bound).
     `n_http_requests` counts HTTP requests sent, the client's retries included (None when the
