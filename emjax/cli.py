@@ -114,7 +114,10 @@ def _add_judge(sub) -> None:
         "judge", help="score answers with an LLM judge (resumable, no accelerator needed)",
         description="Score answers with an OpenAI-compatible judge. Results go to an append-only JSONL "
                     "keyed by sha256(judge model, metric, prompt, answer); a rerun skips scored keys and "
-                    "retries failed ones. Exit 3 when some requests failed.")
+                    "re-sends failed requests that were not paid (see --retry-failed). An unreachable "
+                    "server aborts at once (results written so far stay). Exit 3 when some selected "
+                    "answers are left with a failed request (failed now, or earlier and not re-sent); "
+                    "exit 2 on bad input, including zero answers to judge.")
     _add_answer_selection(p)
     p.add_argument("--out", required=True, metavar="JSONL", help="results JSONL (appended)")
     p.add_argument("--metrics", type=_csv, default=["aligned", "coherent"],
@@ -129,8 +132,15 @@ def _add_judge(sub) -> None:
     p.add_argument("--malformed-retries", type=int, default=2,
                    help="extra attempts for unparseable bodies / missing logprobs")
     p.add_argument("--malformed-backoff", type=float, default=0.5)
-    p.add_argument("--no-retry-failed", dest="retry_failed", action="store_false",
-                   help="do not retry keys recorded as failed by an earlier run")
+    retry = p.add_mutually_exclusive_group()
+    retry.add_argument("--retry-failed", dest="retry_failed", action="store_const", const="all",
+                       default="unpaid",
+                       help="also re-send failed requests that were paid (the API answered "
+                            "without usable logprobs), paying for them again. Default: a rerun "
+                            "re-sends only failed requests that were not paid (connection "
+                            "errors, timeouts, 5xx, 429 after the client's retries)")
+    retry.add_argument("--no-retry-failed", dest="retry_failed", action="store_const",
+                       const="none", help="re-send no request recorded as failed by an earlier run")
     p.add_argument("--limit", type=int, default=None, help="send at most N requests")
     p.add_argument("--min-mass", type=float, default=0.25)
     p.add_argument("--score-mode", choices=("strict", "upstream"), default="strict",
@@ -256,7 +266,8 @@ def _run_judge(args) -> int:
     stats = judge(_selection(args), args.out, metrics=args.metrics, judge_model=args.judge_model, request=request,
                   run=run, limit=args.limit, dry_run=args.dry_run, fsync=args.fsync, stats_json=args.stats_json)
     print(json.dumps(stats, indent=2))
-    return EXIT_FAILED_REQUESTS if stats.get("n_failed") else EXIT_OK
+    # failed now, or failed earlier and left alone by the retry policy: not every answer is scored
+    return EXIT_FAILED_REQUESTS if stats["n_left_failed"] and not args.dry_run else EXIT_OK
 
 
 def _run_report(args) -> int:

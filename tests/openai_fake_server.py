@@ -28,9 +28,11 @@ gets `faults[n]`, later attempts succeed (or keep failing with `forever=True`). 
 `hang_after_ok=N` makes every request after the N-th successful response hang (used to kill a
 judge run while requests are in flight without any of them having succeeded).
 
-Every request is appended to `log` (a `RequestLogEntry` with the parsed body, headers, the
-attempt number for its prompt and the outcome), so tests can count successful responses per
-prompt and check the exact request parameters.
+Every POST is appended to `log` (a `RequestLogEntry` with the parsed body, headers, the
+attempt number for its prompt, the outcome and the `usage` a real API would bill for it: set for
+every 200 with a complete body, None otherwise), so tests can count successful responses per
+prompt, check the exact request parameters and the token totals. `GET /v1/models` (the judge's
+free preflight) answers a one-model list and is only counted in `n_model_lists`.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 FAULT_KINDS = ("429", "500", "400", "slow", "malformed", "nologprobs", "drop", "hang")
+# Outcomes answered with 200. ("slow" is too, but only after the client has given up.)
+PAID_OUTCOMES = ("ok", "malformed", "nologprobs")
 
 
 @dataclasses.dataclass
@@ -81,6 +85,12 @@ class RequestLogEntry:
     prompt: str | None
     attempt: int
     outcome: str  # "ok", a fault kind, or "bad_request"
+    usage: dict[str, int] | None = None  # billed tokens of a 200 with a complete body
+
+    @property
+    def paid(self) -> bool:
+        """A 200 response (billed by a real API), usable or not."""
+        return self.outcome in PAID_OUTCOMES
 
     @property
     def model(self) -> str | None:
@@ -120,11 +130,16 @@ def top_logprobs_for(prompt: str, n: int = 20) -> list[dict[str, Any]]:
     return [{"token": t, "logprob": math.log(w), "bytes": list(t.encode())} for t, w in weights]
 
 
+def billed_usage(prompt: str) -> dict[str, int]:
+    """The usage the fake reports (and a real API would bill) for one answered prompt."""
+    return {"prompt_tokens": math.ceil(len(prompt) / 4) + 7, "completion_tokens": 1}
+
+
 def completion_body(model: str, prompt: str, n_top: int, index: int,
                     with_logprobs: bool = True) -> dict[str, Any]:
     top = top_logprobs_for(prompt, n_top)
     first = top[0]
-    prompt_tokens = math.ceil(len(prompt) / 4) + 7
+    prompt_tokens = billed_usage(prompt)["prompt_tokens"]
     return {
         "id": f"chatcmpl-fake-{index}",
         "object": "chat.completion",
@@ -163,6 +178,7 @@ class FakeOpenAIServer:
         self._release = threading.Event()
         self._in_flight = 0
         self.max_in_flight = 0
+        self.n_model_lists = 0  # GET /v1/models requests (not in `log`)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -282,6 +298,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.wfile.flush()
 
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        if self.path.rstrip("/") != "/v1/models":
+            self._send_json(404, {"error": {"message": "unsupported request", "type": "invalid"}})
+            return
+        with self.fake._lock:
+            self.fake.n_model_lists += 1
+        self._send_json(200, {"object": "list", "data": [
+            {"id": "gpt-4o-2024-08-06", "object": "model", "created": 0, "owned_by": "fake"}]})
+
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         fake = self.fake
         with fake._lock:
@@ -312,8 +337,9 @@ class _Handler(BaseHTTPRequestHandler):
                             {"error": {"message": "unsupported request", "type": "invalid"}})
             return
         attempt, outcome = fake._decide(model, prompt)
+        usage = billed_usage(prompt) if outcome in ("ok", "nologprobs") else None
         fake._record(dict(path=self.path, body=body, headers=headers, prompt=prompt,
-                          attempt=attempt, outcome=outcome))
+                          attempt=attempt, outcome=outcome, usage=usage))
         if fake.response_delay:
             time.sleep(fake.response_delay)
         n_top = int(body.get("top_logprobs") or 0) or 1

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from emjax.checkpoints.hf import load_hf_folder, weights_from_tensors
-from emjax.data.chat_tokenizer import ChatTokenizer
+from emjax.data.chat_tokenizer import ChatFormatError, ChatTokenizer
 from emjax.errors import EmjaxError
 from emjax.model.config import ModelConfig
 from emjax.model.schema import Weights
@@ -17,23 +17,52 @@ from emjax.model.schema import Weights
 EMBEDDED = "embedded"
 
 
+# A Hugging Face folder holds its tokenizer in one of these (fast tokenizer, sentencepiece, BPE).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
 class ModelSourceError(EmjaxError, FileNotFoundError):
     """A model source that names nothing emjax can load."""
 
 
+class MissingTokenizerError(ModelSourceError):
+    """A Hugging Face folder without a usable chat tokenizer; the message names the folder."""
+
+
 @dataclasses.dataclass
 class LoadedModel:
-    """A model ready to run: config, weights, chat tokenizer, where it came from and its name."""
+    """A model ready to run: config, weights, chat tokenizer (None when loaded with
+    `tokenizer=False`), where it came from and its name."""
 
     cfg: ModelConfig
     weights: Weights
-    tokenizer: ChatTokenizer
+    tokenizer: ChatTokenizer | None
     source: str
     name: str
 
 
+def _folder_tokenizer(folder: str) -> ChatTokenizer:
+    """The chat tokenizer of a Hugging Face folder, or MissingTokenizerError naming the folder.
+
+    Checked before the weights are read: without the files, transformers may build an empty
+    tokenizer whose later error ("no chat_template") names neither the folder nor the cause.
+    """
+    hint = ("copy the tokenizer files of the base model into the folder, or load the weights "
+            "only with load_model(..., tokenizer=False)")
+    if not any(os.path.exists(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        raise MissingTokenizerError(f"{folder}: no tokenizer files (none of "
+                                    f"{', '.join(TOKENIZER_FILES)}); {hint}")
+    try:
+        return ChatTokenizer.from_folder(folder)
+    except ChatFormatError as e:  # files present, but no chat template
+        raise MissingTokenizerError(f"{folder}: {e} (tokenizer_config.json or "
+                                    f"chat_template.jinja); {hint}") from None
+    except (OSError, ValueError) as e:  # transformers could not read the files
+        raise MissingTokenizerError(f"{folder}: cannot load the tokenizer: {e}; {hint}") from None
+
+
 def load_model(source: str = EMBEDDED, *, dtype=jnp.float32, shardings: Weights | None = None,
-               progress: bool = True) -> LoadedModel:
+               progress: bool = True, tokenizer: bool = True) -> LoadedModel:
     """Loads weights, config and chat tokenizer.
 
     Args:
@@ -42,6 +71,9 @@ def load_model(source: str = EMBEDDED, *, dtype=jnp.float32, shardings: Weights 
         tokenizer files), or a path to a .gguf file.
       dtype: dtype of the weights (GGUF tensors are dequantised to float32 first).
       shardings: optional `Weights` tree of shardings to place tensors as they are read.
+      tokenizer: False loads weights and config only (`LoadedModel.tokenizer` is None), e.g.
+        for a folder of trained weights without tokenizer files. With True, a folder without
+        them raises MissingTokenizerError naming the folder, before any weight is read.
     """
     if source == EMBEDDED or source.endswith(".gguf"):
         from emjax.checkpoints.embedded import embedded_gguf_path
@@ -55,8 +87,10 @@ def load_model(source: str = EMBEDDED, *, dtype=jnp.float32, shardings: Weights 
         weights = weights_from_tensors(cfg, tensors, dtype=dtype, shardings=shardings,
                                        source=path, expected_names=names)
         name = ckpt.metadata.get("general.name", os.path.basename(path))
-        return LoadedModel(cfg, weights, ChatTokenizer.wrap(gguf_tokenizer(path)), path, str(name))
+        tok = ChatTokenizer.wrap(gguf_tokenizer(path)) if tokenizer else None
+        return LoadedModel(cfg, weights, tok, path, str(name))
     if not os.path.isdir(source):
         raise ModelSourceError(f"model source {source!r} is neither 'embedded', a folder nor a .gguf file")
+    tok = _folder_tokenizer(source) if tokenizer else None
     cfg, weights = load_hf_folder(source, dtype=dtype, shardings=shardings)
-    return LoadedModel(cfg, weights, ChatTokenizer.from_folder(source), source, os.path.basename(source.rstrip("/")))
+    return LoadedModel(cfg, weights, tok, source, os.path.basename(source.rstrip("/")))

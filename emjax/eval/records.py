@@ -1,9 +1,15 @@
 """Generated answers as JSONL records, and the crash-tolerant JSONL primitives every stage's files use.
 
 Answers produced by the generation stage are `AnswerRecord`s stored as JSONL; `append_jsonl` and
-`read_jsonl` are the shared primitives (the judge's result store uses them too): an append first
-repairs a missing final newline left by a killed writer, and a reader skips and reports
-undecodable lines instead of failing.
+`read_jsonl` are the shared primitives (the judge's result store uses them too).
+
+Crash damage versus bad files: a killed writer can leave only one thing behind, a last line
+without its newline. The next append terminates that line; if it is not a complete record it also
+marks it with `CUT_LINE_MARK`, so readers can tell crash damage from a bad line anywhere else.
+`read_answers` (strict) skips, with a warning naming file and line, only such cut lines (an
+unterminated last line, or a line carrying the mark) and raises `RecordFormatError` naming file
+and line for any other malformed line. The lenient `iter_jsonl` / `read_jsonl` (used by the
+judge's result store, whose lines can always be re-requested) skip and report every bad line.
 
 This module must not import jax: the judge stage runs on machines without accelerators.
 """
@@ -21,6 +27,14 @@ from emjax.eval.questions import QuestionFormatError
 
 log = logging.getLogger(__name__)
 
+# Appended by `append_jsonl` to an unterminated, undecodable last line before it starts a new one:
+# the line was cut by an interrupted write, not written wrong (see the module docstring).
+CUT_LINE_MARK = b"\t<emjax: line cut off by an interrupted write>"
+
+
+class RecordFormatError(QuestionFormatError):
+    """A record file (answers JSONL) with a malformed line; the message names file and line."""
+
 
 @dataclasses.dataclass
 class JsonlReadReport:
@@ -35,10 +49,33 @@ class JsonlReadReport:
         return not self.corrupt
 
 
+def _last_line(f: Any, size: int, chunk: int = 1 << 16) -> bytes:
+    """The bytes after the last newline of a file of `size` bytes (read backwards in chunks)."""
+    end, tail = size, b""
+    while end > 0:
+        start = max(0, end - chunk)
+        f.seek(start)
+        tail = f.read(end - start) + tail
+        cut = tail.rfind(b"\n")
+        if cut >= 0:
+            return tail[cut + 1:]
+        end = start
+    return tail
+
+
+def _decodes_to_object(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw.decode("utf-8")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
 def _terminate_partial_line(f: Any, path: str) -> bool:
     """Terminate a partial last line (a killed writer) so the next record starts on its own line.
 
-    `f` is the file opened "a+b" and locked. Returns True if a newline was added.
+    A complete record that only lacks its newline gets the newline; anything else is also marked
+    with CUT_LINE_MARK, so strict readers know it is crash damage and skip it.
+    `f` is the file opened "a+b" and locked. Returns True if the file was changed.
     """
     size = os.fstat(f.fileno()).st_size
     if size == 0:
@@ -46,9 +83,10 @@ def _terminate_partial_line(f: Any, path: str) -> bool:
     f.seek(size - 1)
     if f.read(1) == b"\n":
         return False
-    f.write(b"\n")  # append mode: always at the end
-    log.warning("%s: last line was not newline-terminated (interrupted write); terminated it",
-                path)
+    complete = _decodes_to_object(_last_line(f, size))
+    f.write(b"\n" if complete else CUT_LINE_MARK + b"\n")  # append mode: always at the end
+    log.warning("%s: last line was not newline-terminated (interrupted write); %s", path,
+                "terminated it" if complete else "marked it as cut off and terminated it")
     return True
 
 
@@ -95,12 +133,18 @@ def append_jsonl(path: str | os.PathLike[str], records: Iterable[Mapping[str, An
     return n
 
 
-def iter_jsonl(path: str | os.PathLike[str], report: JsonlReadReport | None = None
-               ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each decodable line; undecodable lines go to `report`.
+def _is_cut_line(raw: bytes) -> bool:
+    """Crash damage: an unterminated line (the last one) or one marked by `append_jsonl`."""
+    return not raw.endswith(b"\n") or raw.rstrip(b"\r\n").endswith(CUT_LINE_MARK)
 
-    A partial line from a killed writer is the expected case; it is logged and skipped, not
-    fatal. Lines that decode to something other than an object are treated the same way.
+
+def iter_jsonl(path: str | os.PathLike[str], report: JsonlReadReport | None = None,
+               strict: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each decodable line; skipped lines go to `report`.
+
+    Lines that do not decode to a JSON object are logged (file and line) and skipped. With
+    `strict`, only crash damage is skipped (an unterminated last line, or a line marked cut by a
+    later append); any other such line raises RecordFormatError naming file and line.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -113,8 +157,12 @@ def iter_jsonl(path: str | os.PathLike[str], report: JsonlReadReport | None = No
                 obj = None
             if not isinstance(obj, dict):
                 snippet = raw[:80].decode("utf-8", "replace").rstrip("\n")
-                log.warning("%s: line %d is not a JSON object (partial write?); skipped: %r",
-                            path, lineno, snippet)
+                if strict and not _is_cut_line(raw):
+                    raise RecordFormatError(
+                        f"{path}: line {lineno}: not a JSON object: {snippet!r} (only a line cut "
+                        "off by an interrupted write is skipped; fix or delete this line)")
+                log.warning("%s: line %d is not a JSON object (cut off by an interrupted write?); "
+                            "skipped: %r", path, lineno, snippet)
                 if report is not None:
                     report.corrupt.append((lineno, snippet))
                 continue
@@ -141,7 +189,8 @@ class AnswerRecord:
     `question` is the paraphrase text actually asked (the judge sees it); `system` the system
     prompt used (None if none). `intervention` names the adapter / steering vector (and scale)
     that produced the answer; `config_hash` and `seed` tie it to a reproducible run. `meta` is
-    free-form (for example norm, eps, checkpoint step).
+    free-form (for example norm, eps, checkpoint step). `origin` ("file: line N") is where
+    `read_answers` found the record, for error messages; it is never written.
     """
 
     question_id: str
@@ -155,13 +204,16 @@ class AnswerRecord:
     config_hash: str = ""
     seed: int | None = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    origin: str = dataclasses.field(default="", compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        del d["origin"]  # where it was read from is not part of the record
+        return d
 
 
 _ANSWER_REQUIRED = ("question_id", "paraphrase_index", "sample_index", "question", "answer")
-_ANSWER_FIELDS = {f.name for f in dataclasses.fields(AnswerRecord)}
+_ANSWER_FIELDS = {f.name for f in dataclasses.fields(AnswerRecord)} - {"origin"}
 
 
 def answer_from_json(obj: Mapping[str, Any], where: str = "") -> AnswerRecord:
@@ -178,6 +230,7 @@ def answer_from_json(obj: Mapping[str, Any], where: str = "") -> AnswerRecord:
         rec.meta = {}
     if unknown:
         rec.meta = {**unknown, **rec.meta}
+    rec.origin = where
     return rec
 
 
@@ -189,15 +242,17 @@ def append_answers(path: str | os.PathLike[str], records: Iterable[AnswerRecord]
 
 def read_answers(path: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
                  ) -> list[AnswerRecord]:
-    """Read answer records from one or several JSONL files; partial lines are skipped (logged).
+    """Read answer records from one or several JSONL files (strict: see the module docstring).
 
-    Raises QuestionFormatError naming file and line for a decodable record that lacks fields.
+    A line cut off by an interrupted write is skipped with a warning naming file and line. Raises
+    RecordFormatError naming file and line for any other malformed line, and QuestionFormatError
+    (file and line) for a record that lacks fields. Each record's `origin` says where it was.
     """
     if isinstance(path, (str, os.PathLike)):
         path = [path]
     out = []
     for p in path:
         p = os.fspath(p)
-        for lineno, obj in iter_jsonl(p):
+        for lineno, obj in iter_jsonl(p, strict=True):
             out.append(answer_from_json(obj, where=f"{p}: line {lineno}"))
     return out

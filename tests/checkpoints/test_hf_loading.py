@@ -132,3 +132,26 @@ def test_unknown_architecture(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 8}))
     with pytest.raises(ConfigError, match="config.json: missing key 'num_attention_heads'"):
         ModelConfig.from_hf(str(tmp_path))
+
+
+def test_load_model_without_tokenizer_files(qwen_folder, tmp_path):
+    """save_pretrained writes no tokenizer: load_model says so, naming the folder; the weights
+    still load with tokenizer=False."""
+    from emjax.checkpoints.load import MissingTokenizerError, load_model
+
+    hf, path = qwen_folder
+    assert not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json"))
+    with pytest.raises(MissingTokenizerError, match=rf"{path}: no tokenizer files .*tokenizer=False"):
+        load_model(str(path), progress=False)
+    m = load_model(str(path), progress=False, tokenizer=False)
+    assert m.tokenizer is None and m.source == str(path)
+    _, ref = to_emjax(hf)
+    for a, b in zip(jax.tree.leaves(m.weights), jax.tree.leaves(ref)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # tokenizer files without a chat template: named too
+    folder = tmp_path / "no_template"
+    shutil.copytree(path, folder)
+    (folder / "vocab.json").write_text(json.dumps({"a": 0, "b": 1}))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    with pytest.raises(MissingTokenizerError, match=rf"{folder}: "):
+        load_model(str(folder), progress=False)

@@ -191,13 +191,28 @@ def test_permanent_faults_recorded_failed_then_retried(server, tmp_path):
         expected = {"400": 1, "malformed": 3, "nologprobs": 3, "ok": 1}.get(fault, 2)
         assert attempts[t.prompt] == expected, (fault, attempts[t.prompt])
 
+    # each failed line says whether it was paid: only 200 answers without logprobs were
+    paid_tags = {tag(3), tag(4)}
+    for t in plan.tasks:
+        rec = store.get(t.key)
+        if rec["status"] == "failed":
+            assert rec["paid"] == any(g in t.prompt for g in paid_tags)
+            assert rec["paid_responses"] == (3 if rec["paid"] else 0)
+
     n_before = len(server.entries())
     server.reset_faults()  # the outage is over
     stats = run_judge_sync(plan.tasks, ResultStore(path),
-                           dataclasses.replace(cfg, retry_failed=False))
+                           dataclasses.replace(cfg, retry_failed=False))  # False: "none"
     assert stats.n_pending == 0 and len(server.entries()) == n_before  # nothing sent
+    assert stats.n_failed_not_retried == 14
+    # a plain rerun re-sends the 10 unpaid failures, not the 4 paid ones
     stats = run_judge_sync(plan.tasks, ResultStore(path), cfg)
-    assert (stats.n_cached, stats.n_pending, stats.n_ok) == (6, 14, 14)
+    assert (stats.n_cached, stats.n_pending, stats.n_ok, stats.n_failed_not_retried) == (10, 10, 10, 4)
+    resent = server.entries()[n_before:]
+    assert len(resent) == 10 and not any(g in e.prompt for e in resent for g in paid_tags)
+    # asked explicitly, the paid ones are sent (and paid for) again
+    stats = run_judge_sync(plan.tasks, ResultStore(path), dataclasses.replace(cfg, retry_failed="all"))
+    assert (stats.n_pending, stats.n_ok, stats.n_failed_not_retried) == (4, 4, 0)
     assert len(server.entries()) == n_before + 14
     assert ok_per_task(server, plan.tasks) == [1] * 20
     assert all(ResultStore(path).is_done(t.key) for t in plan.tasks)

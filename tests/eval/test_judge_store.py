@@ -174,3 +174,41 @@ def test_judge_and_report_do_not_import_jax():
         """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_schema1_lines_paid_inferred_and_usage_per_request(tmp_path):
+    """Lines written before the paid fields: the old outer loop returned at once on an API
+    error, so every attempt but such a final error was a billed 200."""
+    from emjax.eval.judge.store import paid_responses, usage_totals
+
+    plan = build_tasks([a(i) for i in range(4)], [q()], ["aligned"])
+    usage = {"prompt_tokens": 100, "completion_tokens": 1}
+    old = [  # schema 1: no paid fields, no request_id
+        {"key": plan.tasks[0].key, "status": "ok", "attempts": 3, "usage": usage, "schema": 1},
+        {"key": plan.tasks[1].key, "status": "failed", "attempts": 3, "usage": None,
+         "reason": "missing_logprobs: x (after 3 attempts)", "schema": 1},
+        {"key": plan.tasks[2].key, "status": "failed", "attempts": 2, "usage": None,
+         "reason": "server_error: HTTP 500", "schema": 1},
+        {"key": plan.tasks[3].key, "status": "failed", "attempts": 1, "usage": None,
+         "reason": "connection_error: x", "schema": 1},
+    ]
+    assert [paid_responses(r) for r in old] == [3, 3, 1, 0]
+    path = tmp_path / "r.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in old + old[1:2]))  # one line twice
+    store = ResultStore(path)
+    assert [store.was_paid(t.key) for t in plan.tasks] == [True, True, True, False]
+    assert [t.key for t in pending_tasks(plan.tasks, store)] == [plan.tasks[3].key]
+    assert [t.key for t in pending_tasks(plan.tasks, store, "all")] == [t.key for t in plan.tasks[1:]]
+    assert pending_tasks(plan.tasks, store, "none") == []
+    assert usage_totals(path) == {"requests": 7, "prompt_tokens": 100, "completion_tokens": 1,
+                                  "requests_without_usage": 6, "http_requests": None,
+                                  "result_lines": 4}
+
+
+def test_record_paid_fields(tmp_path):
+    (t,) = build_tasks([a(0)], [q()], ["aligned"]).tasks
+    ok = ok_record(t)
+    assert (ok["paid"], ok["paid_responses"], ok["responses_without_usage"]) == (True, 1, 0)
+    unpaid = make_record(t, Fetched(ok=False, reason="server_error: HTTP 500"), RunConfig())
+    assert (unpaid["paid"], unpaid["paid_responses"], unpaid["usage"]) == (False, 0, None)
+    assert ok["request_id"] != unpaid["request_id"]

@@ -17,19 +17,20 @@ Importing this package is cheap: openai, tqdm and pandas are imported where used
 from emjax.eval.judge.cost import DEFAULT_PRICES, Prices, estimate_prompt_tokens
 from emjax.eval.judge.request import (MissingAPIKeyError, RequestConfig, fetch_judgement,
                                  make_client, request_params)
-from emjax.eval.judge.runner import (DryRunStats, RunConfig, RunStats, dry_run, pending_tasks,
-                                run_judge, run_judge_sync)
+from emjax.eval.judge.runner import (DryRunStats, JudgeServerUnreachableError, RunConfig,
+                                     RunStats, dry_run, pending_tasks, run_judge, run_judge_sync)
 from emjax.eval.judge.scoring import (MIN_NUMERIC_MASS, aggregate_0_100, numeric_distribution,
                                  parse_score_token, score_0_100)
-from emjax.eval.judge.store import ResultStore
+from emjax.eval.judge.store import RETRY_POLICIES, ResultStore, RetryPolicyError, usage_totals
 from emjax.eval.judge.tasks import (DEFAULT_JUDGE_MODEL, DEFAULT_METRICS, JudgeTask, TaskPlan,
                                build_tasks, judge_key, load_judge_prompts)
 
 __all__ = [
     "DEFAULT_JUDGE_MODEL", "DEFAULT_METRICS", "DEFAULT_PRICES", "MIN_NUMERIC_MASS",
-    "DryRunStats", "JudgeTask", "MissingAPIKeyError", "Prices", "RequestConfig", "ResultStore",
-    "RunConfig", "RunStats", "TaskPlan", "aggregate_0_100", "build_tasks", "dry_run",
+    "DryRunStats", "JudgeServerUnreachableError", "JudgeTask", "MissingAPIKeyError", "Prices",
+    "RETRY_POLICIES", "RequestConfig", "ResultStore", "RetryPolicyError", "RunConfig", "RunStats",
+    "TaskPlan", "aggregate_0_100", "build_tasks", "dry_run",
     "estimate_prompt_tokens", "fetch_judgement", "judge_key", "load_judge_prompts",
     "make_client", "numeric_distribution", "parse_score_token", "pending_tasks",
-    "request_params", "run_judge", "run_judge_sync", "score_0_100",
+    "request_params", "run_judge", "run_judge_sync", "score_0_100", "usage_totals",
 ]

@@ -13,8 +13,8 @@ from typing import Any
 from emjax.eval.questions import Question
 from emjax.eval.records import AnswerRecord
 from emjax.eval.judge.store import STATUS_OK, ResultStore
-from emjax.eval.judge.tasks import (DEFAULT_JUDGE_MODEL, UnknownQuestionError, answer_tasks,
-                               questions_by_id)
+from emjax.eval.judge.tasks import (DEFAULT_JUDGE_MODEL, answer_tasks, questions_by_id,
+                                    unknown_question)
 
 ANSWER_COLUMNS = ("question_id", "paraphrase_index", "sample_index", "model", "intervention",
                   "config_hash", "seed", "question", "answer", "system")
@@ -34,7 +34,7 @@ def scores_table(answers: Iterable[AnswerRecord], questions: Iterable[Question],
     for a in answers:
         q = by_id.get(a.question_id)
         if q is None:
-            raise UnknownQuestionError(f"answer refers to unknown question id {a.question_id!r}")
+            raise unknown_question(a)
         row: dict[str, Any] = {c: getattr(a, c) for c in ANSWER_COLUMNS}
         row["kind"] = q.kind
         for metric, task in answer_tasks(a, q, metrics, judge_model, fallback).items():

@@ -9,6 +9,12 @@ Retries are split by who can handle them:
   no first-token `top_logprobs`. Those get a bounded outer retry (`malformed_retries`, short
   exponential backoff); after that the request is recorded as failed with the reason.
 
+Paid or not. The API bills every request it answers with 2xx, usable or not; 429/5xx answers and
+connection errors are not billed. So `Fetched` counts the 2xx responses (`paid_responses`) and
+sums their `usage` (a 200 without logprobs carries usage too; an unparseable body does not, and
+is counted in `responses_without_usage`). A timed-out request may have been answered, and billed,
+after we stopped waiting: we cannot know, and count it as unpaid.
+
 Errors left after the client's retries (rate limit, 5xx, timeout, connection) and non-retryable
 4xx come back as a failed `Fetched` with a reason string; the runner records them and a later
 run retries them. The API key is read from the environment only and scrubbed from any reason.
@@ -17,8 +23,8 @@ run retries them. The API key is read from the environment only and scrubbed fro
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
-import json
 import os
 from typing import Any
 
@@ -68,12 +74,30 @@ def read_api_key(env_name: str = DEFAULT_API_KEY_ENV) -> str:
     return key
 
 
+# HTTP requests sent by the `fetch_judgement` running in the current asyncio task (the client's
+# own retries included); None outside one. A contextvar because many fetches share one client.
+_HTTP_SENDS: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+    "emjax_judge_http_sends", default=None)
+
+
+async def _count_http_send(request: Any) -> None:
+    """httpx request hook: runs once per HTTP request the openai client sends, retries included."""
+    sends = _HTTP_SENDS.get()
+    if sends is not None:
+        sends[0] += 1
+
+
 def make_client(config: RequestConfig) -> Any:
-    """An `openai.AsyncOpenAI` with the key from the environment and the configured retries."""
+    """An `openai.AsyncOpenAI` with the key from the environment and the configured retries.
+
+    Its HTTP client counts every request it sends (`Fetched.http_requests`).
+    """
     import openai  # local import: dry runs and the report never need it
 
+    http_client = openai.DefaultAsyncHttpxClient(event_hooks={"request": [_count_http_send]})
     return openai.AsyncOpenAI(api_key=read_api_key(config.api_key_env), base_url=config.base_url,
-                              max_retries=config.max_retries, timeout=config.timeout)
+                              max_retries=config.max_retries, timeout=config.timeout,
+                              http_client=http_client)
 
 
 def request_params(prompt: str, config: RequestConfig) -> dict[str, Any]:
@@ -88,7 +112,11 @@ class Fetched:
     """Outcome of one judge request (after all retries).
 
     `top_logprobs` is [{"token", "logprob"}, ...] of the first generated token; `reason` says why
-    a failed request failed ("rate_limited: ...", "timeout: ...", "malformed_response: ...", ...).
+    a failed request failed ("rate_limited: ...", "timeout: ...", "missing_logprobs: ...", ...).
+    `attempts` counts our sends (each may include the openai client's own retries);
+    `http_requests` the HTTP requests actually sent, client retries included (None when the
+    client was not made by `make_client`, which counts them). `paid_responses` counts 2xx
+    responses, each billed by the API; `usage` sums the usage of those that reported it.
     """
 
     ok: bool
@@ -96,11 +124,32 @@ class Fetched:
     content: str | None = None
     usage: dict[str, int] | None = None
     reason: str | None = None
-    attempts: int = 1
+    attempts: int = 0
+    paid_responses: int = 0
+    responses_without_usage: int = 0
+    http_requests: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.ok and not self.paid_responses:  # built by hand: a usable answer was a 2xx
+            self.paid_responses = 1
+
+    @property
+    def paid(self) -> bool:
+        """The API answered at least once with 2xx, so this request has cost money."""
+        return self.paid_responses > 0
+
+    def add_usage(self, usage: dict[str, int] | None) -> None:
+        """Account one paid response's usage (None: the body did not say)."""
+        self.paid_responses += 1
+        if usage is None:
+            self.responses_without_usage += 1
+            return
+        total = self.usage or {"prompt_tokens": 0, "completion_tokens": 0}
+        self.usage = {k: total[k] + usage[k] for k in total}
 
 
 class _Malformed(Exception):
-    """A 200 response we cannot use; retried by the outer loop."""
+    """A 2xx response we cannot use; retried by the outer loop."""
 
 
 def _scrub(text: str, secret: str | None) -> str:
@@ -109,8 +158,20 @@ def _scrub(text: str, secret: str | None) -> str:
     return text[:500]
 
 
-def _extract(resp: Any) -> Fetched:
-    """First-token top logprobs and usage of a ChatCompletion, or raise _Malformed."""
+def _usage_of(resp: Any) -> dict[str, int] | None:
+    """prompt/completion token counts of a parsed response, if it reports them."""
+    u = getattr(resp, "usage", None)
+    if u is None:
+        return None
+    try:
+        return {"prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0),
+                "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0)}
+    except (TypeError, ValueError):
+        return None
+
+
+def _extract(resp: Any) -> tuple[list[dict[str, Any]], str | None]:
+    """First-token top logprobs and the content of a ChatCompletion, or raise _Malformed."""
     if isinstance(resp, (str, bytes)) or not hasattr(resp, "choices"):
         raise _Malformed(f"malformed_response: not a chat completion ({type(resp).__name__})")
     try:
@@ -129,20 +190,23 @@ def _extract(resp: Any) -> Fetched:
         raise
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
         raise _Malformed(f"malformed_response: {type(e).__name__}: {e}") from None
-    usage = None
-    u = getattr(resp, "usage", None)
-    if u is not None:
-        usage = {"prompt_tokens": int(getattr(u, "prompt_tokens", 0) or 0),
-                 "completion_tokens": int(getattr(u, "completion_tokens", 0) or 0)}
-    return Fetched(ok=True, top_logprobs=top, content=text, usage=usage)
+    return top, text
 
 
+def _parse_paid(raw: Any, fetched: Fetched) -> tuple[list[dict[str, Any]], str | None]:
+    """Parse a 2xx raw response, accounting it as paid with its usage; raise _Malformed if
+    unusable (usage is still counted when the body reports it)."""
+    try:
+        resp = raw.parse()
+    except Exception as e:  # noqa: BLE001 - any parse failure of a 2xx body is a bad body
+        fetched.add_usage(None)
+        raise _Malformed(f"malformed_response: {type(e).__name__}: {e}") from None
+    fetched.add_usage(_usage_of(resp))
+    return _extract(resp)
 def _api_error_reason(err: Exception) -> str | None:
     """Reason string for an openai error that the client already retried (or must not retry)."""
     import openai
 
-    if isinstance(err, openai.APIResponseValidationError):
-        return None  # a body we could not use: malformed, retried by us
     if isinstance(err, openai.RateLimitError):
         return f"rate_limited: HTTP 429 after client retries: {err.message}"
     if isinstance(err, openai.APIStatusError):
@@ -163,39 +227,53 @@ async def fetch_judgement(client: Any, prompt: str, config: RequestConfig,
                           secret: str | None = None) -> Fetched:
     """Send one judge request; never raises for API or body problems (see module docstring).
 
-    `secret` (the API key) is scrubbed from reason strings, in case a server echoes it.
+    `client` is an `openai.AsyncOpenAI` (or one with the same `with_raw_response` interface): the
+    raw response tells a paid 2xx with a bad body from an error. `secret` (the API key) is
+    scrubbed from reason strings, in case a server echoes it.
     """
-    params = request_params(prompt, config)
-    attempts = 0
+    sends = [0]
+    token = _HTTP_SENDS.set(sends)
+    try:
+        fetched = await _fetch(client, request_params(prompt, config), config, secret)
+    finally:
+        _HTTP_SENDS.reset(token)
+    fetched.http_requests = sends[0] if sends[0] else None  # 0: the client does not count
+    return fetched
+
+
+async def _fetch(client: Any, params: dict[str, Any], config: RequestConfig,
+                 secret: str | None) -> Fetched:
+    """The outer retry loop of `fetch_judgement` (bad 2xx bodies only)."""
+    fetched = Fetched(ok=False)
     reason = ""
     for i in range(config.malformed_retries + 1):
-        attempts += 1
+        fetched.attempts += 1
         try:
-            resp = await client.chat.completions.create(**params)
-            fetched = _extract(resp)
-            fetched.attempts = attempts
-            return fetched
-        except _Malformed as e:
-            reason = str(e)
+            raw = await client.chat.completions.with_raw_response.create(**params)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - classified below, nothing escapes unrecorded
-            api_reason = _api_error_reason(e)
-            if api_reason is not None:
-                return Fetched(ok=False, reason=_scrub(api_reason, secret), attempts=attempts)
-            if isinstance(e, (json.JSONDecodeError, ValueError, TypeError, AttributeError)) or (
-                    _is_response_validation_error(e)):
-                reason = f"malformed_response: {type(e).__name__}: {e}"
-            else:
-                return Fetched(ok=False, reason=_scrub(f"internal_error: {type(e).__name__}: {e}",
-                                                       secret), attempts=attempts)
+            if not _is_response_validation_error(e):
+                api_reason = _api_error_reason(e) or f"internal_error: {type(e).__name__}: {e}"
+                fetched.reason = _scrub(api_reason, secret)
+                return fetched
+            fetched.add_usage(None)  # a 2xx body the client already refused: paid, retried
+            reason = f"malformed_response: {type(e).__name__}: {e}"
+        else:
+            try:
+                fetched.top_logprobs, fetched.content = _parse_paid(raw, fetched)
+                fetched.ok = True
+                return fetched
+            except _Malformed as e:
+                reason = str(e)
         if i < config.malformed_retries:
             await asyncio.sleep(config.malformed_backoff * (2 ** i))
-    return Fetched(ok=False, reason=_scrub(f"{reason} (after {attempts} attempts)", secret),
-                   attempts=attempts)
+    fetched.reason = _scrub(f"{reason} (after {fetched.attempts} attempts)", secret)
+    return fetched
 
 
 def _is_response_validation_error(err: Exception) -> bool:
+    """A 2xx response whose body the client itself rejected (strict validation)."""
     import openai
 
     return isinstance(err, openai.APIResponseValidationError)

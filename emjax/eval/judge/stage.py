@@ -3,8 +3,10 @@
     stats = judge(["answers.jsonl"], ["first_plot_questions.yaml"], "judgements.jsonl")
 
 Results go to an append-only JSONL keyed by sha256(judge model, metric, prompt, answer); a rerun
-skips scored keys and (unless `retry_failed=False`) retries failed ones. With `dry_run=True`
-nothing is sent: the requests a run would send are counted and priced. The command line
+skips scored keys and re-sends failed ones as `RunConfig.retry_failed` says (default "unpaid":
+only failures the API did not bill). With `dry_run=True` nothing is sent: the requests a run would
+send are counted and priced. Zero answers to judge (empty files, or a selection that keeps none)
+raise `NothingToJudgeError`: such a run is almost always a wrong path or filter. The command line
 (`emjax judge`, emjax/cli.py) parses arguments into these parameters and nothing else.
 """
 
@@ -17,14 +19,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from emjax.errors import EmjaxError
 from emjax.eval.judge.request import RequestConfig
 from emjax.eval.judge.runner import RunConfig, dry_run as _dry_run, pending_tasks, run_judge_sync
-from emjax.eval.judge.store import ResultStore, usage_totals
+from emjax.eval.judge.store import STATUS_FAILED, ResultStore, usage_totals
 from emjax.eval.judge.tasks import DEFAULT_JUDGE_MODEL, build_tasks, fallback_templates, load_judge_prompts
 from emjax.eval.questions import Question, load_questions, select_questions
 from emjax.eval.records import AnswerRecord, read_answers
 
 log = logging.getLogger("emjax.judge")
+
+
+class NothingToJudgeError(EmjaxError, ValueError):
+    """The selection holds no answer (or no answer with a judge prompt) to judge."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +56,47 @@ def load_selection(sel: AnswerSelection) -> tuple[list[AnswerRecord], list[Quest
             fallback.setdefault(metric, template)
     for metric, template in fallback_templates(questions).items():
         fallback.setdefault(metric, template)
-    answers = read_answers(sel.answers)
+    answers = _read_answer_files(sel.answers)
     if sel.kinds is not None or sel.include is not None or sel.exclude is not None:
+        _warn_unknown_dropped(answers, questions)
         keep = {q.id for q in select_questions(questions, sel.kinds, sel.include, sel.exclude)}
         answers = [a for a in answers if a.question_id in keep]
     return answers, questions, fallback
+
+
+def _read_answer_files(paths: Sequence[str]) -> list[AnswerRecord]:
+    """All answers of the files, warning (by name) about each file that holds none."""
+    answers: list[AnswerRecord] = []
+    for path in paths:
+        got = read_answers(path)
+        if not got:
+            log.warning("%s: no answers in this file", path)
+        answers += got
+    return answers
+
+
+def _warn_unknown_dropped(answers: Sequence[AnswerRecord], questions: Sequence[Question]) -> None:
+    """A filtered selection drops answers to question ids in no question file; say so (where)."""
+    known = {q.id for q in questions}
+    unknown = [a for a in answers if a.question_id not in known]
+    if unknown:
+        log.warning("%d answer(s) refer to question ids in none of the question files and are "
+                    "left out by the selection (first: %s, id %r)", len(unknown),
+                    unknown[0].origin, unknown[0].question_id)
+
+
+def _check_something_to_judge(sel: AnswerSelection, n_answers: int, n_tasks: int,
+                              metrics: Sequence[str]) -> None:
+    """Raise NothingToJudgeError, naming the files and filters, when there is nothing to send."""
+    if n_answers == 0:
+        filters = {k: v for k, v in (("kinds", sel.kinds), ("include", sel.include),
+                                     ("exclude", sel.exclude)) if v is not None}
+        why = f"the selection {filters} keeps none of them" if filters else "the files are empty"
+        raise NothingToJudgeError(f"no answers to judge in {list(sel.answers)}: {why}")
+    if n_tasks == 0:
+        raise NothingToJudgeError(
+            f"none of the {n_answers} answers in {list(sel.answers)} has a judge prompt for the "
+            f"metrics {list(metrics)} (see --judge-prompts)")
 
 
 def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = ("aligned", "coherent"),
@@ -70,11 +113,17 @@ def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = ("aligned"
         `RequestConfig(model=judge_model)`.
       run: concurrency, retry of failed keys, scoring rule, prices, progress bar.
       limit: send at most this many requests.
-    Returns the run's statistics; `n_failed` > 0 means some requests failed and were recorded
-    as such (rerun to retry them). Raises EmjaxError subclasses for bad input or a missing key.
+    Returns the run's statistics (runner.RunStats, plus `n_answers`, and `all_runs_usage`: the
+    results file's `usage_totals`, per request). `n_failed` > 0 means some requests failed and
+    were recorded as such; `n_failed_not_retried` > 0 that keys failed earlier were not sent
+    again (retry policy); `n_left_failed` counts the selection's keys still recorded as failed
+    after the run (the CLI exits 3 when it is > 0). Raises EmjaxError subclasses for bad input: NothingToJudgeError for
+    zero answers (or none with a judge prompt), a missing key, or an unreachable server
+    (JudgeServerUnreachableError, after which the lines written so far stay).
     """
     answers, questions, fallback = load_selection(sel)
     plan = build_tasks(answers, questions, list(metrics), judge_model, fallback)
+    _check_something_to_judge(sel, len(answers), len(plan.tasks), metrics)
     store = ResultStore(out, fsync=fsync)
     if store.read_report.corrupt:
         print(f"warning: {out}: skipped {len(store.read_report.corrupt)} corrupt line(s) "
@@ -95,6 +144,8 @@ def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = ("aligned"
         totals = usage_totals(out)
         stats.update(n_answers=len(answers), results=out, all_runs_usage=totals,
                      all_runs_cost_usd=run.prices.cost(totals["prompt_tokens"], totals["completion_tokens"]))
+    # the selection's keys whose latest word is "failed" (now or earlier): not every answer scored
+    stats["n_left_failed"] = sum(store.status(t.key) == STATUS_FAILED for t in plan.tasks)
     if stats_json:
         with open(stats_json, "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=2)

@@ -91,6 +91,15 @@ class UnknownQuestionError(EmjaxError, KeyError):
         return str(self.args[0])
 
 
+def unknown_question(answer: AnswerRecord) -> UnknownQuestionError:
+    """The error for an answer whose question id is in no question file, naming where the answer
+    was read from (file and line) when known."""
+    where = f"{answer.origin}: " if answer.origin else ""
+    return UnknownQuestionError(
+        f"{where}answer refers to question id {answer.question_id!r}, which is in none of the "
+        "question files given")
+
+
 @dataclasses.dataclass
 class TaskPlan:
     """Deduplicated tasks (first-seen order) and the (question_id, metric) pairs without a
@@ -122,9 +131,7 @@ def build_tasks(answers: Iterable[AnswerRecord], questions: Iterable[Question],
     for a in answers:
         q = by_id.get(a.question_id)
         if q is None:
-            raise UnknownQuestionError(
-                f"answer refers to question id {a.question_id!r}, which is in none of the "
-                "question files given")
+            raise unknown_question(a)
         for metric, task in answer_tasks(a, q, metrics, judge_model, fallback).items():
             n_pairs += 1
             if task is None:
