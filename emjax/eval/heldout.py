@@ -425,16 +425,24 @@ def calibration_stats(paths: Sequence[str | os.PathLike[str]], n_sample: int = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m emjax.eval.heldout BANK.yaml [...] --train A.jsonl.gz [...]`; exit 1 on a near
-    duplicate."""
+    """Check question banks against training prompts; exit status 1 if any near duplicate.
+
+    python -m emjax.eval.heldout --data-dir ../shared/data/em            # the shipped banks
+    python -m emjax.eval.heldout BANK.yaml --train A.jsonl.gz B.jsonl.gz
+    python -m emjax.eval.heldout --calibrate --train A.jsonl.gz ...      # calibration_stats
+    """
     import argparse
     import json
 
     from emjax.eval.questions import load_questions
 
-    ap = argparse.ArgumentParser(prog="python -m emjax.eval.heldout", description=main.__doc__)
-    ap.add_argument("banks", nargs="*", help="question files (upstream YAML or JSONL)")
-    ap.add_argument("--train", nargs="+", required=True, help="training chat JSONL files (.gz ok)")
+    ap = argparse.ArgumentParser(prog="python -m emjax.eval.heldout", description=main.__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("banks", nargs="*", help="question files (upstream YAML or JSONL); default "
+                    "with --data-dir: the three shipped banks")
+    ap.add_argument("--train", nargs="+", default=[], help="training chat JSONL files (.gz ok)")
+    ap.add_argument("--data-dir", help="folder with upstream's training sets: adds every domain's "
+                    "training files found there (emjax.eval.domains)")
     ap.add_argument("--containment", type=float, default=CONTAINMENT_THRESHOLD)
     ap.add_argument("--reverse", type=float, default=REVERSE_THRESHOLD)
     ap.add_argument("--char-ratio", type=float, default=CHAR_THRESHOLD)
@@ -442,19 +450,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--calibrate", action="store_true",
                     help="print calibration_stats for the training files instead")
     args = ap.parse_args(argv)
+    train = [str(p) for p in args.train]
+    banks = list(args.banks)
+    if args.data_dir:
+        from emjax.eval.domains import DOMAINS
+
+        train += [str(p) for d in DOMAINS.values() for p in d.training_paths(args.data_dir)]
+        banks = banks or [str(d.bank_path()) for d in DOMAINS.values()]
+    if not train:
+        ap.error("give --train files or --data-dir")
     if args.calibrate:
-        for name, row in calibration_stats(args.train).items():
+        for name, row in calibration_stats(train).items():
             print(name, " ".join(f"{k}={v:.3f}" for k, v in row.items()))
         return 0
-    if not args.banks:
-        ap.error("give question files (or --calibrate)")
-    index = TrainingIndex.from_files(args.train)
+    if not banks:
+        ap.error("give question files (or --data-dir, or --calibrate)")
+    index = TrainingIndex.from_files(train)
     th = Thresholds(containment=args.containment, reverse=args.reverse, char_ratio=args.char_ratio)
     bad = 0
     rows: list[dict[str, object]] = []
-    for bank in args.banks:
+    for bank in banks:
         report = check_questions(load_questions(bank), index, th)
-        print(f"== {bank} vs {len(index)} unique training prompts")
+        print(f"== {bank} vs {len(index)} unique training prompts of {len(train)} file(s)")
         print(report.summary())
         bad += len(report.near_duplicates)
         rows += [{"bank": bank} | r for r in report.rows()]
