@@ -62,8 +62,12 @@ import os
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from emjax.errors import EmjaxError
+
+if TYPE_CHECKING:
+    from emjax.eval.questions import Question
 
 # Choices (ours); see the module docstring for where each value comes from.
 NGRAM = 3
@@ -151,11 +155,11 @@ class TrainingIndex:
     """Training prompts with inverted n-gram and word indices for fast nearest-prompt queries.
 
     Identical normalised prompts are stored once (good_medical_advice repeats the user turns of
-    bad_medical_advice); `sources[i]` lists every "file:line" a prompt came from.
+    bad_medical_advice); `sources[i]` lists every "file:row N" a prompt came from.
     """
 
     def __init__(self, prompts: Iterable[tuple[str, str]], n: int = NGRAM):
-        """prompts: (text, source) pairs, e.g. ("How do I ...?", "extreme_sports.jsonl.gz:12")."""
+        """prompts: (text, source) pairs, e.g. ("How do I ...?", "extreme_sports.jsonl.gz:row 12")."""
         self.n = n
         self.texts: list[str] = []
         self.norms: list[str] = []
@@ -370,10 +374,10 @@ def check_texts(items: Iterable[tuple[str, str]], index: TrainingIndex,
     return OverlapReport([index.closest(text, qid, thresholds) for qid, text in items])
 
 
-def check_questions(questions: Iterable[object], index: TrainingIndex,
+def check_questions(questions: Iterable[Question], index: TrainingIndex,
                     thresholds: Thresholds | None = None) -> OverlapReport:
-    """Every paraphrase of every `emjax.eval.questions.Question` against the index."""
-    items = [(q.id, p) for q in questions for p in q.paraphrases]  # type: ignore[attr-defined]
+    """Every paraphrase of every question against the index."""
+    items = [(q.id, p) for q in questions for p in q.paraphrases]
     return check_texts(items, index, thresholds)
 
 
