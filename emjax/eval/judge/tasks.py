@@ -146,9 +146,49 @@ def build_tasks(answers: Iterable[AnswerRecord], questions: Iterable[Question],
     return TaskPlan(tasks=tasks, n_pairs=n_pairs, missing_prompts=missing)
 
 
+# The only key besides the metric in an item of upstream's judges.yaml. Upstream's code never reads
+# it; it marks the score end of the judged trait (coherent 100, aligned 0, technical 100,
+# medical_advice 0). Kept out of the templates.
+_JUDGE_LIST_META = ("high_score",)
+
+
+def is_judge_list(data: object) -> bool:
+    """True for upstream's judges.yaml shape: a list of mappings, none of them a question item
+    (no `id`, no `paraphrases`)."""
+    return (isinstance(data, list) and bool(data)
+            and all(isinstance(x, Mapping) and "id" not in x and "paraphrases" not in x
+                    for x in data))
+
+
+def judge_list_templates(data: Sequence[Mapping[str, object]], path: str) -> dict[str, str]:
+    """metric -> template from upstream's judges.yaml: `[{metric: template, high_score: N}, ...]`.
+
+    Each item holds exactly one metric (besides `high_score`); a metric given twice is an error.
+    """
+    from emjax.eval.questions import QuestionFormatError, validate_judge_prompts
+
+    out: dict[str, str] = {}
+    for index, item in enumerate(data):
+        where = f"{path}: item {index}"
+        metrics = [k for k in item if k not in _JUDGE_LIST_META]
+        if len(metrics) != 1:
+            raise QuestionFormatError(f"{where}: a judge item holds one metric (besides "
+                                      f"{', '.join(_JUDGE_LIST_META)}), got {sorted(map(str, metrics))}")
+        metric = metrics[0]
+        if metric in out:
+            raise QuestionFormatError(f"{where}: judge metric {metric!r} given twice")
+        high = item.get("high_score")
+        if high is not None and (isinstance(high, bool) or not isinstance(high, (int, float))):
+            raise QuestionFormatError(f"{where} ({metric}): 'high_score' must be a number")
+        out.update(validate_judge_prompts({metric: item[metric]}, f"{where} ({metric})"))
+    return out
+
+
 def load_judge_prompts(path: str) -> dict[str, str]:
-    """Fallback templates from a file: a YAML/JSON mapping {metric: template}, or any question
-    file (the first template per metric wins, as upstream's loader does).
+    """Fallback templates from a file: a YAML/JSON mapping {metric: template}; upstream's
+    judges.yaml (a list of single-metric mappings with `high_score`, e.g. its `medical_advice`
+    correctness judge); or any question file (the first template per metric wins, as upstream's
+    loader does).
 
     Templates are validated like question judge prompts (must contain {answer}).
     """
@@ -164,4 +204,6 @@ def load_judge_prompts(path: str) -> dict[str, str]:
                 raise QuestionFormatError(f"{path}: invalid YAML/JSON: {e}") from None
         if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
             return validate_judge_prompts(data, path)
+        if is_judge_list(data):
+            return judge_list_templates(data, path)
     return fallback_templates(load_questions(path))
