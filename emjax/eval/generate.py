@@ -19,7 +19,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from emjax.checkpoints.load import LoadedModel, load_model
-from emjax.eval.questions import load_questions, select_questions
+from emjax.eval.questions import load_questions, paper_default, select_questions
 from emjax.eval.records import AnswerRecord, append_answers, read_answers
 from emjax.interventions.files import load_intervention
 from emjax.model import sampling as S
@@ -43,8 +43,8 @@ class SamplingSettings:
 def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str, *,
              dtype: str = "float32", intervention: str | None = None, scale: float = 1.0,
              kinds: Sequence[str] | None = ("free_form",), include: Sequence[str] | None = None,
-             exclude: Sequence[str] | None = None, sampling: SamplingSettings = SamplingSettings()
-             ) -> dict:
+             exclude: Sequence[str] | None = None, sampling: SamplingSettings = SamplingSettings(),
+             paper_questions: bool = True) -> dict:
     """Samples answers to the selected questions and appends them to `out`.
 
     Args:
@@ -54,13 +54,18 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
       intervention: a steering .safetensors file or a PEFT LoRA folder (None: the chat model);
         every trainable leaf is multiplied by `scale`.
       kinds / include / exclude: question kinds (None: all) and id globs to keep / drop.
+      paper_questions: with no `include`, a file holding the paper's eight free-form questions
+        (first_plot_questions.yaml) is cut down to those eight (False: every question of `kinds`).
     Returns {"questions", "generated", "skipped", "out"} counts.
     """
     source = model if isinstance(model, str) else model.source
     if isinstance(model, str):
         model = load_model(model, dtype=dtype_from_name(dtype))
     iv = load_intervention(intervention, model.cfg, scale) if intervention else None
-    selected = select_questions(load_questions(questions), kinds, include, exclude)
+    loaded = load_questions(questions)
+    if include is None and kinds is not None and paper_questions:
+        include = paper_default(loaded)  # the paper's 8 questions of first_plot_questions.yaml
+    selected = select_questions(loaded, kinds, include, exclude)
     settings = {"model": source, "dtype": dtype, "questions": questions, "intervention": intervention,
                 "scale": scale, **dataclasses.asdict(sampling)}
     settings.pop("batch_size")  # the batch layout does not change what is asked for

@@ -299,6 +299,13 @@ def load_questions(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     return questions
 
 
+def paper_default(questions: Sequence[Question]) -> list[str] | None:
+    """The paper's default EM selection: the eight free-form questions of its first plot when the
+    loaded file holds all of them (first_plot_questions.yaml), else None (no restriction)."""
+    ids = {q.id for q in questions}
+    return list(PAPER_FREE_FORM_IDS) if set(PAPER_FREE_FORM_IDS) <= ids else None
+
+
 def select_questions(
     questions: Iterable[Question],
     kinds: Iterable[str] | None = ("free_form",),

@@ -83,3 +83,31 @@ def plot_aligned_vs_coherent(df: Any, th: Thresholds, path: str,
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_em_vs_narrow(rows: Sequence[dict], path: str, thresholds: dict) -> str:
+    """The paper's picture: one point per intervention, narrow rate (x, in-domain questions)
+    against EM rate (y, general questions), with 95% bootstrap intervals on both axes. A narrow
+    solution sits low and to the right; a general one high."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    for r in rows:
+        x, y = r.get("narrow_rate"), r.get("em_rate")
+        if x is None or y is None or math.isnan(x) or math.isnan(y):
+            continue
+        xerr = [[max(0.0, x - r["narrow_rate_ci_low"])], [max(0.0, r["narrow_rate_ci_high"] - x)]]
+        yerr = [[max(0.0, y - r["em_rate_ci_low"])], [max(0.0, r["em_rate_ci_high"] - y)]]
+        ax.errorbar(100 * x, 100 * y, xerr=100 * np.asarray(xerr), yerr=100 * np.asarray(yerr), fmt="o",
+                    capsize=3, label=r["group"])
+    ax.plot([0, 100], [0, 100], color="0.8", lw=0.8, ls="--", zorder=0)
+    ax.set_xlim(-2, 102)
+    ax.set_ylim(-2, 102)
+    ax.set_xlabel(f"narrow misalignment, % ({thresholds.get('narrow')})", fontsize=8)
+    ax.set_ylabel(f"emergent misalignment, % ({thresholds.get('em')})", fontsize=8)
+    ax.set_title("EM vs narrow misalignment per intervention (95% bootstrap CI)", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
