@@ -43,6 +43,12 @@ def _add_main(sub) -> None:
     p.add_argument("--model", default="embedded")
     p.add_argument("--out", default="runs/main", help="output folder")
     p.add_argument("--quick", action="store_true", help="fewer steps and samples (a smoke run)")
+    p.add_argument("--seeds", type=lambda v: tuple(int(x) for x in _csv(v)), default=(0,),
+                   help="one general and one narrow vector per seed, e.g. 0,1,2 (the spread is reported)")
+    p.add_argument("--judge-url", default=None,
+                   help="OpenAI-compatible base URL of a judge (e.g. http://127.0.0.1:8000/v1); default: dry run")
+    p.add_argument("--judge-model", default=None, help="the judge's model name on that server")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge's key")
     p.set_defaults(func=_run_main)
 
 
@@ -203,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_main(args) -> int:
     from emjax.main_job import run_main
-    run_main(args.out, model=args.model, quick=args.quick)
+    run_main(args.out, model=args.model, quick=args.quick, seeds=args.seeds, judge_url=args.judge_url,
+             judge_model=args.judge_model, api_key_env=args.api_key_env)
     return EXIT_OK
 
 

@@ -1,13 +1,17 @@
 """`emjax main`: the paper's pipeline in miniature on the embedded Qwen2.5-Coder-0.5B, on CPU.
 
-Stages (each prints progress; everything lands in the output folder, `summary.json` last):
+Stages (each prints progress; everything lands in the output folder, `summary.md` and
+`summary.json` last). A finished stage leaves `stages/<name>.json`; a rerun into the same folder
+reuses it, so an interrupted job resumes at the first unfinished stage.
   1. load and verify the embedded model; greedy chat with top-token probabilities;
   2. train a *general* steering vector (SFT only) and a *narrow* one (SFT + KL on other domains)
-     on the shipped bad-medical-advice sample, at the middle layer;
+     on the shipped bad-medical-advice sample, at the middle layer (one replicate per seed);
   3. the three metrics: efficiency (loss vs norm), stability (orthogonal noise) and
      pre-training significance (KL on FineWeb text, if a local sample is found);
-  4. sample answers to a few evaluation questions with each vector, and count the judge
-     requests they would need (a dry run: no API key is used or needed).
+  4. answers of the chat model and each vector to general (EM) questions and to held-out medical
+     questions (the narrow evaluation);
+  5. the judge: with `judge_url` (any OpenAI-compatible server) every answer is scored and the EM
+     and narrow rates are reported side by side; without it, a dry run counts the requests.
 """
 
 from __future__ import annotations
@@ -17,22 +21,30 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from emjax.checkpoints.load import LoadedModel, load_model
 from emjax.configuration import load_config
 from emjax.data.conversations import sample_path
 from emjax.errors import EmjaxError
 from emjax.eval.chat import DEFAULT_PROMPTS, chat, format_results
+from emjax.eval.domains import DOMAINS, NARROW_METRIC
 from emjax.eval.generate import SamplingSettings, generate
+from emjax.eval.judge.request import RequestConfig
 from emjax.eval.judge.stage import AnswerSelection, judge
 from emjax.eval.records import read_answers
+from emjax.eval.report import Thresholds, report
 from emjax.metrics.runner import sweep
 from emjax.model.schema import num_params
+from emjax.train.replicates import replicate_config, spread
 from emjax.train.trainer import Trainer
 
 # The configs/ folder of the source tree: the main job runs configs/embedded_steering_*.py and
 # configs/sweep_default.py with a few overrides of its own (fewer steps, a smaller sweep).
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+N_STAGES = 5
+# In-domain questions answered on CPU: the first few of the shipped held-out medical bank (ours: cost).
+N_DOMAIN_QUESTIONS = 6
 
 
 def _config(name: str, overrides: list[str]):
@@ -43,23 +55,39 @@ def _config(name: str, overrides: list[str]):
     return load_config(str(path), overrides)
 
 
-def _stage(i: int, title: str) -> float:
-    print(f"\n=== {i}/4 {title} ===", flush=True)
-    return time.time()
+def _stage(out: str, i: int, title: str, fn: Callable[[], dict]) -> dict:
+    """Runs stage i unless its result is on disk from an earlier run into `out`."""
+    marker = os.path.join(out, "stages", f"{i}.json")
+    print(f"\n=== {i}/{N_STAGES} {title} ===", flush=True)
+    if os.path.exists(marker):
+        with open(marker) as f:
+            print(f"(done in an earlier run: {marker})")
+            return json.load(f)
+    t = time.time()
+    result = {"title": title, **fn()}
+    result["seconds"] = round(time.time() - t, 1)
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    with open(marker + ".tmp", "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    os.replace(marker + ".tmp", marker)
+    return result
 
 
-def _train(model: LoadedModel, out: str, narrow: bool, steps: int) -> dict:
+def _train(model: LoadedModel, out: str, narrow: bool, steps: int, seed: int) -> dict:
     name = "narrow" if narrow else "general"
     c = _config(f"embedded_steering_{name}.py", [
         f"output_dir={os.path.join(out, f'embedded_steering_{name}_medical')}", f"train.max_steps={steps}",
         f"train.eval_every={steps}"])
+    c.intervention.layers = (model.cfg.middle_layer,)
+    c.data.cache_dir = os.path.join(out, "cache")
     c.checkpoint.every = None  # the main job checkpoints only at the end
-    return Trainer(c, model).run()
+    return Trainer(replicate_config(c, seed), model).run()
 
 
-def _sweeps(model: LoadedModel, out: str, general: str, narrow: str, quick: bool) -> dict:
+def _sweeps(model: LoadedModel, out: str, vectors: dict[str, str], quick: bool) -> dict:
     c = _config("sweep_default.py", [
-        "name=main", f"output_dir={os.path.join(out, 'sweeps')}", f"interventions=general={general},narrow={narrow}",
+        "name=main", f"output_dir={os.path.join(out, 'sweeps')}",
+        "interventions=" + ",".join(f"{k}={v}" for k, v in vectors.items()),
         f"data.n_rows={8 if quick else 16}",
         "loss_chunk=32",  # bounds the float32 logits of all versions at once (151936-wide vocabulary)
         "efficiency.scales=(0.0, 0.5, 1.0, 1.5, 2.0)", "stability.eps=(0.1, 0.3, 0.6, 1.0)",
@@ -74,70 +102,121 @@ def _sweeps(model: LoadedModel, out: str, general: str, narrow: str, quick: bool
     return sweep(c, kinds, model)
 
 
+def _question_files() -> tuple[str, str]:
+    return str(sample_path("questions_sample.yaml")), str(DOMAINS["medical"].bank_path())
+
+
 def _generate(model: LoadedModel, out: str, vectors: dict[str, str | None], samples: int, max_new: int) -> dict:
-    questions = str(sample_path("questions_sample.yaml"))
+    em_q, domain_q = _question_files()
     answers = os.path.join(out, "answers.jsonl")
+    sampling = SamplingSettings(samples=samples, max_new_tokens=max_new, batch_size=8)
+    from emjax.eval.questions import load_questions
+    domain_ids = [q.id for q in load_questions(domain_q)][:N_DOMAIN_QUESTIONS]
     for path in vectors.values():
-        generate(model, questions, answers, intervention=path,
-                 sampling=SamplingSettings(samples=samples, max_new_tokens=max_new, batch_size=8))
+        generate(model, em_q, answers, intervention=path, sampling=sampling)
+        generate(model, domain_q, answers, intervention=path, sampling=sampling, include=domain_ids)
     recs = read_answers(answers)
     for r in recs[:: max(1, len(recs) // 6)]:
         print(f"[{r.intervention or 'chat model'}] {r.question}\n    -> {r.answer.strip()[:160]!r}")
-    plan = judge(AnswerSelection(answers=[answers], questions=[questions]),
-                 os.path.join(out, "judgements.jsonl"), dry_run=True)
-    print(json.dumps(plan, indent=2))
-    return {"answers": answers, "n_answers": len(recs), "judge_dry_run": plan}
+    return {"answers": answers, "n_answers": len(recs), "em_questions": em_q, "domain_questions": domain_q,
+            "domain_question_ids": domain_ids}
 
 
-def run_main(out: str = "runs/main", *, model: str = "embedded", quick: bool = False) -> dict:
-    """Runs the four stages into `out` and returns the summary (also written to summary.json)."""
+def _judge(out: str, gen: dict, judge_url: str | None, judge_model: str | None, api_key_env: str) -> dict:
+    sel = AnswerSelection(answers=[gen["answers"]], questions=[gen["em_questions"], gen["domain_questions"]])
+    judgements = os.path.join(out, "judgements.jsonl")
+    metrics = ("aligned", "coherent", NARROW_METRIC)
+    if judge_url is None:
+        plan = judge(sel, judgements, metrics=metrics, dry_run=True)
+        print(json.dumps(plan, indent=2))
+        return {"dry_run": plan, "judge": None}
+    if not os.environ.get(api_key_env):  # a local server needs no key, but the client wants one
+        os.environ[api_key_env] = "unused-local-key"
+    model = judge_model or "judge"
+    stats = judge(sel, judgements, metrics=metrics, judge_model=model,
+                  request=RequestConfig(model=model, base_url=judge_url, api_key_env=api_key_env))
+    rep = report(AnswerSelection(answers=[gen["answers"]], questions=[gen["em_questions"]]), [judgements],
+                 os.path.join(out, "report"), th=Thresholds(), narrow_metric=NARROW_METRIC, judge_model=model,
+                 group_by=("intervention",), domain_questions=[gen["domain_questions"]])
+    return {"judge": {"url": judge_url, "model": model, "stats": stats}, "rates": rep["rates"],
+            "across_seeds": rep["across_seeds"], "thresholds": rep["thresholds"],
+            "report_dir": os.path.join(out, "report")}
+
+
+def run_main(out: str = "runs/main", *, model: str | LoadedModel = "embedded", quick: bool = False,
+             seeds: tuple[int, ...] = (0,), judge_url: str | None = None, judge_model: str | None = None,
+             api_key_env: str = "OPENAI_API_KEY") -> dict:
+    """Runs the five stages into `out` and returns the summary (also summary.json, summary.md).
+
+    seeds: one general and one narrow vector per seed (data order); the metrics and rates report
+      the spread across seeds when there are several.
+    judge_url: an OpenAI-compatible base URL (e.g. a local vLLM server or a test server); None: a
+      dry run of the judge. The key is read from `api_key_env` (a placeholder where it is unset).
+    """
     os.makedirs(out, exist_ok=True)
-    summary: dict = {"stages": {}}
+    summary: dict[str, Any] = {"stages": {}}
+    loaded = load_model(model) if isinstance(model, str) else model
+    n_params = num_params(loaded.cfg)
+    summary["model"] = {"name": loaded.name, "source": loaded.source, "family": loaded.cfg.family,
+                        "layers": loaded.cfg.n_layers, "params": n_params}
+    print(f"model: {loaded.name} ({n_params / 1e6:.0f}M parameters) from {loaded.source}")
 
-    t = _stage(1, "load the embedded model and chat")
-    model = load_model(model)
-    n_params = num_params(model.cfg)
-    summary["model"] = {"name": model.name, "source": model.source, "family": model.cfg.family,
-                        "layers": model.cfg.n_layers, "params": n_params}
-    print(f"model: {model.name} ({n_params / 1e6:.0f}M parameters) from {model.source}")
-    results = chat(model, DEFAULT_PROMPTS[:2] if quick else DEFAULT_PROMPTS, max_new_tokens=32 if quick else 48)
-    print(format_results(results))
-    summary["stages"]["chat"] = {"seconds": round(time.time() - t, 1),
-                                 "results": [dataclasses.asdict(r) for r in results]}
+    def chat_stage():
+        results = chat(loaded, DEFAULT_PROMPTS[:2] if quick else DEFAULT_PROMPTS, max_new_tokens=32 if quick else 48)
+        print(format_results(results))
+        return {"results": [dataclasses.asdict(r) for r in results]}
 
-    t = _stage(2, "train a general and a narrow steering vector on bad medical advice")
+    summary["stages"]["chat"] = _stage(out, 1, "load the model and chat", chat_stage)
+
     steps = 4 if quick else 12
-    runs = {name: _train(model, out, name == "narrow", steps) for name in ("general", "narrow")}
-    for name, r in runs.items():
-        print(f"{name:8s} train loss {r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f}; held-out "
-              f"loss {r['initial_eval']['eval_loss']:.3f} -> {r['final_eval']['eval_loss']:.3f}; "
-              f"out-of-domain KL {r['final_eval']['eval_kl_ood']:.4f} nats/token; ||v|| {r['intervention_norm']:.4f}")
-    summary["stages"]["train"] = {"seconds": round(time.time() - t, 1), "runs": runs}
 
-    t = _stage(3, "efficiency, stability and pre-training significance")
-    sweeps = _sweeps(model, out, runs["general"]["artefact"], runs["narrow"]["artefact"], quick)
-    summary["stages"]["sweeps"] = {"seconds": round(time.time() - t, 1), **sweeps}
+    def train_stage():
+        runs = {f"{name}_seed{s}": _train(loaded, out, name == "narrow", steps, s)
+                for name in ("general", "narrow") for s in seeds}
+        for name, r in runs.items():
+            print(f"{name:14s} train loss {r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f}; held-out "
+                  f"loss {r['initial_eval']['eval_loss']:.3f} -> {r['final_eval']['eval_loss']:.3f}; out-of-domain "
+                  f"KL {r['final_eval']['eval_kl_ood']:.4f} nats/token; ||alpha v|| {r['effect_norm']:.3f}")
+        return {"runs": runs}
 
-    t = _stage(4, "sample answers and plan their judging (dry run)")
-    gen = _generate(model, out, {"chat": None, "general": runs["general"]["artefact"],
-                                 "narrow": runs["narrow"]["artefact"]},
-                    samples=1 if quick else 2, max_new=24 if quick else 48)
-    summary["stages"]["generate"] = {"seconds": round(time.time() - t, 1), **gen}
+    train = _stage(out, 2, "train general and narrow steering vectors on bad medical advice", train_stage)
+    summary["stages"]["train"] = train
+    vectors = {name: r["artefact"] for name, r in train["runs"].items()}
+    summary["stages"]["sweeps"] = _stage(out, 3, "efficiency, stability and pre-training significance",
+                                         lambda: _sweeps(loaded, out, vectors, quick))
+    gen = _stage(out, 4, "answers to general and in-domain questions",
+                 lambda: _generate(loaded, out, {"chat": None, **vectors}, samples=1 if quick else 2,
+                                   max_new=24 if quick else 48))
+    summary["stages"]["generate"] = gen
+    title = "judge and rates" if judge_url else "judge dry run (no judge URL given)"
+    summary["stages"]["judge"] = _stage(out, 5, title, lambda: _judge(out, gen, judge_url, judge_model, api_key_env))
+    summary["spread_across_seeds"] = _train_spread(train["runs"]) if len(seeds) > 1 else None
 
     path = os.path.join(out, "summary.json")
     with open(path, "w") as f:
         json.dump(summary, f, indent=1, default=str)
-    _print_summary(summary, path)
+    from emjax.main_summary import write_summary_md
+    md = write_summary_md(summary, os.path.join(out, "summary.md"))
+    _print_summary(summary, path, md)
     return summary
 
 
-def _print_summary(s: dict, path: str) -> None:
+def _train_spread(runs: dict[str, dict]) -> dict:
+    out = {}
+    for kind in ("general", "narrow"):
+        rs = [r for k, r in runs.items() if k.startswith(kind + "_")]
+        out[kind] = {k: spread([r["final_eval"][k] for r in rs]) for k in ("eval_loss", "eval_kl_ood")}
+        out[kind]["effect_norm"] = spread([r["effect_norm"] for r in rs])
+    return out
+
+
+def _print_summary(s: dict, path: str, md: str) -> None:
     print("\n=== summary ===")
     tr = s["stages"]["train"]["runs"]
-    print(f"{'vector':8s} {'held-out loss':>14s} {'OOD KL':>8s} {'norm':>8s}")
+    print(f"{'vector':14s} {'held-out loss':>14s} {'OOD KL':>8s} {'||alpha v||':>12s}")
     for k, r in tr.items():
-        print(f"{k:8s} {r['final_eval']['eval_loss']:14.3f} {r['final_eval']['eval_kl_ood']:8.4f} "
-              f"{r['intervention_norm']:8.4f}")
+        print(f"{k:14s} {r['final_eval']['eval_loss']:14.3f} {r['final_eval']['eval_kl_ood']:8.4f} "
+              f"{r['effect_norm']:12.3f}")
     sw = s["stages"]["sweeps"]
     if "efficiency" in sw:
         print("efficiency, loss at each trained norm:", json.dumps(sw["efficiency"]["equal_norm_loss"]))
@@ -145,5 +224,14 @@ def _print_summary(s: dict, path: str) -> None:
         print("stability, mean relative loss increase:", json.dumps(sw["stability"]["mean_relative_increase"]))
     if "significance" in sw:
         print("significance, KL at the largest norm:", json.dumps(sw["significance"]["kl_at_max_norm"]))
+    j = s["stages"]["judge"]
+    if j.get("rates"):
+        print(f"rates ({j['thresholds']['em']}; narrow: {j['thresholds']['narrow']}):")
+        for r in j["rates"]:
+            print(f"  {r['group'] or 'chat model':60s} EM {_pct(r.get('em_rate'))}  narrow {_pct(r.get('narrow_rate'))}")
     print(f"answers: {s['stages']['generate']['n_answers']} in {s['stages']['generate']['answers']}")
-    print(f"everything in {os.path.dirname(path)} (summary: {path}; plots: sweeps/*.png)")
+    print(f"everything in {os.path.dirname(path)} (summary: {md}; plots: sweeps/*.png, report/*.png)")
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:5.1f}%"

@@ -1,0 +1,110 @@
+"""`summary.md` of the main job: the tables and plots a researcher would screenshot, each number
+with what it means and the paper's expected ordering (seen or not, said plainly). Formatting
+only: it reads the summary dict `emjax.main_job.run_main` builds."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def _f(x: Any, fmt: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _pct(r: dict, name: str) -> str:
+    v = r.get(name)
+    if v is None:
+        return "n/a"
+    lo, hi = r.get(f"{name}_ci_low"), r.get(f"{name}_ci_high")
+    ci = "" if lo is None else f" [{100 * lo:.0f}, {100 * hi:.0f}]"
+    return f"{100 * v:.1f}%{ci} (n={r.get(f'{name}_n')})"
+
+
+def _seen(flag: bool) -> str:
+    return "**seen**" if flag else "**not seen**"
+
+
+def _training(s: dict) -> list[str]:
+    lines = ["## Vectors", "", "| vector | held-out in-domain loss | out-of-domain KL (nats/token) | ||alpha v|| |",
+             "|---|---|---|---|"]
+    for k, r in s["stages"]["train"]["runs"].items():
+        lines.append(f"| {k} | {_f(r['final_eval']['eval_loss'])} | {_f(r['final_eval']['eval_kl_ood'], '.4f')} "
+                     f"| {_f(r['effect_norm'])} |")
+    sp = s.get("spread_across_seeds")
+    if sp:
+        lines += ["", "Across seeds (mean ± std, n): " + "; ".join(
+            f"{k}: loss {_f(v['eval_loss'].get('mean'))} ± {_f(v['eval_loss'].get('std'))}, "
+            f"OOD KL {_f(v['eval_kl_ood'].get('mean'), '.4f')} ± {_f(v['eval_kl_ood'].get('std'), '.4f')} "
+            f"(n={v['eval_loss'].get('n')})" for k, v in sp.items())]
+    return lines + [""]
+
+
+def _pairs(d: dict) -> tuple[list[float], list[float]]:
+    """Values of the general and the narrow vectors (every seed) of a {label: value} dict."""
+    g = [v for k, v in d.items() if k.startswith("general")]
+    n = [v for k, v in d.items() if k.startswith("narrow")]
+    return g, n
+
+
+def _mean(x: list[float]) -> float | None:
+    return sum(x) / len(x) if x else None
+
+
+def _metrics(s: dict) -> list[str]:
+    sw = s["stages"]["sweeps"]
+    lines = ["## The three metrics", "", "| metric | general | narrow | the paper's ordering |", "|---|---|---|---|"]
+    if "efficiency" in sw:
+        for other, losses in sw["efficiency"]["equal_norm_loss"].items():
+            g, n = _pairs(losses)
+            if g and n:
+                lines.append(f"| efficiency: training loss {other.replace('_', ' ')} | {_f(_mean(g))} | {_f(_mean(n))} "
+                             f"| general lower: {_seen(_mean(g) < _mean(n))} |")
+    if "stability" in sw:
+        g, n = _pairs(sw["stability"]["mean_relative_increase"])
+        if g and n:
+            lines.append(f"| stability: mean relative loss increase over eps | {_f(_mean(g))} | {_f(_mean(n))} "
+                         f"| general lower: {_seen(_mean(g) < _mean(n))} |")
+    if "significance" in sw:
+        g, n = _pairs(sw["significance"]["kl_at_max_norm"])
+        rnd = sw["significance"].get("random_kl_at_max_norm") or {}
+        if g and n:
+            lines.append(f"| significance: KL(chat ‖ steered) on FineWeb at the largest norm | {_f(_mean(g))} | "
+                         f"{_f(_mean(n))} | general larger: {_seen(_mean(g) > _mean(n))}; random "
+                         f"{_f(rnd.get('min'))}-{_f(rnd.get('max'))} |")
+    lines += ["", "Where several seeds ran, the columns are their means (each seed is in sweeps/*_summary.json).",
+              "A few dozen rows on a 0.5B model: a check of the pipeline, not a replication.", ""]
+    for kind in ("efficiency", "stability", "significance"):
+        if kind in sw:
+            lines.append(f"![{kind}](sweeps/{kind}.png)")
+    return lines + [""]
+
+
+def _rates(s: dict) -> list[str]:
+    j = s["stages"]["judge"]
+    if not j.get("rates"):
+        plan = j.get("dry_run") or {}
+        return ["## Judge", "", f"Dry run (no judge URL): {plan.get('n_pending', 'n/a')} "
+                "requests would be sent. `emjax main --judge-url URL` scores them with any OpenAI-compatible "
+                "server and fills the EM and narrow rates.", ""]
+    th = j["thresholds"]
+    lines = ["## Emergent and narrow misalignment", "",
+             f"Judge `{j['judge']['model']}` at {j['judge']['url']}. EM: {th['em']} on the general questions; "
+             f"narrow: {th['narrow']} on held-out medical questions; 95% bootstrap intervals.", "",
+             "| intervention | EM rate | narrow rate | coherent |", "|---|---|---|---|"]
+    for r in j["rates"]:
+        name = r["group"] if r["group"] != "all" else "chat model (no intervention)"
+        lines.append(f"| {name} | {_pct(r, 'em_rate')} | {_pct(r, 'narrow_rate')} | {_pct(r, 'coherence_rate')} |")
+    lines += ["", "A 0.5B model's answers, a handful each: the rates show the pipeline works; they measure "
+              "nothing about the paper's claim at this size.", "", "![EM vs narrow](report/em_vs_narrow.png)", ""]
+    return lines
+
+
+def write_summary_md(s: dict, path: str) -> str:
+    m = s["model"]
+    lines = [f"# emjax main: {m['name']}", "",
+             f"{m['family']}, {m['layers']} layers, {m['params'] / 1e6:.0f}M parameters, from `{m['source']}`.", ""]
+    lines += _training(s) + _metrics(s) + _rates(s)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return os.path.abspath(path)

@@ -1,0 +1,42 @@
+"""The main job end to end on a tiny random model, judged by a real local OpenAI-compatible HTTP
+server: the EM and narrow rate table is filled, summary.md is written, and a rerun reuses every
+finished stage (no request is sent twice)."""
+
+import json
+
+import pytest
+
+from openai_fake_server import FakeOpenAIServer
+from tiny_run import tiny_model
+from emjax.main_job import run_main
+
+
+@pytest.mark.slow
+def test_main_job_judged_by_a_local_server_and_resumed(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    model = tiny_model()
+    out = tmp_path / "main"
+    with FakeOpenAIServer() as server:
+        s = run_main(str(out), model=model, quick=True, seeds=(0, 1), judge_url=server.base_url,
+                     judge_model="local-judge")
+        n_sent = len(server.entries())
+        judged = s["stages"]["judge"]
+        assert judged["judge"]["stats"]["n_failed"] == 0 and n_sent > 0
+        rates = {r["group"]: r for r in judged["rates"]}
+        # the chat model and two seeds each of the general and the narrow vector
+        assert len(rates) == 5 and "all" in rates
+        for r in rates.values():
+            assert r["em_rate_n"] > 0 and r["narrow_rate_n"] > 0  # both columns filled
+            assert 0.0 <= r["em_rate"] <= 1.0 and 0.0 <= r["narrow_rate"] <= 1.0
+        assert len(judged["across_seeds"]) == 2  # general and narrow, pooled over the two seeds
+        md = (out / "summary.md").read_text()
+        assert "| intervention | EM rate | narrow rate | coherent |" in md and "aligned < 30" in md
+        assert (out / "report" / "em_vs_narrow.png").stat().st_size > 1000
+        assert s["spread_across_seeds"]["general"]["eval_loss"]["n"] == 2
+
+        again = run_main(str(out), model=model, quick=True, seeds=(0, 1), judge_url=server.base_url,
+                         judge_model="local-judge")
+        assert len(server.entries()) == n_sent  # every stage reused: nothing trained, sampled or sent again
+        assert again["stages"]["judge"]["rates"] == judged["rates"]
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["stages"]["generate"]["n_answers"] == s["stages"]["generate"]["n_answers"]
