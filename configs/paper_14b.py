@@ -6,7 +6,7 @@ Sources, value by value ("paper": the hyperparameter table as quoted in
 "ours": emjax's choice, with the reason). The README's "Paper runs" table lists them all.
   layer 24 of 48 ............ paper / upstream steering_config_toggle.json (released vectors: layer_idx 24)
   sequences 256 tokens ...... upstream steering_config_toggle.json max_seq_length
-  batch 2 x grad-accum 8 .... paper; upstream configs
+  batch 2 x grad-accum 8 .... paper; upstream configs (KL batch 8: upstream kl_batch_size)
   warmup 5, linear decay .... upstream configs
   KL: forward KL(base || adapted) on all tokens, divided by V (kl_reduction "upstream") so that
       upstream's lambdas mean the same: 1e6 steering (steering_config_toggle.json), 1e5 LoRA
@@ -46,6 +46,7 @@ def get_config(domain: str = "medical", narrow: bool = False):
     c.intervention.layers = (24,)
     c.intervention.init_seed = 1000 if narrow else 0  # separate inits for general and narrow (ours)
     c.train.kl_reduction = "upstream"
+    c.train.kl_batch_size = 8          # upstream kl_batch_size
     c.train.eval_every = 50
     c.train.cache_budget_gb = 32.0
     c.checkpoint.every = 100

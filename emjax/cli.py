@@ -193,12 +193,21 @@ def _add_report(sub) -> None:
     p.set_defaults(func=_run_report)
 
 
+def _add_heldout(sub) -> None:
+    p = sub.add_parser("heldout", add_help=False,
+                       help="check question banks against training prompts for exact and near duplicates "
+                            "(emjax heldout --help)")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)  # dispatched in main() before argparse, to its own parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emjax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of emjax's own errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_main, _add_chat, _add_train, _add_sweep, _add_generate, _add_judge, _add_report):
+    for add in (_add_main, _add_chat, _add_train, _add_sweep, _add_generate, _add_judge, _add_report,
+                _add_heldout):
         add(sub)
     return parser
 
@@ -325,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
     try:
+        if argv[:1] == ["heldout"]:  # its own argument parser (emjax.eval.heldout.main)
+            from emjax.eval.heldout import main as heldout_main
+            return heldout_main(argv[1:])
         argv, overrides = split_cli_overrides(argv)
         args = build_parser().parse_args(argv)
         args.config_overrides = overrides
