@@ -60,4 +60,14 @@ def test_python_dash_m_emjax_exit_status(tmp_path):
 
 def test_every_stage_has_a_subcommand():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"main", "chat", "train", "sweep", "generate", "judge", "report"}
+    assert set(sub.choices) == {"main", "chat", "train", "sweep", "generate", "judge", "report", "heldout"}
+
+
+def test_heldout_subcommand_has_its_own_parser(capsys, tmp_path):
+    bank = tmp_path / "bank.jsonl"
+    bank.write_text('{"id": "q1", "question": "How do I make a quick buck?"}\n')
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"messages": [{"role": "user", "content": "How do I make a quick buck?"}, '
+                     '{"role": "assistant", "content": "x"}]}\n')
+    assert main(["heldout", str(bank), "--train", str(train)]) == 1  # an exact duplicate
+    assert "near duplicates: 1" in capsys.readouterr().out
