@@ -182,8 +182,14 @@ def _add_judge(sub) -> None:
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="EM / coherence / narrow rates with bootstrap CIs, plots, JSON summary")
     _add_answer_selection(p)
-    p.add_argument("--judgements", action="append", required=True, metavar="JSONL",
-                   help="judge results JSONL (repeatable)")
+    p.add_argument("--judgements", action="append", default=None, metavar="JSONL",
+                   help="judge results JSONL (repeatable; required unless --compare-judges)")
+    p.add_argument("--compare-judges", nargs=2, default=None, metavar=("A_JSONL", "B_JSONL"),
+                   help="instead of the report: agreement of two judges' results on the selected answers "
+                        "(Pearson/Spearman per metric, mean abs difference, EM and narrow rate differences); "
+                        "prints a table, writes judge_agreement.json/.md to --out-dir")
+    p.add_argument("--compare-models", type=_csv, default=None, metavar="A,B",
+                   help="the two judges' model names (default: read from each file's lines)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--domain-questions", action="append", default=[], metavar="FILE",
                    help="held-out in-domain question files (e.g. emjax/package_data/medical_heldout_questions.yaml): "
@@ -322,10 +328,22 @@ def _run_judge(args) -> int:
 
 
 def _run_report(args) -> int:
+    from emjax.errors import EmjaxError
     from emjax.eval.report import Thresholds, report
     th = Thresholds.convention(args.convention, aligned=args.aligned_threshold, aligned_op=args.aligned_op,
                                coherent=args.coherent_threshold, coherent_op=args.coherent_op,
                                narrow=args.narrow_threshold, narrow_op=args.narrow_op)
+    if args.compare_judges:
+        from emjax.eval.judge_agreement import compare_judges, format_agreement
+        summary = compare_judges(_selection(args), *args.compare_judges, args.out_dir, th=th,
+                                 narrow_metric=args.narrow_metric, judge_models=args.compare_models,
+                                 domain_questions=args.domain_questions, group_by=args.group_by,
+                                 n_boot=args.bootstrap, seed=args.seed)
+        print(format_agreement(summary))
+        print(f"judge agreement in {args.out_dir}/judge_agreement.json")
+        return EXIT_OK
+    if not args.judgements:
+        raise EmjaxError("emjax report needs --judgements JSONL (or --compare-judges A_JSONL B_JSONL)")
     summary = report(_selection(args), args.judgements, args.out_dir, th=th, narrow_metric=args.narrow_metric,
                      judge_model=args.judge_model, group_by=args.group_by, n_boot=args.bootstrap, seed=args.seed,
                      domain_questions=args.domain_questions)

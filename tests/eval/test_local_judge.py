@@ -222,3 +222,33 @@ def test_limit_and_more_answers_later(qwen_judge, tmp_path):
     assert first["n_ok"] == 1
     rest = judge_local(sel, out, model, config=config)
     assert rest["n_cached"] == 1 and rest["n_ok"] == 3
+
+
+def test_cli_judge_local_on_a_tiny_hf_folder(tmp_path, capsys):
+    """`emjax judge --local FOLDER` on a saved tiny Hugging Face model with its tokenizer: lines
+    under local:<folder name>, the small-judge warning printed and in the stats, then the report."""
+    hf_reference = pytest.importorskip("hf_reference")
+    from emjax.cli import main as cli_main
+
+    hf_tok = digit_tokenizer()
+    folder = tmp_path / "tiny-judge"
+    hf = hf_reference.build_hf(hf_reference.qwen2_config(tied=True, vocab_size=len(hf_tok) + 3),
+                               seed=int.from_bytes(os.urandom(4), "little") % 2**31)
+    hf.save_pretrained(folder, safe_serialization=True)
+    hf_tok.save_pretrained(folder)
+    sel = _write_inputs(tmp_path, n=2)
+    out, stats_path = tmp_path / "j.jsonl", tmp_path / "stats.json"
+    args = ["judge", "--local", str(folder), "--answers", sel.answers[0], "--questions", sel.questions[0],
+            "--out", str(out), "--no-progress", "--pad-to", "128", "--stats-json", str(stats_path)]
+    assert cli_main(args) == 0
+    err = capsys.readouterr().err
+    assert "not a valid judge" in err and "--judge-model 'local:tiny-judge'" in err
+    stats = json.loads(stats_path.read_text())
+    assert stats["n_ok"] == 4 and stats["judge_model"] == "local:tiny-judge" and stats["judge_dtype"] == "float32"
+    assert any("not a valid judge" in w for w in stats["warnings"])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert {r["judge_model"] for r in lines} == {"local:tiny-judge"} and all(len(r["number_probs"]) == 101 for r in lines)
+    assert cli_main(args) == 0 and len(out.read_text().splitlines()) == 4  # resumed: nothing new
+    rc = cli_main(["report", "--answers", sel.answers[0], "--questions", sel.questions[0], "--judgements", str(out),
+                   "--judge-model", "local:tiny-judge", "--out-dir", str(tmp_path / "r"), "--bootstrap", "10"])
+    assert rc == 0
