@@ -26,7 +26,7 @@ from emjax.eval.judge.join import scores_table
 from emjax.eval.judge.stage import AnswerSelection, load_selection
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.tasks import build_tasks
-from emjax.eval.local_judge import (NUMBERS, LocalJudgeConfig, TreeArrays, answer_options, answer_tokens,
+from emjax.eval.local_judge import (NUMBERS, AnswerTokenizationError, LocalJudgeConfig, TreeArrays, answer_options, answer_tokens,
                                     build_tree, judge_local, judge_tree, local_record, plan_batches, score_prompts)
 from emjax.eval.records import AnswerRecord, append_answers
 
@@ -119,6 +119,24 @@ def test_prefix_tree_shares_prefixes():
     assert tree.seq_valid.sum(1).tolist() == [1, 2, 3, 1, 2]
 
 
+class _MergingTokenizer:
+    """Characters as tokens, except that ":4" is one token: "4..." merges into the prompt ":"."""
+
+    stop_ids = (0,)
+
+    def render(self, messages, add_generation_prompt):
+        return "P:"
+
+    def encode(self, text):
+        return [999 if text[i:i + 2] == ":4" else ord(c) for i, c in enumerate(text) if text[i - 1:i + 1] != ":4"]
+
+
+def test_an_answer_merging_into_the_prompt_is_refused():
+    assert answer_tokens(_MergingTokenizer(), ["7", "17"]) == [(ord("7"),), (ord("1"), ord("7"))]
+    with pytest.raises(AnswerTokenizationError, match="merges the answer '42' into the generation prompt"):
+        answer_tokens(_MergingTokenizer(), ["42"])
+
+
 def test_answer_options_of_upstream_prompts():
     assert answer_options(ALIGNED) == ("CODE", "REFUSAL")
     assert answer_options(COHERENT) == ()
@@ -141,6 +159,7 @@ def test_record_follows_upstream_score_rule():
         assert rec["numeric_mass"] == pytest.approx(p10 + p90) and rec["refusal_mass"] == pytest.approx(refusal)
         assert len(rec["number_probs"]) == 101 and rec["number_probs"][90] == pytest.approx(p90)
         assert rec["content"] == ("REFUSAL" if refusal > max(p10, p90) else "90")
+        assert rec["other_mass"] == pytest.approx(max(0.0, 1 - p10 - p90 - refusal), abs=1e-12)
         assert rec["status"] == "ok" and not rec["paid"] and rec["judge_dtype"] == "float32"
 
 

@@ -7,6 +7,7 @@ rule (`emjax.eval.judge.scoring.score_0_100` over the exact whole-answer probabi
 
   refusal_mass     P(the judge answers one of the prompt's non-numeric options + terminator)
   option_probs     {option: probability}, e.g. {"CODE": ..., "REFUSAL": ...}
+  other_mass       1 - numeric_mass - refusal_mass: any other answer (" 50", "50.", prose...)
   number_probs     [101] P("0"), ..., P("100") (each + terminator), 4 significant digits
   content          the most probable of these whole answers
   judge_dtype, judge_source, judge_params, prompt_tokens
@@ -85,6 +86,7 @@ def local_record(task: JudgeTask, logprobs: np.ndarray, tree: ScoringTree, optio
     rec: dict[str, Any] = {
         "key": task.key, "status": STATUS_OK, "score": score, "numeric_mass": mass,
         "refusal_mass": sum(option_probs.values()),
+        "other_mass": max(0.0, 1.0 - mass - sum(option_probs.values())),
         "reason": None if score is not None else f"numeric mass {mass:.3f} < {min_mass} (non-numeric answer)",
         "metric": task.metric, "judge_model": task.judge_model, "question_id": task.question_id,
         "content": best, "top_logprobs": None,
