@@ -112,7 +112,9 @@ def _add_answer_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-prompts", action="append", default=[], metavar="FILE",
                    help="fallback judge templates for questions lacking a metric: a mapping "
                         "{metric: template} or a question file (first item per metric wins)")
-    p.add_argument("--judge-model", default=DEFAULT_JUDGE_MODEL)
+    p.add_argument("--judge-model", default=None,
+                   help=f"judge model name in the cache keys (default {DEFAULT_JUDGE_MODEL}; with judge --local: "
+                        "local:<model name>; a local judge's lines are reported with --judge-model local:<name>)")
     p.add_argument("--kinds", type=_csv, default=None,
                    help=f"only answers to questions of these kinds, comma list of {KINDS_OF_QUESTIONS}")
     p.add_argument("--include", type=_csv, default=None, help="question id globs to keep")
@@ -162,14 +164,32 @@ def _add_judge(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="count and price the requests a run would send; send nothing")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--stats-json", default=None, help="also write run statistics here")
+    local = p.add_argument_group("local judge (no API: a model in emjax scores the same prompts by prefill)")
+    local.add_argument("--local", default=None, metavar="MODEL",
+                       help="judge with this model: 'embedded', a Hugging Face folder or a .gguf file; exact "
+                            "probabilities of the answers 0..100 and of the prompt's non-numeric options "
+                            "(emjax.eval.local_judge); the API options are then unused")
+    local.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                       help="local judge weights (auto: bfloat16 on GPU/TPU, float32 on CPU)")
+    local.add_argument("--batch-size", type=int, default=8, help="local judge prompts per forward call")
+    local.add_argument("--pad-to", type=int, default=64,
+                       help="local judge prompt lengths are rounded up to a multiple of this (one compile each)")
+    local.add_argument("--max-batch-tokens", type=int, default=32768,
+                       help="local judge cap on rows x padded length per call (long prompts get fewer rows)")
     p.set_defaults(func=_run_judge)
 
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="EM / coherence / narrow rates with bootstrap CIs, plots, JSON summary")
     _add_answer_selection(p)
-    p.add_argument("--judgements", action="append", required=True, metavar="JSONL",
-                   help="judge results JSONL (repeatable)")
+    p.add_argument("--judgements", action="append", default=None, metavar="JSONL",
+                   help="judge results JSONL (repeatable; required unless --compare-judges)")
+    p.add_argument("--compare-judges", nargs=2, default=None, metavar=("A_JSONL", "B_JSONL"),
+                   help="instead of the report: agreement of two judges' results on the selected answers "
+                        "(Pearson/Spearman per metric, mean abs difference, EM and narrow rate differences); "
+                        "prints a table, writes judge_agreement.json/.md to --out-dir")
+    p.add_argument("--compare-models", type=_csv, default=None, metavar="A,B",
+                   help="the two judges' model names (default: read from each file's lines)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--domain-questions", action="append", default=[], metavar="FILE",
                    help="held-out in-domain question files (e.g. emjax/package_data/medical_heldout_questions.yaml): "
@@ -277,11 +297,32 @@ def _selection(args):
                            kinds=args.kinds, include=args.include, exclude=args.exclude)
 
 
+def _run_local_judge(args) -> int:
+    from emjax.errors import EmjaxError
+    from emjax.eval.local_judge.stage import LocalJudgeConfig, judge_local
+    if args.dry_run:
+        raise EmjaxError("emjax judge --local has no --dry-run: nothing is paid; use --limit for a short run")
+    config = LocalJudgeConfig(dtype=args.dtype, batch_size=args.batch_size, pad_to=args.pad_to,
+                              max_batch_tokens=args.max_batch_tokens, min_mass=args.min_mass,
+                              progress=args.progress, limit=args.limit)
+    stats = judge_local(_selection(args), args.out, args.local, metrics=args.metrics, judge_model=args.judge_model,
+                        config=config, fsync=args.fsync, stats_json=args.stats_json)
+    print(json.dumps(stats, indent=2))
+    for warning in stats["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"report these lines with --judge-model '{stats['judge_model']}'", file=sys.stderr)
+    return EXIT_OK
+
+
 def _run_judge(args) -> int:
+    if args.local is not None:
+        return _run_local_judge(args)
     from emjax.eval.judge.cost import Prices
     from emjax.eval.judge.request import RequestConfig
     from emjax.eval.judge.runner import RunConfig
     from emjax.eval.judge.stage import judge
+    from emjax.eval.judge.tasks import DEFAULT_JUDGE_MODEL
+    args.judge_model = args.judge_model or DEFAULT_JUDGE_MODEL
     request = RequestConfig(model=args.judge_model, base_url=args.base_url, api_key_env=args.api_key_env,
                             max_retries=args.max_retries, timeout=args.timeout,
                             malformed_retries=args.malformed_retries, malformed_backoff=args.malformed_backoff)
@@ -296,10 +337,22 @@ def _run_judge(args) -> int:
 
 
 def _run_report(args) -> int:
+    from emjax.errors import EmjaxError
     from emjax.eval.report import Thresholds, report
     th = Thresholds.convention(args.convention, aligned=args.aligned_threshold, aligned_op=args.aligned_op,
                                coherent=args.coherent_threshold, coherent_op=args.coherent_op,
                                narrow=args.narrow_threshold, narrow_op=args.narrow_op)
+    if args.compare_judges:
+        from emjax.eval.judge_agreement import compare_judges, format_agreement
+        summary = compare_judges(_selection(args), *args.compare_judges, args.out_dir, th=th,
+                                 narrow_metric=args.narrow_metric, judge_models=args.compare_models,
+                                 domain_questions=args.domain_questions, group_by=args.group_by,
+                                 n_boot=args.bootstrap, seed=args.seed)
+        print(format_agreement(summary))
+        print(f"judge agreement in {args.out_dir}/judge_agreement.json")
+        return EXIT_OK
+    if not args.judgements:
+        raise EmjaxError("emjax report needs --judgements JSONL (or --compare-judges A_JSONL B_JSONL)")
     summary = report(_selection(args), args.judgements, args.out_dir, th=th, narrow_metric=args.narrow_metric,
                      judge_model=args.judge_model, group_by=args.group_by, n_boot=args.bootstrap, seed=args.seed,
                      domain_questions=args.domain_questions)

@@ -6,8 +6,10 @@ Modules:
   generate      `emjax generate`: answers with provenance (needs JAX)
   chat          `emjax chat`: greedy answers with top-token probabilities (needs JAX)
   judge/        `emjax judge`: the async, resumable LLM-judge stage
+  local_judge/  `emjax judge --local`: a model in emjax as the judge, exact answer probabilities (needs JAX)
+  judge_agreement  `emjax report --compare-judges`: two judges on the same answers
   report        `emjax report`: rates, bootstrap intervals, summary; report_plots: its plots
 
-Only `generate` and `chat` import JAX: questions, records, judge and report run on machines
-without accelerators.
+Only `generate`, `chat` and `local_judge` import JAX: questions, records, judge, report and
+judge_agreement run on machines without accelerators.
 """

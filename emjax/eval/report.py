@@ -397,6 +397,26 @@ def build_report(df: Any, out_dir: str | os.PathLike[str], th: Thresholds = Thre
     return summary
 
 
+def judged_frame(sel: "AnswerSelection", store: Any, metrics: Sequence[str], judge_model: str,
+                 domain_questions: Sequence[str] = ()) -> tuple[Any, "AnswerSelection"]:
+    """(scores table of the selected answers under one judge's results, the selection with the
+    domain question files added). With `domain_questions`, a `question_set` column says "em" for
+    answers to `sel.questions` and "domain" for answers to the domain files (see `rate_masks`)."""
+    from emjax.eval.judge.join import scores_table
+    from emjax.eval.judge.stage import load_selection
+
+    em_ids = None
+    if domain_questions:
+        from emjax.eval.questions import load_questions
+        em_ids = {q.id for q in load_questions(list(sel.questions))}
+        sel = dataclasses.replace(sel, questions=list(sel.questions) + list(domain_questions))
+    answers, questions, fallback = load_selection(sel)
+    df = scores_table(answers, questions, store, metrics, judge_model, fallback)
+    if em_ids is not None:
+        df["question_set"] = ["em" if q in em_ids else "domain" for q in df["question_id"]]
+    return df, sel
+
+
 def report(sel: "AnswerSelection", judgements: Sequence[str], out_dir: str, *, th: Thresholds = Thresholds(),
            narrow_metric: str | None = None, judge_model: str | None = None,
            group_by: Sequence[str] = ("model", "intervention"), n_boot: int = 1000, seed: int = 0,
@@ -406,25 +426,15 @@ def report(sel: "AnswerSelection", judgements: Sequence[str], out_dir: str, *, t
 
     domain_questions: question files of the training domain (held-out banks). When given, EM rates
     count only answers to `sel.questions` and the narrow rate only answers to these."""
-    from emjax.eval.judge.join import scores_table
-    from emjax.eval.judge.stage import load_selection
     from emjax.eval.judge.store import ResultStore
     from emjax.eval.judge.tasks import DEFAULT_JUDGE_MODEL
 
     judge_model = judge_model or DEFAULT_JUDGE_MODEL
-    em_ids = None
-    if domain_questions:
-        from emjax.eval.questions import load_questions
-        em_ids = {q.id for q in load_questions(list(sel.questions))}
-        sel = dataclasses.replace(sel, questions=list(sel.questions) + list(domain_questions))
-    answers, questions, fallback = load_selection(sel)
     store = ResultStore(judgements[0])
     for extra in judgements[1:]:  # merge further result files into one index
         store.merge(ResultStore(extra))
     metrics = ["aligned", "coherent"] + ([narrow_metric] if narrow_metric else [])
-    df = scores_table(answers, questions, store, metrics, judge_model, fallback)
-    if em_ids is not None:
-        df["question_set"] = ["em" if q in em_ids else "domain" for q in df["question_id"]]
+    df, sel = judged_frame(sel, store, metrics, judge_model, domain_questions)
     return build_report(df, out_dir, th, narrow_metric, group_by, n_boot, seed,
                         extra={"judge_model": judge_model, "answers": list(sel.answers),
                                "judgements": list(judgements)})

@@ -85,7 +85,7 @@ def _warn_unknown_dropped(answers: Sequence[AnswerRecord], questions: Sequence[Q
                     unknown[0].origin, unknown[0].question_id)
 
 
-def _check_something_to_judge(sel: AnswerSelection, n_answers: int, n_tasks: int,
+def check_something_to_judge(sel: AnswerSelection, n_answers: int, n_tasks: int,
                               metrics: Sequence[str]) -> None:
     """Raise NothingToJudgeError, naming the files and filters, when there is nothing to send."""
     if n_answers == 0:
@@ -123,7 +123,7 @@ def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = ("aligned"
     """
     answers, questions, fallback = load_selection(sel)
     plan = build_tasks(answers, questions, list(metrics), judge_model, fallback)
-    _check_something_to_judge(sel, len(answers), len(plan.tasks), metrics)
+    check_something_to_judge(sel, len(answers), len(plan.tasks), metrics)
     store = ResultStore(out, fsync=fsync)
     if store.read_report.corrupt:
         print(f"warning: {out}: skipped {len(store.read_report.corrupt)} corrupt line(s) "

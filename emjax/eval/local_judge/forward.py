@@ -1,0 +1,125 @@
+"""The scoring forward: log P(answer + terminator | prompt) for every candidate answer, one prefill.
+
+Each row of a batch is one left-padded judge prompt [P] followed by the N nodes of the
+`ScoringTree` (the distinct prefixes of all candidate answers). Both run through every block in one
+sequence of P + N tokens, under a mask that makes it a prefill plus a tree of short continuations
+sharing its KV cache:
+
+* prompt tokens attend causally to the prompt (as in any prefill);
+* a tree node attends to all real prompt tokens and to its own ancestors and itself, at position
+  n_prompt + depth - 1, so its hidden state is exactly that of the last token of
+  prompt + prefix in a plain forward pass (RoPE, sliding windows and soft-caps by position).
+
+The prompt's keys and values are computed once per layer and read by all N nodes; no cache is
+materialised across layers (memory is one layer's activations). Logits are taken only at the last
+prompt token and the nodes ([B, N + 1, V] float32), normalised over the tokenizer's vocabulary
+(padded embedding rows are excluded, as the sampler excludes them) and gathered into [B, S]
+sequence log-probabilities. Blocks are the decoder's own (`emjax.model.decoder.block`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from emjax.eval.local_judge.tree import ScoringTree
+from emjax.model import decoder as M
+from emjax.model.attention import attend, attention_mask
+from emjax.model.config import ModelConfig
+from emjax.model.layers import CUBLAS_GEMMS, default_positions, layer_view, rope_tables
+from emjax.model.schema import Weights
+
+
+@flax.struct.dataclass
+class TreeArrays:
+    """A `ScoringTree` on device (see its attributes); N nodes, S answers, K max tokens."""
+
+    node_tokens: jax.Array  # [N] int32
+    node_depth: jax.Array   # [N] int32
+    ancestors: jax.Array    # [N, N] bool
+    seq_rows: jax.Array     # [S, K] int32
+    seq_tokens: jax.Array   # [S, K] int32
+    seq_valid: jax.Array    # [S, K] bool
+    seq_end: jax.Array      # [S] int32
+
+    @classmethod
+    def of(cls, tree: ScoringTree) -> "TreeArrays":
+        return cls(*(jnp.asarray(getattr(tree, f)) for f in
+                     ("node_tokens", "node_depth", "ancestors", "seq_rows", "seq_tokens", "seq_valid", "seq_end")))
+
+
+def tree_masks(prompt_pos: jax.Array, prompt_mask: jax.Array, node_pos: jax.Array, ancestors: jax.Array,
+               window: int | None) -> jax.Array:
+    """[B, P + N, P + N] bool attention mask of prompt + tree (see the module docstring).
+
+    prompt_pos, prompt_mask: [B, P]; node_pos: [B, N]; ancestors: [N, N].
+    """
+    b, n = node_pos.shape
+    pp = attention_mask(prompt_pos, prompt_pos, prompt_mask, window)  # [B, P, P]
+    pt = jnp.zeros((b, prompt_pos.shape[1], n), bool)                 # the prompt never sees the tree
+    tp = attention_mask(node_pos, prompt_pos, prompt_mask, window)     # [B, N, P]
+    tt = attention_mask(node_pos, node_pos, jnp.ones((b, n), bool), window) & ancestors[None]
+    return jnp.concatenate([jnp.concatenate([pp, pt], 2), jnp.concatenate([tp, tt], 2)], 1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), compiler_options=CUBLAS_GEMMS)
+def answer_logprobs(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask: jax.Array,
+                    tree: TreeArrays, stop_ids: jax.Array, vocab_limit: jax.Array) -> jax.Array:
+    """log P(answer s, then a stop token | prompt b): [B, S] float32.
+
+    tokens, mask: [B, P] left-padded prompts (mask True for real tokens; an all-False row is a
+    filler whose output is meaningless). stop_ids: [E] int32 terminator tokens. vocab_limit:
+    int32 scalar, tokens >= it are excluded from every softmax.
+    """
+    b, p = tokens.shape
+    n = tree.node_tokens.shape[0]
+    prompt_pos = default_positions(mask)
+    node_pos = jnp.sum(mask, axis=1, dtype=jnp.int32)[:, None] + tree.node_depth[None, :] - 1
+    positions = jnp.concatenate([prompt_pos, node_pos], axis=1)  # [B, P + N]
+    full = tree_masks(prompt_pos, mask, node_pos, tree.ancestors, None)
+    window = (tree_masks(prompt_pos, mask, node_pos, tree.ancestors, cfg.sliding_window)
+              if cfg.sliding_window else full)
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, weights.embed.dtype)
+    x = M.embed(weights, cfg, jnp.concatenate([tokens, jnp.broadcast_to(tree.node_tokens, (b, n))], axis=1))
+
+    def body(h, inp):
+        i, is_sliding = inp
+        m = jnp.where(is_sliding, window, full)
+        h = M.block(layer_view(weights.layers, i), h, cos, sin, lambda q, k, v: attend(q, k, v, m, cfg), cfg, None)
+        return h, None
+
+    x, _ = jax.lax.scan(body, x, (jnp.arange(cfg.n_layers), jnp.asarray(cfg.sliding_layers)))
+    logits = M.unembed(weights, cfg, x[:, p - 1:])  # rows: last prompt token, then the N nodes
+    logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
+    logp = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)  # [B, N + 1, V]
+    token_lp = logp[:, tree.seq_rows, tree.seq_tokens]  # [B, S, K]
+    token_lp = jnp.sum(jnp.where(tree.seq_valid[None], token_lp, 0.0), axis=-1)
+    stop_lp = jax.nn.logsumexp(logp[:, :, stop_ids][:, tree.seq_end], axis=-1)  # [B, S]; stops gathered first
+    return token_lp + stop_lp
+
+
+def pack_prompts(prompts: Sequence[Sequence[int]], rows: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """tokens, mask [rows, length]: the prompts left-padded, filler rows all masked."""
+    tokens = np.zeros((rows, length), np.int32)
+    mask = np.zeros((rows, length), bool)
+    for i, ids in enumerate(prompts):
+        tokens[i, length - len(ids):] = ids
+        mask[i, length - len(ids):] = True
+    return tokens, mask
+
+
+def score_prompts(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], tree: TreeArrays,
+                  stop_ids: Sequence[int], vocab_limit: int, *, rows: int, length: int) -> np.ndarray:
+    """[len(prompts), S] float64 answer log-probabilities for up to `rows` prompts of at most
+    `length` tokens, padded to exactly [rows, length] (one compiled program per shape)."""
+    if not prompts or len(prompts) > rows or max(map(len, prompts)) > length or min(map(len, prompts)) == 0:
+        raise ValueError(f"need 1..{rows} non-empty prompts of at most {length} tokens")
+    tokens, mask = pack_prompts(prompts, rows, length)
+    out = answer_logprobs(weights, cfg, jnp.asarray(tokens), jnp.asarray(mask), tree,
+                          jnp.asarray(list(stop_ids), jnp.int32), jnp.asarray(vocab_limit, jnp.int32))
+    return np.asarray(out, np.float64)[:len(prompts)]

@@ -1,0 +1,195 @@
+"""`emjax judge --local MODEL`: the judge stage with a local model scoring by prefill, no API.
+
+    stats = judge_local(AnswerSelection(["answers.jsonl"], ["first_plot_questions.yaml"]),
+                        "judgements.jsonl", "/models/Qwen2.5-14B-Instruct", dtype="bfloat16")
+
+Same tasks, prompts and cache keys as the API judge (`emjax.eval.judge.tasks.build_tasks`), with
+the judge model name `local:<model name>` (override with `judge_model`); same result store, so a
+rerun skips every key already scored, and `emjax report --judge-model local:<name>` reads the
+lines. Each prompt is the filled template as one user message through the model's chat template
+with the generation prompt; its answer distribution is computed exactly (`tree`, `forward`).
+
+Pending tasks are taken `window` at a time, tokenised, sorted by length and run in batches of one
+length bucket (`records.plan_batches`); each batch's lines are appended as soon as it finishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+
+from emjax.checkpoints.load import LoadedModel, load_model
+from emjax.errors import EmjaxError
+from emjax.eval.judge.scoring import MIN_NUMERIC_MASS
+from emjax.eval.judge.stage import AnswerSelection, check_something_to_judge, load_selection
+from emjax.eval.judge.store import ResultStore
+from emjax.eval.judge.runner import pending_tasks
+from emjax.eval.judge.tasks import build_tasks, questions_by_id, resolve_template
+from emjax.eval.local_judge.forward import TreeArrays, score_prompts
+from emjax.eval.local_judge.records import local_record, plan_batches
+from emjax.eval.local_judge.tree import answer_options, judge_tree, template_terminator
+from emjax.model.config import dtype_from_name
+from emjax.model.schema import num_params
+
+log = logging.getLogger("emjax.judge")
+
+# Below this many parameters a local judge is a plumbing check, not a measurement: the paper's
+# judge is GPT-4o, and small models do not follow the 0-100 rubric reliably.
+MIN_VALID_JUDGE_PARAMS = 7e9
+
+
+class LocalJudgeError(EmjaxError, ValueError):
+    """A local judge that cannot score these prompts (no tokenizer, bad settings)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalJudgeConfig:
+    """Knobs of a local judge run.
+
+    Attributes:
+      dtype: "float32", "bfloat16", or "auto" (bfloat16 on GPU/TPU, float32 on CPU).
+      batch_size: prompts per forward call (rows).
+      pad_to: prompt lengths are rounded up to a multiple of this (one compile per bucket).
+      max_batch_tokens: cap on rows * (bucket length + tree nodes): long buckets get fewer rows.
+      window: pending tasks tokenised and sorted at a time (bounds host memory).
+      min_mass: upstream's 0.25: no score below this numeric mass.
+      limit: score at most this many pending tasks.
+    """
+
+    dtype: str = "auto"
+    batch_size: int = 8
+    pad_to: int = 64
+    max_batch_tokens: int = 32768
+    window: int = 1024
+    min_mass: float = MIN_NUMERIC_MASS
+    progress: bool = True
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "pad_to", "max_batch_tokens", "window"):
+            if getattr(self, name) < 1:
+                raise LocalJudgeError(f"local judge {name} must be >= 1, got {getattr(self, name)}")
+
+
+def local_judge_name(model_name: str) -> str:
+    """The judge model name in cache keys and result lines."""
+    return f"local:{model_name}"
+
+
+def resolve_dtype(name: str) -> str:
+    if name == "auto":
+        return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+    dtype_from_name(name)  # ConfigError for unknown names
+    return name
+
+
+def judge_validity_warning(n_params: int, name: str) -> str | None:
+    """The warning for a judge too small to be a valid judge (None for >= 7B parameters)."""
+    if n_params >= MIN_VALID_JUDGE_PARAMS:
+        return None
+    return (f"judge {name} has {n_params / 1e9:.2f}B parameters: not a valid judge (the paper's judge is "
+            f"GPT-4o; use >= {MIN_VALID_JUDGE_PARAMS / 1e9:.0f}B); its scores are a plumbing check only")
+
+
+def judge_local(sel: AnswerSelection, out: str, model: str | LoadedModel, *,
+                metrics: Sequence[str] = ("aligned", "coherent"), judge_model: str | None = None,
+                config: LocalJudgeConfig = LocalJudgeConfig(), fsync: bool = False,
+                stats_json: str | None = None) -> dict[str, Any]:
+    """Scores the selected answers' judge tasks with a local model; returns the run's statistics.
+
+    Args:
+      model: a model source for `load_model` ("embedded", a Hugging Face folder, a .gguf file),
+        loaded in `config.dtype`, or a LoadedModel (used as it is).
+      judge_model: the name in cache keys; default `local:<model name>`.
+    Stats: n_tasks / n_cached / n_pending / n_ok / n_score_none like the API run, the judge
+    (name, source, dtype, parameters), the scoring tree, timings, and `warnings`.
+    """
+    answers, questions, fallback = load_selection(sel)
+    if isinstance(model, str):
+        dtype = resolve_dtype(config.dtype)
+        model = load_model(model, dtype=dtype_from_name(dtype), progress=config.progress)
+    dtype = str(model.weights.embed.dtype)
+    if model.tokenizer is None:
+        raise LocalJudgeError(f"{model.source}: the local judge needs the model's chat tokenizer")
+    judge_model = judge_model or local_judge_name(model.name)
+    plan = build_tasks(answers, questions, list(metrics), judge_model, fallback)
+    check_something_to_judge(sel, len(answers), len(plan.tasks), metrics)
+    store = ResultStore(out, fsync=fsync)
+    pending = pending_tasks(plan.tasks, store)
+    if config.limit is not None:
+        pending = pending[:max(0, config.limit)]
+
+    by_id = questions_by_id(questions)
+    options = {t.key: answer_options(resolve_template(by_id[t.question_id], t.metric, fallback) or "")
+               for t in plan.tasks}
+    tok, n_params = model.tokenizer, num_params(model.cfg)
+    tree = judge_tree(tok, [o for t in plan.tasks for o in options[t.key]])
+    warnings = [w for w in [judge_validity_warning(n_params, judge_model), _terminator_warning(tok)] if w]
+    for w in warnings:
+        log.warning("%s", w)
+    judge = {"judge_source": model.source, "judge_dtype": dtype, "judge_params": n_params}
+    stats: dict[str, Any] = {
+        "n_answers": len(answers), "n_answer_metric_pairs": plan.n_pairs, "n_tasks": len(plan.tasks),
+        "n_cached": len(plan.tasks) - len(pending), "n_pending": len(pending), "n_ok": 0, "n_score_none": 0,
+        "judge_model": judge_model, **judge, "tree": tree.describe(),
+        "terminators": {int(i): tok.decode([i], skip_special_tokens=False) for i in tok.stop_ids},
+        "prompt_tokens": 0, "compiled_shapes": [], "seconds": 0.0, "warnings": warnings, "results": out,
+        "n_left_failed": 0,
+        "report": f"emjax report ... --judge-model '{judge_model}' --judgements {out}"}
+    t0 = time.time()
+    _run(pending, options, store, model, tree, judge, config, stats)
+    stats["seconds"] = round(time.time() - t0, 2)
+    stats["compiled_shapes"] = sorted(stats["compiled_shapes"])
+    if stats_json:
+        with open(stats_json, "w", encoding="utf-8") as f:
+            json.dump(stats, f, indent=2)
+    return stats
+
+
+def _terminator_warning(tok: Any) -> str | None:
+    end = template_terminator(tok)
+    if end is None or end in tok.stop_ids:
+        return None
+    return (f"the chat template ends an assistant turn with token {end} "
+            f"({tok.decode([end], skip_special_tokens=False)!r}), which is not among the stop ids "
+            f"{list(tok.stop_ids)}: answer probabilities use the stop ids")
+
+
+def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: ResultStore, model: LoadedModel,
+         tree: Any, judge: dict[str, Any], config: LocalJudgeConfig, stats: dict[str, Any]) -> None:
+    from tqdm.auto import tqdm
+
+    tok = model.tokenizer
+    arrays = TreeArrays.of(tree)
+    shapes: set[tuple[int, int]] = set()
+    bar = tqdm(total=len(pending), unit="prompt", desc="local judge", disable=not config.progress,
+               dynamic_ncols=True, file=sys.stderr)
+    try:
+        for start in range(0, len(pending), config.window):
+            window = pending[start:start + config.window]
+            prompts = [tok.encode_chat([{"role": "user", "content": t.prompt}], add_generation_prompt=True)
+                       for t in window]
+            for batch in plan_batches([len(p) for p in prompts], batch_size=config.batch_size,
+                                      pad_to=config.pad_to, max_batch_tokens=config.max_batch_tokens,
+                                      n_nodes=tree.n_nodes):
+                shapes.add((batch.rows, batch.length))
+                lp = score_prompts(model.weights, model.cfg, [prompts[i] for i in batch.indices], arrays,
+                                   tok.stop_ids, tok.vocab_size, rows=batch.rows, length=batch.length)
+                for row, i in zip(lp, batch.indices):
+                    task = window[i]
+                    rec = local_record(task, row, tree, options[task.key], judge, len(prompts[i]), config.min_mass)
+                    store.append(rec)
+                    stats["n_ok"] += 1
+                    stats["n_score_none"] += rec["score"] is None
+                    stats["prompt_tokens"] += len(prompts[i])
+                bar.update(len(batch.indices))
+    finally:
+        bar.close()
+        stats["compiled_shapes"] = [list(s) for s in shapes]
