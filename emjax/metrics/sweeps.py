@@ -8,8 +8,8 @@ bounds memory by evaluating c versions at a time. Put the stacked axis on a mesh
 `shard_sweep_axis`) and XLA splits the sweep across devices.
 
 The norm convention and the versions themselves (rescaled, perturbed, random) come from
-`emjax.interventions.arithmetic`; steering norms are reported for `v` and, as `applied_norm`, for
-`alpha * v`.
+`emjax.interventions.arithmetic`: every norm is `update_norm`, the size of what the intervention
+adds (LoRA `||scale·BA||_F`, steering `||alpha·v||`).
 """
 
 from __future__ import annotations
