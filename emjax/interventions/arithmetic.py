@@ -50,8 +50,10 @@ runs under `jax.jit` and `jax.vmap` over stacked trees. Gram matrices and dot pr
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Literal
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,11 +187,9 @@ def rescale_to_norms(iv: Interventions, norms) -> Interventions:
 
     B and v are multiplied by norms / update_norm(iv), so each version's update norm is the target
     to fp32 precision and its direction is the trained one. A zero intervention stays zero.
+    (`rescaled_versions(iv, norms).materialise()`.)
     """
-    norms = jnp.asarray(norms, jnp.float32)
-    n = update_norm(iv)
-    factor = jnp.where(n > 0, norms / jnp.maximum(n, 1e-30), 0.0)
-    return jax.vmap(lambda c: scale_update(iv, c))(factor)
+    return rescaled_versions(iv, norms).materialise()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +285,71 @@ def perturb(x: Interventions, eps: jax.Array, key: jax.Array, lora_noise: LoraNo
 def perturbation_grid(x: Interventions, eps, seeds, lora_noise: LoraNoise = "update"
                       ) -> tuple[Interventions, np.ndarray, np.ndarray]:
     """Stack of perturb(x, e, PRNGKey(s), lora_noise) for every (eps e, seed s): E * S versions,
-    eps-major, with their labels ([E*S] eps, [E*S] seeds)."""
+    eps-major, with their labels ([E*S] eps, [E*S] seeds). (`perturbed_versions(...)`
+    materialised.)"""
+    versions, ee, ss = perturbed_versions(x, eps, seeds, lora_noise)
+    return versions.materialise(), ee, ss
+
+
+# ---------------------------------------------------------------------------------------------
+# Versions built on demand
+
+
+@flax.struct.dataclass
+class Versions:
+    """K versions of one intervention, each built from its row of `params` when needed.
+
+    A sweep over `Versions` builds each chunk of versions inside the compiled loop, so it never
+    holds all K at once: a 14B rank-32 all-module adapter is about 0.55 GB of float32 A and B, and
+    120 noise versions of it stacked would be 66 GB before any activation.
+
+    Attributes:
+      base: the intervention the versions derive from (no leading axis).
+      params: name -> [K, ...]: "factor" [K] for build "scale"; "eps" [K] and "key" [K, 2] for
+        build "perturb".
+      build: "scale" (`scale_update(base, factor)`) or "perturb" (`perturb(base, eps, key,
+        lora_noise)`).
+      lora_noise: the LoRA noise mode of build "perturb" (`LORA_NOISE`).
+    """
+
+    base: Interventions
+    params: dict[str, jax.Array]
+    build: str = flax.struct.field(pytree_node=False)
+    lora_noise: str = flax.struct.field(pytree_node=False, default="update")
+
+    def __len__(self) -> int:
+        return int(jax.tree.leaves(self.params)[0].shape[0])
+
+    def make(self, p: dict[str, jax.Array]) -> Interventions:
+        """The version of one row `p` of `params` (traceable: vmap / lax.map over the rows)."""
+        if self.build == "scale":
+            return scale_update(self.base, p["factor"])
+        return perturb(self.base, p["eps"], p["key"], self.lora_noise)
+
+    def materialise(self) -> Interventions:
+        """All K versions stacked on a leading axis."""
+        return jax.vmap(self.make)(self.params)
+
+    def version(self, i: int) -> Interventions:
+        return self.make(jax.tree.map(lambda x: x[i], self.params))
+
+
+def scaled_versions(iv: Interventions, factors) -> Versions:
+    """`scale_update(iv, f)` for every factor [K], built on demand."""
+    return Versions(base=iv, params={"factor": jnp.asarray(factors, jnp.float32)}, build="scale")
+
+
+def rescaled_versions(iv: Interventions, norms) -> Versions:
+    """`iv` rescaled to each update norm of `norms` [K] (see `rescale_to_norms`), built on demand."""
+    norms = jnp.asarray(norms, jnp.float32)
+    n = update_norm(iv)
+    return scaled_versions(iv, jnp.where(n > 0, norms / jnp.maximum(n, 1e-30), 0.0))
+
+
+def perturbed_versions(x: Interventions, eps, seeds, lora_noise: LoraNoise = "update"
+                       ) -> tuple[Versions, np.ndarray, np.ndarray]:
+    """perturb(x, e, PRNGKey(s), lora_noise) for every (eps e, seed s), eps-major, built on
+    demand, with their labels ([E*S] eps, [E*S] seeds)."""
     if lora_noise not in LORA_NOISE:
         raise ValueError(f"lora_noise must be one of {LORA_NOISE}, got {lora_noise!r}")
     eps = np.asarray(eps, np.float32)
@@ -293,4 +357,20 @@ def perturbation_grid(x: Interventions, eps, seeds, lora_noise: LoraNoise = "upd
     ee, ss = np.meshgrid(eps, seeds, indexing="ij")
     ee, ss = ee.ravel(), ss.ravel()
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(ss, jnp.uint32))
-    return jax.vmap(lambda e, k: perturb(x, e, k, lora_noise))(jnp.asarray(ee), keys), ee, ss
+    return Versions(base=x, params={"eps": jnp.asarray(ee), "key": keys}, build="perturb",
+                    lora_noise=lora_noise), ee, ss
+
+
+def version_norms(versions: Versions, chunk: int | None = None) -> np.ndarray:
+    """[K] `update_norm` of every version as built, `chunk` versions at a time (None: all)."""
+    in_batch = chunk is None or chunk >= len(versions)
+    return np.asarray(_version_norms(versions, chunk=None if in_batch else chunk))
+
+
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def _version_norms(versions: Versions, chunk: int | None) -> jax.Array:
+    def one(p):
+        return update_norm(versions.make(p))
+    if chunk is None:
+        return jax.vmap(one)(versions.params)
+    return jax.lax.map(one, versions.params, batch_size=chunk)

@@ -41,10 +41,10 @@ def _describe(iv: Interventions) -> dict:
     return {"kind": kind, "layer": ",".join(map(str, layers)), "alpha": alpha, "norm_kind": A.norm_kind(iv)}
 
 
-def _realised_norms(stacked: Interventions) -> np.ndarray:
-    """[K] update norms of the stacked versions as built (checks the targets; upstream's random
-    baseline missed its matched norm)."""
-    return np.asarray(jax.jit(jax.vmap(A.update_norm))(stacked))
+def _realised_norms(versions: A.Versions, c) -> np.ndarray:
+    """[K] update norms of the versions as built (checks the targets; upstream's random baseline
+    missed its matched norm)."""
+    return A.version_norms(versions, c.chunk)
 
 
 def _row_batches(model: LoadedModel, c) -> list[dict]:
@@ -64,7 +64,7 @@ def _corpus_batches(model: LoadedModel, c) -> list[dict]:
     return [pad_batch(rows[i: i + c.data.batch_size]) for i in range(0, len(rows), c.data.batch_size)]
 
 
-def _mean_over_batches(stacked: Interventions, model: LoadedModel, batches: list[dict], metric: str,
+def _mean_over_batches(stacked: Interventions | A.Versions, model: LoadedModel, batches: list[dict], metric: str,
                        c) -> np.ndarray:
     def one(b):
         return SW.sweep_losses(stacked, model.weights, model.cfg, jnp.asarray(b["tokens"]), jnp.asarray(b["mask"]),
@@ -93,9 +93,9 @@ def efficiency(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collecti
         norms = [s * trained[label] for s in scales]
         if c.efficiency.equal_norm:
             norms += [n for k, n in trained.items() if k != label]
-        stacked = A.rescale_to_norms(iv, norms)
-        losses = _mean_over_batches(stacked, model, batches, "ce", c)
-        for n, r, loss in zip(norms, _realised_norms(stacked), losses):
+        versions = A.rescaled_versions(iv, norms)
+        losses = _mean_over_batches(versions, model, batches, "ce", c)
+        for n, r, loss in zip(norms, _realised_norms(versions, c), losses):
             records.append({"intervention": label, "sweep": "rescale", "norm": n, "realised_norm": float(r),
                             "scale": n / trained[label] if trained[label] > 0 else np.nan,
                             "loss": float(loss), **_describe(iv)})
@@ -118,12 +118,12 @@ def stability(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collectio
     batches = _row_batches(model, c)
     records = []
     for label, iv in tqdm(ivs.items(), desc="stability", unit="intervention"):
-        stacked, ee, ss = A.perturbation_grid(iv, list(c.stability.eps), list(range(c.stability.seeds)), mode)
+        versions, ee, ss = A.perturbed_versions(iv, list(c.stability.eps), list(range(c.stability.seeds)), mode)
         ends = A.stack_trees([iv, A.tree_scale(iv, 0.0)])
         l_orig, l_base = _mean_over_batches(ends, model, batches, "ce", c)
-        losses = _mean_over_batches(stacked, model, batches, "ce", c)
+        losses = _mean_over_batches(versions, model, batches, "ce", c)
         norm = float(A.update_norm(iv))
-        for e, s, loss, pn in zip(ee, ss, losses, _realised_norms(stacked)):
+        for e, s, loss, pn in zip(ee, ss, losses, _realised_norms(versions, c)):
             records.append({"intervention": label, "eps": float(e), "seed": int(s), "loss": float(loss),
                             "loss_orig": float(l_orig), "loss_base": float(l_base), "norm": norm,
                             "perturbed_norm": float(pn), "noise": mode if iv.lora is not None else "vector",
@@ -152,9 +152,9 @@ def significance(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collec
         sets[f"random{r}"] = A.random_like(first, jax.random.PRNGKey(1000 + r))
     records = []
     for label, iv in tqdm(sets.items(), desc="significance", unit="intervention"):
-        stacked = A.rescale_to_norms(iv, norms)
-        kls = _mean_over_batches(stacked, model, batches, "kl", c)
-        for n, r, kl in zip(norms, _realised_norms(stacked), kls):
+        versions = A.rescaled_versions(iv, norms)
+        kls = _mean_over_batches(versions, model, batches, "kl", c)
+        for n, r, kl in zip(norms, _realised_norms(versions, c), kls):
             records.append({"intervention": label, "random": label.startswith("random"), "norm": n,
                             "realised_norm": float(r), "kl": float(kl), **_describe(iv)})
     return pd.DataFrame(records)

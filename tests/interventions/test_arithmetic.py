@@ -245,3 +245,19 @@ def test_vmap_and_jit_agree_with_eager():
             np.testing.assert_allclose(x, y, rtol=1e-6)
     norms = jax.jit(jax.vmap(A.update_norm))(stacked)
     np.testing.assert_allclose(norms, [float(A.update_norm(index(stacked, i))) for i in range(6)], rtol=1e-6)
+
+
+def test_versions_build_what_the_stacks_hold():
+    rng = np.random.default_rng(11)
+    iv = Interventions(lora=random_lora(rng), steer=random_steer(rng))
+    v = A.rescaled_versions(iv, [0.0, 1.5, 4.0])
+    assert len(v) == 3
+    for x, y in zip(jax.tree.leaves(v.materialise()), jax.tree.leaves(A.rescale_to_norms(iv, [0.0, 1.5, 4.0]))):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(A.version_norms(v), [0.0, 1.5, 4.0], rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose(A.version_norms(v, chunk=2), [0.0, 1.5, 4.0], rtol=RTOL, atol=1e-6)
+    p, ee, ss = A.perturbed_versions(iv, [0.2, 0.9], [5, 6], "update")
+    for i in range(4):
+        one = A.perturb(iv, jnp.float32(ee[i]), jax.random.PRNGKey(int(ss[i])), "update")
+        for x, y in zip(jax.tree.leaves(p.version(i)), jax.tree.leaves(one)):
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6 * float(jnp.max(jnp.abs(y))))

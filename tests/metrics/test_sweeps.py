@@ -65,6 +65,10 @@ def test_sharded_sweep_axis_equals_unsharded(tiny):
     assert len(sharded.steer.vectors.sharding.device_set) == 8
     got = SW.sweep_losses(sharded, w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5)
+    versions = SW.shard_sweep_axis(A.rescaled_versions(iv, np.linspace(0, 4, 8)), mesh)
+    assert len(versions.params["factor"].sharding.device_set) == 8
+    got = SW.sweep_losses(versions, w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask, chunk=4)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5)
 
 
 def _random_tree(rng, cfg):
@@ -111,6 +115,12 @@ def test_stability_grid_eps_zero_is_original_and_sweep_equals_loop(tiny, mode):
     norms = np.asarray(jax.vmap(A.update_norm)(stacked))
     if mode == "update":  # the update's norm is kept
         np.testing.assert_allclose(norms, float(A.update_norm(iv)), rtol=1e-5)
+    # the same versions built on demand inside the compiled loop, all at once and in chunks of 4
+    versions, _, _ = A.perturbed_versions(iv, [0.0, 0.3, 1.0], [0, 1], mode)
+    for chunk in (None, 4):
+        got = SW.sweep_losses(versions, w, cfg, tokens, mask, chunk=chunk, **kw)
+        np.testing.assert_allclose(np.asarray(got), losses, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(A.version_norms(versions, chunk), norms, rtol=1e-5)
 
 
 def test_update_scale_factors(tiny):
