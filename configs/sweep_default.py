@@ -31,16 +31,25 @@ def get_config() -> ml_collections.ConfigDict:
     c.chunk = config_dict.placeholder(int)       # versions per vmap chunk; None: all at once
     c.loss_chunk = config_dict.placeholder(int)  # sequence chunk of the losses; None: whole rows
 
+    # Norms are emjax.interventions.arithmetic.update_norm (ours; upstream-em.md 5.2 for upstream's):
+    # steering ||alpha·v|| (applied vector), LoRA ||scale·BA||_F (effective update, all modules and
+    # layers). Rescaling multiplies v / B, so the update scales linearly.
     c.efficiency = ml_collections.ConfigDict()
-    # multiples of each trained norm (upstream steering: 9 points)
+    # steering: multiples of each trained norm (upstream steering_norm_rescaling_experiment: 9 points)
     c.efficiency.scales = tuple(np.round(np.linspace(0.0, 2.0, 9), 4).tolist())
+    # LoRA: multiples of each trained norm, B scaled (upstream norm_rescaling_experiment: 21 factors
+    # 0..2). Upstream's separate "B times factor" sweep is the same family of points here (ours: merged)
+    c.efficiency.lora_scales = tuple(np.round(np.linspace(0.0, 2.0, 21), 4).tolist())
     c.efficiency.equal_norm = True       # also evaluate every intervention at the others' trained norms
-    # LoRA: B multiplied by these factors (upstream: 21 factors 0..2)
-    c.efficiency.lora_delta_factors = tuple(np.round(np.linspace(0.0, 2.0, 21), 4).tolist())
 
     c.stability = ml_collections.ConfigDict()
     c.stability.eps = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # upstream: 12 values
     c.stability.seeds = 10               # upstream: 10 seeds
+    # LoRA noise. "update" (ours, default): on the update scale·BA, B moved within the column space
+    # of A, so ||scale·BA||_F is kept exactly, as the steering noise keeps ||alpha·v||. "per_matrix":
+    # upstream stability/utils.py apply_orthogonal_perturbation (A and B each, own norms kept; the
+    # update's norm is not). Steering noise is on v either way (upstream).
+    c.stability.lora_noise = "update"
 
     c.significance = ml_collections.ConfigDict()
     c.significance.corpus = os.environ.get("EMJAX_FINEWEB", "../shared/data/fineweb/fineweb_sample.jsonl.gz")
@@ -50,6 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.significance.max_len = 512         # upstream: 512 tokens
     c.significance.seed = 42             # upstream: shuffle seed 42
     c.significance.norms = tuple(np.round(np.linspace(0.0, 2.0, 26), 4).tolist())  # upstream: 26 norms
-    c.significance.norms_relative = True  # norms are multiples of the largest trained norm (ours)
+    # norms are multiples of the largest trained update norm (ours); with norms_relative=False they are
+    # absolute update norms: for steering ||alpha·v||, so upstream's ||v|| in 0..5 is 0..5*alpha here
+    c.significance.norms_relative = True
     c.significance.n_random = 5          # norm-matched random vectors (upstream: random baselines)
     return c

@@ -1,9 +1,21 @@
-"""The three metrics' plots in the paper's style (PNG), from the tables of `emjax.metrics.tables`."""
+"""The three metrics' plots in the paper's style (PNG), from the tables of `emjax.metrics.tables`.
+
+Every norm axis says which norm it shows (the tables' `norm_kind`): `||scale·BA||_F (effective
+update)` for LoRA, `||alpha·v|| (applied vector)` for steering.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+
+def norm_label(df: pd.DataFrame) -> str:
+    """The x-axis label for the norms of `df` (its `norm_kind` column; several kinds listed)."""
+    kinds = sorted(set(df["norm_kind"])) if "norm_kind" in df else []
+    if len(kinds) == 1:
+        return f"norm {kinds[0]}"
+    return "norm: " + "; ".join(kinds) + " (different quantities)" if kinds else "norm"
 
 
 def plot(kind: str, df: pd.DataFrame, path: str) -> None:
@@ -17,13 +29,13 @@ def plot(kind: str, df: pd.DataFrame, path: str) -> None:
             ax.plot(d.norm, d.loss, marker="o", label=k)
             t = d[np.isclose(d.scale, 1.0)]
             ax.scatter(t.norm, t.loss, s=120, facecolors="none", edgecolors="k")
-        ax.set_xlabel("intervention norm (trainable tree)")
+        ax.set_xlabel(norm_label(df))
         ax.set_ylabel("training loss (nats/token)")
         ax.set_title("Efficiency: loss vs norm (circles: trained)")
     elif kind == "stability":
         for k, d in df.groupby("intervention"):
             g = d.groupby("eps").relative_increase
-            ax.plot(g.mean().index, g.mean().values, marker="o", label=k)
+            ax.plot(g.mean().index, g.mean().values, marker="o", label=f"{k} ({d.noise.iloc[0]} noise)")
             ax.fill_between(g.mean().index, g.min().values, g.max().values, alpha=0.2)
         ax.set_xlabel("noise fraction eps")
         ax.set_ylabel("(L_pert - L_orig) / (L_base - L_orig)")
@@ -36,8 +48,8 @@ def plot(kind: str, df: pd.DataFrame, path: str) -> None:
         for k, d in df[~df.random].groupby("intervention"):
             d = d.sort_values("norm")
             ax.plot(d.norm, d.kl, marker="o", label=k)
-        ax.set_xlabel("vector norm")
-        ax.set_ylabel("KL(chat || steered), nats/token")
+        ax.set_xlabel(norm_label(df))
+        ax.set_ylabel("KL(chat || intervened), nats/token")
         ax.set_title("Pre-training significance on FineWeb")
     ax.legend()
     fig.tight_layout()

@@ -1,12 +1,17 @@
 """`emjax sweep {efficiency,stability,significance,all}`: the three metrics for trained
 interventions, each written as a tidy table (parquet + CSV), a plot in the paper's style and a JSON
 summary. The config is configs/sweep_default.py and the files beside it.
+
+Every summary names the norm it uses (`norm_kind`) and carries a `comparability` entry (same kind,
+same alpha / LoRA scale, separate LoRA inits; see `comparability`); its warnings are also printed.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import sys
 from typing import Callable, Sequence
 
 import ml_collections
@@ -15,6 +20,8 @@ import pandas as pd
 
 from emjax.checkpoints.load import LoadedModel, load_model
 from emjax.errors import EmjaxError
+from emjax.interventions import Interventions
+from emjax.interventions import arithmetic as A
 from emjax.interventions.files import load_interventions
 from emjax.metrics import tables as T
 from emjax.metrics.plots import plot
@@ -27,8 +34,91 @@ class SweepConfigError(EmjaxError, ValueError):
     """A sweep that cannot run as configured."""
 
 
-def _summary(kind: str, df: pd.DataFrame, labels: list[str]) -> dict:
-    out: dict = {"kind": kind, "interventions": labels}
+# ours: A is random at init and moves little in training, so |cos| between the A matrices of two
+# independently initialised adapters is ~1/sqrt(A's size) (about 0) and of a shared init near 1
+SHARED_INIT_COSINE = 0.5
+
+
+def _kind(iv: Interventions) -> str:
+    return "lora+steering" if iv.lora is not None and iv.steer is not None else \
+        "lora" if iv.lora is not None else "steering"
+
+
+def _a_cosine(x: Interventions, y: Interventions) -> float | None:
+    """Cosine between the flattened A matrices of two LoRA adapters of one structure (else None)."""
+    if x.lora is None or y.lora is None or x.lora.modules != y.lora.modules or \
+            any(x.lora.a[m].shape != y.lora.a[m].shape for m in x.lora.modules):
+        return None
+    a = np.concatenate([np.asarray(x.lora.a[m], np.float64).ravel() for m in x.lora.modules])
+    b = np.concatenate([np.asarray(y.lora.a[m], np.float64).ravel() for m in y.lora.modules])
+    den = np.linalg.norm(a) * np.linalg.norm(b)
+    return float(a @ b / den) if den > 0 else None
+
+
+def comparability(ivs: dict[str, Interventions]) -> dict:
+    """Whether the interventions' metrics compare like with like: notes, warnings and the facts.
+
+    The paper compares a general and a narrow intervention of one kind and one alpha (DESIGN.md
+    section 1). The norms include the LoRA scale / steering alpha, so the x-axes agree whatever
+    they are; but a different alpha is a different training run (the update's effective learning
+    rate scales with it), so loss differences then mix alpha with general-vs-narrow. LoRA adapters
+    should also come from separate init seeds: A moves little in training, so a shared init
+    starts both updates in one column space (where the "update" stability noise lives too), and
+    the comparison is then one init, not independent runs (ours: `SHARED_INIT_COSINE`).
+
+    Returns {"ok": no warnings, "warnings": [...], "notes": [...], "kind", "norm_kind", "alpha"
+    ({label: steering alpha or LoRA scale}), "lora_structure", "a_cosine" ({"x|y": cos})}.
+    """
+    warnings, notes = [], []
+    kind = {k: _kind(v) for k, v in ivs.items()}
+    alpha = {k: v.lora.scale if v.lora is not None else v.steer.alpha for k, v in ivs.items()}
+    out: dict = {"kind": kind, "norm_kind": {k: A.norm_kind(v) for k, v in ivs.items()}, "alpha": alpha}
+    if len(set(kind.values())) > 1:
+        kinds = sorted(set(out["norm_kind"].values()))
+        warnings.append(f"interventions of different kinds {kind}: their norms ({kinds}) are different "
+                        "quantities, so equal-norm comparisons across kinds mean nothing")
+    for part in ("lora", "steering"):
+        labels = [k for k in ivs if part in kind[k].split("+")]
+        if len(labels) < 2:
+            continue
+        mult = {k: ivs[k].lora.scale if part == "lora" else ivs[k].steer.alpha for k in labels}
+        name = "LoRA scale (alpha/sqrt(r) or alpha/r)" if part == "lora" else "steering alpha"
+        if len(set(mult.values())) > 1:
+            warnings.append(f"{name} differs {mult}: the norms include it, so the axes agree, but the "
+                            "interventions were trained at different alphas (a different effective learning "
+                            "rate), so loss differences mix alpha with general vs narrow")
+        else:
+            notes.append(f"one {name} for all: {next(iter(mult.values()))}")
+        if part == "steering":
+            sites = {k: (ivs[k].steer.layers, ivs[k].steer.hook) for k in labels}
+            if len(set(sites.values())) > 1:
+                warnings.append(f"steering vectors at different sites (layers, hook) {sites}")
+            continue
+        struct = {k: {"rank": ivs[k].lora.rank, "modules": list(ivs[k].lora.modules),
+                      "layers": list(ivs[k].lora.layers)} for k in labels}
+        out["lora_structure"] = struct
+        if len({json.dumps(v, sort_keys=True) for v in struct.values()}) > 1:
+            warnings.append(f"LoRA adapters of different structure (rank, modules, layers) {struct}")
+        cos = {}
+        for x, y in itertools.combinations(labels, 2):
+            c = _a_cosine(ivs[x], ivs[y])
+            if c is None:
+                continue
+            cos[f"{x}|{y}"] = c
+            if c > SHARED_INIT_COSINE:
+                what = "identical" if c > 1 - 1e-6 else f"highly correlated (cos {c:.3f})"
+                warnings.append(f"LoRA A matrices of {x} and {y} are {what}: a shared init (same init seed). "
+                                "Train them from separate init seeds; the comparison is otherwise one init, "
+                                "not independent runs")
+        out["a_cosine"] = cos
+        if cos and all(c <= SHARED_INIT_COSINE for c in cos.values()):
+            notes.append(f"separate inits: |cos(A, A')| <= {SHARED_INIT_COSINE} for every pair")
+    out.update(ok=not warnings, warnings=warnings, notes=notes)
+    return out
+
+
+def _summary(kind: str, df: pd.DataFrame, labels: list[str], comp: dict) -> dict:
+    out: dict = {"kind": kind, "interventions": labels, "norm_kind": comp["norm_kind"], "comparability": comp}
     if kind == "efficiency":
         resc = df[df.sweep == "rescale"]
         trained = resc[np.isclose(resc.scale, 1.0)].set_index("intervention")
@@ -42,20 +132,26 @@ def _summary(kind: str, df: pd.DataFrame, labels: list[str]) -> dict:
                 if len(hit):
                     eq.setdefault(f"at_norm_of_{other}", {})[k] = float(hit.loss.iloc[0])
         out["equal_norm_loss"] = eq
-        out["note"] = "lower loss at equal norm = more efficient (the paper: general beats narrow)"
+        out["note"] = ("lower loss at equal norm = more efficient (the paper: general beats narrow); "
+                       "norm: " + "; ".join(sorted(set(comp["norm_kind"].values()))))
     elif kind == "stability":
         g = df.groupby(["intervention", "eps"]).relative_increase.agg(["mean", "min", "max"]).reset_index()
         out["relative_increase"] = {k: {f"{e:g}": float(m) for e, m in zip(d.eps, d["mean"])}
                                     for k, d in g.groupby("intervention")}
         out["mean_relative_increase"] = {k: float(d["mean"].mean()) for k, d in g.groupby("intervention")}
-        out["note"] = "(L_pert - L_orig) / (L_base - L_orig); lower = more stable (the paper: general)"
+        out["noise"] = {k: d.noise.iloc[0] for k, d in df.groupby("intervention")}
+        out["note"] = ("(L_pert - L_orig) / (L_base - L_orig); lower = more stable (the paper: general); LoRA noise "
+                       "'update': on scale·BA in the column space of A, norm kept; 'per_matrix': upstream's, on A and "
+                       "B each")
     else:
         real = df[~df.random]
         out["kl_at_max_norm"] = {k: float(d.sort_values("norm").kl.iloc[-1]) for k, d in real.groupby("intervention")}
         rnd = df[df.random].groupby("norm").kl
         out["random_kl_at_max_norm"] = {"min": float(rnd.min().iloc[-1]), "max": float(rnd.max().iloc[-1])} \
             if len(df[df.random]) else None
-        out["note"] = "KL(chat || steered) on the corpus; larger = more significant for pre-training (the paper: general)"
+        out["note"] = ("KL(chat || intervened) on the corpus; larger = more significant for pre-training (the "
+                       "paper: general); random baselines at the same norm: "
+                       + "; ".join(sorted(set(comp["norm_kind"].values()))))
     return out
 
 
@@ -68,8 +164,13 @@ def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | None
     {kind}_summary.json under c.output_dir and returns the summary."""
     if kind not in KINDS:
         raise SweepConfigError(f"unknown sweep {kind!r}; choose from {KINDS}")
+    if kind == "stability" and c.stability.lora_noise not in A.LORA_NOISE:
+        raise SweepConfigError(f"stability.lora_noise must be one of {A.LORA_NOISE}, got {c.stability.lora_noise!r}")
     model = model or load_model(c.model.source, dtype=dtype_from_name(c.model.dtype))
     ivs = load_interventions(c.interventions, model.cfg)
+    comp = comparability(ivs)
+    for w in comp["warnings"]:
+        print(f"warning: sweep {kind}: {w}", file=sys.stderr)
     df = RUNNERS[kind](model, ivs, c)
     df.insert(0, "run", c.name)
     os.makedirs(c.output_dir, exist_ok=True)
@@ -77,7 +178,7 @@ def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | None
     df.to_csv(base + ".csv", index=False)
     df.to_parquet(base + ".parquet", index=False)
     plot(kind, df, base + ".png")
-    summary = _summary(kind, df, list(ivs))
+    summary = _summary(kind, df, list(ivs), comp)
     summary.update(files={"table": base + ".parquet", "csv": base + ".csv", "plot": base + ".png"})
     with open(base + "_summary.json", "w") as f:
         json.dump(summary, f, indent=1)

@@ -4,12 +4,15 @@ A sweep evaluates one loss for many versions of an intervention (rescaled to K n
 by E x S noise draws, or random directions): the versions are stacked on a leading axis and the
 loss is `jax.vmap`ped over it. The frozen layers below the intervention run once for the whole
 sweep (prefix sharing), only the suffix runs per version, and `jax.lax.map(..., batch_size=c)`
-bounds memory by evaluating c versions at a time. Put the stacked axis on a mesh axis (see
-`shard_sweep_axis`) and XLA splits the sweep across devices.
+bounds memory by evaluating c versions at a time. Passed as `arithmetic.Versions` (one base
+intervention and K rows of parameters: scale factors, or noise eps and keys), each chunk's
+versions are built inside the compiled loop, so a chunked sweep over a large LoRA never holds all
+K versions. Put the stacked axis on a mesh axis (see `shard_sweep_axis`) and XLA splits the sweep
+across devices.
 
 The norm convention and the versions themselves (rescaled, perturbed, random) come from
-`emjax.interventions.arithmetic`; steering norms are reported for `v` and, as `applied_norm`, for
-`alpha * v`.
+`emjax.interventions.arithmetic`: every norm is `update_norm`, the size of what the intervention
+adds (LoRA `||scale·BA||_F`, steering `||alpha·v||`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
+from emjax.interventions.arithmetic import Versions
 from emjax.interventions.container import Interventions, shared_prefix_layers
 from emjax.model import decoder as D
 from emjax.model.config import ModelConfig
@@ -56,20 +60,37 @@ def _loss_one(iv: Interventions, weights: Weights, cfg: ModelConfig, k: int, met
                                              "attention"), compiler_options=CUBLAS_GEMMS)
 def _sweep(stacked, weights, x, mask, targets, loss_mask, base, *, cfg, k, metric, chunk, loss_chunk,
            in_batch, attention):
-    one = functools.partial(_loss_one, weights=weights, cfg=cfg, k=k, metric=metric, x=x, mask=mask,
-                            targets=targets, loss_mask=loss_mask, base=base, loss_chunk=loss_chunk,
-                            attention=attention)
+    loss = functools.partial(_loss_one, weights=weights, cfg=cfg, k=k, metric=metric, x=x, mask=mask,
+                             targets=targets, loss_mask=loss_mask, base=base, loss_chunk=loss_chunk,
+                             attention=attention)
+    if isinstance(stacked, Versions):  # build each chunk's versions inside the loop
+        xs, one = stacked.params, lambda p: loss(stacked.make(p))
+    else:
+        xs, one = stacked, loss
     if in_batch:  # small sweeps: one vmap over the whole stack
-        return jax.vmap(one)(stacked)
-    return jax.lax.map(one, stacked, batch_size=chunk)
+        return jax.vmap(one)(xs)
+    return jax.lax.map(one, xs, batch_size=chunk)
 
 
-def sweep_losses(stacked: Interventions, weights: Weights, cfg: ModelConfig, tokens: jax.Array,
+def num_versions(stacked: Interventions | Versions) -> int:
+    """K, the number of versions of a stacked tree or of `Versions`."""
+    return len(stacked) if isinstance(stacked, Versions) else int(jax.tree.leaves(stacked)[0].shape[0])
+
+
+def _template(stacked: Interventions | Versions) -> Interventions:
+    """A tree with the versions' static structure (layers, modules) for `shared_prefix_layers`."""
+    return stacked.base if isinstance(stacked, Versions) else stacked
+
+
+def sweep_losses(stacked: Interventions | Versions, weights: Weights, cfg: ModelConfig, tokens: jax.Array,
                  mask: jax.Array, *, metric: str = "ce", targets: jax.Array | None = None,
                  loss_mask: jax.Array | None = None, chunk: int | None = None,
                  loss_chunk: int | None = None, first_layer: int | None = None,
                  attention: str = "xla") -> jax.Array:
     """Mean loss of every stacked version of an intervention on one batch: [K] float32.
+
+    stacked: an `Interventions` whose leaves carry a leading K axis, or `Versions` (built chunk by
+    chunk inside the compiled loop, so the K versions are never all in memory unless chunk=None).
 
     metric "ce": token-mean cross-entropy on `loss_mask` positions predicting `targets`;
     metric "kl": token-mean KL(frozen || intervened) over `mask` positions.
@@ -79,24 +100,24 @@ def sweep_losses(stacked: Interventions, weights: Weights, cfg: ModelConfig, tok
     """
     if metric not in ("ce", "kl"):
         raise ValueError(f"metric must be 'ce' or 'kl', got {metric!r}")
-    k = shared_prefix_layers(stacked, cfg) if first_layer is None else first_layer
+    k = shared_prefix_layers(_template(stacked), cfg) if first_layer is None else first_layer
     x, base = frozen_pass(weights, cfg, tokens, mask, k, metric == "kl", attention)
-    n = jax.tree.leaves(stacked)[0].shape[0]
+    n = num_versions(stacked)
     in_batch = chunk is None or chunk >= n
     return _sweep(stacked, weights, x, mask, targets, loss_mask, base, cfg=cfg, k=k, metric=metric,
                   chunk=None if in_batch else chunk, loss_chunk=loss_chunk, in_batch=in_batch,
                   attention=attention)
 
 
-def loop_losses(stacked: Interventions, weights: Weights, cfg: ModelConfig, tokens, mask, *,
+def loop_losses(stacked: Interventions | Versions, weights: Weights, cfg: ModelConfig, tokens, mask, *,
                 metric: str = "ce", targets=None, loss_mask=None) -> np.ndarray:
     """The same numbers by a plain Python loop of full forward passes (reference and baseline)."""
-    n = jax.tree.leaves(stacked)[0].shape[0]
     out = []
     fwd = jax.jit(lambda iv: D.forward(weights, cfg, tokens, mask, interventions=iv))
     base = D.forward(weights, cfg, tokens, mask) if metric == "kl" else None
-    for i in range(n):
-        logits = fwd(jax.tree.map(lambda a: a[i], stacked))
+    for i in range(num_versions(stacked)):
+        version = stacked.version(i) if isinstance(stacked, Versions) else jax.tree.map(lambda a: a[i], stacked)
+        logits = fwd(version)
         if metric == "ce":
             logz = jax.nn.logsumexp(logits, -1)
             tgt = jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
@@ -110,11 +131,17 @@ def loop_losses(stacked: Interventions, weights: Weights, cfg: ModelConfig, toke
     return np.asarray(out)
 
 
-def shard_sweep_axis(stacked: Interventions, mesh: Mesh, axis: str = "data") -> Interventions:
+def shard_sweep_axis(stacked: Interventions | Versions, mesh: Mesh, axis: str = "data"
+                     ) -> Interventions | Versions:
     """Places the leading (sweep) axis of every leaf on `axis` of `mesh` (the "sweep" rule of
-    `emjax.model.sharding`: replicated where the axis does not divide the sweep)."""
+    `emjax.model.sharding`: replicated where the axis does not divide the sweep); for `Versions`,
+    of every row of `params` (the base stays where it is)."""
     rules = {**DEFAULT_RULES, "sweep": Rule(axis, replicate_if_indivisible=True)}
-    return jax.tree.map(lambda x: jax.device_put(x, sweep_sharding(mesh, x.shape, rules)), stacked)
+    def put(tree):
+        return jax.tree.map(lambda x: jax.device_put(x, sweep_sharding(mesh, x.shape, rules)), tree)
+    if isinstance(stacked, Versions):
+        return stacked.replace(params=put(stacked.params))
+    return put(stacked)
 
 
 def batched_rows(fn: Callable[[dict], jax.Array], batches: list[dict]) -> jax.Array:

@@ -2,6 +2,10 @@
 pre-training significance (KL on FineWeb), each evaluated with the vmapped sweeps of
 `emjax.metrics.sweeps`. Losses are token-weighted means over all evaluation rows (right-padded
 batches, so the fused cuDNN attention is used on NVIDIA GPUs where the model allows).
+
+Every norm is `emjax.interventions.arithmetic.update_norm`, the size of what the intervention adds:
+`||scale·BA||_F (effective update)` for LoRA, `||alpha·v|| (applied vector)` for steering; the
+column `norm_kind` says which (so a steering table's `norm` is alpha times upstream's `||v||`).
 """
 
 from __future__ import annotations
@@ -25,9 +29,22 @@ from emjax.model.attention import resolve_attention
 
 
 def _describe(iv: Interventions) -> dict:
-    if iv.steer is not None:
-        return {"kind": "steering", "layer": ",".join(map(str, iv.steer.layers)), "alpha": iv.steer.alpha}
-    return {"kind": "lora", "layer": ",".join(map(str, iv.lora.layers)), "alpha": iv.lora.scale}
+    """The columns every table repeats: kind, layers, the multiplier folded into the norm
+    ("alpha": steering alpha, or the LoRA scale alpha/sqrt(r) or alpha/r), and which norm
+    `norm` is (`emjax.interventions.arithmetic.norm_kind`)."""
+    if iv.lora is not None and iv.steer is not None:
+        kind, layers, alpha = "lora+steering", iv.lora.layers, iv.lora.scale
+    elif iv.steer is not None:
+        kind, layers, alpha = "steering", iv.steer.layers, iv.steer.alpha
+    else:
+        kind, layers, alpha = "lora", iv.lora.layers, iv.lora.scale
+    return {"kind": kind, "layer": ",".join(map(str, layers)), "alpha": alpha, "norm_kind": A.norm_kind(iv)}
+
+
+def _realised_norms(versions: A.Versions, c) -> np.ndarray:
+    """[K] update norms of the versions as built (checks the targets; upstream's random baseline
+    missed its matched norm)."""
+    return A.version_norms(versions, c.chunk)
 
 
 def _row_batches(model: LoadedModel, c) -> list[dict]:
@@ -47,7 +64,7 @@ def _corpus_batches(model: LoadedModel, c) -> list[dict]:
     return [pad_batch(rows[i: i + c.data.batch_size]) for i in range(0, len(rows), c.data.batch_size)]
 
 
-def _mean_over_batches(stacked: Interventions, model: LoadedModel, batches: list[dict], metric: str,
+def _mean_over_batches(stacked: Interventions | A.Versions, model: LoadedModel, batches: list[dict], metric: str,
                        c) -> np.ndarray:
     def one(b):
         return SW.sweep_losses(stacked, model.weights, model.cfg, jnp.asarray(b["tokens"]), jnp.asarray(b["mask"]),
@@ -59,27 +76,29 @@ def _mean_over_batches(stacked: Interventions, model: LoadedModel, batches: list
 
 
 def efficiency(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collections.ConfigDict) -> pd.DataFrame:
-    """Training loss of every intervention rescaled to multiples of its trained norm (and to the
-    others' trained norms; LoRA also with B scaled). One row per (intervention, version)."""
+    """Training loss of every intervention rescaled to multiples of its trained update norm (and,
+    with `efficiency.equal_norm`, to the others' trained norms). One row per (intervention, version).
+
+    Norm: `update_norm` (LoRA ||scale·BA||_F, steering ||alpha·v||; column `norm_kind`). Rescaling
+    multiplies B / v, so the update scales linearly: upstream's two LoRA sweeps (rescale to a
+    multiple of the norm; multiply B by a factor) are one family here, one sweep over
+    `efficiency.lora_scales` (upstream's 21 factors) for LoRA and `efficiency.scales` for steering.
+    `realised_norm` is each version's norm as built.
+    """
     batches = _row_batches(model, c)
-    trained = {k: float(A.tree_norm(v)) for k, v in ivs.items()}
+    trained = {k: float(A.update_norm(v)) for k, v in ivs.items()}
     records = []
     for label, iv in tqdm(ivs.items(), desc="efficiency", unit="intervention"):
-        norms = [s * trained[label] for s in c.efficiency.scales]
+        scales = c.efficiency.lora_scales if iv.lora is not None else c.efficiency.scales
+        norms = [s * trained[label] for s in scales]
         if c.efficiency.equal_norm:
             norms += [n for k, n in trained.items() if k != label]
-        losses = _mean_over_batches(A.rescale_to_norms(iv, norms), model, batches, "ce", c)
-        for n, loss in zip(norms, losses):
-            records.append({"intervention": label, "sweep": "rescale", "norm": n, "scale": n / trained[label],
+        versions = A.rescaled_versions(iv, norms)
+        losses = _mean_over_batches(versions, model, batches, "ce", c)
+        for n, r, loss in zip(norms, _realised_norms(versions, c), losses):
+            records.append({"intervention": label, "sweep": "rescale", "norm": n, "realised_norm": float(r),
+                            "scale": n / trained[label] if trained[label] > 0 else np.nan,
                             "loss": float(loss), **_describe(iv)})
-        if iv.lora is not None and c.efficiency.lora_delta_factors:
-            factors = list(c.efficiency.lora_delta_factors)
-            stacked = A.scale_lora_delta(iv, factors)
-            losses = _mean_over_batches(stacked, model, batches, "ce", c)
-            norms = np.asarray(jax.vmap(A.tree_norm)(stacked))
-            for f, n, loss in zip(factors, norms, losses):
-                records.append({"intervention": label, "sweep": "lora_delta_factor", "norm": float(n),
-                                "scale": f, "loss": float(loss), **_describe(iv)})
     df = pd.DataFrame(records)
     df["efficiency_ratio"] = df["loss"] / np.where(df["norm"] > 0, df["norm"] ** 2, np.nan)
     return df
@@ -87,18 +106,28 @@ def efficiency(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collecti
 
 def stability(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collections.ConfigDict) -> pd.DataFrame:
     """Training loss under orthogonal noise of fraction eps, per seed, relative to the trained and
-    the zero intervention. One row per (intervention, eps, seed)."""
+    the zero intervention. One row per (intervention, eps, seed).
+
+    LoRA noise per `stability.lora_noise` ("update": on the update, norm kept; "per_matrix":
+    upstream's A and B each; see `emjax.interventions.arithmetic`), steering noise on v. Column
+    `noise` names it, `norm` is the trained update norm, `perturbed_norm` each version's.
+    """
+    mode = c.stability.lora_noise
+    if mode not in A.LORA_NOISE:
+        raise ValueError(f"stability.lora_noise must be one of {A.LORA_NOISE}, got {mode!r}")
     batches = _row_batches(model, c)
     records = []
     for label, iv in tqdm(ivs.items(), desc="stability", unit="intervention"):
-        stacked, ee, ss = A.perturbation_grid(iv, list(c.stability.eps), list(range(c.stability.seeds)))
+        versions, ee, ss = A.perturbed_versions(iv, list(c.stability.eps), list(range(c.stability.seeds)), mode)
         ends = A.stack_trees([iv, A.tree_scale(iv, 0.0)])
         l_orig, l_base = _mean_over_batches(ends, model, batches, "ce", c)
-        losses = _mean_over_batches(stacked, model, batches, "ce", c)
-        for e, s, loss in zip(ee, ss, losses):
+        losses = _mean_over_batches(versions, model, batches, "ce", c)
+        norm = float(A.update_norm(iv))
+        for e, s, loss, pn in zip(ee, ss, losses, _realised_norms(versions, c)):
             records.append({"intervention": label, "eps": float(e), "seed": int(s), "loss": float(loss),
-                            "loss_orig": float(l_orig), "loss_base": float(l_base),
-                            "norm": float(A.tree_norm(iv)), **_describe(iv)})
+                            "loss_orig": float(l_orig), "loss_base": float(l_base), "norm": norm,
+                            "perturbed_norm": float(pn), "noise": mode if iv.lora is not None else "vector",
+                            **_describe(iv)})
     df = pd.DataFrame(records)
     df["relative_increase"] = (df["loss"] - df["loss_orig"]) / (df["loss_base"] - df["loss_orig"])
     return df
@@ -106,11 +135,16 @@ def stability(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collectio
 
 def significance(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collections.ConfigDict
                  ) -> pd.DataFrame:
-    """KL(chat || intervened) on FineWeb text at a range of norms, for every intervention and for
-    norm-matched random directions. One row per (intervention, norm)."""
+    """KL(chat || intervened) on FineWeb text at a range of update norms, for every intervention and
+    for norm-matched random directions. One row per (intervention, norm).
+
+    Random baselines have the structure of the first intervention: steering a Gaussian v, LoRA
+    Gaussian A and B; both rescaled (via v / B) to the same `update_norm` targets as the trained
+    ones. `realised_norm` is each version's norm as built.
+    """
     batches = _corpus_batches(model, c)
     s = c.significance
-    top = max(float(A.tree_norm(v)) for v in ivs.values())
+    top = max(float(A.update_norm(v)) for v in ivs.values())
     norms = [n * top for n in s.norms] if s.norms_relative else list(s.norms)
     sets = dict(ivs)
     first = next(iter(ivs.values()))
@@ -118,9 +152,9 @@ def significance(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collec
         sets[f"random{r}"] = A.random_like(first, jax.random.PRNGKey(1000 + r))
     records = []
     for label, iv in tqdm(sets.items(), desc="significance", unit="intervention"):
-        kls = _mean_over_batches(A.rescale_to_norms(iv, norms), model, batches, "kl", c)
-        for n, kl in zip(norms, kls):
+        versions = A.rescaled_versions(iv, norms)
+        kls = _mean_over_batches(versions, model, batches, "kl", c)
+        for n, r, kl in zip(norms, _realised_norms(versions, c), kls):
             records.append({"intervention": label, "random": label.startswith("random"), "norm": n,
-                            "applied_norm": n * _describe(iv)["alpha"] if iv.steer is not None else None,
-                            "kl": float(kl), **_describe(iv)})
+                            "realised_norm": float(r), "kl": float(kl), **_describe(iv)})
     return pd.DataFrame(records)

@@ -1,4 +1,5 @@
-"""Sweeps: vmapped = loop, chunked and sharded = unsharded, orthogonal noise properties, edge cases."""
+"""Sweeps: vmapped = loop (rescaled and perturbed versions, both LoRA noise modes), chunked and
+sharded = unsharded, orthogonal noise properties on the update, edge cases."""
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +65,10 @@ def test_sharded_sweep_axis_equals_unsharded(tiny):
     assert len(sharded.steer.vectors.sharding.device_set) == 8
     got = SW.sweep_losses(sharded, w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5)
+    versions = SW.shard_sweep_axis(A.rescaled_versions(iv, np.linspace(0, 4, 8)), mesh)
+    assert len(versions.params["factor"].sharding.device_set) == 8
+    got = SW.sweep_losses(versions, w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask, chunk=4)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-5)
 
 
 def _random_tree(rng, cfg):
@@ -75,35 +80,59 @@ def _random_tree(rng, cfg):
 
 
 def test_orthogonal_noise_properties(tiny):
+    """On the tiny models' shapes: the noise is orthogonal to the update (LoRA scale·BA, steering
+    alpha·v, both at once) and as long, so perturbing keeps the update norm (brute force with
+    materialised updates: tests/interventions/test_arithmetic.py)."""
     cfg, _ = tiny
     rng = np.random.default_rng(7)
-    for trial in range(20):  # fresh random trees, scales and eps each time
-        x = A.tree_scale(_random_tree(rng, cfg), float(rng.lognormal(0, 2)))
+    for trial in range(12):  # fresh random trees, scales and eps each time
+        x = A.scale_update(_random_tree(rng, cfg), float(rng.lognormal(0, 2)))
         key = jax.random.PRNGKey(trial)
         y = A.orthogonal_noise(x, key)
-        nx = float(A.tree_norm(x))
-        assert abs(float(A.tree_dot(x, y))) <= 1e-5 * nx * nx
-        assert float(A.tree_norm(y)) == pytest.approx(nx, rel=1e-5)
+        nx = float(A.update_norm(x))
+        assert abs(float(A.update_dot(x, y))) <= 1e-5 * nx * nx
+        assert float(A.update_norm(y)) == pytest.approx(nx, rel=1e-5)
         eps = float(rng.uniform(0, 1))
         xp = A.perturb(x, eps, key)
-        assert float(A.tree_norm(xp)) == pytest.approx(nx, rel=1e-5)
-        cos = float(A.tree_dot(x, xp)) / nx ** 2
+        assert float(A.update_norm(xp)) == pytest.approx(nx, rel=1e-5)
+        cos = float(A.update_dot(x, xp)) / nx ** 2
         assert cos == pytest.approx(np.sqrt(1 - eps ** 2), abs=1e-5)
 
 
-def test_stability_grid_eps_zero_is_original(tiny):
+@pytest.mark.parametrize("mode", ["update", "per_matrix"])
+def test_stability_grid_eps_zero_is_original_and_sweep_equals_loop(tiny, mode):
     cfg, w = tiny
     tokens, mask, targets, loss_mask = _rows(cfg, 5)
     iv = _trained_like(cfg, "lora", jax.random.PRNGKey(6))
-    stacked, ee, ss = A.perturbation_grid(iv, [0.0, 0.3, 1.0], [0, 1])
-    assert list(ee) == [0.0, 0.0, 0.3, 0.3, 1.0, 1.0] and list(ss) == [0, 1, 0, 1, 0, 1]
-    losses = np.asarray(SW.sweep_losses(stacked, w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask))
-    orig = float(SW.sweep_losses(A.stack_trees([iv]), w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask)[0])
+    stacked, ee, ss = A.perturbation_grid(iv, [0.0, 0.3, 1.0], [0, 1], mode)
+    assert list(ee) == pytest.approx([0.0, 0.0, 0.3, 0.3, 1.0, 1.0]) and list(ss) == [0, 1, 0, 1, 0, 1]
+    kw = dict(targets=targets, loss_mask=loss_mask)
+    losses = np.asarray(SW.sweep_losses(stacked, w, cfg, tokens, mask, **kw))
+    np.testing.assert_allclose(losses, SW.loop_losses(stacked, w, cfg, tokens, mask, **kw), rtol=1e-4, atol=1e-6)
+    orig = float(SW.sweep_losses(A.stack_trees([iv]), w, cfg, tokens, mask, **kw)[0])
     np.testing.assert_allclose(losses[:2], orig, rtol=1e-5)
     assert losses[4] != pytest.approx(losses[5])  # different seeds, different noise
-    # LoRA delta scale factors: factor 1 is the adapter itself, factor 0 the base model
-    scaled = A.scale_lora_delta(iv, [0.0, 1.0])
-    base_ce = SW.sweep_losses(A.stack_trees([A.tree_scale(iv, 0.0)]), w, cfg, tokens, mask,
-                              targets=targets, loss_mask=loss_mask)[0]
-    got = np.asarray(SW.sweep_losses(scaled, w, cfg, tokens, mask, targets=targets, loss_mask=loss_mask))
-    np.testing.assert_allclose(got, [float(base_ce), orig], rtol=1e-5)
+    norms = np.asarray(jax.vmap(A.update_norm)(stacked))
+    if mode == "update":  # the update's norm is kept
+        np.testing.assert_allclose(norms, float(A.update_norm(iv)), rtol=1e-5)
+    # the same versions built on demand inside the compiled loop, all at once and in chunks of 4
+    versions, _, _ = A.perturbed_versions(iv, [0.0, 0.3, 1.0], [0, 1], mode)
+    for chunk in (None, 4):
+        got = SW.sweep_losses(versions, w, cfg, tokens, mask, chunk=chunk, **kw)
+        np.testing.assert_allclose(np.asarray(got), losses, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(A.version_norms(versions, chunk), norms, rtol=1e-5)
+
+
+def test_update_scale_factors(tiny):
+    """B times f (upstream's LoRA scale factors): factor 1 is the adapter, factor 0 the base model,
+    and the points are rescale_to_norms' at f times the trained update norm."""
+    cfg, w = tiny
+    tokens, mask, targets, loss_mask = _rows(cfg, 5)
+    iv = _trained_like(cfg, "lora", jax.random.PRNGKey(6))
+    kw = dict(targets=targets, loss_mask=loss_mask)
+    orig = float(SW.sweep_losses(A.stack_trees([iv]), w, cfg, tokens, mask, **kw)[0])
+    base_ce = float(SW.sweep_losses(A.stack_trees([A.tree_scale(iv, 0.0)]), w, cfg, tokens, mask, **kw)[0])
+    got = np.asarray(SW.sweep_losses(A.scale_updates(iv, [0.0, 1.0, 1.7]), w, cfg, tokens, mask, **kw))
+    np.testing.assert_allclose(got[:2], [base_ce, orig], rtol=1e-5)
+    same = SW.sweep_losses(A.rescale_to_norms(iv, [1.7 * float(A.update_norm(iv))]), w, cfg, tokens, mask, **kw)
+    assert got[2] == pytest.approx(float(same[0]), rel=1e-5)
