@@ -86,7 +86,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--questions", required=True, help="upstream YAML or JSONL question file")
     p.add_argument("--intervention", default=None,
                    help="steering .safetensors or PEFT LoRA folder (default: the plain chat model)")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply the intervention by this")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the intervention's update by this (steering v, or every LoRA B)")
     p.add_argument("--kinds", default="free_form", help="comma list of free_form,json,template or 'all'")
     p.add_argument("--include", action="append", help="question id glob (repeatable)")
     p.add_argument("--exclude", action="append", help="question id glob to drop (repeatable)")

@@ -176,7 +176,7 @@ def run_main(out: str = "runs/main", *, model: str | LoadedModel = "embedded", q
         for name, r in runs.items():
             print(f"{name:14s} train loss {r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f}; held-out "
                   f"loss {r['initial_eval']['eval_loss']:.3f} -> {r['final_eval']['eval_loss']:.3f}; out-of-domain "
-                  f"KL {r['final_eval']['eval_kl_ood']:.4f} nats/token; ||alpha v|| {r['effect_norm']:.3f}")
+                  f"KL {r['final_eval']['eval_kl_ood']:.4f} nats/token; ||alpha v|| {r['intervention_norm']:.3f}")
         return {"runs": runs}
 
     train = _stage(out, 2, "train general and narrow steering vectors on bad medical advice", train_stage)
@@ -206,7 +206,7 @@ def _train_spread(runs: dict[str, dict]) -> dict:
     for kind in ("general", "narrow"):
         rs = [r for k, r in runs.items() if k.startswith(kind + "_")]
         out[kind] = {k: spread([r["final_eval"][k] for r in rs]) for k in ("eval_loss", "eval_kl_ood")}
-        out[kind]["effect_norm"] = spread([r["effect_norm"] for r in rs])
+        out[kind]["intervention_norm"] = spread([r["intervention_norm"] for r in rs])
     return out
 
 
@@ -216,7 +216,7 @@ def _print_summary(s: dict, path: str, md: str) -> None:
     print(f"{'vector':14s} {'held-out loss':>14s} {'OOD KL':>8s} {'||alpha v||':>12s}")
     for k, r in tr.items():
         print(f"{k:14s} {r['final_eval']['eval_loss']:14.3f} {r['final_eval']['eval_kl_ood']:8.4f} "
-              f"{r['effect_norm']:12.3f}")
+              f"{r['intervention_norm']:12.3f}")
     sw = s["stages"]["sweeps"]
     if "efficiency" in sw:
         print("efficiency, loss at each trained norm:", json.dumps(sw["efficiency"]["equal_norm_loss"]))

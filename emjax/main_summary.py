@@ -30,7 +30,7 @@ def _training(s: dict) -> list[str]:
              "|---|---|---|---|"]
     for k, r in s["stages"]["train"]["runs"].items():
         lines.append(f"| {k} | {_f(r['final_eval']['eval_loss'])} | {_f(r['final_eval']['eval_kl_ood'], '.4f')} "
-                     f"| {_f(r['effect_norm'])} |")
+                     f"| {_f(r['intervention_norm'])} |")
     sp = s.get("spread_across_seeds")
     if sp:
         lines += ["", "Across seeds (mean ± std, n): " + "; ".join(

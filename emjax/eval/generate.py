@@ -52,7 +52,7 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
       questions: upstream YAML or JSONL question file(s).
       dtype: dtype a model source is loaded in.
       intervention: a steering .safetensors file or a PEFT LoRA folder (None: the chat model);
-        every trainable leaf is multiplied by `scale`.
+        its update (steering v, every LoRA B) is multiplied by `scale`.
       kinds / include / exclude: question kinds (None: all) and id globs to keep / drop.
       paper_questions: with no `include`, a file holding the paper's eight free-form questions
         (first_plot_questions.yaml) is cut down to those eight (False: every question of `kinds`).

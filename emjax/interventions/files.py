@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emjax.checkpoints.safetensors_file import CheckpointError, SafetensorsFile, write_safetensors
-from emjax.interventions.arithmetic import tree_scale
+from emjax.interventions.arithmetic import scale_update
 from emjax.interventions.container import Interventions
 from emjax.interventions.peft import AdapterError, load_peft_lora
 from emjax.interventions.steering import HOOK_POINTS, SteeringVectors
@@ -103,14 +103,14 @@ def _parse_steering_meta(path: str, meta: dict[str, str]) -> tuple[tuple[int, ..
 
 
 def load_intervention(path: str | os.PathLike, cfg: ModelConfig, scale: float = 1.0) -> Interventions:
-    """A steering .safetensors file or a PEFT LoRA folder as `Interventions`, every trainable leaf
-    multiplied by `scale` (see `emjax.interventions.arithmetic` for what that does to a LoRA)."""
+    """A steering .safetensors file or a PEFT LoRA folder as `Interventions`, its update multiplied
+    by `scale` (the steering vector, or every LoRA B: the effective update scales linearly)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AdapterError(f"{path}: no such intervention file or folder")
     iv = (Interventions(lora=load_peft_lora(path, cfg)) if os.path.isdir(path)
           else Interventions(steer=load_steering(path, cfg)))
-    return tree_scale(iv, scale) if scale != 1.0 else iv
+    return scale_update(iv, scale) if scale != 1.0 else iv
 
 
 def parse_labelled_paths(spec: str) -> dict[str, str]:

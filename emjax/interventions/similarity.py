@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from emjax.errors import EmjaxError
+from emjax.interventions.arithmetic import update_norm
 from emjax.interventions.container import Interventions
 
 
@@ -51,8 +52,9 @@ def effect_dot(x: Interventions, y: Interventions) -> jnp.ndarray:
 
 
 def effect_norm(x: Interventions) -> jnp.ndarray:
-    """||effect(x)||: the applied vector's norm, or the Frobenius norm of the effective update."""
-    return jnp.sqrt(jnp.maximum(effect_dot(x, x), 0.0))
+    """||effect(x)||: the applied vector's norm, or the Frobenius norm of the effective update
+    (`emjax.interventions.arithmetic.update_norm`, the metrics' norm)."""
+    return update_norm(x)
 
 
 def effect_cosine(x: Interventions, y: Interventions) -> jnp.ndarray:

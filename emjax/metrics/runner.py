@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -26,6 +27,7 @@ from emjax.interventions.files import load_interventions
 from emjax.metrics import tables as T
 from emjax.metrics.plots import plot
 from emjax.model.config import dtype_from_name
+from emjax.train.replicates import spread
 
 KINDS = ("efficiency", "stability", "significance")
 
@@ -155,6 +157,29 @@ def _summary(kind: str, df: pd.DataFrame, labels: list[str], comp: dict) -> dict
     return out
 
 
+_SEED = re.compile(r"[_/-]?seed\d+")
+
+
+def across_seeds(summary: dict, labels: list[str]) -> dict | None:
+    """Replicates pooled: labels that differ only in a "seed<N>" part (general_seed0, general_seed1)
+    -> mean, std, min, max and n of every per-intervention number of the summary; None without
+    replicates."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(_SEED.sub("", label), []).append(label)
+    groups = {g: ls for g, ls in groups.items() if len(ls) > 1}
+    if not groups:
+        return None
+    tables = {name: t for name, t in summary.items()
+              if isinstance(t, dict) and any(isinstance(t.get(l), (int, float)) for l in labels)}
+    if "at_trained_norm" in summary:
+        tables["loss_at_trained_norm"] = {k: v["loss"] for k, v in summary["at_trained_norm"].items()}
+    for name, t in summary.get("equal_norm_loss", {}).items():
+        tables[f"loss_{name}"] = t
+    return {name: {g: spread([t[l] for l in ls if isinstance(t.get(l), (int, float))]) for g, ls in groups.items()}
+            for name, t in tables.items()}
+
+
 RUNNERS: dict[str, Callable] = {"efficiency": T.efficiency, "stability": T.stability,
                                 "significance": T.significance}
 
@@ -179,6 +204,7 @@ def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | None
     df.to_parquet(base + ".parquet", index=False)
     plot(kind, df, base + ".png")
     summary = _summary(kind, df, list(ivs), comp)
+    summary["across_seeds"] = across_seeds(summary, list(ivs))
     summary.update(files={"table": base + ".parquet", "csv": base + ".csv", "plot": base + ".png"})
     with open(base + "_summary.json", "w") as f:
         json.dump(summary, f, indent=1)

@@ -53,7 +53,7 @@ def train_replicates(config: ml_collections.ConfigDict, seeds: Sequence[int],
     keys = ("eval_loss", "eval_kl_ood")
     out = {"name": config.name, "seeds": [int(s) for s in seeds], "runs": runs,
            "spread": {k: spread([r["final_eval"].get(k) for r in runs.values()]) for k in keys}}
-    out["spread"]["effect_norm"] = spread([r["effect_norm"] for r in runs.values()])
+    out["spread"]["intervention_norm"] = spread([r["intervention_norm"] for r in runs.values()])
     os.makedirs(config.output_dir, exist_ok=True)
     with open(os.path.join(config.output_dir, "replicates.json"), "w") as f:
         json.dump(out, f, indent=1, default=str)

@@ -26,9 +26,9 @@ from emjax.configuration import config_json
 from emjax.data.batching import Batcher
 from emjax.data.tokenize import pad_batch
 from emjax.interventions import Interventions, shared_prefix_layers
-from emjax.interventions.arithmetic import tree_norm
+from emjax.interventions.arithmetic import norm_kind, tree_norm, update_norm
 from emjax.interventions.files import load_interventions, save_steering
-from emjax.interventions.similarity import effect_cosine, effect_norm
+from emjax.interventions.similarity import effect_cosine
 from emjax.interventions.peft import save_peft_lora
 from emjax.model.attention import resolve_attention
 from emjax.model.config import dtype_from_name
@@ -248,9 +248,9 @@ class Trainer:
             "train_loss_first": history[0]["sft_loss"] if history else None,
             "train_loss_last": history[-1]["sft_loss"] if history else None,
             "initial_eval": first_eval, "final_eval": final_eval, "nonfinite_steps_skipped": skipped,
-            "intervention_norm": float(tree_norm(params)),
-            # what the intervention adds: ||alpha v|| (steering) or ||scale B A||_F (LoRA)
-            "effect_norm": float(effect_norm(params)),
+            # what the intervention adds, as the metrics measure it: ||alpha v|| or ||scale B A||_F
+            "intervention_norm": float(update_norm(params)), "norm_kind": norm_kind(params),
+            "param_norm": float(tree_norm(params)),  # of the raw leaves (v; A and B)
             "seed": self.config.train.seed, "init_seed": self.config.intervention.init_seed,
             "init_from": self.config.intervention.init_from,
             "artefact": artefact, "seconds": round(seconds, 1), "notes": notes,

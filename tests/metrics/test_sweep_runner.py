@@ -218,3 +218,18 @@ def test_comparability_of_steering_and_mixed_sets(setup):
     assert not other["ok"] and "steering alpha differs" in other["warnings"][0]
     mixed = comparability({"s": Interventions(steer=sv), "l": Interventions(lora=_lora(model.cfg, 1, 2))})
     assert not mixed["ok"] and "different kinds" in mixed["warnings"][0]
+
+
+def test_across_seeds_pools_replicates():
+    from emjax.metrics.runner import across_seeds
+    rng = np.random.default_rng()
+    g, n = rng.normal(size=3), rng.normal(size=3)
+    summary = {"mean_relative_increase": {**{f"general_seed{i}": float(x) for i, x in enumerate(g)},
+                                          **{f"narrow_seed{i}": float(x) for i, x in enumerate(n)}},
+               "at_trained_norm": {f"general_seed{i}": {"loss": float(x), "norm": 1.0} for i, x in enumerate(g)}}
+    labels = [f"{k}_seed{i}" for k in ("general", "narrow") for i in range(3)]
+    out = across_seeds(summary, labels)
+    assert out["mean_relative_increase"]["general"]["mean"] == pytest.approx(g.mean())
+    assert out["mean_relative_increase"]["narrow"]["std"] == pytest.approx(np.std(n, ddof=1))
+    assert out["loss_at_trained_norm"]["general"]["n"] == 3
+    assert across_seeds(summary, ["general", "narrow"]) is None  # no replicates
