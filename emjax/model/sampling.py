@@ -372,8 +372,8 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
            interventions: HookSource | InterventionSet | None = None,
            intervention_index: Sequence[int] | None = None, repeats: Sequence[int] | None = None,
            row_ids: Sequence[int] | None = None, share_prompts: bool = True,
-           vocab_limit: int | None = None, pad_to: int = 8, layer_unroll: int = 1,
-           decode_attention: str = "auto", stop_check: int = STOP_CHECK,
+           vocab_limit: int | None = None, pad_to: int = 8, prompt_len: int | None = None,
+           layer_unroll: int = 1, decode_attention: str = "auto", stop_check: int = STOP_CHECK,
            memory_budget: int | None = None) -> Samples:
     """Samples continuations of token-id prompts of any lengths; see `generate` for the arguments.
 
@@ -399,15 +399,21 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     ids = np.arange(b, dtype=np.int64) if row_ids is None else np.asarray(row_ids, np.int64)
     if ids.shape != (b,) or (b and (ids.min() < 0 or ids.max() >= 2 ** 32)):
         raise ValueError(f"row_ids must give one id in [0, 2**32) per row ({b} rows after repeats)")
-    p = max(len(x) for x in unit_prompts)
+    p = max(max(len(x) for x in unit_prompts), prompt_len or 0)
     p = -(-p // pad_to) * pad_to
     u = len(unit_prompts)
-    memory = check_memory(cfg, b, u, p, max_new_tokens, weights.embed.dtype, _budget(memory_budget, weights))
-    tokens = np.zeros((u, p), np.int32)
-    mask = np.zeros((u, p), bool)
-    for i, row in enumerate(unit_prompts):
+    # prefill rows padded to a multiple of 8 with copies of the last prompt (never decoded): batches
+    # that differ only a little in their number of distinct prompts share one compiled program
+    u_pad = -(-u // 8) * 8
+    memory = check_memory(cfg, b, u_pad, p, max_new_tokens, weights.embed.dtype, _budget(memory_budget, weights))
+    tokens = np.zeros((u_pad, p), np.int32)
+    mask = np.zeros((u_pad, p), bool)
+    for i in range(u_pad):
+        row = unit_prompts[min(i, u - 1)]
         tokens[i, p - len(row):] = row
         mask[i, p - len(row):] = True
+    if unit_index is not None:
+        unit_index = np.concatenate([unit_index, np.full(u_pad - u, unit_index[-1], np.int32)])
     iv = interventions if index is None else interventions.select(unit_index)
     stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
     limit = cfg.vocab_size if vocab_limit is None else vocab_limit
@@ -428,8 +434,8 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
              interventions: HookSource | InterventionSet | None = None,
              intervention_index: Sequence[int] | None = None, repeats: Sequence[int] | None = None,
              row_ids: Sequence[int] | None = None, share_prompts: bool = True,
-             vocab_limit: int | None = None, pad_to: int = 8, layer_unroll: int = 1,
-             decode_attention: str = "auto", stop_check: int = STOP_CHECK,
+             vocab_limit: int | None = None, pad_to: int = 8, prompt_len: int | None = None,
+             layer_unroll: int = 1, decode_attention: str = "auto", stop_check: int = STOP_CHECK,
              memory_budget: int | None = None) -> list[list[int]]:
     """Samples continuations of token-id prompts of any lengths.
 
@@ -438,7 +444,8 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
 
     Args:
       prompts: token ids per prompt; left-padded to a common length (rounded up to `pad_to` so
-        nearby lengths share one compiled program).
+        nearby lengths share one compiled program; at least `prompt_len` when given, so that
+        batches of different prompts share one).
       temperature: 0 means greedy (argmax).
       top_p / top_k: nucleus and top-k filtering (1.0 / 0 disable them).
       stop_ids: a row stops after emitting one of these (the stop token is included).
@@ -468,5 +475,6 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
     return sample(weights, cfg, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                   top_k=top_k, stop_ids=stop_ids, seed=seed, interventions=interventions,
                   intervention_index=intervention_index, repeats=repeats, row_ids=row_ids,
-                  share_prompts=share_prompts, vocab_limit=vocab_limit, pad_to=pad_to, layer_unroll=layer_unroll,
+                  share_prompts=share_prompts, vocab_limit=vocab_limit, pad_to=pad_to, prompt_len=prompt_len,
+                  layer_unroll=layer_unroll,
                   decode_attention=decode_attention, stop_check=stop_check, memory_budget=memory_budget).tokens

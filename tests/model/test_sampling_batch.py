@@ -129,18 +129,18 @@ def test_early_stop_equals_all_steps(tiny):
 
 def test_memory_check_suggests_a_batch(tiny):
     cfg, w = tiny
-    est = S.decode_memory(cfg, rows=10, prompt_rows=2, prompt_len=8, max_new_tokens=100, dtype=jnp.float32)
+    est = S.decode_memory(cfg, rows=10, prompt_rows=8, prompt_len=8, max_new_tokens=100, dtype=jnp.float32)
     assert est.slots == 128  # 108 tokens rounded up to the kernel's 64-slot blocks
     assert est.kv_cache == cfg.n_layers * 10 * 128 * cfg.n_kv_heads * cfg.head_dim * 2 * 4
     budget = est.fixed + 4 * est.per_row + est.per_row // 2
-    assert S.max_rows(cfg, 8, 100, jnp.float32, budget, prompt_rows=2) == 4
+    assert S.max_rows(cfg, 8, 100, jnp.float32, budget, prompt_rows=8) == 4  # 8: prefills padded
     prompts = [[1, 2, 3]] * 2
     with pytest.raises(S.SamplingMemoryError, match=r"At most 4 rows fit") as e:
         S.generate(w, cfg, prompts, repeats=[5, 5], max_new_tokens=100, memory_budget=budget)
     assert isinstance(e.value, EmjaxError) and "10 rows x 128 cache slots" in str(e.value)
     with pytest.raises(S.SamplingMemoryError, match="Not even one row fits"):
         S.generate(w, cfg, prompts, max_new_tokens=100, memory_budget=est.fixed // 2)
-    assert S.check_memory(cfg, 4, 2, 8, 100, jnp.float32, (budget, "test")).rows == 4  # fits: no error
+    assert S.check_memory(cfg, 4, 8, 8, 100, jnp.float32, (budget, "test")).rows == 4  # fits: no error
 
 
 def test_bad_indices(tiny):
