@@ -56,7 +56,7 @@ p.add_argument("--decode-attention", default="auto", choices=["auto", "xla", "pa
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
 rows, plen, new, reps = CASES[a.case]
-rows, plen, new, reps = a.batch or rows, a.prompt or plen, a.new or new, a.reps or reps
+rows, plen, new, reps = a.batch or rows, a.prompt or plen, a.new or new, a.reps or (1 if a.tiny else reps)
 
 cfg = bench_config(a.tiny)
 w = random_weights(cfg)
