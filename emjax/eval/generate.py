@@ -1,11 +1,26 @@
 """`emjax generate`: answers to evaluation questions, with full provenance, for the judge stage.
 
     generate("embedded", "questions.yaml", "answers.jsonl", intervention="runs/x/steering.safetensors")
+    generate("embedded", "questions.yaml", "answers.jsonl",
+             interventions={"chat": None, "general": "runs/g/steering.safetensors",
+                            "general x2": ("runs/g/steering.safetensors", 2.0), "narrow": "runs/n/lora"})
 
-Every (question, paraphrase, sample) becomes one `AnswerRecord` line in the output JSONL (model,
-intervention file, settings hash, seed, indices). Rows already in the output with the same
-settings are skipped, so an interrupted run resumes where it stopped. Sampling uses the KV-cache
-sampler with the intervention applied at every position of every row.
+Every (question, paraphrase, sample, intervention) becomes one `AnswerRecord` line in the output
+JSONL (model, intervention file and scale, settings hash, seed, indices; the label in
+`meta["label"]`). Rows already in the output with the same settings (one hash per intervention)
+are skipped, so an interrupted run resumes where it stopped.
+
+Sampling runs at evaluation scale: the rows of all interventions go through the KV-cache sampler
+together, in batches of up to `SamplingSettings.batch_size` rows (by default as many as the device
+memory allows), each row under its own intervention (`emjax.model.row_hooks`); the samples of a
+question under one intervention share one prefill of its prompt.
+
+Reproducibility: every answer's random draws come from (seed, question id, paraphrase, sample
+index) alone (`row_id`), so an answer does not depend on the batch size, on which other
+interventions or questions are sampled in the same call, or on where a resumed run restarted
+(up to the rounding of the logits, which may differ between batch shapes on GPUs). The same
+sample index of a question gets the same draws under every intervention: differences between
+interventions come from the interventions, not from the noise.
 """
 
 from __future__ import annotations
@@ -14,7 +29,9 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Sequence
+from typing import Mapping, Sequence, Union
+
+import numpy as np
 
 from tqdm.auto import tqdm
 
@@ -22,6 +39,7 @@ from emjax.checkpoints.load import LoadedModel, load_model
 from emjax.eval.questions import load_questions, paper_default, select_questions
 from emjax.eval.records import AnswerRecord, append_answers, read_answers
 from emjax.interventions.files import load_intervention
+from emjax.model import row_hooks as R
 from emjax.model import sampling as S
 from emjax.model.config import dtype_from_name
 
@@ -29,19 +47,72 @@ from emjax.model.config import dtype_from_name
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
     """How answers are sampled. Defaults are the paper's (DESIGN.md section 2): 50 samples per
-    paraphrase, temperature 1, top-p 1, 600 new tokens; batch size and seed are ours."""
+    paraphrase, temperature 1, top-p 1, 600 new tokens; batch size and seed are ours.
+
+    batch_size: rows per sampler call; 0 (default) sizes it from the device memory
+    (`emjax.model.sampling.max_rows`, at most AUTO_MAX_ROWS; AUTO_CPU_ROWS where the backend
+    reports no memory). The batch layout does not change the answers.
+    """
 
     samples: int = 50
     max_new_tokens: int = 600
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    batch_size: int = 32
+    batch_size: int = 0
     seed: int = 0
 
 
+AUTO_MAX_ROWS = 512  # past ~300 rows a 14B decode step is compute-bound: larger batches gain little
+AUTO_CPU_ROWS = 64
+# Settings every answer's hash covers besides the call's own: the sampler's way of drawing
+# (per-row keys from the answer's indices; answers of the earlier per-batch seeds hash differently).
+RNG_SCHEME = "row-keys-v1"
+
+InterventionSpec = Union[str, None, tuple]  # a path, None (the chat model), or (path, scale)
+
+
+def row_id(question_id: str, paraphrase_index: int, sample_index: int) -> int:
+    """The answer's random-stream id: a stable 32-bit hash of its indices."""
+    key = f"{question_id}\x00{paraphrase_index}\x00{sample_index}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+
+
+def _specs(intervention: str | None, interventions: Mapping[str, InterventionSpec] | None,
+           scale: float) -> dict[str, tuple[str | None, float]]:
+    """label -> (path or None, scale); the single `intervention` form has its path as label."""
+    if interventions is None:
+        return {intervention or "": (intervention, scale)}
+    if intervention is not None:
+        raise ValueError("give either intervention= or interventions=, not both")
+    if not interventions:
+        raise ValueError("interventions= is empty: give {label: path or None}")
+    out, seen = {}, {}
+    for label, spec in interventions.items():
+        path, sc = (spec if isinstance(spec, tuple) else (spec, scale))
+        path, sc = (None, 1.0) if path is None else (os.fspath(path), float(sc))
+        if (path, sc) in seen:
+            raise ValueError(f"interventions {seen[(path, sc)]!r} and {label!r} are the same "
+                             f"({path or 'the chat model'} x{sc:g}): their answers would be identical")
+        seen[(path, sc)] = label
+        out[str(label)] = (path, sc)
+    return out
+
+
+def _batch_rows(sampling: SamplingSettings, model: LoadedModel, prompt_len: int, prompt_rows: int) -> int:
+    if sampling.batch_size > 0:
+        return sampling.batch_size
+    budget = S.default_memory_budget(next(iter(model.weights.embed.sharding.device_set)))
+    if budget is None:
+        return AUTO_CPU_ROWS
+    fit = S.max_rows(model.cfg, prompt_len, sampling.max_new_tokens, model.weights.embed.dtype, budget[0],
+                     prompt_rows=-(-prompt_rows // 8) * 8)
+    return max(1, min(AUTO_MAX_ROWS, fit))
+
+
 def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str, *,
-             dtype: str = "float32", intervention: str | None = None, scale: float = 1.0,
+             dtype: str = "float32", intervention: str | None = None,
+             interventions: Mapping[str, InterventionSpec] | None = None, scale: float = 1.0,
              kinds: Sequence[str] | None = ("free_form",), include: Sequence[str] | None = None,
              exclude: Sequence[str] | None = None, sampling: SamplingSettings = SamplingSettings(),
              paper_questions: bool = True) -> dict:
@@ -53,46 +124,75 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
       dtype: dtype a model source is loaded in.
       intervention: a steering .safetensors file or a PEFT LoRA folder (None: the chat model);
         its update (steering v, every LoRA B) is multiplied by `scale`.
+      interventions: several at once instead, {label: path, None (the chat model) or (path,
+        scale)}; rows = questions x paraphrases x samples x interventions, sampled together.
       kinds / include / exclude: question kinds (None: all) and id globs to keep / drop.
       paper_questions: with no `include`, a file holding the paper's eight free-form questions
         (first_plot_questions.yaml) is cut down to those eight (False: every question of `kinds`).
-    Returns {"questions", "generated", "skipped", "out"} counts.
+    Returns {"questions", "generated", "skipped", "out"} counts (answers, all interventions).
     """
+    specs = _specs(intervention, interventions, scale)
     source = model if isinstance(model, str) else model.source
     if isinstance(model, str):
         model = load_model(model, dtype=dtype_from_name(dtype))
-    iv = load_intervention(intervention, model.cfg, scale) if intervention else None
+    labels = list(specs)
+    ivs = [None if path is None else load_intervention(path, model.cfg, sc) for path, sc in specs.values()]
     loaded = load_questions(questions)
     if include is None and kinds is not None and paper_questions:
         include = paper_default(loaded)  # the paper's 8 questions of first_plot_questions.yaml
     selected = select_questions(loaded, kinds, include, exclude)
-    settings = {"model": source, "dtype": dtype, "questions": questions, "intervention": intervention,
-                "scale": scale, **dataclasses.asdict(sampling)}
-    settings.pop("batch_size")  # the batch layout does not change what is asked for
-    config_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    base = {"model": source, "dtype": dtype, "questions": questions, **dataclasses.asdict(sampling),
+            "rng": RNG_SCHEME}
+    base.pop("batch_size")  # the batch layout does not change what is asked for
+    hashes = [hashlib.sha256(json.dumps({**base, "intervention": path, "scale": sc}, sort_keys=True)
+                             .encode()).hexdigest()[:16] for path, sc in specs.values()]
     done = set()
     if os.path.exists(out):
-        done = {(a.question_id, a.paraphrase_index, a.sample_index) for a in read_answers(out)
-                if a.config_hash == config_hash}
-    jobs = [(q, pi, p, si) for q in selected for pi, p in enumerate(q.paraphrases)
-            for si in range(sampling.samples) if (q.id, pi, si) not in done]
-    print(f"{len(selected)} questions, {len(jobs)} answers to generate ({len(done)} already in {out})")
+        of_hash = {h: k for k, h in enumerate(hashes)}
+        done = {(of_hash[a.config_hash], a.question_id, a.paraphrase_index, a.sample_index)
+                for a in read_answers(out) if a.config_hash in of_hash}
+    # consecutive rows share (prompt, intervention): the sampler prefills them once
+    jobs = [(q, pi, p, k, si) for q in selected for pi, p in enumerate(q.paraphrases) for k in range(len(specs))
+            for si in range(sampling.samples) if (k, q.id, pi, si) not in done]
+    print(f"{len(selected)} questions x {len(specs)} interventions, {len(jobs)} answers to generate "
+          f"({len(done)} already in {out})")
+    if not jobs:
+        return {"questions": len(selected), "generated": 0, "skipped": len(done), "out": out}
     tok = model.tokenizer
+    prompt_of = {}
+    for q, pi, p, _, _ in jobs:
+        if (q.id, pi) not in prompt_of:
+            prompt_of[(q.id, pi)] = tok.prompt_ids(p, q.system)
+    # one padded prompt length and one batch size for every call: one compiled program
+    prompt_len = max(len(ids) for ids in prompt_of.values())
+    units = len({(q.id, pi, k) for q, pi, _, k, _ in jobs})
+    rows = _batch_rows(sampling, model, prompt_len, units)
+    n_calls = -(-len(jobs) // rows)
+    rows = -(-len(jobs) // n_calls)  # even batches; the last is padded with copies of its last row
+    iset = R.intervention_set(model.cfg, ivs) if len(specs) > 1 and any(iv is not None for iv in ivs) else None
     bar = tqdm(total=len(jobs), desc="generate", unit="answer")
-    for b in range(0, len(jobs), sampling.batch_size):
-        chunk = jobs[b: b + sampling.batch_size]
-        prompts = [tok.prompt_ids(p, q.system) for q, _, p, _ in chunk]
-        # one seed per batch, derived from the run seed and the batch position: reproducible
-        outs = S.generate(model.weights, model.cfg, prompts, max_new_tokens=sampling.max_new_tokens,
-                          temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
-                          stop_ids=tok.stop_ids, seed=sampling.seed * 1_000_003 + b, interventions=iv,
-                          vocab_limit=tok.vocab_size)
-        records = [AnswerRecord(question_id=q.id, paraphrase_index=pi, sample_index=si, question=p,
-                                answer=tok.decode(o), system=q.system, model=model.name,
-                                intervention=(f"{intervention} x{scale:g}" if intervention else ""),
-                                config_hash=config_hash, seed=sampling.seed,
-                                meta={"n_tokens": len(o), "stopped": bool(o and o[-1] in tok.stop_ids)})
-                   for (q, pi, p, si), o in zip(chunk, outs)]
+    for c in range(n_calls):
+        chunk = jobs[c * rows: (c + 1) * rows]
+        padded = chunk + [chunk[-1]] * (rows - len(chunk))
+        members = {k for _, _, _, k, _ in padded}
+        kw = {}
+        if len(members) == 1:  # one intervention: the single-intervention path (no per-row gathers)
+            kw["interventions"] = ivs[next(iter(members))]
+        elif iset is not None:
+            kw.update(interventions=iset, intervention_index=[-1 if ivs[k] is None else k for *_, k, _ in padded])
+        outs = S.generate(model.weights, model.cfg, [prompt_of[(q.id, pi)] for q, pi, *_ in padded],
+                          max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                          top_p=sampling.top_p, top_k=sampling.top_k, stop_ids=tok.stop_ids, seed=sampling.seed,
+                          row_ids=[row_id(q.id, pi, si) for q, pi, _, _, si in padded], prompt_len=prompt_len,
+                          vocab_limit=tok.vocab_size, **kw)[: len(chunk)]
+        records = []
+        for (q, pi, p, k, si), o in zip(chunk, outs):
+            path, sc = specs[labels[k]]
+            records.append(AnswerRecord(
+                question_id=q.id, paraphrase_index=pi, sample_index=si, question=p, answer=tok.decode(o),
+                system=q.system, model=model.name, intervention=(f"{path} x{sc:g}" if path else ""),
+                config_hash=hashes[k], seed=sampling.seed,
+                meta={"n_tokens": len(o), "stopped": bool(o and o[-1] in tok.stop_ids), "label": labels[k]}))
         append_answers(out, records)
         bar.update(len(chunk))
     bar.close()

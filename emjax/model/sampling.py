@@ -1,14 +1,39 @@
-"""Sampling with a KV cache: one jitted prefill, then a jitted decode loop.
+"""Sampling with a KV cache: one jitted program, a prefill and then a decode loop.
 
 The cache stores, for every slot, the key/value and the *position* of the token in it, so masks
 (causal, sliding window, padding) are computed from positions, never from slot indices: prompts of
 different lengths are left-padded and every row decodes in lock-step. Interventions (LoRA,
 steering) are applied at every position of every row, in prefill and in decode, exactly as in
 training.
+
+Evaluation scale (hundreds of rows, many samples per question, several interventions at once):
+
+  * Many interventions in one batch: `interventions=` an `emjax.model.row_hooks.InterventionSet`
+    and `intervention_index=` one member per prompt (-1: the base model).
+  * Prefix sharing: the rows that continue the same prompt under the same intervention (the
+    samples of a question, `repeats=` or repeated prompts) are prefilled once and their prompt
+    cache is broadcast to each of them.
+  * Early stop: with stop ids, the decode loop runs in chunks of `stop_check` steps (a scan with a
+    fixed trip count, so no host round trip inside a chunk) and ends after the first chunk in
+    which every row has stopped. Rows stay in lock-step: refilling finished rows from a queue
+    (continuous batching) would need a write slot per row (a scatter into the cache instead of
+    one in-place slice per layer) and a prefill inside the loop, which is the hot path.
+  * Memory: the KV cache and the other decode buffers are estimated before anything is
+    allocated (`decode_memory`); over the budget a `SamplingMemoryError` names the numbers and
+    the largest batch that fits (`max_rows`).
+
+Reproducibility: row b draws its token at step t with the key fold_in(fold_in(key(seed),
+row_ids[b]), t), so its answer is a function of its prompt, its intervention, the seed, its row id
+and the settings, not of the other rows, the batch size or the order of the rows (default row ids:
+0..B-1, the row's place in the batch). What can still differ between layouts is the rounding of
+the logits: XLA (on GPUs, cuBLAS) may pick other matmul algorithms for other batch shapes or
+prompt paddings, and a near-tie can then sample another token. On CPU, tested here, a row sampled
+alone and in a mixed batch gives the same tokens.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Sequence
 
@@ -17,12 +42,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from emjax.errors import EmjaxError
 from emjax.model import decode_attention as DA
 from emjax.model import decoder as M
 from emjax.model.attention import attend, attention_mask
 from emjax.model.config import ModelConfig
 from emjax.model.hooks import HookSource, hooks_for
 from emjax.model.layers import CUBLAS_GEMMS, FusedQKV, default_positions, fuse_qkv, rms_norm, rope_tables
+from emjax.model.row_hooks import InterventionSet, RowInterventions
 from emjax.model.schema import Weights
 
 
@@ -97,49 +124,93 @@ def _filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: flo
 # matmuls (13% of decode time on a 14B model).
 DECODE_COMPILER_OPTIONS = {**CUBLAS_GEMMS, "xla_disable_hlo_passes": "dot-merger"}
 
+# Decode steps between two checks whether every row has stopped: the check is one host round
+# trip per chunk; a finished batch runs at most this many steps too many.
+STOP_CHECK = 32
+# Share of the free device memory the decode buffers may take by default (XLA needs some room).
+MEMORY_FRACTION = 0.9
+
+
+class SamplingMemoryError(EmjaxError, ValueError):
+    """The decode buffers of a sampling call exceed the memory budget; the message names the sizes
+    and the largest batch that fits."""
+
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "layer_unroll", "kernel"), compiler_options=DECODE_COMPILER_OPTIONS)
-def _generate(weights, cfg, tokens, mask, interventions, key, stop_ids, vocab_limit, *,
+                                             "layer_unroll", "kernel", "stop_check"),
+                   compiler_options=DECODE_COMPILER_OPTIONS)
+def _generate(weights, cfg, tokens, mask, expand, interventions, key, row_ids, stop_ids, vocab_limit, *,
               max_new_tokens: int, temperature: float, top_k: int, top_p: float, layer_unroll: int = 1,
-              kernel: str = "xla"):
-    b, p = tokens.shape
-    s = DA.cache_length(p + max_new_tokens)  # spare slots stay invalid
-    dtype = weights.embed.dtype
-    shape = (cfg.n_layers, b, s, cfg.n_kv_heads, cfg.head_dim)
-    positions = default_positions(mask)
-    cache = KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                    pos=jnp.zeros((b, s), jnp.int32).at[:, :p].set(positions),
-                    valid=jnp.zeros((b, s), bool).at[:, :p].set(mask))
-    fused = fuse_qkv(weights.layers)  # once per call; every decode step reads it
-    x, cache = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tokens), positions, cache, 0, interventions,
-                                  fused)
-    logits = M.unembed(weights, cfg, x[:, -1:])[:, 0]
-    next_pos = positions[:, -1] + 1
-    in_vocab = jnp.arange(logits.shape[-1]) < vocab_limit  # padded embedding rows never sampled
+              kernel: str = "xla", stop_check: int = 0):
+    """Prefills U prompts tokens/mask [U, P] and decodes B = len(expand) rows, row b continuing
+    prompt expand[b] [B]. `interventions` is indexed by prompt (a `RowInterventions` over U rows,
+    or one intervention for all); row_ids [B] uint32 seed each row's draws.
 
-    def pick(logits, key):
+    Returns tokens [B, N] int32, lengths [B] int32 (tokens up to and including the first stop
+    token) and the number of decode steps run (less than N when every row stopped early).
+    """
+    u, p = tokens.shape
+    b = expand.shape[0]
+    n = max_new_tokens
+    s = DA.cache_length(p + n)  # spare slots stay invalid
+    dtype = weights.embed.dtype
+    kv_shape = lambda rows, slots: (cfg.n_layers, rows, slots, cfg.n_kv_heads, cfg.head_dim)
+    positions = default_positions(mask)
+    fused = fuse_qkv(weights.layers)  # once per call; every decode step reads it
+    # prefill each distinct (prompt, intervention) once, into a cache of the prompt's P slots ...
+    pre = KVCache(k=jnp.zeros(kv_shape(u, p), dtype), v=jnp.zeros(kv_shape(u, p), dtype), pos=positions,
+                  valid=mask)
+    x, pre = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tokens), positions, pre, 0, interventions,
+                                fused)
+    logits = jnp.take(M.unembed(weights, cfg, x[:, -1:])[:, 0], expand, axis=0)
+    # ... and broadcast it to the rows continuing it; the decode slots [P, S) start empty
+    empty = jnp.zeros(kv_shape(b, s), dtype)
+    cache = KVCache(k=empty.at[:, :, :p].set(jnp.take(pre.k, expand, axis=1)),
+                    v=empty.at[:, :, :p].set(jnp.take(pre.v, expand, axis=1)),
+                    pos=jnp.zeros((b, s), jnp.int32).at[:, :p].set(jnp.take(positions, expand, axis=0)),
+                    valid=jnp.zeros((b, s), bool).at[:, :p].set(jnp.take(mask, expand, axis=0)))
+    iv = interventions.take(expand) if isinstance(interventions, RowInterventions) else interventions
+    next_pos = cache.pos[:, p - 1] + 1
+    in_vocab = jnp.arange(logits.shape[-1]) < vocab_limit  # padded embedding rows never sampled
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids)
+
+    def pick(logits, t):
         logits = jnp.where(in_vocab, logits, -jnp.inf)
         if temperature == 0.0:
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-        return jax.random.categorical(key, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+        # a key per (row, step): a row's draws do not depend on the other rows or the batch size
+        keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, t)
+        filtered = _filter_logits(logits, temperature, top_k, top_p)
+        return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
 
-    def step(carry, t):
-        cache, logits, pos, done, key = carry
-        key, sub = jax.random.split(key)
-        tok = pick(logits, sub)
-        tok = jnp.where(done, stop_ids[0], tok)
-        finished = done | jnp.isin(tok, stop_ids)
+    def step(carry):
+        cache, logits, pos, done, t, toks, lengths = carry
+        tok = jnp.where(done, stop_ids[0], pick(logits, t))
+        toks = jax.lax.dynamic_update_slice(toks, tok[None], (t, 0))
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | jnp.isin(tok, stop_ids)
         slot = p + t
         cache = cache.replace(pos=cache.pos.at[:, slot].set(pos), valid=cache.valid.at[:, slot].set(True))
         x, cache = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tok[:, None]), pos[:, None],
-                                      cache, slot, interventions, fused, unroll=layer_unroll, kernel=kernel)
-        new_logits = M.unembed(weights, cfg, x)[:, 0]
-        return (cache, new_logits, pos + 1, finished, key), (tok, done)
+                                      cache, slot, iv, fused, unroll=layer_unroll, kernel=kernel)
+        return cache, M.unembed(weights, cfg, x)[:, 0], pos + 1, done, t + 1, toks, lengths
 
-    carry = (cache, logits, next_pos, jnp.zeros((b,), bool), key)
-    _, (toks, was_done) = jax.lax.scan(step, carry, jnp.arange(max_new_tokens))
-    return toks.T, (~was_done).sum(axis=0)
+    def steps(carry, length):  # a fixed trip count: no host round trip between the steps
+        return jax.lax.scan(lambda c, _: (step(c), None), carry, None, length=length)[0]
+
+    carry = (cache, logits, next_pos, jnp.zeros((b,), bool), jnp.int32(0), jnp.zeros((n, b), jnp.int32),
+             jnp.zeros((b,), jnp.int32))
+    running = lambda c: ~jnp.all(c[3])
+    if stop_check <= 0:
+        carry = steps(carry, n)
+    else:
+        chunk = min(stop_check, n)
+        full = n // chunk * chunk
+        carry = jax.lax.while_loop(lambda c: (c[4] < full) & running(c), lambda c: steps(c, chunk), carry)
+        if full < n:  # the last n - full steps one at a time, each after a check
+            carry = jax.lax.while_loop(lambda c: (c[4] < n) & running(c), step, carry)
+    _, _, _, _, t, toks, lengths = carry
+    return toks.T, lengths, t
 
 
 def _decode_kernel(choice: str, cfg: ModelConfig, n_tokens: int, n_devices: int) -> str:
@@ -159,19 +230,231 @@ def _decode_kernel(choice: str, cfg: ModelConfig, n_tokens: int, n_devices: int)
     return "pallas" if gpu else "pallas_interpret"
 
 
+# ---------------------------------------------------------------------------------------------
+# Memory
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeMemory:
+    """Bytes a sampling call allocates besides the weights (an estimate made before allocating).
+
+    kv_cache: layers x rows x slots x kv heads x head dim x 2 (k and v) x dtype bytes.
+    per_row: what one more row adds (its cache, its prompt-cache copy, its logits).
+    fixed: what does not grow with the rows (the q/k/v concatenation, the prefill of the prompts).
+    """
+
+    rows: int
+    slots: int
+    kv_cache: int
+    per_row: int
+    fixed: int
+
+    @property
+    def total(self) -> int:
+        return self.fixed + self.rows * self.per_row
+
+
+def decode_memory(cfg: ModelConfig, rows: int, prompt_rows: int, prompt_len: int, max_new_tokens: int,
+                  dtype) -> DecodeMemory:
+    """The buffers of `generate` for `rows` decode rows continuing `prompt_rows` prompts padded to
+    `prompt_len` tokens, in weight dtype `dtype`."""
+    item = np.dtype(dtype).itemsize
+    slots = DA.cache_length(prompt_len + max_new_tokens)
+    per_slot = cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 2 * item  # k and v of every layer
+    logits = 3 * cfg.vocab_size * 4  # float32 logits carried, new, filtered
+    per_row = slots * per_slot + prompt_len * per_slot + logits  # cache, broadcast prompt cache, logits
+    qkv_cols = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
+    fused = cfg.n_layers * cfg.d_model * qkv_cols * item
+    prefill_act = prompt_rows * prompt_len * (cfg.d_model * 4 + 2 * cfg.ffn_dim + qkv_cols) * item
+    fixed = fused + prompt_rows * prompt_len * per_slot + prefill_act
+    return DecodeMemory(rows=rows, slots=slots, kv_cache=rows * slots * per_slot, per_row=per_row, fixed=fixed)
+
+
+def default_memory_budget(device=None) -> tuple[int, str] | None:
+    """(bytes, how they were found): MEMORY_FRACTION of the device's free memory, or None where the
+    backend reports none (CPU)."""
+    device = jax.devices()[0] if device is None else device
+    try:
+        stats = device.memory_stats()
+    except Exception:  # some backends do not implement it
+        stats = None
+    if not stats or "bytes_limit" not in stats:
+        return None
+    free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    return int(MEMORY_FRACTION * free), f"{MEMORY_FRACTION:.0%} of the {_gb(free)} free on {device}"
+
+
+def _budget(memory_budget: int | None, weights: Weights) -> tuple[int, str] | None:
+    if memory_budget is not None:
+        return int(memory_budget), "the given memory_budget"
+    return default_memory_budget(next(iter(weights.embed.sharding.device_set)))
+
+
+def max_rows(cfg: ModelConfig, prompt_len: int, max_new_tokens: int, dtype, budget: int,
+             prompt_rows: int = 1) -> int:
+    """The most decode rows whose buffers fit `budget` bytes (0 if none does)."""
+    est = decode_memory(cfg, 0, prompt_rows, prompt_len, max_new_tokens, dtype)
+    return max(0, (budget - est.fixed) // est.per_row)
+
+
+def check_memory(cfg: ModelConfig, rows: int, prompt_rows: int, prompt_len: int, max_new_tokens: int, dtype,
+                 budget: tuple[int, str] | None) -> DecodeMemory:
+    """The estimate of `decode_memory`; raises `SamplingMemoryError` when it exceeds `budget`
+    ((bytes, where the number comes from); None: no check)."""
+    est = decode_memory(cfg, rows, prompt_rows, prompt_len, max_new_tokens, dtype)
+    if budget is None or est.total <= budget[0]:
+        return est
+    limit, origin = budget
+    fit = max_rows(cfg, prompt_len, max_new_tokens, dtype, limit, prompt_rows)
+    item = np.dtype(dtype).itemsize
+    raise SamplingMemoryError(
+        f"sampling {rows} rows x {est.slots} cache slots ({prompt_len} prompt + {max_new_tokens} new tokens, "
+        f"rounded up) needs a KV cache of {_gb(est.kv_cache)} ({cfg.n_layers} layers x {rows} rows x "
+        f"{est.slots} slots x {cfg.n_kv_heads} kv heads x {cfg.head_dim} head dim x 2 x {item} bytes) and "
+        f"{_gb(est.total - est.kv_cache)} of other decode buffers: {_gb(est.total)} in all, over the budget of "
+        f"{_gb(limit)} ({origin}). "
+        + (f"At most {fit} rows fit: sample in batches of {fit} rows or fewer"
+           if fit else "Not even one row fits: lower max_new_tokens or free device memory")
+        + " (or pass a larger memory_budget).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points
+
+
+@dataclasses.dataclass(frozen=True)
+class Samples:
+    """What `sample` returns.
+
+    tokens: the new tokens of each row, cut after its first stop token.
+    prefill_rows: distinct (prompt, intervention) pairs prefilled (<= rows with prefix sharing).
+    decode_steps: decode steps run (less than max_new_tokens when every row stopped early).
+    memory: the estimate of the decode buffers.
+    """
+
+    tokens: list[list[int]]
+    prefill_rows: int
+    decode_steps: int
+    memory: DecodeMemory
+
+
+def _plan(prompts: Sequence[Sequence[int]], index: np.ndarray | None, repeats: Sequence[int] | None,
+          share: bool) -> tuple[list[Sequence[int]], np.ndarray | None, np.ndarray]:
+    """Rows -> distinct prefills: (unit prompts, unit intervention index or None, expand [B])."""
+    if repeats is None:
+        repeats = [1] * len(prompts)
+    if len(repeats) != len(prompts) or any(int(r) < 0 for r in repeats):
+        raise ValueError(f"repeats must give a count >= 0 for each of the {len(prompts)} prompts")
+    row_prompt = np.repeat(np.arange(len(prompts)), np.asarray(repeats, np.int64))
+    if len(row_prompt) == 0:
+        raise ValueError("no rows to sample (every repeat is 0)")
+    units, unit_of, key_to_unit = [], np.zeros(len(prompts), np.int32), {}
+    for i, pr in enumerate(prompts):
+        if repeats[i] == 0:
+            continue
+        k = (tuple(int(t) for t in pr), None if index is None else int(index[i])) if share else i
+        if k not in key_to_unit:
+            key_to_unit[k] = len(units)
+            units.append(i)
+        unit_of[i] = key_to_unit[k]
+    unit_prompts = [prompts[i] for i in units]
+    unit_index = None if index is None else index[np.asarray(units)]
+    return unit_prompts, unit_index, unit_of[row_prompt]
+
+
+def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
+           max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+           stop_ids: Sequence[int] = (), seed: int = 0,
+           interventions: HookSource | InterventionSet | None = None,
+           intervention_index: Sequence[int] | None = None, repeats: Sequence[int] | None = None,
+           row_ids: Sequence[int] | None = None, share_prompts: bool = True,
+           vocab_limit: int | None = None, pad_to: int = 8, prompt_len: int | None = None,
+           layer_unroll: int = 1, decode_attention: str = "auto", stop_check: int = STOP_CHECK,
+           memory_budget: int | None = None) -> Samples:
+    """Samples continuations of token-id prompts of any lengths; see `generate` for the arguments.
+
+    Returns the tokens with what the call did (prefills, decode steps, memory estimate).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    index = None
+    if isinstance(interventions, InterventionSet):
+        if intervention_index is None or len(intervention_index) != len(prompts):
+            raise ValueError(f"an InterventionSet needs intervention_index: one member per prompt "
+                             f"({len(prompts)}), -1 for none")
+        index = np.asarray(intervention_index, np.int64)
+        if index.min() < -1 or index.max() >= interventions.size:
+            raise ValueError(f"intervention_index must lie in [-1, {interventions.size}) (the set has "
+                             f"{interventions.size} members), got {index.min()}..{index.max()}")
+        index = index.astype(np.int32)
+    elif intervention_index is not None:
+        raise ValueError("intervention_index needs interventions= an InterventionSet "
+                         "(emjax.model.row_hooks.intervention_set)")
+    unit_prompts, unit_index, expand = _plan(prompts, index, repeats, share_prompts)
+    b = len(expand)
+    ids = np.arange(b, dtype=np.int64) if row_ids is None else np.asarray(row_ids, np.int64)
+    if ids.shape != (b,) or (b and (ids.min() < 0 or ids.max() >= 2 ** 32)):
+        raise ValueError(f"row_ids must give one id in [0, 2**32) per row ({b} rows after repeats)")
+    p = max(max(len(x) for x in unit_prompts), prompt_len or 0)
+    p = -(-p // pad_to) * pad_to
+    u = len(unit_prompts)
+    # prefill rows padded to a multiple of 8 with copies of the last prompt (never decoded): batches
+    # that differ only a little in their number of distinct prompts share one compiled program
+    u_pad = -(-u // 8) * 8
+    memory = check_memory(cfg, b, u_pad, p, max_new_tokens, weights.embed.dtype, _budget(memory_budget, weights))
+    tokens = np.zeros((u_pad, p), np.int32)
+    mask = np.zeros((u_pad, p), bool)
+    for i in range(u_pad):
+        row = unit_prompts[min(i, u - 1)]
+        tokens[i, p - len(row):] = row
+        mask[i, p - len(row):] = True
+    if unit_index is not None:
+        unit_index = np.concatenate([unit_index, np.full(u_pad - u, unit_index[-1], np.int32)])
+    iv = interventions if index is None else interventions.select(unit_index)
+    stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
+    limit = cfg.vocab_size if vocab_limit is None else vocab_limit
+    toks, lengths, steps = _generate(
+        weights, cfg, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(expand, jnp.int32), iv,
+        jax.random.PRNGKey(seed), jnp.asarray(ids.astype(np.uint32)), stops, limit,
+        max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+        layer_unroll=int(layer_unroll), stop_check=int(stop_check) if stop_ids else 0,
+        kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens, len(weights.embed.sharding.device_set)))
+    toks, lengths = np.asarray(toks), np.asarray(lengths)
+    return Samples(tokens=[toks[i, : lengths[i]].tolist() for i in range(b)], prefill_rows=u,
+                   decode_steps=int(steps), memory=memory)
+
+
 def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
              max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-             stop_ids: Sequence[int] = (), seed: int = 0, interventions: HookSource | None = None,
-             vocab_limit: int | None = None, pad_to: int = 8, layer_unroll: int = 1,
-             decode_attention: str = "auto") -> list[list[int]]:
+             stop_ids: Sequence[int] = (), seed: int = 0,
+             interventions: HookSource | InterventionSet | None = None,
+             intervention_index: Sequence[int] | None = None, repeats: Sequence[int] | None = None,
+             row_ids: Sequence[int] | None = None, share_prompts: bool = True,
+             vocab_limit: int | None = None, pad_to: int = 8, prompt_len: int | None = None,
+             layer_unroll: int = 1, decode_attention: str = "auto", stop_check: int = STOP_CHECK,
+             memory_budget: int | None = None) -> list[list[int]]:
     """Samples continuations of token-id prompts of any lengths.
 
+    Rows: prompt i gives `repeats[i]` rows (default 1), in prompt order; rows continuing the same
+    prompt under the same intervention share one prefill (`share_prompts`, on by default).
+
     Args:
-      prompts: token ids per row; rows are left-padded to a common length (rounded up to
-        `pad_to` so nearby lengths share one compiled program).
+      prompts: token ids per prompt; left-padded to a common length (rounded up to `pad_to` so
+        nearby lengths share one compiled program; at least `prompt_len` when given, so that
+        batches of different prompts share one).
       temperature: 0 means greedy (argmax).
       top_p / top_k: nucleus and top-k filtering (1.0 / 0 disable them).
       stop_ids: a row stops after emitting one of these (the stop token is included).
+      seed / row_ids: row b's draws come from (seed, row_ids[b]) alone (default row ids 0..B-1):
+        give each answer a stable id and it no longer depends on the batch it is sampled in.
+      interventions: one `HookSource` (an `emjax.interventions.Interventions`) applied to every row,
+        or an `emjax.model.row_hooks.InterventionSet` with `intervention_index`.
+      intervention_index: with a set, the member applied to each prompt's rows (-1: none).
+      repeats: rows per prompt (e.g. samples per question).
       vocab_limit: tokens >= this id (padded embedding rows) are never sampled.
       layer_unroll: unroll factor of the layer scan in the decode step (fewer loop iterations
         at the cost of compile time; on GPUs 1 is fastest: unrolled layers lose the in-place
@@ -179,27 +462,19 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
       decode_attention: "auto" (the Pallas kernel of `emjax.model.decode_attention` on one GPU, XLA
         elsewhere and for weights sharded over several devices), "xla", or "pallas"
         (interpreted off GPU: slow, for checking the kernel).
+      stop_check: with stop ids, decode steps between checks whether every row stopped (the loop
+        ends after the first chunk in which all have); 0 always runs max_new_tokens steps.
+      memory_budget: bytes the decode buffers may take (default: MEMORY_FRACTION of the free
+        device memory where the backend reports it; no check on CPU). Over it,
+        `SamplingMemoryError` says how many rows fit.
     Memory: besides the KV cache, each call holds a concatenated copy of the q, k, v matrices
-    (about 1/8 of the weights) for the decode matmuls.
+    (about 1/8 of the weights) for the decode matmuls (`decode_memory`).
     Returns:
       the new tokens of each row, cut after its first stop token.
     """
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
-    p = max(len(x) for x in prompts)
-    p = -(-p // pad_to) * pad_to
-    tokens = np.zeros((len(prompts), p), np.int32)
-    mask = np.zeros((len(prompts), p), bool)
-    for i, row in enumerate(prompts):
-        tokens[i, p - len(row):] = row
-        mask[i, p - len(row):] = True
-    stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
-    limit = cfg.vocab_size if vocab_limit is None else vocab_limit
-    toks, lengths = _generate(weights, cfg, jnp.asarray(tokens), jnp.asarray(mask), interventions,
-                              jax.random.PRNGKey(seed), stops, limit, max_new_tokens=max_new_tokens,
-                              temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                              layer_unroll=int(layer_unroll),
-                              kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens,
-                                                    len(weights.embed.sharding.device_set)))
-    toks, lengths = np.asarray(toks), np.asarray(lengths)
-    return [toks[i, : lengths[i]].tolist() for i in range(len(prompts))]
+    return sample(weights, cfg, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                  top_k=top_k, stop_ids=stop_ids, seed=seed, interventions=interventions,
+                  intervention_index=intervention_index, repeats=repeats, row_ids=row_ids,
+                  share_prompts=share_prompts, vocab_limit=vocab_limit, pad_to=pad_to, prompt_len=prompt_len,
+                  layer_unroll=layer_unroll,
+                  decode_attention=decode_attention, stop_check=stop_check, memory_budget=memory_budget).tokens
