@@ -394,6 +394,8 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     elif intervention_index is not None:
         raise ValueError("intervention_index needs interventions= an InterventionSet "
                          "(emjax.model.row_hooks.intervention_set)")
+    elif isinstance(interventions, RowInterventions):  # its rows would not follow repeats and sharing
+        raise ValueError("pass the InterventionSet itself with intervention_index=, not iset.select(rows)")
     unit_prompts, unit_index, expand = _plan(prompts, index, repeats, share_prompts)
     b = len(expand)
     ids = np.arange(b, dtype=np.int64) if row_ids is None else np.asarray(row_ids, np.int64)

@@ -150,5 +150,7 @@ def test_bad_indices(tiny):
         S.generate(w, cfg, [[1, 2]], max_new_tokens=2, interventions=iset)
     with pytest.raises(ValueError, match=r"lie in \[-1, 4\)"):
         S.generate(w, cfg, [[1, 2]], max_new_tokens=2, interventions=iset, intervention_index=[4])
+    with pytest.raises(ValueError, match="not iset.select"):
+        S.generate(w, cfg, [[1, 2]], max_new_tokens=2, interventions=iset.select([0]))
     with pytest.raises(ValueError, match="row_ids"):
         S.generate(w, cfg, [[1, 2]], max_new_tokens=2, repeats=[2], row_ids=[1])
