@@ -99,7 +99,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="rows per sampling call; 0: sized from device memory (at most 512, 64 on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="answers JSONL (appended; existing rows are skipped)")
     p.set_defaults(func=_run_generate)

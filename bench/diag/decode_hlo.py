@@ -20,7 +20,8 @@ cfg = preset("qwen2.5-14b-instruct")
 B, P = 32, 32
 new = int(sys.argv[sys.argv.index("--new") + 1]) if "--new" in sys.argv else 8
 args = (abstract_weights(cfg), cfg, jax.ShapeDtypeStruct((B, P), jnp.int32), jax.ShapeDtypeStruct((B, P), bool),
-        None, jax.random.PRNGKey(0), jnp.asarray([-1], jnp.int32), cfg.vocab_size)
+        jnp.arange(B, dtype=jnp.int32), None, jax.random.PRNGKey(0), jnp.arange(B, dtype=jnp.uint32),
+        jnp.asarray([-1], jnp.int32), cfg.vocab_size)
 txt = S._generate.lower(*args, max_new_tokens=new, temperature=1.0, top_k=0, top_p=1.0).compile().as_text()
 open(os.path.join(os.environ.get("OUT", "."), "decode_hlo.txt"), "w").write(txt)
 ops = collections.Counter(re.findall(r"= \S+ (copy|copy-start|dynamic-slice|dynamic-update-slice|concatenate|custom-call|fusion|while)\(", txt))
