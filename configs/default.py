@@ -100,7 +100,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.frozen_cache = True
     c.train.cache_budget_gb = 4.0        # host memory the frozen cache may take
     # Drift monitoring: "label=path,..." reference interventions; every eval logs the cosine of the
-    # trained intervention's effect with each (emjax.interventions.similarity). None: off.
+    # trained intervention's effect with each (cos_<label>) and the length of its effect along each
+    # (proj_<label>; emjax.interventions.similarity). None: off. `emjax directions drift` plots them.
     c.train.reference = config_dict.placeholder(str)
 
     c.checkpoint = ml_collections.ConfigDict()

@@ -61,3 +61,10 @@ def effect_cosine(x: Interventions, y: Interventions) -> jnp.ndarray:
     """cos(effect(x), effect(y)); 0 where either is zero (an untrained vector has no direction)."""
     nx, ny = effect_norm(x), effect_norm(y)
     return jnp.where((nx > 0) & (ny > 0), effect_dot(x, y) / jnp.maximum(nx * ny, 1e-30), 0.0)
+
+
+def effect_projection(x: Interventions, ref: Interventions) -> jnp.ndarray:
+    """<effect(x), effect(ref)> / ||effect(ref)||: the length of x's effect along ref's direction
+    (in the metrics' norm units); 0 for a zero reference."""
+    nr = effect_norm(ref)
+    return jnp.where(nr > 0, effect_dot(x, ref) / jnp.maximum(nr, 1e-30), 0.0)

@@ -26,8 +26,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from emjax.interventions.arithmetic import Versions
-from emjax.interventions.container import Interventions, shared_prefix_layers
+from emjax.interventions.container import Interventions
 from emjax.model import decoder as D
+from emjax.model.ablation import DirectionAblation, ablated
 from emjax.model.config import ModelConfig
 from emjax.model.layers import CUBLAS_GEMMS
 from emjax.model.schema import Weights
@@ -46,7 +47,9 @@ frozen_pass = jax.jit(shared_prefix.frozen_pass, static_argnames=("cfg", "k", "w
 
 def _loss_one(iv: Interventions, weights: Weights, cfg: ModelConfig, k: int, metric: str, x: jax.Array,
               mask: jax.Array, targets: jax.Array | None, loss_mask: jax.Array | None,
-              base: jax.Array | None, loss_chunk: int | None, attention: str) -> jax.Array:
+              base: jax.Array | None, loss_chunk: int | None, attention: str,
+              ablation: DirectionAblation | None) -> jax.Array:
+    iv = ablated(iv, ablation)
     if metric == "ce":
         s, n = shared_prefix.suffix_ce(iv, weights, cfg, k, x, mask, targets, loss_mask, attention=attention,
                                        loss_chunk=loss_chunk)
@@ -58,11 +61,11 @@ def _loss_one(iv: Interventions, weights: Weights, cfg: ModelConfig, k: int, met
 
 @functools.partial(jax.jit, static_argnames=("cfg", "k", "metric", "chunk", "loss_chunk", "in_batch",
                                              "attention"), compiler_options=CUBLAS_GEMMS)
-def _sweep(stacked, weights, x, mask, targets, loss_mask, base, *, cfg, k, metric, chunk, loss_chunk,
+def _sweep(stacked, weights, x, mask, targets, loss_mask, base, ablation, *, cfg, k, metric, chunk, loss_chunk,
            in_batch, attention):
     loss = functools.partial(_loss_one, weights=weights, cfg=cfg, k=k, metric=metric, x=x, mask=mask,
                              targets=targets, loss_mask=loss_mask, base=base, loss_chunk=loss_chunk,
-                             attention=attention)
+                             attention=attention, ablation=ablation)
     if isinstance(stacked, Versions):  # build each chunk's versions inside the loop
         xs, one = stacked.params, lambda p: loss(stacked.make(p))
     else:
@@ -86,7 +89,7 @@ def sweep_losses(stacked: Interventions | Versions, weights: Weights, cfg: Model
                  mask: jax.Array, *, metric: str = "ce", targets: jax.Array | None = None,
                  loss_mask: jax.Array | None = None, chunk: int | None = None,
                  loss_chunk: int | None = None, first_layer: int | None = None,
-                 attention: str = "xla") -> jax.Array:
+                 attention: str = "xla", ablation: DirectionAblation | None = None) -> jax.Array:
     """Mean loss of every stacked version of an intervention on one batch: [K] float32.
 
     stacked: an `Interventions` whose leaves carry a leading K axis, or `Versions` (built chunk by
@@ -97,23 +100,28 @@ def sweep_losses(stacked: Interventions | Versions, weights: Weights, cfg: Model
     chunk: versions evaluated at once (None: all K in one vmap).
     first_layer: where the frozen prefix ends (default: `shared_prefix_layers`).
     attention: "xla" or "cudnn" (right-padded rows only; see emjax.model.decoder.run_layers).
+    ablation: directions projected out of the residual stream of every version's model
+      (`emjax.model.ablation`); the KL reference stays the frozen model without ablation.
     """
     if metric not in ("ce", "kl"):
         raise ValueError(f"metric must be 'ce' or 'kl', got {metric!r}")
-    k = shared_prefix_layers(_template(stacked), cfg) if first_layer is None else first_layer
+    k = ablated(_template(stacked), ablation).shared_prefix_layers(cfg) if first_layer is None else first_layer
+    if ablation is not None and ablation.layers and k > ablation.layers[0]:
+        raise ValueError(f"first_layer {k} skips the ablation at layer {ablation.layers[0]}")
     x, base = frozen_pass(weights, cfg, tokens, mask, k, metric == "kl", attention)
     n = num_versions(stacked)
     in_batch = chunk is None or chunk >= n
-    return _sweep(stacked, weights, x, mask, targets, loss_mask, base, cfg=cfg, k=k, metric=metric,
+    return _sweep(stacked, weights, x, mask, targets, loss_mask, base, ablation, cfg=cfg, k=k, metric=metric,
                   chunk=None if in_batch else chunk, loss_chunk=loss_chunk, in_batch=in_batch,
                   attention=attention)
 
 
 def loop_losses(stacked: Interventions | Versions, weights: Weights, cfg: ModelConfig, tokens, mask, *,
-                metric: str = "ce", targets=None, loss_mask=None) -> np.ndarray:
+                metric: str = "ce", targets=None, loss_mask=None,
+                ablation: DirectionAblation | None = None) -> np.ndarray:
     """The same numbers by a plain Python loop of full forward passes (reference and baseline)."""
     out = []
-    fwd = jax.jit(lambda iv: D.forward(weights, cfg, tokens, mask, interventions=iv))
+    fwd = jax.jit(lambda iv: D.forward(weights, cfg, tokens, mask, interventions=ablated(iv, ablation)))
     base = D.forward(weights, cfg, tokens, mask) if metric == "kl" else None
     for i in range(num_versions(stacked)):
         version = stacked.version(i) if isinstance(stacked, Versions) else jax.tree.map(lambda a: a[i], stacked)

@@ -5,7 +5,8 @@ Modules (imports point down this list, never up):
   schema            every weight declared once (shape, logical axes, HF and GGUF names)
   layers            RMSNorm, RoPE, positions, frozen-weight matmuls
   attention         masks, exact XLA attention, fused cuDNN attention
-  hooks             where interventions enter a block (steering sites, LoRA in projections)
+  hooks             where interventions enter a block (steering sites, LoRA in projections, ablation)
+  ablation          directions projected out of the residual stream (wraps any intervention)
   decoder           embed / run_layers / run_suffix / unembed / forward
   decode_attention  the one-query decode attention as a Pallas kernel (GPU)
   sampling          KV-cache sampling
@@ -14,6 +15,7 @@ Modules (imports point down this list, never up):
 The common entry points are re-exported here: `from emjax import model as M; M.forward(...)`.
 """
 
+from emjax.model.ablation import Ablated, DirectionAblation, ablated, direction_ablation
 from emjax.model.attention import attend, attention_mask, resolve_attention
 from emjax.model.config import ConfigError, ModelConfig, preset
 from emjax.model.decoder import embed, forward, run_layers, run_suffix, unembed
@@ -21,6 +23,6 @@ from emjax.model.layers import CUBLAS_GEMMS, default_positions, rms_norm
 from emjax.model.sampling import generate
 from emjax.model.schema import LayerWeights, Weights, abstract_weights, init_random, num_params
 
-__all__ = ["ConfigError", "CUBLAS_GEMMS", "LayerWeights", "ModelConfig", "Weights", "abstract_weights", "attend",
+__all__ = ["Ablated", "ConfigError", "DirectionAblation", "ablated", "direction_ablation", "CUBLAS_GEMMS", "LayerWeights", "ModelConfig", "Weights", "abstract_weights", "attend",
            "attention_mask", "default_positions", "embed", "forward", "generate", "init_random", "num_params",
            "preset", "resolve_attention", "rms_norm", "run_layers", "run_suffix", "unembed"]

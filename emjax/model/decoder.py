@@ -14,7 +14,8 @@ are accumulated in float32 even for bf16 weights; Gemma-2's sqrt(D) embedding sc
 to the activation dtype first.
 
 Interventions enter every block through one hook point (`emjax.model.hooks`): the block calls
-`add_lora` inside each projection and `add_steering` at the sites "mlp_out" and "block_out".
+`add_lora` inside each projection, `add_steering` at the sites "mlp_out" and "block_out", and
+`ablate` on its output.
 
 Base weights are constants under differentiation: the projections go through a custom VJP
 (`emjax.model.layers.FrozenMatrix`) that passes no gradient to them, because emjax only ever
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 
 from emjax.model.attention import AttentionImpl, attend, attention_mask, cudnn_attend, resolve_attention
 from emjax.model.config import ModelConfig
-from emjax.model.hooks import HookSource, LayerHooks, add_lora, add_steering, hooks_for, residual_sites
+from emjax.model.hooks import HookSource, LayerHooks, ablate, add_lora, add_steering, hooks_for, residual_sites
 from emjax.model.layers import (FrozenMatrix, FusedQKV, apply_rope, default_positions, layer_view, matmul_bias,
                                 rms_norm, rope_tables)
 from emjax.model.schema import LayerWeights, Weights
@@ -95,7 +96,7 @@ def mlp_branch(w: LayerWeights, h: jax.Array, cfg: ModelConfig, hooks: LayerHook
     y = add_steering(hooks, "mlp_out", y)
     if cfg.is_gemma:
         y = rms_norm(y, w.post_mlp_norm, cfg.norm_eps, True)
-    return add_steering(hooks, "block_out", h + y)
+    return ablate(hooks, add_steering(hooks, "block_out", h + y))
 
 
 def block(w: LayerWeights, x: jax.Array, cos: jax.Array, sin: jax.Array, attn_fn,

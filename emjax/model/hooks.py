@@ -11,6 +11,9 @@ functions here, which the block calls and nothing else does:
     For Qwen2 the two sites are the same function; for Gemma-2 they are not (a norm follows the
     MLP). This is the only place a steering vector is added to the model's activations.
   * `add_lora(hooks, module, x, y)`: the unmerged LoRA delta `(x @ A) @ B` of a projection.
+  * `ablate(hooks, x)`: directional ablation, `x - (x . u) u` with a unit direction u, applied to
+    the residual stream after the block (after the "block_out" vector, so a steered component
+    along u is removed too); upstream's `projection=True` hook with scale -1 on the layer output.
 
 Prefix sharing (layers below an intervention run once for the frozen and the intervened model)
 is expressed through the same hook: when a block's only intervention is a vector at a site that
@@ -25,6 +28,7 @@ from typing import Protocol
 
 import flax.struct
 import jax
+import jax.numpy as jnp
 
 from emjax.model.config import ModelConfig
 
@@ -39,12 +43,15 @@ class LayerHooks:
     Attributes:
       lora_a / lora_b: module -> [n, in, R] / [n, R, out]; the LoRA scale is folded into B.
       steer: site -> [n, D] applied steering vectors (alpha folded in).
+      ablate: [n, D] unit directions projected out of the block's output, or None (zero rows for
+        layers without one: projecting out the zero vector is the identity, exactly).
     Layers of the range that an intervention does not target hold zeros.
     """
 
     lora_a: dict[str, jax.Array]
     lora_b: dict[str, jax.Array]
     steer: dict[str, jax.Array]
+    ablate: jax.Array | None = None
 
     def layer(self, i: int) -> "LayerHooks":
         """The hooks of the i-th layer of the range (no layer axis)."""
@@ -81,6 +88,16 @@ def add_lora(hooks: LayerHooks | None, module: str, x: jax.Array, y: jax.Array) 
         return y
     a, b = hooks.lora_a[module].astype(x.dtype), hooks.lora_b[module].astype(x.dtype)
     return y + (x @ a) @ b
+
+
+def ablate(hooks: LayerHooks | None, x: jax.Array) -> jax.Array:
+    """x [..., D] with the component along the block's ablated unit direction u [D] removed:
+    x - (x . u) u, the dot product in float32."""
+    if hooks is None or hooks.ablate is None:
+        return x
+    u = hooks.ablate.astype(jnp.float32)
+    along = jnp.einsum("...d,d->...", x.astype(jnp.float32), u)
+    return (x.astype(jnp.float32) - along[..., None] * u).astype(x.dtype)
 
 
 def residual_sites(cfg: ModelConfig) -> tuple[str, ...]:

@@ -47,6 +47,7 @@ from emjax.model import decode_attention as DA
 from emjax.model import decoder as M
 from emjax.model.attention import attend, attention_mask
 from emjax.model.config import ModelConfig
+from emjax.model.ablation import DirectionAblation, ablated
 from emjax.model.hooks import HookSource, hooks_for
 from emjax.model.layers import CUBLAS_GEMMS, FusedQKV, default_positions, fuse_qkv, rms_norm, rope_tables
 from emjax.model.row_hooks import InterventionSet, RowInterventions
@@ -169,7 +170,8 @@ def _generate(weights, cfg, tokens, mask, expand, interventions, key, row_ids, s
                     v=empty.at[:, :, :p].set(jnp.take(pre.v, expand, axis=1)),
                     pos=jnp.zeros((b, s), jnp.int32).at[:, :p].set(jnp.take(positions, expand, axis=0)),
                     valid=jnp.zeros((b, s), bool).at[:, :p].set(jnp.take(mask, expand, axis=0)))
-    iv = interventions.take(expand) if isinstance(interventions, RowInterventions) else interventions
+    take = getattr(interventions, "take", None)  # per-row sources follow the prompt -> row expansion
+    iv = interventions if take is None else take(expand)
     next_pos = cache.pos[:, p - 1] + 1
     in_vocab = jnp.arange(logits.shape[-1]) < vocab_limit  # padded embedding rows never sampled
     row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids)
@@ -374,7 +376,7 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
            row_ids: Sequence[int] | None = None, share_prompts: bool = True,
            vocab_limit: int | None = None, pad_to: int = 8, prompt_len: int | None = None,
            layer_unroll: int = 1, decode_attention: str = "auto", stop_check: int = STOP_CHECK,
-           memory_budget: int | None = None) -> Samples:
+           memory_budget: int | None = None, ablation: DirectionAblation | None = None) -> Samples:
     """Samples continuations of token-id prompts of any lengths; see `generate` for the arguments.
 
     Returns the tokens with what the call did (prefills, decode steps, memory estimate).
@@ -416,7 +418,7 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         mask[i, p - len(row):] = True
     if unit_index is not None:
         unit_index = np.concatenate([unit_index, np.full(u_pad - u, unit_index[-1], np.int32)])
-    iv = interventions if index is None else interventions.select(unit_index)
+    iv = ablated(interventions if index is None else interventions.select(unit_index), ablation)
     stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
     limit = cfg.vocab_size if vocab_limit is None else vocab_limit
     toks, lengths, steps = _generate(
@@ -438,7 +440,7 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
              row_ids: Sequence[int] | None = None, share_prompts: bool = True,
              vocab_limit: int | None = None, pad_to: int = 8, prompt_len: int | None = None,
              layer_unroll: int = 1, decode_attention: str = "auto", stop_check: int = STOP_CHECK,
-             memory_budget: int | None = None) -> list[list[int]]:
+             memory_budget: int | None = None, ablation: DirectionAblation | None = None) -> list[list[int]]:
     """Samples continuations of token-id prompts of any lengths.
 
     Rows: prompt i gives `repeats[i]` rows (default 1), in prompt order; rows continuing the same
@@ -466,6 +468,8 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
         (interpreted off GPU: slow, for checking the kernel).
       stop_check: with stop ids, decode steps between checks whether every row stopped (the loop
         ends after the first chunk in which all have); 0 always runs max_new_tokens steps.
+      ablation: directions projected out of the residual stream (`emjax.model.ablation`) on
+        every row, on top of the rows' interventions.
       memory_budget: bytes the decode buffers may take (default: MEMORY_FRACTION of the free
         device memory where the backend reports it; no check on CPU). Over it,
         `SamplingMemoryError` says how many rows fit.
@@ -479,4 +483,5 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
                   intervention_index=intervention_index, repeats=repeats, row_ids=row_ids,
                   share_prompts=share_prompts, vocab_limit=vocab_limit, pad_to=pad_to, prompt_len=prompt_len,
                   layer_unroll=layer_unroll,
-                  decode_attention=decode_attention, stop_check=stop_check, memory_budget=memory_budget).tokens
+                  decode_attention=decode_attention, stop_check=stop_check, memory_budget=memory_budget,
+                  ablation=ablation).tokens

@@ -28,7 +28,7 @@ from emjax.data.tokenize import pad_batch
 from emjax.interventions import Interventions, shared_prefix_layers
 from emjax.interventions.arithmetic import norm_kind, tree_norm, update_norm
 from emjax.interventions.files import load_interventions, save_steering
-from emjax.interventions.similarity import effect_cosine
+from emjax.interventions.similarity import effect_cosine, effect_projection
 from emjax.interventions.peft import save_peft_lora
 from emjax.model.attention import resolve_attention
 from emjax.model.config import dtype_from_name
@@ -160,6 +160,7 @@ class Trainer:
             out["eval_kl_ood"] = s / max(n, 1.0)
         for label, ref in self.references.items():  # drift toward / away from reference solutions
             out[f"cos_{label}"] = float(effect_cosine(params, ref))
+            out[f"proj_{label}"] = float(effect_projection(params, ref))
         return out
 
     # -- the loop ----------------------------------------------------------------------------
