@@ -127,6 +127,8 @@ def load_direction(source: str, cfg: ModelConfig) -> Direction:
         if len(arrays) != 1:
             raise DirectionError(f"{source}: holds {sorted(arrays)}; name one as {source}:NAME")
         return _from_file_entry(source, next(iter(arrays)), cfg)
+    if not os.path.exists(source):
+        raise DirectionError(f"{source}: no such directions file, steering file or LoRA folder")
     return _from_intervention(source, cfg)
 
 
