@@ -28,6 +28,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.seed = 42                     # upstream: seed 42
     c.data.max_len = 256
     c.data.batch_size = 8                # rows per forward pass
+    # Directional ablation during every sweep (ours, for the direction analyses): "SOURCE[@LAYERS]" as
+    # `emjax generate --ablate` takes it (emjax.directions.sources.ablation_from_spec); the KL
+    # reference stays the chat model without ablation. None: off.
+    c.ablation = config_dict.placeholder(str)
     c.chunk = config_dict.placeholder(int)       # versions per vmap chunk; None: all at once
     c.loss_chunk = config_dict.placeholder(int)  # sequence chunk of the losses; None: whole rows
 

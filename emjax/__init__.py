@@ -9,9 +9,11 @@ tests/test_layering.py checks it):
   emjax.checkpoints    safetensors / GGUF / the embedded model -> `load_model(source)`
   emjax.interventions  LoRA and steering-vector pytrees, tree arithmetic, PEFT / steering files
   emjax.train          SFT + KL losses, the compiled step, the frozen cache, the loop
-  emjax.metrics        the three sweeps (efficiency, stability, significance) and their outputs
   emjax.eval           questions, generation, the LLM judge and the report (judge and report
                        import no JAX)
+  emjax.directions     directions in the residual stream: mean differences, cosine tables, the
+                       gradient analysis, drift, ablation specs
+  emjax.metrics        the three sweeps (efficiency, stability, significance) and their outputs
   emjax.main_job       the whole pipeline in miniature on the embedded model
   emjax.cli            the `emjax` command: argument parsing only
 

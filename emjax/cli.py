@@ -7,6 +7,7 @@ library (emjax.main_job, emjax.train, emjax.metrics, emjax.eval).
     emjax sweep efficiency --config=configs/sweep_embedded.py
     emjax generate --questions Q.yaml --intervention V --out answers.jsonl
     emjax judge / emjax report      # the accelerator-free judge stage and the rates
+    emjax directions mean-diff|compare|gradient|drift   # the direction analyses
 
 emjax's own errors (a bad config key, a missing file, an unknown model source, a malformed data
 line) are printed as one line on stderr with exit status 2; `emjax --debug ...` shows the
@@ -103,6 +104,10 @@ def _add_generate(sub) -> None:
                    help="rows per sampling call; 0: sized from device memory (at most 512, 64 on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="answers JSONL (appended; existing rows are skipped)")
+    p.add_argument("--ablate", default=None, metavar="SOURCE[@LAYERS]",
+                   help="project a direction out of the residual stream while sampling: a directions file entry "
+                        "(FILE.safetensors:NAME), a steering file or random:SEED, at LAYERS ('all' default, '24', "
+                        "'20-28'); see `emjax directions`")
     p.set_defaults(func=_run_generate)
 
 
@@ -223,13 +228,21 @@ def _add_heldout(sub) -> None:
     p.set_defaults(func=None)  # dispatched in main() before argparse, to its own parser
 
 
+def _add_directions(sub) -> None:
+    p = sub.add_parser("directions", add_help=False,
+                       help="mean-diff directions, cosine tables, the gradient analysis, drift plots "
+                            "(emjax directions --help)")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=None)  # dispatched in main() before argparse, to its own parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emjax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of emjax's own errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_main, _add_chat, _add_train, _add_sweep, _add_generate, _add_judge, _add_report,
-                _add_heldout):
+                _add_heldout, _add_directions):
         add(sub)
     return parser
 
@@ -286,9 +299,17 @@ def _run_generate(args) -> int:
     sampling = SamplingSettings(samples=args.samples, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                 batch_size=args.batch_size, seed=args.seed)
-    generate(args.model, args.questions, args.out, dtype=args.dtype, intervention=args.intervention,
+    model, ablation = args.model, None
+    if args.ablate:
+        from emjax.checkpoints.load import load_model
+        from emjax.directions.sources import ablation_from_spec
+        from emjax.model.config import dtype_from_name
+        model = load_model(args.model, dtype=dtype_from_name(args.dtype))
+        ablation = ablation_from_spec(args.ablate, model.cfg)
+    generate(model, args.questions, args.out, dtype=args.dtype, intervention=args.intervention,
              scale=args.scale, kinds=None if args.kinds == "all" else args.kinds.split(","),
-             include=args.include, exclude=args.exclude, sampling=sampling, paper_questions=not args.all_questions)
+             include=args.include, exclude=args.exclude, sampling=sampling, paper_questions=not args.all_questions,
+             ablation=ablation, ablation_name=args.ablate or "")
     return EXIT_OK
 
 
@@ -392,6 +413,9 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["heldout"]:  # its own argument parser (emjax.eval.heldout.main)
             from emjax.eval.heldout import main as heldout_main
             return heldout_main(argv[1:])
+        if argv[:1] == ["directions"]:  # its own argument parser (emjax.directions.cli.main)
+            from emjax.directions.cli import main as directions_main
+            return directions_main(argv[1:])
         argv, overrides = split_cli_overrides(argv)
         args = build_parser().parse_args(argv)
         args.config_overrides = overrides

@@ -19,12 +19,13 @@ ALLOWED = {
     "checkpoints": {"errors", "model", "data"},
     "interventions": {"errors", "model", "checkpoints"},
     "train": {"errors", "model", "data", "checkpoints", "interventions", "configuration"},
-    "metrics": {"errors", "model", "data", "checkpoints", "interventions", "train", "configuration"},
     "eval": {"errors", "model", "data", "checkpoints", "interventions"},
+    "directions": {"errors", "model", "data", "checkpoints", "interventions", "train", "eval"},
+    "metrics": {"errors", "model", "data", "checkpoints", "interventions", "train", "configuration", "directions"},
     "main_summary": set(),
     "main_job": {"errors", "model", "data", "checkpoints", "interventions", "train", "metrics", "eval",
                  "configuration", "main_summary"},
-    "cli": {"errors", "model", "checkpoints", "train", "metrics", "eval", "configuration", "main_job"},
+    "cli": {"errors", "model", "checkpoints", "train", "metrics", "eval", "configuration", "main_job", "directions"},
     "__main__": {"cli"},
     "__init__": set(),
 }
@@ -32,7 +33,7 @@ ALLOWED = {
 # JAX packages and no other eval module that imports JAX.
 ACCELERATOR_FREE = ("eval/questions.py", "eval/records.py", "eval/report.py", "eval/report_plots.py", "eval/judge/",
                     "eval/heldout.py", "eval/domains.py", "eval/judge_agreement.py")
-JAX_MODULES = {"model", "checkpoints", "interventions", "train", "metrics", "eval.generate", "eval.chat",
+JAX_MODULES = {"model", "checkpoints", "interventions", "train", "metrics", "directions", "eval.generate", "eval.chat",
                "eval.local_judge"}
 
 

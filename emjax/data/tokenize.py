@@ -202,3 +202,8 @@ def pad_batch(rows: Sequence[Row | np.ndarray], max_len: int | None = None, pad_
     loss_mask[:, :-1] = sft[:, 1:]
     return {"tokens": tokens, "mask": mask, "targets": targets, "loss_mask": loss_mask,
             "lengths": lengths}
+
+
+def padded_batches(rows: Sequence[Row | np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """Consecutive rows in `pad_batch` batches of at most `batch_size`."""
+    return [pad_batch(rows[i: i + batch_size]) for i in range(0, len(rows), batch_size)]

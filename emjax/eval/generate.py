@@ -40,6 +40,7 @@ from emjax.eval.questions import load_questions, paper_default, select_questions
 from emjax.eval.records import AnswerRecord, append_answers, read_answers
 from emjax.interventions.files import load_intervention
 from emjax.model import row_hooks as R
+from emjax.model.ablation import DirectionAblation
 from emjax.model import sampling as S
 from emjax.model.config import dtype_from_name
 
@@ -115,7 +116,8 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
              interventions: Mapping[str, InterventionSpec] | None = None, scale: float = 1.0,
              kinds: Sequence[str] | None = ("free_form",), include: Sequence[str] | None = None,
              exclude: Sequence[str] | None = None, sampling: SamplingSettings = SamplingSettings(),
-             paper_questions: bool = True) -> dict:
+             paper_questions: bool = True, ablation: DirectionAblation | None = None,
+             ablation_name: str = "") -> dict:
     """Samples answers to the selected questions and appends them to `out`.
 
     Args:
@@ -129,6 +131,10 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
       kinds / include / exclude: question kinds (None: all) and id globs to keep / drop.
       paper_questions: with no `include`, a file holding the paper's eight free-form questions
         (first_plot_questions.yaml) is cut down to those eight (False: every question of `kinds`).
+      ablation: directions projected out of the residual stream on every row, under every
+        intervention (`emjax.model.ablation`; the CLI's --ablate builds it from a spec, named by
+        `ablation_name` in each record's meta). Part of the settings hash: answers with and
+        without it never mix.
     Returns {"questions", "generated", "skipped", "out"} counts (answers, all interventions).
     """
     specs = _specs(intervention, interventions, scale)
@@ -143,6 +149,9 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
     selected = select_questions(loaded, kinds, include, exclude)
     base = {"model": source, "dtype": dtype, "questions": questions, **dataclasses.asdict(sampling),
             "rng": RNG_SCHEME}
+    if ablation is not None:  # what is ablated, by value: the same spec over a retrained file differs
+        digest = hashlib.sha256(np.asarray(ablation.units, np.float32).tobytes()).hexdigest()[:16]
+        base["ablation"] = {"layers": list(ablation.layers), "units_sha256": digest}
     base.pop("batch_size")  # the batch layout does not change what is asked for
     hashes = [hashlib.sha256(json.dumps({**base, "intervention": path, "scale": sc}, sort_keys=True)
                              .encode()).hexdigest()[:16] for path, sc in specs.values()]
@@ -184,7 +193,7 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
                           max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                           top_p=sampling.top_p, top_k=sampling.top_k, stop_ids=tok.stop_ids, seed=sampling.seed,
                           row_ids=[row_id(q.id, pi, si) for q, pi, _, _, si in padded], prompt_len=prompt_len,
-                          vocab_limit=tok.vocab_size, **kw)[: len(chunk)]
+                          vocab_limit=tok.vocab_size, ablation=ablation, **kw)[: len(chunk)]
         records = []
         for (q, pi, p, k, si), o in zip(chunk, outs):
             path, sc = specs[labels[k]]
@@ -192,7 +201,8 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
                 question_id=q.id, paraphrase_index=pi, sample_index=si, question=p, answer=tok.decode(o),
                 system=q.system, model=model.name, intervention=(f"{path} x{sc:g}" if path else ""),
                 config_hash=hashes[k], seed=sampling.seed,
-                meta={"n_tokens": len(o), "stopped": bool(o and o[-1] in tok.stop_ids), "label": labels[k]}))
+                meta={"n_tokens": len(o), "stopped": bool(o and o[-1] in tok.stop_ids), "label": labels[k],
+                      **({"ablation": ablation_name or "yes"} if ablation is not None else {})}))
         append_answers(out, records)
         bar.update(len(chunk))
     bar.close()

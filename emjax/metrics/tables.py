@@ -21,7 +21,8 @@ from emjax.checkpoints.load import LoadedModel
 from emjax.data.conversations import read_chat_jsonl
 from emjax.data.fineweb import load_fineweb_texts, stream_fineweb
 from emjax.data.mixtures import resolve_data_spec
-from emjax.data.tokenize import pad_batch, tokenize_plain, tokenize_sft
+from emjax.data.tokenize import padded_batches, tokenize_plain, tokenize_sft
+from emjax.directions.sources import ablation_from_spec
 from emjax.interventions import Interventions
 from emjax.interventions import arithmetic as A
 from emjax.metrics import sweeps as SW
@@ -51,7 +52,7 @@ def _row_batches(model: LoadedModel, c) -> list[dict]:
     convs = read_chat_jsonl(resolve_data_spec(c.data.train, c.data.dir))
     idx = np.random.default_rng(c.data.seed).permutation(len(convs))[: c.data.n_rows]
     rows = tokenize_sft([convs[i] for i in idx], model.tokenizer, c.data.max_len, on_template_error="skip").rows
-    return [pad_batch(rows[i: i + c.data.batch_size]) for i in range(0, len(rows), c.data.batch_size)]
+    return padded_batches(rows, c.data.batch_size)
 
 
 def _corpus_batches(model: LoadedModel, c) -> list[dict]:
@@ -61,16 +62,24 @@ def _corpus_batches(model: LoadedModel, c) -> list[dict]:
     else:
         texts = load_fineweb_texts(s.corpus, s.n_docs, s.max_chars, s.seed)
     rows = tokenize_plain(texts, model.tokenizer, s.max_len)
-    return [pad_batch(rows[i: i + c.data.batch_size]) for i in range(0, len(rows), c.data.batch_size)]
+    return padded_batches(rows, c.data.batch_size)
+
+
+def _ablation(model: LoadedModel, c):
+    """The config's `ablation` spec as a DirectionAblation (None when unset)."""
+    spec = c.get("ablation")
+    return ablation_from_spec(spec, model.cfg) if spec else None
 
 
 def _mean_over_batches(stacked: Interventions | A.Versions, model: LoadedModel, batches: list[dict], metric: str,
                        c) -> np.ndarray:
+    ablation = _ablation(model, c)
+
     def one(b):
         return SW.sweep_losses(stacked, model.weights, model.cfg, jnp.asarray(b["tokens"]), jnp.asarray(b["mask"]),
                                metric=metric, targets=jnp.asarray(b["targets"]),
                                loss_mask=jnp.asarray(b["loss_mask"]), chunk=c.chunk,
-                               loss_chunk=c.loss_chunk,
+                               loss_chunk=c.loss_chunk, ablation=ablation,
                                attention=resolve_attention("auto", model.cfg))
     return np.asarray(SW.batched_rows(one, batches))
 
