@@ -106,15 +106,17 @@ def em_baseline(domain: str):
 def kl_removal(base):
     """Upstream's KL removal: continue the trained narrow intervention of `base` (a narrow run's
     config) with a fresh optimiser and schedule and lambda 0 (upstream `adapter_to_load` /
-    `initial_steering_vector_path`), logging its cosine with the general solution at every eval and
-    writing a snapshot every 50 steps for the metrics along the way (ours). One epoch (ours: upstream
-    gives no length)."""
+    `initial_steering_vector_path`), logging its cosine with and length along the general solution
+    and its own narrow start at every eval (`emjax directions drift` plots them) and writing a
+    snapshot every 50 steps for the metrics along the way (ours). One epoch (ours: upstream gives
+    no length)."""
     general = base.output_dir.replace("narrow", "general")
     c = base
     c.intervention.init_from = os.path.join(base.output_dir, _artefact(base))
     c.train.lambda_kl = 0.0
     c.train.epochs = 1
-    c.train.reference = f"general={os.path.join(general, _artefact(base))}"
+    c.train.reference = (f"general={os.path.join(general, _artefact(base))},"
+                         f"narrow={c.intervention.init_from}")
     c.checkpoint.snapshot_every = 50
     return _name(c, base.name.replace("narrow", "kl_removal"))
 
