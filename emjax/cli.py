@@ -4,6 +4,7 @@ library (emjax.main_job, emjax.train, emjax.metrics, emjax.eval).
     emjax main                      # the whole default job on the embedded model, on CPU
     emjax chat --model PATH         # greedy answers + top-token probabilities
     emjax train --config=configs/X.py --config.train.lr=1e-4
+    emjax train --config=configs/X.py --vmap-runs lambda_kl=0,1,10   # N steering runs in one step
     emjax sweep efficiency --config=configs/sweep_embedded.py
     emjax generate --questions Q.yaml --intervention V --out answers.jsonl
     emjax judge / emjax report      # the accelerator-free judge stage and the rates
@@ -69,6 +70,11 @@ def _add_train(sub) -> None:
     p.add_argument("--config", required=True, help="a config file with get_config() (see configs/default.py)")
     p.add_argument("--seeds", type=lambda v: [int(x) for x in _csv(v)], default=None,
                    help="replicates: one run per seed (data order and init), each in <output_dir>/seed<s>/")
+    p.add_argument("--vmap-runs", nargs="+", default=None, metavar="KEY=V1,V2",
+                   help="steering vectors only: train the product of these axes (seed, lambda_kl, lr) in one "
+                        "compiled step, e.g. --vmap-runs lambda_kl=0,1,10 seed=0,1 (6 runs), each in "
+                        "<output_dir>/<label>/; replaces the config's vmap_runs section, which is used when "
+                        "this is not given")
     p.set_defaults(func=_run_train)
 
 
@@ -275,8 +281,18 @@ def _run_train(args) -> int:
     from emjax.configuration import load_config
     from emjax.train.replicates import train_replicates
     from emjax.train.trainer import Trainer
+    from emjax.train.inputs import TrainConfigError
+    from emjax.train.vmapped import sweep_of, train_vmapped
     config = load_config(args.config, args.config_overrides)
-    if args.seeds:
+    declared = sweep_of(config, args.vmap_runs)
+    if declared is not None:
+        sweep, where = declared
+        if args.seeds:
+            raise TrainConfigError(f"--seeds with {where}: give the seeds as an axis, --vmap-runs seed=0,1,2 ...")
+        out = train_vmapped(config, sweep, where=where)
+        print(json.dumps({label: s["final_eval"] for label, s in out["runs"].items()}, indent=1))
+        print(f"{len(out['runs'])} runs in {config.output_dir}/*/ (summary: {config.output_dir}/vmapped_runs.json)")
+    elif args.seeds:
         out = train_replicates(config, args.seeds)
         print(json.dumps(out["spread"], indent=1))
         print(f"replicates in {config.output_dir}/seed*/ (summary: {config.output_dir}/replicates.json)")

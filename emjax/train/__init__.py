@@ -9,4 +9,6 @@ Modules (imports point down this list):
   inputs         the data and the initial intervention a config describes
   metrics_log    metrics.jsonl and TensorBoard
   trainer        the loop: `Trainer(config).run()`
+  replicates     one config under several seeds, one run after another
+  vmapped        several steering-vector runs (seeds, lambdas, lrs) in one compiled step
 """

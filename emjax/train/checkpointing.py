@@ -34,6 +34,11 @@ class Checkpointer:
                                                                  meta=ocp.args.JsonRestore()))
         return out.state, out.meta
 
+    def restore_meta(self, step: int | None = None) -> dict:
+        """The run metadata alone (e.g. to check what a checkpoint holds before restoring it)."""
+        step = self.latest_step() if step is None else step
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

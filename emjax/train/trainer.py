@@ -40,6 +40,14 @@ from emjax.train.inputs import TrainConfigError, build_intervention, prepare_dat
 from emjax.train.metrics_log import MetricsWriter
 
 
+def kl_weight(tc: ml_collections.ConfigDict, use_kl: bool, step: int) -> float:
+    """lambda_KL at `step` of a run with train section `tc`: 0 without KL rows or from
+    train.kl_off_step on, else train.lambda_kl."""
+    if not use_kl or (tc.kl_off_step is not None and tc.kl_off_step <= step):
+        return 0.0
+    return float(tc.lambda_kl)
+
+
 class Trainer:
     """Trains one intervention as `config` says; see the module docstring."""
 
@@ -85,7 +93,7 @@ class Trainer:
         self.references = load_interventions(tc.reference, self.cfg) if tc.reference else {}
 
     # -- frozen-model cache ----------------------------------------------------------------
-    def _build_caches(self) -> list[str]:
+    def build_caches(self) -> list[str]:
         tc = self.config.train
         if not tc.frozen_cache:
             return ["frozen cache: off"]
@@ -106,14 +114,14 @@ class Trainer:
         return [f"frozen cache: on ({need / 2**20:.0f} MiB in host memory)"]
 
     # -- batches -----------------------------------------------------------------------------
-    def _sft_batch(self, batcher: Batcher) -> TS.SFTBatch:
+    def sft_batch(self, batcher: Batcher) -> TS.SFTBatch:
         idx = batcher.next_indices()
         b = pad_batch([self.data.train[i] for i in idx])
         prefix = self.cache_train.gather(idx, b["tokens"].shape[1])[0] if self.cache_train else None
         return self._stack(TS.SFTBatch(tokens=b["tokens"], mask=b["mask"], targets=b["targets"],
                                        loss_mask=b["loss_mask"], prefix=prefix))
 
-    def _kl_batch(self, batcher: Batcher) -> TS.KLBatch:
+    def kl_batch(self, batcher: Batcher) -> TS.KLBatch:
         idx = batcher.next_indices()
         b = pad_batch([self.data.kl[i] for i in idx])
         prefix = base = None
@@ -131,10 +139,7 @@ class Trainer:
             self.mesh, x.shape, batch_dim=1, name=f"micro-batch {x.shape} (train.batch_size rows)")), stacked)
 
     def lambda_at(self, step: int) -> float:
-        tc = self.config.train
-        if not self.use_kl or (tc.kl_off_step is not None and tc.kl_off_step <= step):
-            return 0.0
-        return float(tc.lambda_kl)
+        return kl_weight(self.config.train, self.use_kl, step)
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, params: Interventions) -> dict[str, float]:
@@ -170,7 +175,7 @@ class Trainer:
         config, tc, cc = self.config, self.config.train, self.config.checkpoint
         out = config.output_dir
         os.makedirs(out, exist_ok=True)
-        notes = list(self.data.notes) + self._build_caches()
+        notes = list(self.data.notes) + self.build_caches()
         for n in notes:
             print(n)
         ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=cc.keep, async_save=cc.async_save)
@@ -201,8 +206,8 @@ class Trainer:
 
         try:
             for step in range(start, end):
-                sft = self._sft_batch(train_b)
-                kl = self._kl_batch(kl_b) if self.lambda_at(step) > 0 else None
+                sft = self.sft_batch(train_b)
+                kl = self.kl_batch(kl_b) if self.lambda_at(step) > 0 else None
                 state, m = self.step_fn(state, self.model.weights, sft, kl, jnp.float32(self.lambda_at(step)))
                 rec = {"step": step + 1, "epoch": train_b.position[0], "lr": float(self.schedule(step)),
                        **{k: float(v) for k, v in m.items()}}
@@ -224,7 +229,7 @@ class Trainer:
             metrics_w.close()
         if end < self.total_steps:
             return {"stopped_at": end}
-        return self._finish(state, history, first_eval, notes, time.time() - t0)
+        return self.finish(state, history, first_eval, notes, time.time() - t0)
 
     def save_intervention(self, params: Interventions, folder: str) -> str:
         """Writes `folder`/steering.safetensors or the PEFT folder `folder`/lora; returns its path."""
@@ -237,24 +242,28 @@ class Trainer:
             save_peft_lora(params.lora, path, base_model_name_or_path=self.model.source, cfg=self.cfg)
         return path
 
-    def _finish(self, state, history, first_eval, notes, seconds) -> dict[str, Any]:
-        out = self.config.output_dir
+    def finish(self, state, history, first_eval, notes, seconds, config: ml_collections.ConfigDict | None = None,
+               **extra) -> dict[str, Any]:
+        """Writes the final intervention and summary.json (with `extra` keys) into the output_dir of
+        `config` (default: this trainer's); returns the summary."""
+        config = self.config if config is None else config
+        out = config.output_dir
         params = state.params
         artefact = self.save_intervention(params, out)
         final_eval = self.evaluate(params)
         skipped = int(state.opt_state.total_notfinite)
         summary = {
-            "name": self.config.name, "model": self.model.name, "steps": self.total_steps,
-            "shared_prefix_layers": self.k, "lambda_kl": self.config.train.lambda_kl,
+            "name": config.name, "model": self.model.name, "steps": self.total_steps,
+            "shared_prefix_layers": self.k, "lambda_kl": config.train.lambda_kl,
             "train_loss_first": history[0]["sft_loss"] if history else None,
             "train_loss_last": history[-1]["sft_loss"] if history else None,
             "initial_eval": first_eval, "final_eval": final_eval, "nonfinite_steps_skipped": skipped,
             # what the intervention adds, as the metrics measure it: ||alpha v|| or ||scale B A||_F
             "intervention_norm": float(update_norm(params)), "norm_kind": norm_kind(params),
             "param_norm": float(tree_norm(params)),  # of the raw leaves (v; A and B)
-            "seed": self.config.train.seed, "init_seed": self.config.intervention.init_seed,
-            "init_from": self.config.intervention.init_from,
-            "artefact": artefact, "seconds": round(seconds, 1), "notes": notes,
+            "seed": config.train.seed, "init_seed": config.intervention.init_seed,
+            "init_from": config.intervention.init_from,
+            "artefact": artefact, "seconds": round(seconds, 1), "notes": notes, **extra,
         }
         with open(os.path.join(out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=1)
