@@ -10,7 +10,7 @@ Memory sets the defaults `--remat full --loss-chunk 128` (both sides; bench/trai
 without): by our estimate one run-step's suffix activations are ~21 GB at B=8, T=256 (SFT and KL rows, 23
 layers), so eight of them saved for the backward (~170 GB) would not fit beside the 28 GB of
 weights, nor would eight runs' float32 logits ([8 x 8 x 256, 152k] is 10 GB per array).
-`--remat '' --loss-chunk 0` gives train_steps' settings (for fewer --runs).
+`--remat none --loss-chunk 0` gives train_steps' settings (for fewer --runs).
 
 FLOPs are model FLOPs, 2 per multiply-add of the matmuls, counted alike for both sides as N
 times one run's step (the vmapped step does a little less: what does not depend on the vector,
@@ -51,7 +51,7 @@ p.add_argument("--seq", type=int, default=256)
 p.add_argument("--layer", type=int, default=None, help="steered layer (default: the middle, 24 of 48)")
 p.add_argument("--distinct-batches", action="store_true",
                help="each run its own rows (a seed sweep) instead of one shared batch (a lambda / lr sweep)")
-p.add_argument("--remat", default="full", help="remat policy for the trained suffix ('', full, dots), both sides")
+p.add_argument("--remat", default="full", help="remat policy for the trained suffix (none, full, dots), both sides")
 p.add_argument("--loss-chunk", type=int, default=128, help="sequence chunk of the losses (0: whole rows), both sides")
 p.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
 p.add_argument("--tiny", action="store_true", help="a 4-layer toy of the shapes, for a CPU smoke run")
@@ -83,7 +83,7 @@ run_batch = [sets[i % n_sets] for i in range(N)]  # run i's rows
 lams = jnp.asarray([10.0 ** (i - N // 2) for i in range(N)], jnp.float32)  # per-run lambda (values: any)
 lrs = jnp.full((N,), 1e-4, jnp.float32)
 optimizer = functools.partial(TS.make_optimizer, total_steps=1000, warmup_steps=0)
-opts = TS.StepOptions(first_layer=k, remat=a.remat or None, loss_chunk=a.loss_chunk or None, attention=a.attention)
+opts = TS.StepOptions(first_layer=k, remat=None if a.remat in ('', 'none') else a.remat, loss_chunk=a.loss_chunk or None, attention=a.attention)
 
 
 def flops_per_run_step() -> float:
@@ -145,7 +145,7 @@ print(f"{'case':<22}{'s per call':>12}{'s per run-step':>16}{'TFLOP/s':>10}{'pea
 for name, s, peak in ((f"{N} single steps", s_seq, peak_seq), (f"1 vmapped step (N={N})", s_vm, peak_vm)):
     print(f"{name:<22}{s:>12.4f}{s / N:>16.4f}{flops / s / 1e12:>10.2f}{gib(peak):>10}")
 print(f"speedup {s_seq / s_vm:.2f}x", flush=True)
-common = dict(runs=N, B=B, T=T, layer=layer, distinct_batches=a.distinct_batches, remat=a.remat or None,
+common = dict(runs=N, B=B, T=T, layer=layer, distinct_batches=a.distinct_batches, remat=None if a.remat in ('', 'none') else a.remat,
               loss_chunk=a.loss_chunk or None, attention=a.attention, tiny=a.tiny)
 report(f"qwen14b_steer_kl_cached_sequential{N}", s_seq, tokens, flops, peak_bytes_in_use=peak_seq, **common)
 report(f"qwen14b_steer_kl_cached_vmapped{N}", s_vm, tokens, flops, peak_bytes_in_use=peak_vm,
