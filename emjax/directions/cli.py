@@ -18,6 +18,7 @@ import argparse
 import json
 
 from emjax.directions import run as R
+from emjax.directions.sources import DirectionError
 
 
 def _model_args(p) -> None:
@@ -26,7 +27,9 @@ def _model_args(p) -> None:
 
 
 def _set_args(p, side: str, help_text: str) -> None:
-    p.add_argument(f"--{side}", action="append", required=True, metavar="JSONL", help=help_text)
+    p.add_argument(f"--{side}", action="append", default=[], metavar="JSONL", help=help_text)
+    p.add_argument(f"--{side}-chats", action="append", default=[], metavar="JSONL",
+                   help="chat JSONL rows ({messages: [...]}, or sample:NAME) taken whole into the set (repeatable)")
     p.add_argument(f"--{side}-label", default=None, help="only answers of this intervention (meta label or path)")
     p.add_argument(f"--{side}-where", default=None, metavar="CONDS",
                    help="only answers whose judge scores meet e.g. 'aligned<30,coherent>50'")
@@ -51,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--balance-seed", type=int, default=0, help="seed cutting both sets to the smaller size")
     p.add_argument("--no-balance", action="store_true", help="keep every selected answer of both sets")
+    p.add_argument("--data-dir", default="../shared/data/em", help="where sample:/file names of --*-chats resolve")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("compare", help="cosine table and heat map of named directions, per layer")
@@ -82,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _answer_set(args, side: str) -> R.AnswerSet:
-    return R.AnswerSet(answers=getattr(args, side), label=getattr(args, f"{side}_label"),
+    if not getattr(args, side) and not getattr(args, f"{side}_chats"):
+        raise DirectionError(f"set {side} is empty: give --{side} answers.jsonl and/or --{side}-chats FILE")
+    return R.AnswerSet(answers=getattr(args, side), chats=getattr(args, f"{side}_chats"),
+                       label=getattr(args, f"{side}_label"),
                        where=getattr(args, f"{side}_where"), judgements=args.judgements, questions=args.questions,
                        judge_prompts=args.judge_prompts, judge_model=args.judge_model)
 
@@ -93,7 +100,8 @@ def main(argv: list[str]) -> int:
         summary = R.mean_diff_stage(R.load(args.model, args.dtype), _answer_set(args, "a"), _answer_set(args, "b"),
                                     args.out, name=args.name, max_len=args.max_len, batch_size=args.batch_size,
                                     intervention=args.intervention,
-                                    balance_seed=None if args.no_balance else args.balance_seed)
+                                    balance_seed=None if args.no_balance else args.balance_seed,
+                                    data_dir=args.data_dir)
     elif args.stage == "compare":
         summary = R.compare_stage(R.load(args.model, args.dtype), args.spec, args.out, layer=args.layer)
     elif args.stage == "gradient":

@@ -37,9 +37,11 @@ _OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge
 class AnswerSet:
     """Answers to average over: answer JSONL files, optionally only one intervention's rows
     (`label`: the record's meta label or intervention field) and only rows whose judge scores meet
-    `where` ("aligned<30,coherent>50"; needs `judgements` and `questions`)."""
+    `where` ("aligned<30,coherent>50"; needs `judgements` and `questions`); and/or chat JSONL
+    files (`chats`: training-style {"messages": [...]} lines or sample:NAME, taken whole)."""
 
-    answers: Sequence[str]
+    answers: Sequence[str] = ()
+    chats: Sequence[str] = ()
     label: str | None = None
     where: str | None = None
     judgements: Sequence[str] = ()
@@ -48,8 +50,15 @@ class AnswerSet:
     judge_model: str | None = None
 
     def describe(self) -> dict:
-        return {"answers": list(self.answers), "label": self.label, "where": self.where,
+        return {"answers": list(self.answers), "chats": list(self.chats), "label": self.label, "where": self.where,
                 "judgements": list(self.judgements)}
+
+    def conversations(self, data_dir: str) -> list[list[dict]]:
+        """Every selected answer as a chat (system, user, assistant), then the chat files' rows."""
+        out = [_chat(r) for r in select_answers(self)] if self.answers else []
+        for spec in self.chats:
+            out += [list(c) for c in read_chat_jsonl(resolve_data_spec(spec, data_dir))]
+        return out
 
 
 def _conditions(where: str) -> list[tuple[str, str, float]]:
@@ -119,25 +128,25 @@ def _norm_plot(norms: np.ndarray, path: str, title: str) -> str:
 
 def mean_diff_stage(model: LoadedModel, set_a: AnswerSet, set_b: AnswerSet, out: str, *, name: str = "mean_diff",
                     max_len: int = 512, batch_size: int = 8, intervention: str | None = None,
-                    balance_seed: int | None = 0) -> dict:
+                    balance_seed: int | None = 0, data_dir: str = "../shared/data/em") -> dict:
     """mean(set a) - mean(set b) of the block outputs over answer tokens, every layer.
 
     intervention: a steering file / LoRA folder active while collecting (upstream collects from the
     misaligned fine-tune). balance_seed: cut both sets to the smaller size (None: keep all).
     """
-    a, b = select_answers(set_a), select_answers(set_b)
+    a, b = set_a.conversations(data_dir), set_b.conversations(data_dir)
     for label, rs, s in (("a", a, set_a), ("b", b, set_b)):
         if not rs:
             raise DirectionError(f"answer set {label} is empty after selection ({s.describe()})")
     if balance_seed is not None:
         a, b = balance(a, b, balance_seed)
     iv = load_intervention(intervention, model.cfg) if intervention else None
-    ma = answer_means(model, [_chat(r) for r in a], max_len=max_len, batch_size=batch_size, interventions=iv,
-                      desc="activations a")
-    mb = answer_means(model, [_chat(r) for r in b], max_len=max_len, batch_size=batch_size, interventions=iv,
-                      desc="activations b")
+    ma = answer_means(model, a, max_len=max_len, batch_size=batch_size, interventions=iv, desc="activations a")
+    mb = answer_means(model, b, max_len=max_len, batch_size=batch_size, interventions=iv, desc="activations b")
     diff = mean_difference(ma, mb)
-    meta = {"model": model.name, "set_a": set_a.describe(), "set_b": set_b.describe(), "rows_a": ma.rows,
+    # rows_* count what was averaged: chats with no answer token within max_len are left out
+    meta = {"model": model.name, "set_a": set_a.describe(), "set_b": set_b.describe(), "given_a": len(a),
+            "given_b": len(b), "rows_a": ma.rows,
             "rows_b": mb.rows, "tokens_a": ma.tokens, "tokens_b": mb.tokens, "intervention": intervention,
             "balance_seed": balance_seed, "max_len": max_len,
             "definition": "mean over answer tokens of the residual after each block, set a minus set b"}

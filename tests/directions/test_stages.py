@@ -104,3 +104,16 @@ def test_gradient_stage_and_cli_errors(model, tmp_path, capsys):
         R.gradient_stage(model, spec, str(tmp_path / "g2"), n_rows=2, norms="twice")
     assert cli_main(["directions", "drift", str(tmp_path / "no-run")]) == 2
     assert "no metrics log" in capsys.readouterr().err
+
+
+def test_mean_diff_of_chat_files(model, tmp_path, capsys):
+    """Sets from chat JSONL (the shipped bad / good medical samples): the stage averages exactly the
+    rows given, and the CLI refuses an empty set by name."""
+    s = R.mean_diff_stage(model, R.AnswerSet(chats=["sample:bad_medical"]), R.AnswerSet(chats=["sample:good_medical"]),
+                          str(tmp_path / "md"), max_len=256, batch_size=8, balance_seed=None)
+    from emjax.data.conversations import read_chat_jsonl
+    from emjax.data.mixtures import resolve_data_spec
+    n_bad = len(read_chat_jsonl(resolve_data_spec("sample:bad_medical", "")))
+    assert s["rows_a"] == s["given_a"] == n_bad and s["set_a"]["chats"] == ["sample:bad_medical"]
+    assert cli_main(["directions", "mean-diff", "--b-chats", "sample:good_medical", "--out", str(tmp_path / "x")]) == 2
+    assert "set a is empty" in capsys.readouterr().err
