@@ -37,6 +37,7 @@ from emjax.train import step as TS
 from emjax.train.checkpointing import Checkpointer
 from emjax.train.frozen_cache import FrozenCache, cache_bytes
 from emjax.train.inputs import TrainConfigError, build_intervention, prepare_data
+from emjax.train.memory import check_trainer_memory
 from emjax.train.metrics_log import MetricsWriter
 
 
@@ -80,6 +81,7 @@ class Trainer:
         self.opts = TS.StepOptions(first_layer=self.k, remat=tc.remat,
                                    loss_chunk=tc.loss_chunk, kl_reduction=tc.kl_reduction,
                                    attention=resolve_attention(tc.attention, self.cfg))
+        self.memory = check_trainer_memory(self)  # prints the estimate; raises if it will not fit
         self.step_fn = TS.compile_step(self.cfg, self.opts, self.tx)
         self.cache_train = self.cache_kl = None
         self.references = load_interventions(tc.reference, self.cfg) if tc.reference else {}
