@@ -99,6 +99,10 @@ def get_config() -> ml_collections.ConfigDict:
     # cache the frozen prefix and KL base outputs in host memory when they fit
     c.train.frozen_cache = True
     c.train.cache_budget_gb = 4.0        # host memory the frozen cache may take
+    # before the first step, check the estimated device memory of the step (emjax.train.memory)
+    # against the device's limit and refuse a run that will not fit, naming an option that would;
+    # the estimate is printed either way (ours)
+    c.train.memory_check = True
     # Drift monitoring: "label=path,..." reference interventions; every eval logs the cosine of the
     # trained intervention's effect with each (cos_<label>) and the length of its effect along each
     # (proj_<label>; emjax.interventions.similarity). None: off. `emjax directions drift` plots them.

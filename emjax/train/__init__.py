@@ -7,6 +7,7 @@ Modules (imports point down this list):
   frozen_cache   frozen activations cached across epochs
   checkpointing  Orbax checkpoints of the trainable state
   inputs         the data and the initial intervention a config describes
+  memory         the step's device memory, estimated before compiling, and what would make it fit
   metrics_log    metrics.jsonl and TensorBoard
   trainer        the loop: `Trainer(config).run()`
   replicates     one config under several seeds, one run after another

@@ -37,6 +37,7 @@ from emjax.train import step as TS
 from emjax.train.checkpointing import Checkpointer
 from emjax.train.frozen_cache import FrozenCache, cache_bytes
 from emjax.train.inputs import TrainConfigError, build_intervention, prepare_data
+from emjax.train.memory import check_trainer_memory
 from emjax.train.metrics_log import MetricsWriter
 
 
@@ -88,18 +89,30 @@ class Trainer:
         self.opts = TS.StepOptions(first_layer=self.k, remat=tc.remat,
                                    loss_chunk=tc.loss_chunk, kl_reduction=tc.kl_reduction,
                                    attention=resolve_attention(tc.attention, self.cfg))
+        self.memory = check_trainer_memory(self)  # prints the estimate; raises if it will not fit
         self.step_fn = TS.compile_step(self.cfg, self.opts, self.tx)
         self.cache_train = self.cache_kl = None
         self.references = load_interventions(tc.reference, self.cfg) if tc.reference else {}
 
     # -- frozen-model cache ----------------------------------------------------------------
+    def cache_bytes_needed(self) -> int:
+        """Host bytes the frozen cache takes: the prefix of the training rows (when the intervention
+        starts above layer 0) and the KL rows' prefix and base outputs (with KL)."""
+        itemsize = jnp.dtype(self.model.weights.embed.dtype).itemsize
+        need = cache_bytes([len(r[0]) for r in self.data.train], self.cfg, itemsize, False) if self.k > 0 else 0
+        return need + (cache_bytes([len(r) for r in self.data.kl], self.cfg, itemsize, True) if self.use_kl else 0)
+
+    def cache_on(self) -> bool:
+        """Whether `build_caches` builds the cache: asked for, something to cache, within budget."""
+        tc = self.config.train
+        need = self.cache_bytes_needed()
+        return bool(tc.frozen_cache) and 0 < need <= tc.cache_budget_gb * 2**30
+
     def build_caches(self) -> list[str]:
         tc = self.config.train
         if not tc.frozen_cache:
             return ["frozen cache: off"]
-        itemsize = jnp.dtype(self.model.weights.embed.dtype).itemsize
-        need = cache_bytes([len(r[0]) for r in self.data.train], self.cfg, itemsize, False) if self.k > 0 else 0
-        need += cache_bytes([len(r) for r in self.data.kl], self.cfg, itemsize, True) if self.use_kl else 0
+        need = self.cache_bytes_needed()
         if need == 0:
             return ["frozen cache: nothing to cache (intervention starts at layer 0, no KL)"]
         if need > tc.cache_budget_gb * 2**30:
