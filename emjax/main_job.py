@@ -112,9 +112,9 @@ def _generate(model: LoadedModel, out: str, vectors: dict[str, str | None], samp
     sampling = SamplingSettings(samples=samples, max_new_tokens=max_new, batch_size=8)
     from emjax.eval.questions import load_questions
     domain_ids = [q.id for q in load_questions(domain_q)][:N_DOMAIN_QUESTIONS]
-    for path in vectors.values():
-        generate(model, em_q, answers, intervention=path, sampling=sampling)
-        generate(model, domain_q, answers, intervention=path, sampling=sampling, include=domain_ids)
+    # every vector's rows in one sampler call per question file (each row under its own vector)
+    generate(model, em_q, answers, interventions=vectors, sampling=sampling)
+    generate(model, domain_q, answers, interventions=vectors, sampling=sampling, include=domain_ids)
     recs = read_answers(answers)
     for r in recs[:: max(1, len(recs) // 6)]:
         print(f"[{r.intervention or 'chat model'}] {r.question}\n    -> {r.answer.strip()[:160]!r}")
