@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from emjax.checkpoints.load import LoadedModel
 from emjax.interventions import Interventions
@@ -78,7 +79,7 @@ def gradient_projections(model: LoadedModel, batches: Sequence[dict], layer: int
     points = [("base", 0.0, np.zeros(model.cfg.d_model))]
     points += [(label, float(s), s * u) for label, u in units.items() for s in norms]
     rows = []
-    for along, s, v in points:
+    for along, s, v in tqdm(points, desc="gradient", unit="point"):
         loss, g = loss_and_gradient(model, batches, v, layer, hook)
         gn = float(np.linalg.norm(g))
         row = {"along": along, "norm": s, "layer": layer, "loss": loss, "grad_norm": gn}
