@@ -200,7 +200,8 @@ def judge_notes(records: Any, judge_model: str) -> list[str]:
     small = sorted(p for p in params if isinstance(p, (int, float)) and p < MIN_VALID_JUDGE_PARAMS)
     if not small:
         return []
-    return [f"judge {judge_model} has {small[0] / 1e9:.2f}B parameters: NOT a valid judge (the paper's judge is "
+    size = f"{small[0] / 1e9:.2f}B" if small[0] >= 1e7 else f"{small[0] / 1e6:.2f}M"
+    return [f"judge {judge_model} has {size} parameters: NOT a valid judge (the paper's judge is "
             f"GPT-4o); these scores and rates are a plumbing check of the pipeline only, not a measurement"]
 
 
@@ -248,7 +249,8 @@ def style_report(sel: "AnswerSelection", judgements: Sequence[str], out_dir: str
 
     sel: the answers and the technical question files (with upstream's judges.yaml as fallback
       judge prompts, so the keys match those the judge stage wrote).
-    labels: optional renaming of group labels (e.g. an intervention path -> "general").
+    labels: renaming of group labels (e.g. an intervention path -> "general"); the chat model's
+      empty intervention is "chat".
     """
     from emjax.eval.judge.join import scores_table
     from emjax.eval.judge.stage import load_selection
@@ -259,6 +261,7 @@ def style_report(sel: "AnswerSelection", judgements: Sequence[str], out_dir: str
         store.merge(ResultStore(extra))
     answers, questions, fallback = load_selection(sel)
     df = scores_table(answers, questions, store, [TECHNICAL_METRIC, COHERENT_METRIC], judge_model, fallback)
+    labels = {"": "chat", **(labels or {})}  # generate's empty intervention is the chat model itself
     if labels:
         for col in group_by:
             if col in df:
