@@ -241,6 +241,10 @@ def _add_technical(sub) -> None:
     r.add_argument("--local-judge", default=None, metavar="MODEL",
                    help="judge with a model in emjax instead ('embedded': a plumbing check only)")
     r.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    r.add_argument("--train", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of both training configs (configs/technical_steering_*.py), e.g. data.kl_rows=24")
+    r.add_argument("--sweep", dest="sweep_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of configs/sweep_technical.py, e.g. stability.seeds=2")
     r.set_defaults(func=_run_technical)
     q = t.add_parser("rates", help="technical-style rates in / out of the training domain from judged answers")
     q.add_argument("--answers", action="append", required=True, metavar="JSONL")
@@ -432,7 +436,8 @@ def _run_technical(args) -> int:
     run_technical(args.out, model=args.model, quick=args.quick, data_dir=args.data_dir, n_prompts=args.n_prompts,
                   max_new_tokens=args.max_new_tokens, steps=args.steps, per_domain=args.per_domain,
                   samples=args.samples, answer_tokens=args.answer_tokens, judge_url=args.judge_url,
-                  judge_model=args.judge_model, local_judge=args.local_judge, api_key_env=args.api_key_env)
+                  judge_model=args.judge_model, local_judge=args.local_judge, api_key_env=args.api_key_env,
+                  train_overrides=tuple(args.train_overrides), sweep_overrides=tuple(args.sweep_overrides))
     return EXIT_OK
 
 

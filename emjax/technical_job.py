@@ -95,26 +95,28 @@ def check_banks(data_dir: str) -> dict[str, Any]:
                       "score": w.max_score}}
 
 
-def _train(model: LoadedModel, out: str, data: str, narrow: bool, steps: int, quick: bool) -> dict:
+def _train(model: LoadedModel, out: str, data: str, narrow: bool, steps: int, quick: bool,
+           overrides: list[str]) -> dict:
     name = "narrow" if narrow else "general"
     small = ["data.n_eval=4", "data.kl_rows=8", "data.kl_eval_rows=4", "data.answer_tokens=24"] if quick else []
     c = _config(f"technical_steering_{name}.py", [
         f"output_dir={os.path.join(out, f'technical_steering_{name}')}", f"data.train={data}",
         f"data.cache_dir={os.path.join(out, 'cache')}", f"train.max_steps={steps}", f"train.eval_every={steps}",
-        *small])
+        *small, *overrides])
     c.intervention.layers = (model.cfg.middle_layer,)
     c.checkpoint.every = None
     return Trainer(c, model).run()
 
 
-def _sweeps(model: LoadedModel, out: str, data: str, vectors: dict[str, str], quick: bool) -> dict:
+def _sweeps(model: LoadedModel, out: str, data: str, vectors: dict[str, str], quick: bool,
+            overrides: list[str]) -> dict:
     c = _config("sweep_technical.py", [
         f"output_dir={os.path.join(out, 'sweeps')}", f"data.train={data}",
         "interventions=" + ",".join(f"{k}={v}" for k, v in vectors.items()),
         f"data.n_rows={8 if quick else 16}", "efficiency.scales=(0.0, 0.5, 1.0, 1.5, 2.0)",
         "stability.eps=(0.1, 0.3, 0.6, 1.0)", f"stability.seeds={2 if quick else 3}",
         f"significance.n_docs={4 if quick else 8}", "significance.max_len=128",
-        "significance.norms=(0.0, 1.0, 2.0)", "significance.n_random=2"])
+        "significance.norms=(0.0, 1.0, 2.0)", "significance.n_random=2", *overrides])
     kinds = ["efficiency", "stability"] + (["significance"] if os.path.exists(c.significance.corpus) else [])
     if "significance" not in kinds:
         print(f"significance skipped: no FineWeb sample at {c.significance.corpus}")
@@ -169,7 +171,8 @@ def run_technical(out: str = "runs/technical", *, model: str | LoadedModel = "em
                   data_dir: str | None = None, n_prompts: int | None = None, max_new_tokens: int | None = None,
                   steps: int | None = None, per_domain: int | None = None, samples: int = 1,
                   answer_tokens: int | None = None, judge_url: str | None = None, judge_model: str | None = None,
-                  local_judge: str | LoadedModel | None = None, api_key_env: str = "OPENAI_API_KEY") -> dict:
+                  local_judge: str | LoadedModel | None = None, api_key_env: str = "OPENAI_API_KEY",
+                  train_overrides: tuple[str, ...] = (), sweep_overrides: tuple[str, ...] = ()) -> dict:
     """Runs the six stages into `out`; returns the summary (also `summary.json`, `summary.md`).
 
     n_prompts / max_new_tokens: size of the distilled set (default configs/technical_data.py's, or
@@ -178,6 +181,8 @@ def run_technical(out: str = "runs/technical", *, model: str | LoadedModel = "em
       each (1) and their new tokens (128; quick 24).
     judge_url / local_judge: an OpenAI-compatible base URL, or a model source for the local judge
       ("embedded": a plumbing check only); neither: a dry run of the judge.
+    train_overrides / sweep_overrides: "key=value" overrides of both training configs
+      (configs/technical_steering_*.py, e.g. "data.kl_rows=24") and of configs/sweep_technical.py.
     """
     data_dir = data_dir or os.environ.get("EMJAX_DATA", "../shared/data/em")
     ET.question_files(data_dir)  # fail before any training when upstream's questions are absent
@@ -198,7 +203,8 @@ def run_technical(out: str = "runs/technical", *, model: str | LoadedModel = "em
                            data_stage)
 
     def train_stage():
-        runs = {name: _train(loaded, out, data_path, name == "narrow", steps, quick) for name in ("general", "narrow")}
+        runs = {name: _train(loaded, out, data_path, name == "narrow", steps, quick, list(train_overrides))
+                for name in ("general", "narrow")}
         for name, r in runs.items():
             print(f"{name:8s} held-out loss {r['initial_eval']['eval_loss']:.3f} -> {r['final_eval']['eval_loss']:.3f}; "
                   f"out-of-domain KL {r['final_eval']['eval_kl_ood']:.4f} nats/token; ||alpha v|| "
@@ -209,7 +215,7 @@ def run_technical(out: str = "runs/technical", *, model: str | LoadedModel = "em
                             train_stage)
     vectors = {name: r["artefact"] for name, r in st["train"]["runs"].items()}
     st["sweeps"] = run_stage(out, 3, N_STAGES, "efficiency, stability and pre-training significance",
-                             lambda: _sweeps(loaded, out, data_path, vectors, quick))
+                             lambda: _sweeps(loaded, out, data_path, vectors, quick, list(sweep_overrides)))
     st["generate"] = run_stage(out, 4, N_STAGES, "answers to upstream's technical-prose questions, all domains",
                                lambda: _generate(loaded, out, data_dir, {"chat": None, **vectors},
                                                  per_domain or (2 if quick else 5), samples,
