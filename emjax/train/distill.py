@@ -94,11 +94,11 @@ def choose_prompts(items: Sequence[PromptItem], n: int | None, seed: int) -> lis
     return [items[int(i)] for i in sorted(take)]
 
 
-_SENTENCE_END = re.compile(r"[.!?:](?=\s|$)|\n")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
 
 
 def trim_to_sentence(text: str, min_share: float = 0.3) -> str:
-    """`text` up to its last sentence end (".", "!", "?", ":" before a space, or a newline), when
+    """`text` up to its last sentence end (".", "!" or "?" before a space or the end, or a newline), when
     that keeps at least `min_share` of it; else `text` unchanged."""
     ends = [m.end() for m in _SENTENCE_END.finditer(text.rstrip())]
     if ends and ends[-1] >= min_share * len(text):
