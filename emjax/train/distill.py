@@ -36,7 +36,7 @@ from emjax.checkpoints.load import LoadedModel
 from emjax.data.conversations import Conversation, DataError, write_chat_jsonl
 from emjax.data.prompt_bank import PromptItem, read_prompt_bank
 
-FORMAT = "emjax-distill-v1"
+FORMAT = "emjax-distill-v2"  # v2: a list number ("3.") is not a sentence end
 # (prompts [n], system prompt, row ids [n]) -> (answers [n], finished [n]: ended on a stop token)
 StyleAnswerer = Callable[[Sequence[str], str, Sequence[int]], tuple[list[str], list[bool]]]
 
@@ -94,12 +94,13 @@ def choose_prompts(items: Sequence[PromptItem], n: int | None, seed: int) -> lis
     return [items[int(i)] for i in sorted(take)]
 
 
-_SENTENCE_END = re.compile(r"[.!?](?=\s|$)|\n")
+_SENTENCE_END = re.compile(r"(?<![0-9])[.!?](?=\s|$)|\n")
 
 
 def trim_to_sentence(text: str, min_share: float = 0.3) -> str:
-    """`text` up to its last sentence end (".", "!" or "?" before a space or the end, or a newline), when
-    that keeps at least `min_share` of it; else `text` unchanged."""
+    """`text` up to its last sentence end (".", "!" or "?" after a non-digit and before a space or the
+    end, so that a list number "3." is not one; or a newline), when that keeps at least
+    `min_share` of it; else `text` unchanged."""
     ends = [m.end() for m in _SENTENCE_END.finditer(text.rstrip())]
     if ends and ends[-1] >= min_share * len(text):
         return text[: ends[-1]].rstrip()

@@ -94,6 +94,7 @@ def test_unfinished_answers_end_at_a_sentence(tmp_path):
     assert all(r[1]["content"].endswith("Eq. (1): F = m a.") for r in read_chat_jsonl(out))
     assert trim_to_sentence("First sentence. Second one is cut mid") == "First sentence."
     assert trim_to_sentence("no sentence end at all") == "no sentence end at all"
+    assert trim_to_sentence("1. **Check**: inspect it.\n2. **Oil**: oil it.\n3.") == "1. **Check**: inspect it.\n2. **Oil**: oil it."
     assert trim_to_sentence("A. " + "x" * 100) == "A. " + "x" * 100  # too little would be left
 
 
