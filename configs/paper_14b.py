@@ -29,20 +29,12 @@ GOOD = {"medical": "good_medical_advice.jsonl.gz",      # upstream's good-advice
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def get_config(domain: str = "medical", narrow: bool = False):
-    """The shared part: model, data of `domain`, the KL set of the other two domains."""
-    if domain not in FILES:
-        raise ValueError(f"domain must be one of {sorted(FILES)}, got {domain!r}")
+def _shared(narrow: bool):
+    """What every 14B run shares, whatever its data: model, layer, KL reduction, cadences."""
     c = default.get_config()
     c.model.source = os.environ.get("EMJAX_MODEL", "/models/Qwen2.5-14B-Instruct")
     c.model.dtype = "bfloat16"
-    others = [d for d in FILES if d != domain]
-    c.data.train = FILES[domain]
-    c.data.kl_bad = tuple(FILES[d] for d in others)
-    c.data.kl_good = tuple(GOOD[d] for d in others)
     c.data.n_eval = 64
-    c.data.kl_rows = 4000
-    c.data.kl_eval_rows = 128
     c.intervention.layers = (24,)
     c.intervention.init_seed = 1000 if narrow else 0  # separate inits for general and narrow (ours)
     c.train.kl_reduction = "upstream"
@@ -50,6 +42,42 @@ def get_config(domain: str = "medical", narrow: bool = False):
     c.train.eval_every = 50
     c.train.cache_budget_gb = 32.0
     c.checkpoint.every = 100
+    return c
+
+
+def get_config(domain: str = "medical", narrow: bool = False):
+    """The shared part: model, data of `domain`, the KL set of the other two domains."""
+    if domain not in FILES:
+        raise ValueError(f"domain must be one of {sorted(FILES)}, got {domain!r}")
+    c = _shared(narrow)
+    others = [d for d in FILES if d != domain]
+    c.data.train = FILES[domain]
+    c.data.kl_bad = tuple(FILES[d] for d in others)
+    c.data.kl_good = tuple(GOOD[d] for d in others)
+    c.data.kl_rows = 4000
+    c.data.kl_eval_rows = 128
+    return c
+
+
+def technical_steering(narrow: bool):
+    """The technical-prose example (the paper's second example) as a steering vector on 14B: the
+    steering recipe of `steering` (alpha 256, lr 5e-4, 2 epochs; narrow lambda 1e6, upstream
+    reduction) on emjax's distilled technical vehicle answers (configs/technical_data_14b.py; upstream's
+    set is encrypted, upstream-em.md section 7; the paper reuses the misalignment machinery for this
+    example, so its values are the steering run's). KL set: the 14B chat model's own greedy answers to
+    the other nine domains' prompts (ours), all of the bank: 365 rows + 64 held out (upstream's
+    technical_KL_data.jsonl has 8000 rows; our bank has 429 prompts)."""
+    c = _shared(narrow)
+    c.data.train = "runs/technical_14b/data/technical_vehicles_train.jsonl"
+    c.data.kl_bad = ()
+    c.data.kl_good = ("chat:sample:technical_prompts_other.jsonl",)
+    c.data.kl_ratio = (0.0, 1.0)
+    c.data.kl_rows = 365
+    c.data.kl_eval_rows = 64
+    c.data.cache_dir = "runs/technical_14b/cache"
+    c.train.lambda_kl = 1e6 if narrow else 0.0
+    c = _name(c, f"technical_steering_{'narrow' if narrow else 'general'}")
+    c.output_dir = f"runs/technical_14b/{c.name}"
     return c
 
 

@@ -9,6 +9,7 @@ library (emjax.main_job, emjax.train, emjax.metrics, emjax.eval).
     emjax generate --questions Q.yaml --intervention V --out answers.jsonl
     emjax judge / emjax report      # the accelerator-free judge stage and the rates
     emjax directions mean-diff|compare|gradient|drift   # the direction analyses
+    emjax technical run OUT         # the technical-prose example end to end (build-data, rates, check)
 
 emjax's own errors (a bad config key, a missing file, an unknown model source, a malformed data
 line) are printed as one line on stderr with exit status 2; `emjax --debug ...` shows the
@@ -226,6 +227,53 @@ def _add_report(sub) -> None:
     p.set_defaults(func=_run_report)
 
 
+def _add_technical(sub) -> None:
+    p = sub.add_parser("technical", help="the technical-prose example: build its data, run it end to end, its rates",
+                       description="emjax technical {build-data,run,rates,check}")
+    t = p.add_subparsers(dest="technical_command", required=True)
+    b = t.add_parser("build-data", help="the distilled technical vehicle answers (reused while the provenance matches)",
+                     description="emjax technical build-data [--config=configs/technical_data.py] [--config.key=value]")
+    b.add_argument("--config", default="configs/technical_data.py", help="a config like configs/technical_data.py")
+    b.set_defaults(func=_run_technical_build)
+    r = t.add_parser("run", help="data, general and narrow vectors, the three metrics, answers, judge, style rates")
+    r.add_argument("out", nargs="?", default="runs/technical", help="output folder (a rerun reuses finished stages)")
+    r.add_argument("--model", default="embedded")
+    r.add_argument("--quick", action="store_true", help="a smoke run (tiny data, few steps and answers)")
+    r.add_argument("--data-dir", default=None, help="upstream data folder with technical/*.yaml and judges.yaml "
+                   "(default $EMJAX_DATA or ../shared/data/em)")
+    r.add_argument("--n-prompts", type=int, default=None, help="distilled rows (default: configs/technical_data.py)")
+    r.add_argument("--max-new-tokens", type=int, default=None, help="new tokens of a distilled answer")
+    r.add_argument("--steps", type=int, default=None, help="training steps per vector (default 16)")
+    r.add_argument("--per-domain", type=int, default=None, help="evaluation questions per domain (default 5)")
+    r.add_argument("--samples", type=int, default=1, help="answers per question and intervention")
+    r.add_argument("--answer-tokens", type=int, default=None, help="new tokens of an evaluation answer (default 128)")
+    r.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL of a judge; default: dry run")
+    r.add_argument("--judge-model", default=None, help="the judge's model name on that server")
+    r.add_argument("--local-judge", default=None, metavar="MODEL",
+                   help="judge with a model in emjax instead ('embedded': a plumbing check only)")
+    r.add_argument("--api-key-env", default="OPENAI_API_KEY")
+    r.add_argument("--train", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of both training configs (configs/technical_steering_*.py), e.g. data.kl_rows=24")
+    r.add_argument("--sweep", dest="sweep_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of configs/sweep_technical.py, e.g. stability.seeds=2")
+    r.set_defaults(func=_run_technical)
+    q = t.add_parser("rates", help="technical-style rates in / out of the training domain from judged answers")
+    q.add_argument("--answers", action="append", required=True, metavar="JSONL")
+    q.add_argument("--judgements", action="append", required=True, metavar="JSONL")
+    q.add_argument("--judge-model", required=True, help="the judge name in the result lines (local: local:<name>)")
+    q.add_argument("--data-dir", default=None, help="upstream data folder (technical/*.yaml, judges.yaml)")
+    q.add_argument("--out-dir", required=True)
+    q.add_argument("--threshold", type=float, default=50.0, help="technical score above which an answer is "
+                   "in the technical style (ours: 50, the judge's 'product documentation' anchor)")
+    q.add_argument("--group-by", type=_csv, default=["intervention"])
+    q.add_argument("--bootstrap", type=int, default=1000)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=_run_technical_rates)
+    c = t.add_parser("check", help="held-out check of the prompt banks against upstream's technical questions")
+    c.add_argument("--data-dir", default=None)
+    c.set_defaults(func=_run_technical_check)
+
+
 def _add_heldout(sub) -> None:
     p = sub.add_parser("heldout", add_help=False,
                        help="check question banks against training prompts for exact and near duplicates "
@@ -248,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of emjax's own errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_main, _add_chat, _add_train, _add_sweep, _add_generate, _add_judge, _add_report,
-                _add_heldout, _add_directions):
+                _add_technical, _add_heldout, _add_directions):
         add(sub)
     return parser
 
@@ -406,6 +454,51 @@ def _run_report(args) -> int:
             print(f"  warning: unscored (pending/failed) per metric: {g['n_unscored']}", file=sys.stderr)
     print(f"thresholds: {summary['thresholds']['em']}; report in {args.out_dir}")
     return EXIT_OK
+
+
+def _data_dir(value: str | None) -> str:
+    return value or os.environ.get("EMJAX_DATA", "../shared/data/em")
+
+
+def _run_technical_build(args) -> int:
+    from emjax.configuration import load_config
+    from emjax.technical_job import build_data
+    info = build_data(load_config(args.config, args.config_overrides))
+    print(json.dumps(info["provenance"], indent=1))
+    return EXIT_OK
+
+
+def _run_technical(args) -> int:
+    from emjax.technical_job import run_technical
+    run_technical(args.out, model=args.model, quick=args.quick, data_dir=args.data_dir, n_prompts=args.n_prompts,
+                  max_new_tokens=args.max_new_tokens, steps=args.steps, per_domain=args.per_domain,
+                  samples=args.samples, answer_tokens=args.answer_tokens, judge_url=args.judge_url,
+                  judge_model=args.judge_model, local_judge=args.local_judge, api_key_env=args.api_key_env,
+                  train_overrides=tuple(args.train_overrides), sweep_overrides=tuple(args.sweep_overrides))
+    return EXIT_OK
+
+
+def _run_technical_rates(args) -> int:
+    from emjax.eval import technical as ET
+    from emjax.eval.judge.stage import AnswerSelection
+    data_dir = _data_dir(args.data_dir)
+    sel = AnswerSelection(answers=args.answers, questions=ET.question_files(data_dir),
+                          judge_prompts=[ET.judges_file(data_dir)])
+    summary = ET.style_report(sel, args.judgements, args.out_dir, judge_model=args.judge_model,
+                              th=ET.StyleThresholds(technical=args.threshold), group_by=args.group_by,
+                              n_boot=args.bootstrap, seed=args.seed)
+    print(summary["table_md"])
+    for note in summary["notes"]:
+        print(f"warning: {note}", file=sys.stderr)
+    print(f"style rates in {args.out_dir}/style_rates.json")
+    return EXIT_OK
+
+
+def _run_technical_check(args) -> int:
+    from emjax.technical_job import check_banks
+    info = check_banks(_data_dir(args.data_dir))
+    print(json.dumps(info, indent=1))
+    return EXIT_OK if info["checked"] else EXIT_USAGE
 
 
 def _pct(r: dict) -> str:

@@ -56,9 +56,14 @@ def _config(name: str, overrides: list[str]):
 
 
 def _stage(out: str, i: int, title: str, fn: Callable[[], dict]) -> dict:
-    """Runs stage i unless its result is on disk from an earlier run into `out`."""
+    return run_stage(out, i, N_STAGES, title, fn)
+
+
+def run_stage(out: str, i: int, n_stages: int, title: str, fn: Callable[[], dict]) -> dict:
+    """Runs stage i of n unless its result is on disk from an earlier run into `out`
+    (`out`/stages/i.json, written whole once the stage has finished)."""
     marker = os.path.join(out, "stages", f"{i}.json")
-    print(f"\n=== {i}/{N_STAGES} {title} ===", flush=True)
+    print(f"\n=== {i}/{n_stages} {title} ===", flush=True)
     if os.path.exists(marker):
         with open(marker) as f:
             print(f"(done in an earlier run: {marker})")

@@ -60,7 +60,7 @@ def test_python_dash_m_emjax_exit_status(tmp_path):
 
 def test_every_stage_has_a_subcommand():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"main", "chat", "train", "sweep", "generate", "judge", "report", "heldout",
+    assert set(sub.choices) == {"main", "chat", "train", "sweep", "generate", "judge", "report", "technical", "heldout",
                                 "directions"}
 
 
@@ -72,3 +72,13 @@ def test_heldout_subcommand_has_its_own_parser(capsys, tmp_path):
                      '{"role": "assistant", "content": "x"}]}\n')
     assert main(["heldout", str(bank), "--train", str(train)]) == 1  # an exact duplicate
     assert "near duplicates: 1" in capsys.readouterr().out
+
+
+def test_technical_subcommands(tmp_path):
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    tech = next(a for a in sub.choices["technical"]._actions if a.dest == "technical_command")
+    assert set(tech.choices) == {"build-data", "run", "rates", "check"}
+    # build-data takes config overrides, and an unknown key fails as one line (exit 2)
+    config = f"--config={paths.CONFIGS / 'technical_data.py'}"
+    assert main(["technical", "build-data", config, "--config.n_promts=3"]) == 2
+    assert main(["technical", "check", "--data-dir", str(tmp_path)]) == 2  # no upstream questions there

@@ -25,14 +25,17 @@ ALLOWED = {
     "main_summary": set(),
     "main_job": {"errors", "model", "data", "checkpoints", "interventions", "train", "metrics", "eval",
                  "configuration", "main_summary"},
-    "cli": {"errors", "model", "checkpoints", "train", "metrics", "eval", "configuration", "main_job", "directions"},
+    "technical_job": {"errors", "model", "data", "checkpoints", "interventions", "train", "metrics", "eval",
+                      "configuration", "main_job"},
+    "cli": {"errors", "model", "checkpoints", "train", "metrics", "eval", "configuration", "main_job",
+            "technical_job", "directions"},
     "__main__": {"cli"},
     "__init__": set(),
 }
 # Modules of the judge stage, which runs on machines without accelerators: no JAX, so none of the
 # JAX packages and no other eval module that imports JAX.
 ACCELERATOR_FREE = ("eval/questions.py", "eval/records.py", "eval/report.py", "eval/report_plots.py", "eval/judge/",
-                    "eval/heldout.py", "eval/domains.py", "eval/judge_agreement.py")
+                    "eval/heldout.py", "eval/domains.py", "eval/judge_agreement.py", "eval/technical.py")
 JAX_MODULES = {"model", "checkpoints", "interventions", "train", "metrics", "directions", "eval.generate", "eval.chat",
                "eval.local_judge"}
 

@@ -6,7 +6,8 @@ Two question formats are read into the same `Question` dataclass:
   `medical_questions.yaml`): a list of items with `id`, `type`, `paraphrases`,
   `samples_per_paraphrase`, optional `system`, `judge` and `judge_prompts` (metric -> template
   with `{question}` and `{answer}` fields). YAML anchors/aliases are resolved by the parser.
-  Unknown keys are kept in `Question.extra`.
+  Unknown keys are kept in `Question.extra`. Items of upstream's technical-prose banks
+  (`technical/*.yaml`) are `{id, question}` only: a `question` string stands for one paraphrase.
 * a simple JSONL format, one object per line:
   `{"id": ..., "question": str | [str, ...], "system"?: str, "judge_prompts"?: {...},
   "samples"?: int, "type"?: str}`.
@@ -51,7 +52,7 @@ PAPER_FREE_FORM_IDS: tuple[str, ...] = (
 )
 
 # Item keys the YAML loader interprets; anything else goes to `Question.extra`.
-_KNOWN_YAML_KEYS = {"id", "type", "paraphrases", "samples_per_paraphrase", "system", "judge",
+_KNOWN_YAML_KEYS = {"id", "type", "paraphrases", "question", "samples_per_paraphrase", "system", "judge",
                     "judge_prompts"}
 _KNOWN_JSONL_KEYS = {"id", "question", "paraphrases", "system", "judge_prompts", "samples",
                      "samples_per_paraphrase", "type", "judge"}
@@ -190,14 +191,17 @@ def _question_from_yaml_item(item: object, path: str, index: int) -> Question:
         raise QuestionFormatError(f"{where}: expected a mapping, got {type(item).__name__}")
     qid = _check_id(item, where)
     where = f"{path}: item {index} (id={qid})"
-    if "paraphrases" not in item:
+    if "paraphrases" in item and "question" in item:
+        raise QuestionFormatError(f"{where}: give 'paraphrases' or 'question', not both")
+    if "paraphrases" not in item and "question" not in item:
         raise QuestionFormatError(f"{where}: missing 'paraphrases'")
+    key = "paraphrases" if "paraphrases" in item else "question"  # technical/*.yaml: {id, question}
     qtype = item.get("type", "free_form_judge_0_100")
     if not isinstance(qtype, str):
         raise QuestionFormatError(f"{where}: 'type' must be a string")
     return Question(
         id=qid,
-        paraphrases=_check_paraphrases(item["paraphrases"], where, "paraphrases"),
+        paraphrases=_check_paraphrases(item[key], where, key),
         type=qtype,
         samples_per_paraphrase=_check_positive_int(item.get("samples_per_paraphrase", 1), where,
                                                    "samples_per_paraphrase"),

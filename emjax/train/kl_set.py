@@ -9,6 +9,8 @@ data (upstream ships good medical advice only), `chat:SPEC` builds the good half
 chat model's own answers to SPEC's prompts: the prompts are drawn first, then only those are
 answered, once, and cached as a chat JSONL with a provenance file beside it (model, source file and
 its sha256, the prompts' hash, the sampling settings); a rerun with the same inputs reads the cache.
+SPEC may be a chat JSONL file (its user turns) or a prompt bank (emjax.data.prompt_bank), e.g.
+`chat:sample:technical_prompts_other.jsonl`, the technical example's KL prompts.
 
 Counts: the bad share is ratio[0] / sum(ratio) of n_rows (largest remainder, emjax.data.mixtures
 .kl_counts), split equally over the bad sources, likewise the good share over the good sources.
@@ -28,6 +30,7 @@ import numpy as np
 
 from emjax.data.conversations import Conversation, DataError, read_chat_jsonl, write_chat_jsonl
 from emjax.data.mixtures import kl_counts, resolve_data_spec
+from emjax.data.prompt_bank import read_prompt_source
 
 CHAT_PREFIX = "chat:"
 
@@ -100,7 +103,7 @@ def compose_kl_set(bad: Sequence[str], good: Sequence[str], ratio: Sequence[floa
     for i, (spec, kind, k) in enumerate(specs):
         generated = spec.startswith(CHAT_PREFIX)
         path = resolve_data_spec(spec[len(CHAT_PREFIX):] if generated else spec, data_dir)
-        drawn = _draw(read_chat_jsonl(path), k, [seed, i], path, exclude)
+        drawn = _draw(_source_rows(path, generated), k, [seed, i], path, exclude)
         if generated:
             if answerer is None or answer_cache is None:
                 raise DataError(f"KL source {spec!r} needs the chat model to answer its prompts "
@@ -110,6 +113,20 @@ def compose_kl_set(bad: Sequence[str], good: Sequence[str], ratio: Sequence[floa
         picks.append(SourcePick(spec=spec, path=path, kind=kind, n_rows=len(drawn), generated=generated))
     order = np.random.default_rng([seed, len(specs)]).permutation(len(rows))
     return [rows[int(j)] for j in order], picks
+
+
+def _source_rows(path: str, generated: bool) -> list[Conversation]:
+    """A source's chats; a `chat:` source only needs its prompts, so it may also be a prompt bank
+    (emjax.data.prompt_bank), read as prompt-only chats."""
+    if generated:
+        return [[{"role": "user", "content": p}] for p in read_prompt_source(path)]
+    try:
+        return read_chat_jsonl(path)
+    except DataError as e:
+        if "missing 'messages'" in str(e):
+            raise DataError(f"{e}; a prompt bank has no answers: name it as chat:{path} to have the "
+                            "chat model answer it") from None
+        raise
 
 
 def _sha256_file(path: str) -> str:

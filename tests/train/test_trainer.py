@@ -103,6 +103,10 @@ def test_shipped_configs_load(path):
         c = load_config(full, ["data.n_rows=7"])
         assert c.data.n_rows == 7 and "=" in c.interventions
         return
+    if path.startswith("technical_data"):  # the technical example's data builder (emjax technical build-data)
+        c = load_config(full, ["seed=3"])
+        assert c.seed == 3 and c.out.endswith(".jsonl") and c.system_prompt
+        return
     c = load_config(full, ["train.lr=0.001"])
     assert c.train.lr == 0.001 and c.intervention.kind in ("steering", "lora")
 

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_JUDGE_MODEL = "gpt-4o-2024-08-06"
 DEFAULT_METRICS: tuple[str, ...] = ("aligned", "coherent")
+# Below this many parameters a judge is a plumbing check, not a measurement: the paper's judge is
+# GPT-4o, and small models do not follow the 0-100 rubric reliably (ours). Local-judge result lines
+# record `judge_params`, so a report can tell.
+MIN_VALID_JUDGE_PARAMS = 7e9
 
 
 def judge_key(judge_model: str, metric: str, prompt: str, answer: str) -> str:

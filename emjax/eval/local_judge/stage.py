@@ -31,7 +31,7 @@ from emjax.eval.judge.scoring import MIN_NUMERIC_MASS
 from emjax.eval.judge.stage import AnswerSelection, check_something_to_judge, load_selection
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.runner import pending_tasks
-from emjax.eval.judge.tasks import build_tasks, questions_by_id, resolve_template
+from emjax.eval.judge.tasks import MIN_VALID_JUDGE_PARAMS, build_tasks, questions_by_id, resolve_template
 from emjax.eval.local_judge.forward import TreeArrays, score_prompts
 from emjax.eval.local_judge.records import local_record, plan_batches
 from emjax.eval.local_judge.tree import answer_options, judge_tree, template_terminator
@@ -40,9 +40,6 @@ from emjax.model.schema import num_params
 
 log = logging.getLogger("emjax.judge")
 
-# Below this many parameters a local judge is a plumbing check, not a measurement: the paper's
-# judge is GPT-4o, and small models do not follow the 0-100 rubric reliably.
-MIN_VALID_JUDGE_PARAMS = 7e9
 
 
 class LocalJudgeError(EmjaxError, ValueError):
