@@ -274,20 +274,19 @@ def _add_technical(sub) -> None:
     c.set_defaults(func=_run_technical_check)
 
 
-def _add_heldout(sub) -> None:
-    p = sub.add_parser("heldout", add_help=False,
-                       help="check question banks against training prompts for exact and near duplicates "
-                            "(emjax heldout --help)")
+def _add_own_parser(sub, name: str, help_text: str) -> None:
+    """A subcommand with its own argument parser, dispatched in main() before argparse."""
+    p = sub.add_parser(name, add_help=False, help=f"{help_text} (emjax {name} --help)")
     p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=None)  # dispatched in main() before argparse, to its own parser
+    p.set_defaults(func=None)
+
+
+def _add_heldout(sub) -> None:
+    _add_own_parser(sub, "heldout", "check question banks against training prompts for exact and near duplicates")
 
 
 def _add_directions(sub) -> None:
-    p = sub.add_parser("directions", add_help=False,
-                       help="mean-diff directions, cosine tables, the gradient analysis, drift plots "
-                            "(emjax directions --help)")
-    p.add_argument("args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=None)  # dispatched in main() before argparse, to its own parser
+    _add_own_parser(sub, "directions", "mean-diff directions, cosine tables, the gradient analysis, drift plots")
 
 
 def build_parser() -> argparse.ArgumentParser:

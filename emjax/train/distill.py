@@ -35,6 +35,7 @@ import numpy as np
 from emjax.checkpoints.load import LoadedModel
 from emjax.data.conversations import Conversation, DataError, write_chat_jsonl
 from emjax.data.prompt_bank import PromptItem, read_prompt_bank
+from emjax.train.kl_set import sha256_file
 
 FORMAT = "emjax-distill-v2"  # v2: a list number ("3.") is not a sentence end
 # (prompts [n], system prompt, row ids [n]) -> (answers [n], finished [n]: ended on a stop token)
@@ -69,14 +70,6 @@ class DistillSettings:
         d = dataclasses.asdict(self)
         d.pop("batch_size")
         return d
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def answer_row_id(prompt_id: str, sample_index: int) -> int:

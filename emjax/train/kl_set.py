@@ -137,6 +137,9 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+sha256_file = _sha256_file  # the one file hash of the training inputs' provenance
+
+
 def chat_answers(prompts: Sequence[str], source: str, answerer: Answerer, cache_dir: str,
                  provenance: dict) -> list[Conversation]:
     """[user prompt, the chat model's answer] chats for `prompts`, generated once and cached.
