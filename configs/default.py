@@ -20,8 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "run"                       # names the run in logs and summaries
     c.output_dir = "runs/run"            # metrics.jsonl, checkpoints/, the trained intervention, summary.json
-    # Device mesh "axis:size,..." over the axes data, fsdp, tensor (one size may be -1: the rest of
-    # the devices), e.g. "fsdp:-1" or "data:2,fsdp:4". None: JAX's default placement (one device).
+    # Device mesh (emjax.model.mesh_plan): "axis:size,..." over the axes data, fsdp, tensor (one size
+    # may be -1: the rest of the devices), e.g. "data:2,fsdp:4"; "auto": data parallel when the frozen
+    # weights fit one device (they get no gradient), else FSDP over as few devices as make them fit
+    # (ours). None: one device.
     c.mesh = config_dict.placeholder(str)
 
     c.model = ml_collections.ConfigDict()

@@ -18,6 +18,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.name = "sweep"                     # names the run in the tables
     c.output_dir = "runs/sweeps"         # {kind}.parquet / .csv / .png / _summary.json
     c.model = ml_collections.ConfigDict({"source": "embedded", "dtype": "float32"})
+    # Device mesh (emjax.model.mesh_plan): None one device; "auto" data parallel when the weights fit
+    # one device, else FSDP over as few as make them fit; or explicit "data:2,fsdp:4". The sweep axis
+    # goes on `data` when it divides, otherwise the rows of each batch do (ours).
+    c.mesh = config_dict.placeholder(str)
     # "label=path,...": steering .safetensors files or PEFT LoRA folders
     c.interventions = ("general=runs/embedded_steering_general_medical/steering.safetensors,"
                        "narrow=runs/embedded_steering_narrow_medical/steering.safetensors")

@@ -65,6 +65,10 @@ def _add_chat(sub) -> None:
     p.set_defaults(func=_run_chat)
 
 
+MESH_HELP = ("device mesh: 'auto' (data parallel when the frozen weights fit one device, else FSDP over as few "
+             "devices as make them fit), or axis:size over data,fsdp,tensor, e.g. data:2,fsdp:4")
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a steering vector or LoRA adapter (SFT + lambda * KL)",
                        description="emjax train --config=configs/X.py [--config.key=value ...]")
@@ -76,6 +80,7 @@ def _add_train(sub) -> None:
                         "compiled step, e.g. --vmap-runs lambda_kl=0,1,10 seed=0,1 (6 runs), each in "
                         "<output_dir>/<label>/; replaces the config's vmap_runs section, which is used when "
                         "this is not given")
+    p.add_argument("--mesh", default=None, help=MESH_HELP + " (overrides the config's mesh)")
     p.set_defaults(func=_run_train)
 
 
@@ -84,6 +89,7 @@ def _add_sweep(sub) -> None:
                        description="emjax sweep {efficiency,stability,significance,all} --config=configs/sweep_X.py")
     p.add_argument("kind", choices=["efficiency", "stability", "significance", "all"])
     p.add_argument("--config", required=True, help="a sweep config (see configs/sweep_default.py)")
+    p.add_argument("--mesh", default=None, help=MESH_HELP + " (overrides the config's mesh)")
     p.set_defaults(func=_run_sweep)
 
 
@@ -91,6 +97,7 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="sample answers to evaluation questions (JSONL for `emjax judge`)")
     p.add_argument("--model", default="embedded")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--mesh", default=None, help=MESH_HELP + "; rows go on data")
     p.add_argument("--questions", required=True, help="upstream YAML or JSONL question file")
     p.add_argument("--intervention", default=None,
                    help="steering .safetensors or PEFT LoRA folder (default: the plain chat model)")
@@ -190,6 +197,7 @@ def _add_judge(sub) -> None:
                        help="local judge prompt lengths are rounded up to a multiple of this (one compile each)")
     local.add_argument("--max-batch-tokens", type=int, default=32768,
                        help="local judge cap on rows x padded length per call (long prompts get fewer rows)")
+    local.add_argument("--mesh", default=None, help="local judge " + MESH_HELP + "; prompt rows go on data")
     p.set_defaults(func=_run_judge)
 
 
@@ -331,6 +339,8 @@ def _run_train(args) -> int:
     from emjax.train.inputs import TrainConfigError
     from emjax.train.vmapped import sweep_of, train_vmapped
     config = load_config(args.config, args.config_overrides)
+    if args.mesh is not None:
+        config.mesh = args.mesh
     declared = sweep_of(config, args.vmap_runs)
     if declared is not None:
         sweep, where = declared
@@ -352,6 +362,8 @@ def _run_sweep(args) -> int:
     from emjax.configuration import load_config
     from emjax.metrics.runner import KINDS, sweep
     c = load_config(args.config, args.config_overrides)
+    if args.mesh is not None:
+        c.mesh = args.mesh
     for summary in sweep(c, KINDS if args.kind == "all" else (args.kind,)).values():
         print(json.dumps(summary, indent=1))
     return EXIT_OK
@@ -364,15 +376,15 @@ def _run_generate(args) -> int:
                                 batch_size=args.batch_size, seed=args.seed)
     model, ablation = args.model, None
     if args.ablate:
-        from emjax.checkpoints.load import load_model
+        from emjax.checkpoints.load import model_on_mesh
         from emjax.directions.sources import ablation_from_spec
         from emjax.model.config import dtype_from_name
-        model = load_model(args.model, dtype=dtype_from_name(args.dtype))
+        model, _ = model_on_mesh(args.model, args.mesh, dtype=dtype_from_name(args.dtype))
         ablation = ablation_from_spec(args.ablate, model.cfg)
     generate(model, args.questions, args.out, dtype=args.dtype, intervention=args.intervention,
              scale=args.scale, kinds=None if args.kinds == "all" else args.kinds.split(","),
              include=args.include, exclude=args.exclude, sampling=sampling, paper_questions=not args.all_questions,
-             ablation=ablation, ablation_name=args.ablate or "")
+             ablation=ablation, ablation_name=args.ablate or "", mesh=args.mesh)
     return EXIT_OK
 
 
@@ -390,7 +402,7 @@ def _run_local_judge(args) -> int:
         raise EmjaxError("emjax judge --local has no --dry-run: nothing is paid; use --limit for a short run")
     config = LocalJudgeConfig(dtype=args.dtype, batch_size=args.batch_size, pad_to=args.pad_to,
                               max_batch_tokens=args.max_batch_tokens, min_mass=args.min_mass,
-                              progress=args.progress, limit=args.limit)
+                              progress=args.progress, limit=args.limit, mesh=args.mesh)
     stats = judge_local(_selection(args), args.out, args.local, metrics=args.metrics, judge_model=args.judge_model,
                         config=config, fsync=args.fsync, stats_json=args.stats_json)
     print(json.dumps(stats, indent=2))

@@ -10,13 +10,13 @@ float32 copy of the model.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emjax.checkpoints.safetensors_file import CheckpointError, iter_folder_tensors
+from emjax.checkpoints.safetensors_file import CheckpointError, iter_folder_tensors, open_folder
 from emjax.model.config import ModelConfig
 from emjax.model.schema import LayerWeights, Weights, hf_names, layer_shapes, top_shapes
 
@@ -109,16 +109,69 @@ def _check_names(cfg: ModelConfig, have: set[str], want: set[str], source: str) 
         raise CheckpointError(f"{source}: unexpected tensors for a {cfg.family} config: {_fmt(extra)}")
 
 
+# (HF name, index into the tensor in the emjax layout) -> that slice as a host array
+SliceReader = Callable[[str, tuple], np.ndarray]
+
+
+def weights_from_slices(cfg: ModelConfig, read: SliceReader, shapes: Mapping[str, tuple[int, ...]], *,
+                        shardings: Weights, dtype=jnp.bfloat16, source: str = "checkpoint") -> Weights:
+    """Builds sharded `Weights` reading only the slices this process's devices hold.
+
+    Each leaf is made with `jax.make_array_from_callback`: for every addressable device, `read`
+    gets the tensor's name and the device's index (in the emjax layout, transposed back here) and
+    returns that slice; a per-layer leaf reads its slice of each layer in the device's layer
+    range. Across hosts, every process reads only its own shards.
+
+    shapes: every HF name of the source -> its shape (PyTorch layout), checked before any read.
+    """
+    table = hf_names(cfg)
+    _check_names(cfg, set(shapes), set(table), source)
+    by_leaf: dict[str, list[str]] = {}
+    for name, (leaf, layer) in table.items():
+        if tuple(shapes[name]) != tuple(leaf.hf_shape(cfg)):
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(shapes[name])}, expected "
+                                  f"{tuple(leaf.hf_shape(cfg))} for this config")
+        by_leaf.setdefault(leaf.name, []).append(name)  # in layer order
+    leaves_of = {name: leaf for name, (leaf, _) in table.items()}
+    np_dtype = np.dtype(dtype)
+
+    def tensor_slice(name: str, index: tuple) -> np.ndarray:
+        idx = tuple(index[::-1]) if leaves_of[name].transpose else tuple(index)
+        part = np.asarray(read(name, idx))
+        return (part.T if leaves_of[name].transpose else part).astype(np_dtype)
+
+    lshapes, tshapes = layer_shapes(cfg), top_shapes(cfg)
+
+    def build(field: str, stacked: bool, sharding) -> jax.Array:
+        names = by_leaf[field]
+        if not stacked:
+            return jax.make_array_from_callback(tshapes[field], sharding, lambda i: tensor_slice(names[0], i))
+        shape = (cfg.n_layers,) + lshapes[field]
+
+        def layers(index):
+            rows = range(cfg.n_layers)[index[0]]
+            return np.stack([tensor_slice(names[r], index[1:]) for r in rows])
+        return jax.make_array_from_callback(shape, sharding, layers)
+
+    layer_w = LayerWeights(**{f: build(f, True, getattr(shardings.layers, f)) for f in lshapes})
+    return Weights(layers=layer_w, **{f: build(f, False, getattr(shardings, f)) for f in tshapes})
+
+
 def load_hf_folder(folder: str, *, dtype=jnp.bfloat16, shardings: Weights | None = None,
                    cfg: ModelConfig | None = None) -> tuple[ModelConfig, Weights]:
     """Loads a Hugging Face checkpoint folder (config.json + safetensors, sharded or not).
 
-    Returns (config, weights). `shardings` places each tensor on its devices as it is read.
+    Returns (config, weights). With `shardings`, each process reads only the slices of its devices
+    straight from the memory-mapped files (`weights_from_slices`); without, one tensor at a time.
     """
     cfg = cfg or ModelConfig.from_hf(folder)
-    names, tensors = iter_folder_tensors(folder)
-    return cfg, weights_from_tensors(cfg, tensors, dtype=dtype, shardings=shardings,
-                                     source=folder, expected_names=names)
+    if shardings is None:
+        names, tensors = iter_folder_tensors(folder)
+        return cfg, weights_from_tensors(cfg, tensors, dtype=dtype, source=folder, expected_names=names)
+    where = open_folder(folder)
+    shapes = {n: f.shape(n) for n, f in where.items()}
+    return cfg, weights_from_slices(cfg, lambda n, idx: where[n].get(n)[idx], shapes, shardings=shardings,
+                                    dtype=dtype, source=folder)
 
 
 def weights_from_state_dict(cfg: ModelConfig, state_dict: Mapping[str, "np.ndarray"], **kw) -> Weights:

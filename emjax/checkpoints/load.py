@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
@@ -12,7 +13,9 @@ from emjax.checkpoints.hf import load_hf_folder, weights_from_tensors
 from emjax.data.chat_tokenizer import ChatFormatError, ChatTokenizer
 from emjax.errors import EmjaxError
 from emjax.model.config import ModelConfig
+from emjax.model.mesh_plan import MeshPlan, is_writer, mesh_of, place_weights, plan_mesh
 from emjax.model.schema import Weights
+from emjax.model.sharding import weight_shardings
 
 EMBEDDED = "embedded"
 
@@ -94,3 +97,42 @@ def load_model(source: str = EMBEDDED, *, dtype=jnp.float32, shardings: Weights 
     tok = _folder_tokenizer(source) if tokenizer else None
     cfg, weights = load_hf_folder(source, dtype=dtype, shardings=shardings)
     return LoadedModel(cfg, weights, tok, source, os.path.basename(source.rstrip("/")))
+
+
+def load_on_mesh(source: str, mesh: str | None, *, dtype=jnp.float32, progress: bool = True,
+                 tokenizer: bool = True) -> tuple[LoadedModel, MeshPlan]:
+    """`load_model` onto the mesh `mesh` asks for (`emjax.model.mesh_plan.plan_mesh`: None, "auto"
+    or "data:2,fsdp:4"); prints the plan from process 0.
+
+    A Hugging Face folder is read straight into the shards (each process reads only its devices'
+    slices); a GGUF file is dequantised whole, then placed (single-host only).
+    """
+    if source != EMBEDDED and os.path.isdir(source):
+        cfg = ModelConfig.from_hf(source)
+        plan = plan_mesh(mesh, cfg, dtype)
+        shardings = weight_shardings(cfg, plan.mesh) if plan.mesh is not None else None
+        model = load_model(source, dtype=dtype, shardings=shardings, progress=progress, tokenizer=tokenizer)
+    else:
+        model = load_model(source, dtype=dtype, progress=progress, tokenizer=tokenizer)
+        plan = plan_mesh(mesh, model.cfg, dtype)
+        if plan.mesh is not None and jax.process_count() > 1:
+            raise ModelSourceError(f"{source}: a GGUF model is dequantised whole on each host; convert it to a "
+                                   "Hugging Face safetensors folder for a multi-host run")
+        model = dataclasses.replace(model, weights=place_weights(model.weights, model.cfg, plan.mesh))
+    if is_writer() and plan.mesh is not None:
+        print(f"[emjax] {plan.describe()}", flush=True)
+    return model, plan
+
+
+def model_on_mesh(model: str | LoadedModel, mesh: str | None, *, dtype=jnp.float32, progress: bool = True,
+                  tokenizer: bool = True) -> tuple[LoadedModel, MeshPlan]:
+    """A model source (loaded with `load_on_mesh`) or a loaded model (placed, unless already on
+    the planned mesh) on the mesh `mesh` asks for; returns (model, plan)."""
+    if isinstance(model, str):
+        return load_on_mesh(model, mesh, dtype=dtype, progress=progress, tokenizer=tokenizer)
+    plan = plan_mesh(mesh, model.cfg, model.weights.embed.dtype)
+    if mesh_of(model.weights) != plan.mesh:
+        model = dataclasses.replace(model, weights=place_weights(model.weights, model.cfg, plan.mesh))
+        if is_writer() and plan.mesh is not None:
+            print(f"[emjax] {plan.describe()}", flush=True)
+    return model, plan

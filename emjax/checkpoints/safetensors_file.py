@@ -105,11 +105,9 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
     os.replace(tmp, path)
 
 
-def iter_folder_tensors(folder: str | os.PathLike) -> tuple[list[str], Iterator[tuple[str, np.ndarray]]]:
-    """All tensors of a Hugging Face checkpoint folder (one file or an index of shards).
-
-    Returns (names, iterator of (name, memmapped array)). Refuses pickled `.bin` weights.
-    """
+def open_folder(folder: str | os.PathLike) -> dict[str, SafetensorsFile]:
+    """Every tensor of a Hugging Face checkpoint folder (one file or an index of shards): name ->
+    the file holding it, checked against the index. Refuses pickled `.bin` weights."""
     folder = os.fspath(folder)
     index = os.path.join(folder, "model.safetensors.index.json")
     single = os.path.join(folder, "model.safetensors")
@@ -136,20 +134,21 @@ def iter_folder_tensors(folder: str | os.PathLike) -> tuple[list[str], Iterator[
         if not os.path.exists(p):
             raise CheckpointError(f"{folder}: shard {s} listed in the index is missing")
         files[s] = SafetensorsFile(p)
-    names = []
+    where: dict[str, SafetensorsFile] = {}
     for s, f in files.items():
         for n in f.names():
             if weight_map is not None and weight_map.get(n) != s:
                 raise CheckpointError(f"{f.path}: tensor {n!r} is not listed for this shard in the index")
-            names.append(n)
+            where[n] = f
     if weight_map is not None:
-        missing = sorted(set(weight_map) - set(names))
+        missing = sorted(set(weight_map) - set(where))
         if missing:
             raise CheckpointError(f"{index}: tensors listed but absent from their shards: {missing[:5]}")
+    return where
 
-    def gen():
-        for f in files.values():
-            for n in f.names():
-                yield n, f.get(n)
 
-    return names, gen()
+def iter_folder_tensors(folder: str | os.PathLike) -> tuple[list[str], Iterator[tuple[str, np.ndarray]]]:
+    """All tensors of a Hugging Face checkpoint folder (`open_folder`) as (names, iterator of
+    (name, memory-mapped array))."""
+    where = open_folder(folder)
+    return list(where), ((n, f.get(n)) for n, f in where.items())

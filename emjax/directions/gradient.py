@@ -45,18 +45,27 @@ def _loss_and_grad(v: jax.Array, weights, x, mask, targets, loss_mask, *, cfg: M
     return s, n, g
 
 
+def frozen_prefixes(model: LoadedModel, batches: Sequence[dict], layer: int, hook: str = "mlp_out"
+                    ) -> tuple[int, list[jax.Array]]:
+    """(k, the frozen residual stream entering layer k for every batch): computed once, shared by
+    every point of the analysis, since the vector sits above it."""
+    k = layer + 1 if hook in residual_sites(model.cfg) else layer  # the frozen prefix ends at the vector
+    return k, [frozen_pass(model.weights, model.cfg, jnp.asarray(b["tokens"]), jnp.asarray(b["mask"]), k, False)[0]
+               for b in batches]
+
+
 def loss_and_gradient(model: LoadedModel, batches: Sequence[dict], v: np.ndarray, layer: int,
-                      hook: str = "mlp_out") -> tuple[float, np.ndarray]:
+                      hook: str = "mlp_out", prefixes: tuple[int, list[jax.Array]] | None = None
+                      ) -> tuple[float, np.ndarray]:
     """(token-mean SFT loss, its gradient [D] with respect to the applied vector v at `layer`)
-    over right-padded `batches` (`emjax.data.tokenize.pad_batch` dicts)."""
+    over right-padded `batches` (`emjax.data.tokenize.pad_batch` dicts); `prefixes` from
+    `frozen_prefixes` (computed here when None)."""
     cfg = model.cfg
-    k = layer + 1 if hook in residual_sites(cfg) else layer  # the frozen prefix ends at the vector
+    k, xs = prefixes or frozen_prefixes(model, batches, layer, hook)
     total_s, total_n, total_g = 0.0, 0.0, np.zeros(cfg.d_model, np.float64)
     v = jnp.asarray(v, jnp.float32)
-    for b in batches:
-        mask = jnp.asarray(b["mask"])
-        x, _ = frozen_pass(model.weights, cfg, jnp.asarray(b["tokens"]), mask, k, False)
-        s, n, g = _loss_and_grad(v, model.weights, x, mask, jnp.asarray(b["targets"]),
+    for b, x in zip(batches, xs):
+        s, n, g = _loss_and_grad(v, model.weights, x, jnp.asarray(b["mask"]), jnp.asarray(b["targets"]),
                                  jnp.asarray(b["loss_mask"]), cfg=cfg, layer=layer, hook=hook, k=k)
         total_s += float(s)
         total_n += float(n)
@@ -79,8 +88,9 @@ def gradient_projections(model: LoadedModel, batches: Sequence[dict], layer: int
     points = [("base", 0.0, np.zeros(model.cfg.d_model))]
     points += [(label, float(s), s * u) for label, u in units.items() for s in norms]
     rows = []
+    prefixes = frozen_prefixes(model, batches, layer, hook)
     for along, s, v in tqdm(points, desc="gradient", unit="point"):
-        loss, g = loss_and_gradient(model, batches, v, layer, hook)
+        loss, g = loss_and_gradient(model, batches, v, layer, hook, prefixes)
         gn = float(np.linalg.norm(g))
         row = {"along": along, "norm": s, "layer": layer, "loss": loss, "grad_norm": gn}
         for label, u in units.items():

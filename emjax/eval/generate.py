@@ -35,7 +35,7 @@ import numpy as np
 
 from tqdm.auto import tqdm
 
-from emjax.checkpoints.load import LoadedModel, load_model
+from emjax.checkpoints.load import LoadedModel, model_on_mesh
 from emjax.eval.questions import load_questions, paper_default, select_questions
 from emjax.eval.records import AnswerRecord, append_answers, read_answers
 from emjax.interventions.files import load_intervention
@@ -43,6 +43,7 @@ from emjax.model import row_hooks as R
 from emjax.model.ablation import DirectionAblation
 from emjax.model import sampling as S
 from emjax.model.config import dtype_from_name
+from emjax.model.mesh_plan import is_writer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +118,7 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
              kinds: Sequence[str] | None = ("free_form",), include: Sequence[str] | None = None,
              exclude: Sequence[str] | None = None, sampling: SamplingSettings = SamplingSettings(),
              paper_questions: bool = True, ablation: DirectionAblation | None = None,
-             ablation_name: str = "") -> dict:
+             ablation_name: str = "", mesh: str | None = None) -> dict:
     """Samples answers to the selected questions and appends them to `out`.
 
     Args:
@@ -135,12 +136,14 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
         intervention (`emjax.model.ablation`; the CLI's --ablate builds it from a spec, named by
         `ablation_name` in each record's meta). Part of the settings hash: answers with and
         without it never mix.
+      mesh: device mesh (`emjax.model.mesh_plan.plan_mesh`: None, "auto", "data:8", ...): rows
+        split over `data`, weights by their logical axes; answers do not depend on it (each row's
+        draws come from its own id), and process 0 writes them.
     Returns {"questions", "generated", "skipped", "out"} counts (answers, all interventions).
     """
     specs = _specs(intervention, interventions, scale)
     source = model if isinstance(model, str) else model.source
-    if isinstance(model, str):
-        model = load_model(model, dtype=dtype_from_name(dtype))
+    model, _ = model_on_mesh(model, mesh, dtype=dtype_from_name(dtype))
     labels = list(specs)
     ivs = [None if path is None else load_intervention(path, model.cfg, sc) for path, sc in specs.values()]
     loaded = load_questions(questions)
@@ -203,7 +206,8 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
                 config_hash=hashes[k], seed=sampling.seed,
                 meta={"n_tokens": len(o), "stopped": bool(o and o[-1] in tok.stop_ids), "label": labels[k],
                       **({"ablation": ablation_name or "yes"} if ablation is not None else {})}))
-        append_answers(out, records)
+        if is_writer():
+            append_answers(out, records)
         bar.update(len(chunk))
     bar.close()
     return {"questions": len(selected), "generated": len(jobs), "skipped": len(done), "out": out}

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from emjax.checkpoints.load import LoadedModel, load_model
+from emjax.checkpoints.load import LoadedModel, model_on_mesh
 from emjax.errors import EmjaxError
 from emjax.interventions import Interventions
 from emjax.interventions import arithmetic as A
@@ -27,6 +27,8 @@ from emjax.interventions.files import load_interventions
 from emjax.metrics import tables as T
 from emjax.metrics.plots import plot
 from emjax.model.config import dtype_from_name
+from emjax.model.mesh_plan import is_writer
+from emjax.model.sharding import ShardingError
 from emjax.train.replicates import spread
 
 KINDS = ("efficiency", "stability", "significance")
@@ -191,21 +193,23 @@ def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | None
         raise SweepConfigError(f"unknown sweep {kind!r}; choose from {KINDS}")
     if kind == "stability" and c.stability.lora_noise not in A.LORA_NOISE:
         raise SweepConfigError(f"stability.lora_noise must be one of {A.LORA_NOISE}, got {c.stability.lora_noise!r}")
-    model = model or load_model(c.model.source, dtype=dtype_from_name(c.model.dtype))
+    model = on_mesh(c, model)
     ivs = load_interventions(c.interventions, model.cfg)
     comp = comparability(ivs)
     for w in comp["warnings"]:
         print(f"warning: sweep {kind}: {w}", file=sys.stderr)
     df = RUNNERS[kind](model, ivs, c)
     df.insert(0, "run", c.name)
-    os.makedirs(c.output_dir, exist_ok=True)
     base = os.path.join(c.output_dir, kind)
-    df.to_csv(base + ".csv", index=False)
-    df.to_parquet(base + ".parquet", index=False)
-    plot(kind, df, base + ".png")
     summary = _summary(kind, df, list(ivs), comp)
     summary["across_seeds"] = across_seeds(summary, list(ivs))
     summary.update(files={"table": base + ".parquet", "csv": base + ".csv", "plot": base + ".png"})
+    if not is_writer():  # every process computes; process 0 writes
+        return summary
+    os.makedirs(c.output_dir, exist_ok=True)
+    df.to_csv(base + ".csv", index=False)
+    df.to_parquet(base + ".parquet", index=False)
+    plot(kind, df, base + ".png")
     with open(base + "_summary.json", "w") as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -218,5 +222,13 @@ def sweep(c: ml_collections.ConfigDict, kinds: Sequence[str] = KINDS, model: Loa
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise SweepConfigError(f"unknown sweeps {unknown}; choose from {KINDS}")
-    model = model or load_model(c.model.source, dtype=dtype_from_name(c.model.dtype))
+    model = on_mesh(c, model)
     return {k: run_sweep(k, c, model) for k in kinds}
+
+
+def on_mesh(c: ml_collections.ConfigDict, model: LoadedModel | None) -> LoadedModel:
+    """The config's model (loaded when None) on the mesh `c.mesh` asks for (`emjax.model.mesh_plan`)."""
+    try:
+        return model_on_mesh(model or c.model.source, c.get("mesh"), dtype=dtype_from_name(c.model.dtype))[0]
+    except ShardingError as e:
+        raise SweepConfigError(f"mesh: {e}") from None

@@ -7,8 +7,8 @@ sweep (prefix sharing), only the suffix runs per version, and `jax.lax.map(..., 
 bounds memory by evaluating c versions at a time. Passed as `arithmetic.Versions` (one base
 intervention and K rows of parameters: scale factors, or noise eps and keys), each chunk's
 versions are built inside the compiled loop, so a chunked sweep over a large LoRA never holds all
-K versions. Put the stacked axis on a mesh axis (see `shard_sweep_axis`) and XLA splits the sweep
-across devices.
+K versions. On a mesh (`place_sweep`) the stacked axis goes on `data` when it divides, otherwise
+the rows of the batch do, and XLA splits the sweep across devices.
 
 The norm convention and the versions themselves (rescaled, perturbed, random) come from
 `emjax.interventions.arithmetic`: every norm is `update_norm`, the size of what the intervention
@@ -31,6 +31,7 @@ from emjax.model import decoder as D
 from emjax.model.ablation import DirectionAblation, ablated
 from emjax.model.config import ModelConfig
 from emjax.model.layers import CUBLAS_GEMMS
+from emjax.model.mesh_plan import global_array, put_rows, replicate
 from emjax.model.schema import Weights
 from emjax.model.sharding import DEFAULT_RULES, Rule, sweep_sharding
 from emjax.train import shared_prefix
@@ -143,13 +144,25 @@ def shard_sweep_axis(stacked: Interventions | Versions, mesh: Mesh, axis: str = 
                      ) -> Interventions | Versions:
     """Places the leading (sweep) axis of every leaf on `axis` of `mesh` (the "sweep" rule of
     `emjax.model.sharding`: replicated where the axis does not divide the sweep); for `Versions`,
-    of every row of `params` (the base stays where it is)."""
+    of every row of `params` (the base replicated)."""
     rules = {**DEFAULT_RULES, "sweep": Rule(axis, replicate_if_indivisible=True)}
     def put(tree):
-        return jax.tree.map(lambda x: jax.device_put(x, sweep_sharding(mesh, x.shape, rules)), tree)
+        return jax.tree.map(lambda x: global_array(np.asarray(x), sweep_sharding(mesh, x.shape, rules)), tree)
     if isinstance(stacked, Versions):
-        return stacked.replace(params=put(stacked.params))
+        return stacked.replace(base=replicate(stacked.base, mesh), params=put(stacked.params))
     return put(stacked)
+
+
+def place_sweep(stacked: Interventions | Versions, rows: dict, mesh: Mesh | None
+                ) -> tuple[Interventions | Versions, dict]:
+    """The versions and one batch of rows (a dict of host arrays [B, ...]) on `mesh`: the sweep axis
+    on `data` when `data` divides it, otherwise the rows split over `data` (where they divide;
+    replicated where not); unchanged values as device arrays without a mesh."""
+    if mesh is None:
+        return stacked, {k: jnp.asarray(v) for k, v in rows.items()}
+    if num_versions(stacked) % mesh.shape["data"] == 0:
+        return shard_sweep_axis(stacked, mesh), replicate(rows, mesh)
+    return replicate(stacked, mesh), put_rows(rows, mesh)
 
 
 def batched_rows(fn: Callable[[dict], jax.Array], batches: list[dict]) -> jax.Array:

@@ -27,6 +27,7 @@ from emjax.interventions import Interventions
 from emjax.interventions import arithmetic as A
 from emjax.metrics import sweeps as SW
 from emjax.model.attention import resolve_attention
+from emjax.model.mesh_plan import fetch, mesh_of, replicate
 
 
 def _describe(iv: Interventions) -> dict:
@@ -73,14 +74,17 @@ def _ablation(model: LoadedModel, c):
 
 def _mean_over_batches(stacked: Interventions | A.Versions, model: LoadedModel, batches: list[dict], metric: str,
                        c) -> np.ndarray:
-    ablation = _ablation(model, c)
+    """[K] token-weighted mean loss of every version over `batches`, on the weights' mesh (if any)."""
+    mesh = mesh_of(model.weights)
+    ablation = replicate(_ablation(model, c), mesh)
 
     def one(b):
-        return SW.sweep_losses(stacked, model.weights, model.cfg, jnp.asarray(b["tokens"]), jnp.asarray(b["mask"]),
-                               metric=metric, targets=jnp.asarray(b["targets"]),
-                               loss_mask=jnp.asarray(b["loss_mask"]), chunk=c.chunk,
-                               loss_chunk=c.loss_chunk, ablation=ablation,
-                               attention=resolve_attention("auto", model.cfg))
+        versions, rows = SW.place_sweep(stacked, {k: b[k] for k in ("tokens", "mask", "targets", "loss_mask")},
+                                        mesh)
+        return fetch(SW.sweep_losses(versions, model.weights, model.cfg, rows["tokens"], rows["mask"],
+                                     metric=metric, targets=rows["targets"], loss_mask=rows["loss_mask"],
+                                     chunk=c.chunk, loss_chunk=c.loss_chunk, ablation=ablation,
+                                     attention=resolve_attention("auto", model.cfg)))
     return np.asarray(SW.batched_rows(one, batches))
 
 

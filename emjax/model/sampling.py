@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Sequence
 
 import flax.struct
@@ -50,6 +51,7 @@ from emjax.model.config import ModelConfig
 from emjax.model.ablation import DirectionAblation, ablated
 from emjax.model.hooks import HookSource, hooks_for
 from emjax.model.layers import CUBLAS_GEMMS, FusedQKV, default_positions, fuse_qkv, rms_norm, rope_tables
+from emjax.model.mesh_plan import fetch, mesh_of, put_rows, replicate
 from emjax.model.row_hooks import InterventionSet, RowInterventions
 from emjax.model.schema import Weights
 
@@ -408,7 +410,9 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     u = len(unit_prompts)
     # prefill rows padded to a multiple of 8 with copies of the last prompt (never decoded): batches
     # that differ only a little in their number of distinct prompts share one compiled program
-    u_pad = -(-u // 8) * 8
+    mesh = mesh_of(weights)  # on a mesh: prompt rows split over `data`, everything else replicated
+    multiple = math.lcm(8, mesh.shape["data"]) if mesh is not None else 8
+    u_pad = -(-u // multiple) * multiple
     memory = check_memory(cfg, b, u_pad, p, max_new_tokens, weights.embed.dtype, _budget(memory_budget, weights))
     tokens = np.zeros((u_pad, p), np.int32)
     mask = np.zeros((u_pad, p), bool)
@@ -421,13 +425,13 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     iv = ablated(interventions if index is None else interventions.select(unit_index), ablation)
     stops = jnp.asarray(list(stop_ids) or [-1], jnp.int32)
     limit = cfg.vocab_size if vocab_limit is None else vocab_limit
-    toks, lengths, steps = _generate(
-        weights, cfg, jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(expand, jnp.int32), iv,
-        jax.random.PRNGKey(seed), jnp.asarray(ids.astype(np.uint32)), stops, limit,
+    tokens, mask = put_rows((tokens, mask), mesh)
+    expand, row_keys, stops, iv = replicate((np.asarray(expand, np.int32), ids.astype(np.uint32), stops, iv), mesh)
+    toks, lengths, steps = fetch(_generate(
+        weights, cfg, tokens, mask, expand, iv, replicate(jax.random.PRNGKey(seed), mesh), row_keys, stops, limit,
         max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
         layer_unroll=int(layer_unroll), stop_check=int(stop_check) if stop_ids else 0,
-        kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens, len(weights.embed.sharding.device_set)))
-    toks, lengths = np.asarray(toks), np.asarray(lengths)
+        kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens, len(weights.embed.sharding.device_set))))
     return Samples(tokens=[toks[i, : lengths[i]].tolist() for i in range(b)], prefill_rows=u,
                    decode_steps=int(steps), memory=memory)
 

@@ -76,8 +76,8 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     return Mesh(grid, MESH_AXES)
 
 
-def parse_mesh(text: str) -> Mesh:
-    """"data:2,fsdp:4" (one axis may be -1) -> a device mesh over all devices."""
+def parse_mesh(text: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """"data:2,fsdp:4" (one axis may be -1) -> a device mesh over `devices` (default: all)."""
     shape = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, size = item.partition(":")
@@ -86,7 +86,7 @@ def parse_mesh(text: str) -> Mesh:
         except ValueError:
             raise ShardingError(f"mesh entry {item!r} must be axis:size (axes {', '.join(MESH_AXES)})") from None
     try:
-        return make_mesh(shape)
+        return make_mesh(shape, devices)
     except ShardingError as e:
         raise ShardingError(f"mesh {text!r}: {e}") from None
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from emjax.data.tokenize import pad_batch
 from emjax.model.config import ModelConfig
+from emjax.model.mesh_plan import fetch, put_rows
 from emjax.model.schema import Weights
 from emjax.train.step import frozen_outputs
 
@@ -35,17 +36,18 @@ class FrozenCache:
 
     @classmethod
     def build(cls, weights: Weights, cfg: ModelConfig, rows: Sequence[np.ndarray], k: int, *,
-              with_base: bool, batch_size: int = 8, desc: str = "frozen cache") -> "FrozenCache":
-        """Runs the frozen model over `rows` (token ids) in batches of similar length."""
+              with_base: bool, batch_size: int = 8, desc: str = "frozen cache", mesh: Mesh | None = None
+              ) -> "FrozenCache":
+        """Runs the frozen model over `rows` (token ids) in batches of similar length (rows split over
+        the `data` axis of `mesh` where they divide; every process keeps the whole cache)."""
         order = np.argsort([len(r) for r in rows], kind="stable")  # less padding per batch
         prefix: list = [None] * len(rows)
         base: list | None = [None] * len(rows) if with_base else None
         for s in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
             idx = order[s: s + batch_size]
             b = pad_batch([rows[i] for i in idx])
-            x, xb = frozen_outputs(weights, cfg, jnp.asarray(b["tokens"]), jnp.asarray(b["mask"]), k, with_base)
-            x = np.asarray(x)
-            xb = np.asarray(xb) if with_base else None
+            tokens, mask = put_rows((b["tokens"], b["mask"]), mesh)
+            x, xb = fetch(frozen_outputs(weights, cfg, tokens, mask, k, with_base))
             for j, i in enumerate(idx):
                 n = len(rows[i])
                 prefix[i] = x[j, :n].copy()

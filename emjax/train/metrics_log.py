@@ -8,10 +8,15 @@ import os
 
 
 class MetricsWriter:
-    """metrics.jsonl (always) and TensorBoard (when tensorboardX is installed)."""
+    """metrics.jsonl (always) and TensorBoard (when tensorboardX is installed); with
+    `enabled=False` (the other processes of a multi-host run) it writes nothing."""
 
-    def __init__(self, out_dir: str):
+    def __init__(self, out_dir: str, enabled: bool = True):
         self.path = os.path.join(out_dir, "metrics.jsonl")
+        self.enabled = enabled
+        if not enabled:
+            self.f = self.tb = None
+            return
         self.f = open(self.path, "a")
         try:
             from tensorboardX import SummaryWriter
@@ -20,6 +25,8 @@ class MetricsWriter:
             self.tb = None
 
     def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
         self.f.write(json.dumps(record) + "\n")
         self.f.flush()
         if self.tb is not None:
@@ -28,6 +35,8 @@ class MetricsWriter:
                     self.tb.add_scalar(k, v, record["step"])
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self.f.close()
         if self.tb is not None:
             self.tb.close()

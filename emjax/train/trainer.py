@@ -10,7 +10,6 @@ Outputs in `config.output_dir`: `metrics.jsonl` (one line per step and per eval)
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from tqdm.auto import tqdm
 
-from emjax.checkpoints.load import LoadedModel, load_model
+from emjax.checkpoints.load import LoadedModel, model_on_mesh
 from emjax.configuration import config_json
 from emjax.data.batching import Batcher
 from emjax.data.tokenize import pad_batch
@@ -32,7 +31,8 @@ from emjax.interventions.similarity import effect_cosine, effect_projection
 from emjax.interventions.peft import save_peft_lora
 from emjax.model.attention import resolve_attention
 from emjax.model.config import dtype_from_name
-from emjax.model.sharding import ShardingError, batch_sharding, parse_mesh, weight_shardings
+from emjax.model.mesh_plan import fetch, global_array, is_writer, put_rows, replicate
+from emjax.model.sharding import ShardingError, batch_sharding
 from emjax.train import step as TS
 from emjax.train.checkpointing import Checkpointer
 from emjax.train.frozen_cache import FrozenCache, cache_bytes
@@ -62,14 +62,13 @@ class Trainer:
         except ValueError as e:
             raise TrainConfigError(f"model.dtype: {e}") from None
         try:
-            self.mesh = parse_mesh(config.mesh) if config.mesh else None
+            # a Hugging Face folder is read straight into its shards
+            model, self.plan = model_on_mesh(model or config.model.source, config.mesh, dtype=dtype)
         except ShardingError as e:
             raise TrainConfigError(f"mesh: {e}") from None
-        self.model = model or load_model(config.model.source, dtype=dtype)
+        self.mesh = self.plan.mesh
+        self.model = model
         self.cfg = self.model.cfg
-        if self.mesh is not None:  # weights sharded by their logical axes; the step follows them
-            self.model = dataclasses.replace(self.model, weights=jax.device_put(
-                self.model.weights, weight_shardings(self.cfg, self.mesh)))
         self.data = prepare_data(config, self.model)
         self.params0 = build_intervention(config.intervention, self.cfg)
         self.k = shared_prefix_layers(self.params0, self.cfg)
@@ -120,10 +119,10 @@ class Trainer:
         w = self.model.weights
         if self.k > 0:
             self.cache_train = FrozenCache.build(w, self.cfg, [r[0] for r in self.data.train], self.k,
-                                                 with_base=False, desc="cache: frozen prefix")
+                                                 with_base=False, desc="cache: frozen prefix", mesh=self.mesh)
         if self.use_kl:
             self.cache_kl = FrozenCache.build(w, self.cfg, self.data.kl, self.k, with_base=True,
-                                              desc="cache: KL base outputs")
+                                              desc="cache: KL base outputs", mesh=self.mesh)
         return [f"frozen cache: on ({need / 2**20:.0f} MiB in host memory)"]
 
     # -- batches -----------------------------------------------------------------------------
@@ -148,7 +147,7 @@ class Trainer:
         stacked = jax.tree.map(lambda x: x.reshape((a, x.shape[0] // a) + x.shape[1:]), batch)
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, stacked)
-        return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(
+        return jax.tree.map(lambda x: global_array(x, batch_sharding(
             self.mesh, x.shape, batch_dim=1, name=f"micro-batch {x.shape} (train.batch_size rows)")), stacked)
 
     def lambda_at(self, step: int) -> float:
@@ -163,22 +162,23 @@ class Trainer:
             s = n = 0.0
             for i in range(0, len(self.data.eval), bs):
                 b = pad_batch(self.data.eval[i: i + bs])
-                batch = TS.SFTBatch(tokens=jnp.asarray(b["tokens"]), mask=jnp.asarray(b["mask"]),
-                                    targets=jnp.asarray(b["targets"]), loss_mask=jnp.asarray(b["loss_mask"]))
-                ds, dn = TS.eval_loss(params, self.model.weights, batch, cfg=self.cfg, opts=self.opts)
+                batch = TS.SFTBatch(**put_rows({k: b[k] for k in ("tokens", "mask", "targets", "loss_mask")},
+                                               self.mesh))
+                ds, dn = fetch(TS.eval_loss(params, self.model.weights, batch, cfg=self.cfg, opts=self.opts))
                 s, n = s + float(ds), n + float(dn)
             out["eval_loss"] = s / max(n, 1.0)
         if self.data.kl_eval:
             s = n = 0.0
             for i in range(0, len(self.data.kl_eval), bs):
                 b = pad_batch(self.data.kl_eval[i: i + bs])
-                batch = TS.KLBatch(tokens=jnp.asarray(b["tokens"]), mask=jnp.asarray(b["mask"]))
-                ds, dn = TS.eval_kl(params, self.model.weights, batch, cfg=self.cfg, opts=self.opts)
+                batch = TS.KLBatch(**put_rows({k: b[k] for k in ("tokens", "mask")}, self.mesh))
+                ds, dn = fetch(TS.eval_kl(params, self.model.weights, batch, cfg=self.cfg, opts=self.opts))
                 s, n = s + float(ds), n + float(dn)
             out["eval_kl_ood"] = s / max(n, 1.0)
+        host = fetch(params) if self.references else None
         for label, ref in self.references.items():  # drift toward / away from reference solutions
-            out[f"cos_{label}"] = float(effect_cosine(params, ref))
-            out[f"proj_{label}"] = float(effect_projection(params, ref))
+            out[f"cos_{label}"] = float(effect_cosine(host, ref))
+            out[f"proj_{label}"] = float(effect_projection(host, ref))
         return out
 
     # -- the loop ----------------------------------------------------------------------------
@@ -192,7 +192,7 @@ class Trainer:
         for n in notes:
             print(n)
         ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=cc.keep, async_save=cc.async_save)
-        state = TS.init_state(self.params0, self.tx)
+        state = replicate(TS.init_state(self.params0, self.tx), self.mesh)
         train_b = Batcher(self.data.train, self.rows_per_step, tc.seed)
         kl_b = Batcher(self.data.kl, tc.kl_batch_size * tc.grad_accum, tc.seed + 1) if self.use_kl else None
         start = 0
@@ -203,7 +203,7 @@ class Trainer:
             if kl_b is not None:
                 kl_b = Batcher.from_state(self.data.kl, meta["kl_data"])
             print(f"resumed from step {start} ({ckpt.directory})")
-        metrics_w = MetricsWriter(out)
+        metrics_w = MetricsWriter(out, enabled=is_writer())  # process 0 writes; every process checkpoints
         history = []
         first_eval = self.evaluate(state.params) if start == 0 else None
         if first_eval:
@@ -223,7 +223,7 @@ class Trainer:
                 kl = self.kl_batch(kl_b) if self.lambda_at(step) > 0 else None
                 state, m = self.step_fn(state, self.model.weights, sft, kl, jnp.float32(self.lambda_at(step)))
                 rec = {"step": step + 1, "epoch": train_b.position[0], "lr": float(self.schedule(step)),
-                       **{k: float(v) for k, v in m.items()}}
+                       **{k: float(v) for k, v in fetch(m).items()}}
                 if tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == self.total_steps):
                     rec.update(self.evaluate(state.params))
                 metrics_w.write(rec)
@@ -245,13 +245,16 @@ class Trainer:
         return self.finish(state, history, first_eval, notes, time.time() - t0)
 
     def save_intervention(self, params: Interventions, folder: str) -> str:
-        """Writes `folder`/steering.safetensors or the PEFT folder `folder`/lora; returns its path."""
+        """Writes `folder`/steering.safetensors or the PEFT folder `folder`/lora (process 0 only);
+        returns its path."""
+        path = os.path.join(folder, "steering.safetensors" if params.steer is not None else "lora")
+        params = fetch(params)  # every process joins the gather; one writes
+        if not is_writer():
+            return path
         os.makedirs(folder, exist_ok=True)
         if params.steer is not None:
-            path = os.path.join(folder, "steering.safetensors")
             save_steering(params.steer, path, model_name=self.model.name)
         else:
-            path = os.path.join(folder, "lora")
             save_peft_lora(params.lora, path, base_model_name_or_path=self.model.source, cfg=self.cfg)
         return path
 
@@ -264,7 +267,8 @@ class Trainer:
         params = state.params
         artefact = self.save_intervention(params, out)
         final_eval = self.evaluate(params)
-        skipped = int(state.opt_state.total_notfinite)
+        skipped = int(fetch(state.opt_state.total_notfinite))
+        params = fetch(params)
         summary = {
             "name": config.name, "model": self.model.name, "steps": self.total_steps,
             "shared_prefix_layers": self.k, "lambda_kl": config.train.lambda_kl,
@@ -278,6 +282,7 @@ class Trainer:
             "init_from": config.intervention.init_from,
             "artefact": artefact, "seconds": round(seconds, 1), "notes": notes, **extra,
         }
-        with open(os.path.join(out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=1)
+        if is_writer():
+            with open(os.path.join(out, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=1)
         return summary

@@ -69,6 +69,32 @@ def test_load_with_target_shardings(qwen_folder):
                                atol=1e-5)
 
 
+def test_sharded_load_reads_only_each_devices_slices(qwen_folder):
+    """With target shardings, each device's slice is read from the memory-mapped file (never the
+    whole tensor for a sharded leaf), and the result equals the plain load."""
+    from emjax.checkpoints.hf import weights_from_slices
+    from emjax.checkpoints.safetensors_file import open_folder
+    hf, path = qwen_folder
+    cfg = ModelConfig.from_hf(str(path))
+    rules = {**DEFAULT_RULES, "vocab": Rule("tensor", replicate_if_indivisible=True)}
+    sh = weight_shardings(cfg, make_mesh({"fsdp": 2, "tensor": 4}), rules)
+    where = open_folder(str(path))
+    reads = []
+
+    def read(name, index):
+        part = where[name].get(name)[index]
+        reads.append((name, part.size, int(np.prod(where[name].shape(name)))))
+        return part
+    w = weights_from_slices(cfg, read, {n: f.shape(n) for n, f in where.items()}, shardings=sh, dtype=jnp.float32)
+    _, ref = load_hf_folder(str(path), dtype=jnp.float32)
+    for a, b in zip(jax.tree.leaves(w), jax.tree.leaves(ref)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    q = [(size, full) for name, size, full in reads if name.endswith("self_attn.q_proj.weight")]
+    assert q and all(size == full // 8 for size, full in q)  # fsdp x tensor: an eighth per device
+    norms = [(size, full) for name, size, full in reads if name.endswith("input_layernorm.weight")]
+    assert norms and all(size == full for size, full in norms)  # replicated leaves: whole
+
+
 def _single_file_copy(hf, tmp_path, edit):
     """Saves hf as one safetensors file after applying edit(dict) to its tensors."""
     hf.save_pretrained(tmp_path, safe_serialization=True)

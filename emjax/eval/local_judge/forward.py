@@ -31,6 +31,7 @@ from emjax.eval.local_judge.tree import ScoringTree
 from emjax.model import decoder as M
 from emjax.model.attention import attend, attention_mask
 from emjax.model.config import ModelConfig
+from emjax.model.mesh_plan import fetch, mesh_of, put_rows, replicate
 from emjax.model.layers import CUBLAS_GEMMS, default_positions, layer_view, rope_tables
 from emjax.model.schema import Weights
 
@@ -119,7 +120,9 @@ def score_prompts(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence
     `length` tokens, padded to exactly [rows, length] (one compiled program per shape)."""
     if not prompts or len(prompts) > rows or max(map(len, prompts)) > length or min(map(len, prompts)) == 0:
         raise ValueError(f"need 1..{rows} non-empty prompts of at most {length} tokens")
-    tokens, mask = pack_prompts(prompts, rows, length)
-    out = answer_logprobs(weights, cfg, jnp.asarray(tokens), jnp.asarray(mask), tree,
-                          jnp.asarray(list(stop_ids), jnp.int32), jnp.asarray(vocab_limit, jnp.int32))
+    mesh = mesh_of(weights)  # on a mesh: prompt rows split over `data` where they divide
+    tokens, mask = put_rows(pack_prompts(prompts, rows, length), mesh)
+    tree, stops, limit = replicate((tree, np.asarray(list(stop_ids), np.int32), np.asarray(vocab_limit, np.int32)),
+                                   mesh)
+    out = fetch(answer_logprobs(weights, cfg, tokens, mask, tree, stops, limit))
     return np.asarray(out, np.float64)[:len(prompts)]

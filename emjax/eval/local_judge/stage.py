@@ -25,7 +25,8 @@ from typing import Any
 
 import jax
 
-from emjax.checkpoints.load import LoadedModel, load_model
+from emjax.checkpoints.load import LoadedModel, model_on_mesh
+from emjax.model.mesh_plan import is_writer
 from emjax.errors import EmjaxError
 from emjax.eval.judge.scoring import MIN_NUMERIC_MASS
 from emjax.eval.judge.stage import AnswerSelection, check_something_to_judge, load_selection
@@ -58,6 +59,8 @@ class LocalJudgeConfig:
       window: pending tasks tokenised and sorted at a time (bounds host memory).
       min_mass: upstream's 0.25: no score below this numeric mass.
       limit: score at most this many pending tasks.
+      mesh: device mesh (`emjax.model.mesh_plan.plan_mesh`: None, "auto", "data:8"): prompt rows
+        split over `data`, weights by their logical axes; process 0 writes the results.
     """
 
     dtype: str = "auto"
@@ -68,6 +71,7 @@ class LocalJudgeConfig:
     min_mass: float = MIN_NUMERIC_MASS
     progress: bool = True
     limit: int | None = None
+    mesh: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "pad_to", "max_batch_tokens", "window"):
@@ -103,15 +107,14 @@ def judge_local(sel: AnswerSelection, out: str, model: str | LoadedModel, *,
 
     Args:
       model: a model source for `load_model` ("embedded", a Hugging Face folder, a .gguf file),
-        loaded in `config.dtype`, or a LoadedModel (used as it is).
+        loaded in `config.dtype`, or a LoadedModel (used as it is, placed on `config.mesh`).
       judge_model: the name in cache keys; default `local:<model name>`.
     Stats: n_tasks / n_cached / n_pending / n_ok / n_score_none like the API run, the judge
     (name, source, dtype, parameters), the scoring tree, timings, and `warnings`.
     """
     answers, questions, fallback = load_selection(sel)
-    if isinstance(model, str):
-        dtype = resolve_dtype(config.dtype)
-        model = load_model(model, dtype=dtype_from_name(dtype), progress=config.progress)
+    dtype = dtype_from_name(resolve_dtype(config.dtype)) if isinstance(model, str) else None
+    model, _ = model_on_mesh(model, config.mesh, dtype=dtype, progress=config.progress)
     dtype = str(model.weights.embed.dtype)
     if model.tokenizer is None:
         raise LocalJudgeError(f"{model.source}: the local judge needs the model's chat tokenizer")
@@ -182,7 +185,8 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
                 for row, i in zip(lp, batch.indices):
                     task = window[i]
                     rec = local_record(task, row, tree, options[task.key], judge, len(prompts[i]), config.min_mass)
-                    store.append(rec)
+                    if is_writer():  # every process scores; process 0 writes
+                        store.append(rec)
                     stats["n_ok"] += 1
                     stats["n_score_none"] += rec["score"] is None
                     stats["prompt_tokens"] += len(prompts[i])
