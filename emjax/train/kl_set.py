@@ -31,6 +31,7 @@ import numpy as np
 from emjax.data.conversations import Conversation, DataError, read_chat_jsonl, write_chat_jsonl
 from emjax.data.mixtures import kl_counts, resolve_data_spec
 from emjax.data.prompt_bank import read_prompt_source
+from emjax.model.mesh_plan import is_writer
 
 CHAT_PREFIX = "chat:"
 
@@ -159,9 +160,11 @@ def chat_answers(prompts: Sequence[str], source: str, answerer: Answerer, cache_
         if [user_prompt(c) for c in convs] != list(prompts):
             raise DataError(f"{path}: cached chat answers do not match the requested prompts; delete the file")
         return convs
-    os.makedirs(cache_dir, exist_ok=True)
-    answers = answerer(prompts)
+    answers = answerer(prompts)  # every process of a multi-host run samples (the same rows); one writes
     convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}] for p, a in zip(prompts, answers)]
+    if not is_writer():
+        return convs
+    os.makedirs(cache_dir, exist_ok=True)
     write_chat_jsonl(path + ".tmp", convs)
     with open(stem + ".provenance.json", "w") as f:
         json.dump({**meta, "file": os.path.basename(path)}, f, indent=1, default=str)
