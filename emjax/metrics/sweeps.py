@@ -154,15 +154,17 @@ def shard_sweep_axis(stacked: Interventions | Versions, mesh: Mesh, axis: str = 
 
 
 def place_sweep(stacked: Interventions | Versions, rows: dict, mesh: Mesh | None
-                ) -> tuple[Interventions | Versions, dict]:
+                ) -> tuple[Interventions | Versions, dict, Mesh | None]:
     """The versions and one batch of rows (a dict of host arrays [B, ...]) on `mesh`: the sweep axis
     on `data` when `data` divides it, otherwise the rows split over `data` (where they divide;
-    replicated where not); unchanged values as device arrays without a mesh."""
+    replicated where not); device arrays without a mesh. The third value is the mesh to trace
+    under (`mesh_plan.mesh_context`): `mesh` when the rows are split, so the activations get their
+    row constraints, else None (a row constraint inside the vmap would replicate the sweep axis)."""
     if mesh is None:
-        return stacked, {k: jnp.asarray(v) for k, v in rows.items()}
+        return stacked, {k: jnp.asarray(v) for k, v in rows.items()}, None
     if num_versions(stacked) % mesh.shape["data"] == 0:
-        return shard_sweep_axis(stacked, mesh), replicate(rows, mesh)
-    return replicate(stacked, mesh), put_rows(rows, mesh)
+        return shard_sweep_axis(stacked, mesh), replicate(rows, mesh), None
+    return replicate(stacked, mesh), put_rows(rows, mesh), mesh
 
 
 def batched_rows(fn: Callable[[dict], jax.Array], batches: list[dict]) -> jax.Array:

@@ -27,7 +27,7 @@ from emjax.interventions import Interventions
 from emjax.interventions import arithmetic as A
 from emjax.metrics import sweeps as SW
 from emjax.model.attention import resolve_attention
-from emjax.model.mesh_plan import fetch, mesh_of, replicate
+from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, replicate
 
 
 def _describe(iv: Interventions) -> dict:
@@ -79,12 +79,13 @@ def _mean_over_batches(stacked: Interventions | A.Versions, model: LoadedModel, 
     ablation = replicate(_ablation(model, c), mesh)
 
     def one(b):
-        versions, rows = SW.place_sweep(stacked, {k: b[k] for k in ("tokens", "mask", "targets", "loss_mask")},
-                                        mesh)
-        return fetch(SW.sweep_losses(versions, model.weights, model.cfg, rows["tokens"], rows["mask"],
-                                     metric=metric, targets=rows["targets"], loss_mask=rows["loss_mask"],
-                                     chunk=c.chunk, loss_chunk=c.loss_chunk, ablation=ablation,
-                                     attention=resolve_attention("auto", model.cfg)))
+        versions, rows, context = SW.place_sweep(
+            stacked, {k: b[k] for k in ("tokens", "mask", "targets", "loss_mask")}, mesh)
+        with mesh_context(context):
+            return fetch(SW.sweep_losses(versions, model.weights, model.cfg, rows["tokens"], rows["mask"],
+                                         metric=metric, targets=rows["targets"], loss_mask=rows["loss_mask"],
+                                         chunk=c.chunk, loss_chunk=c.loss_chunk, ablation=ablation,
+                                         attention=resolve_attention("auto", model.cfg)))
     return np.asarray(SW.batched_rows(one, batches))
 
 

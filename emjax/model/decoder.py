@@ -40,6 +40,7 @@ from emjax.model.hooks import HookSource, LayerHooks, ablate, add_lora, add_stee
 from emjax.model.layers import (FrozenMatrix, FusedQKV, apply_rope, default_positions, layer_view, matmul_bias,
                                 rms_norm, rope_tables)
 from emjax.model.schema import LayerWeights, Weights
+from emjax.model.sharding import constrain_rows
 
 RematPolicy = Optional[str]  # None (no remat), "full" (recompute the block), "dots" (save matmuls)
 
@@ -188,7 +189,7 @@ def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.
         else:
             m = jnp.where(is_sliding, window_mask, full_mask)
             attn_fn = lambda q, k, v: attend(q, k, v, m, cfg)
-        h = block(w, h, cos, sin, attn_fn, cfg, layer_hooks)
+        h = constrain_rows(block(w, h, cos, sin, attn_fn, cfg, layer_hooks))
         return h, (h if collect else None)
 
     x, hidden = jax.lax.scan(_remat(body, remat), x, (jnp.arange(start, stop), sliding, hooks))

@@ -17,6 +17,7 @@ same host values, which emjax's seeded data order guarantees).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Sequence
@@ -172,6 +173,12 @@ def replicate(x, mesh: Mesh | None):
     if mesh is None:
         return x
     return jax.tree.map(lambda a: global_array(np.asarray(a), NamedSharding(mesh, P())), x)
+
+
+def mesh_context(mesh: Mesh | None):
+    """`jax.set_mesh(mesh)` (activations then get their row constraints,
+    `emjax.model.sharding.constrain_rows`), or nothing without a mesh."""
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
 
 
 def is_writer() -> bool:

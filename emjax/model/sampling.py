@@ -51,7 +51,8 @@ from emjax.model.config import ModelConfig
 from emjax.model.ablation import DirectionAblation, ablated
 from emjax.model.hooks import HookSource, hooks_for
 from emjax.model.layers import CUBLAS_GEMMS, FusedQKV, default_positions, fuse_qkv, rms_norm, rope_tables
-from emjax.model.mesh_plan import fetch, mesh_of, put_rows, replicate
+from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, put_rows, replicate
+from emjax.model.sharding import constrain_rows
 from emjax.model.row_hooks import InterventionSet, RowInterventions
 from emjax.model.schema import Weights
 
@@ -98,7 +99,7 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
         else:
             o = attend(q, k_all[i], v_all[i], mask, cfg)
         h = h + M.attn_out(w, o, cfg, layer_hooks)
-        return (M.mlp_branch(w, h, cfg, layer_hooks), k_all, v_all), None
+        return (constrain_rows(M.mlp_branch(w, h, cfg, layer_hooks)), k_all, v_all), None
 
     # weights scanned as xs: the decode matmuls read each layer's slice in place (see BENCHMARKS.md)
     xs = (weights.layers, fused, jnp.asarray(cfg.sliding_layers), hooks, jnp.arange(cfg.n_layers))
@@ -427,11 +428,12 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     limit = cfg.vocab_size if vocab_limit is None else vocab_limit
     tokens, mask = put_rows((tokens, mask), mesh)
     expand, row_keys, stops, iv = replicate((np.asarray(expand, np.int32), ids.astype(np.uint32), stops, iv), mesh)
-    toks, lengths, steps = fetch(_generate(
-        weights, cfg, tokens, mask, expand, iv, replicate(jax.random.PRNGKey(seed), mesh), row_keys, stops, limit,
-        max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-        layer_unroll=int(layer_unroll), stop_check=int(stop_check) if stop_ids else 0,
-        kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens, len(weights.embed.sharding.device_set))))
+    with mesh_context(mesh):
+        toks, lengths, steps = fetch(_generate(
+            weights, cfg, tokens, mask, expand, iv, replicate(jax.random.PRNGKey(seed), mesh), row_keys, stops, limit,
+            max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+            layer_unroll=int(layer_unroll), stop_check=int(stop_check) if stop_ids else 0,
+            kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens, len(weights.embed.sharding.device_set))))
     return Samples(tokens=[toks[i, : lengths[i]].tolist() for i in range(b)], prefill_rows=u,
                    decode_steps=int(steps), memory=memory)
 

@@ -149,3 +149,16 @@ def sweep_sharding(mesh: Mesh, shape: Sequence[int], rules: Rules = DEFAULT_RULE
                    name: str = "sweep") -> NamedSharding:
     """The leading (sweep) dimension on the "sweep" rule's mesh axis, the rest replicated."""
     return NamedSharding(mesh, spec_for(["sweep"] + [None] * (len(shape) - 1), shape, mesh, rules, name=name))
+
+
+def constrain_rows(x: jax.Array) -> jax.Array:
+    """An activation [B, ...] with its rows on `data` of the mesh set by `jax.set_mesh` (called at
+    block boundaries, so XLA does not guess their layout); unchanged without such a mesh or where
+    `data` does not divide B."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or "data" not in mesh.axis_names:
+        return x
+    n = mesh.shape["data"]
+    if n == 1 or x.shape[0] % n:
+        return x
+    return jax.lax.with_sharding_constraint(x, P("data"))

@@ -31,7 +31,7 @@ from emjax.interventions.similarity import effect_cosine, effect_projection
 from emjax.interventions.peft import save_peft_lora
 from emjax.model.attention import resolve_attention
 from emjax.model.config import dtype_from_name
-from emjax.model.mesh_plan import fetch, global_array, is_writer, put_rows, replicate
+from emjax.model.mesh_plan import fetch, global_array, is_writer, mesh_context, put_rows, replicate
 from emjax.model.sharding import ShardingError, batch_sharding
 from emjax.train import step as TS
 from emjax.train.checkpointing import Checkpointer
@@ -185,6 +185,10 @@ class Trainer:
     def run(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Trains to the end (or until `stop_at_step`, to simulate an interruption); resumes
         from the latest checkpoint in output_dir if there is one."""
+        with mesh_context(self.mesh):  # activations get their row constraints under a mesh
+            return self._run(stop_at_step)
+
+    def _run(self, stop_at_step: int | None) -> dict[str, Any]:
         config, tc, cc = self.config, self.config.train, self.config.checkpoint
         out = config.output_dir
         os.makedirs(out, exist_ok=True)

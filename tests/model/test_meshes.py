@@ -174,3 +174,17 @@ def test_auto_mesh_is_chosen_by_memory(model):
     assert auto_shape(6, 2, w, w)[0] == {"data": 3, "fsdp": 2}
     assert auto_shape(6, 3, w, w)[0] == {"data": 2, "fsdp": 3}  # fsdp:2 fits too, but would span hosts
     assert plan_mesh("data:2,fsdp:4", cfg, np.float32).shape == {"data": 2, "fsdp": 4, "tensor": 1}
+
+
+def test_block_outputs_carry_row_constraints(model):
+    """Under a mesh the residual stream after every block is pinned to rows on `data`; without one
+    (or where `data` does not divide the rows) nothing is added."""
+    from emjax.model import decoder as D
+    from emjax.model.mesh_plan import mesh_context
+    placed = on(model, "data:8")
+    trace = lambda rows: str(jax.make_jaxpr(lambda w, t: D.forward(w, model.cfg, t))(
+        placed.weights, np.zeros((rows, 8), np.int32)))
+    with mesh_context(mesh_of(placed.weights)):
+        assert "sharding_constraint" in trace(8)
+        assert "sharding_constraint" not in trace(6)
+    assert "sharding_constraint" not in trace(8)

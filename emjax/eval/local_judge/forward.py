@@ -31,7 +31,8 @@ from emjax.eval.local_judge.tree import ScoringTree
 from emjax.model import decoder as M
 from emjax.model.attention import attend, attention_mask
 from emjax.model.config import ModelConfig
-from emjax.model.mesh_plan import fetch, mesh_of, put_rows, replicate
+from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, put_rows, replicate
+from emjax.model.sharding import constrain_rows
 from emjax.model.layers import CUBLAS_GEMMS, default_positions, layer_view, rope_tables
 from emjax.model.schema import Weights
 
@@ -91,7 +92,8 @@ def answer_logprobs(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask:
     def body(h, inp):
         i, is_sliding = inp
         m = jnp.where(is_sliding, window, full)
-        h = M.block(layer_view(weights.layers, i), h, cos, sin, lambda q, k, v: attend(q, k, v, m, cfg), cfg, None)
+        h = constrain_rows(M.block(layer_view(weights.layers, i), h, cos, sin,
+                                   lambda q, k, v: attend(q, k, v, m, cfg), cfg, None))
         return h, None
 
     x, _ = jax.lax.scan(body, x, (jnp.arange(cfg.n_layers), jnp.asarray(cfg.sliding_layers)))
@@ -124,5 +126,6 @@ def score_prompts(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence
     tokens, mask = put_rows(pack_prompts(prompts, rows, length), mesh)
     tree, stops, limit = replicate((tree, np.asarray(list(stop_ids), np.int32), np.asarray(vocab_limit, np.int32)),
                                    mesh)
-    out = fetch(answer_logprobs(weights, cfg, tokens, mask, tree, stops, limit))
+    with mesh_context(mesh):
+        out = fetch(answer_logprobs(weights, cfg, tokens, mask, tree, stops, limit))
     return np.asarray(out, np.float64)[:len(prompts)]
