@@ -536,14 +536,17 @@ def main(argv: list[str] | None = None) -> int:
         if argv[:1] == ["directions"]:  # its own argument parser (emjax.directions.cli.main)
             from emjax.directions.cli import main as directions_main
             return directions_main(argv[1:])
+        if argv[:1] == ["launch-plan"]:  # its own argument parser (emjax.launch.main)
+            from emjax.launch import main as launch_main
+            return launch_main(argv[1:])
         argv, overrides = split_cli_overrides(argv)
         args = build_parser().parse_args(argv)
         args.config_overrides = overrides
         if overrides and not hasattr(args, "config"):
             raise EmjaxError(f"emjax {args.command} takes no --config.* overrides")
-        if os.environ.get("EMJAX_DISTRIBUTED") == "1":  # multi-host: SLURM / MPI / TPU pods
-            import jax
-            jax.distributed.initialize()
+        if os.environ.get("EMJAX_DISTRIBUTED") == "1" or os.environ.get("EMJAX_COORDINATOR"):
+            from emjax.model.mesh_plan import join_hosts_from_env  # multi-host (SLURM, MPI, TPU, local)
+            join_hosts_from_env()
         t = time.time()
         rc = args.func(args)
     except (EmjaxError, OSError) as e:

@@ -1,7 +1,7 @@
 """One process of the two-process run of tests/test_multihost.py (4 fake CPU devices each, joined by
-`jax.distributed` over localhost). Usage:
+`jax.distributed` over localhost), started by launch/local_multiprocess.sh:
 
-    python multihost_worker.py PORT PROCESS_ID PHASE WORKDIR
+    N=2 DEVICES=4 launch/local_multiprocess.sh python multihost_worker.py PHASE WORKDIR
 
 PHASE "train": train 2 of 4 steps on mesh data:2,fsdp:4 (an Orbax checkpoint from both processes
 at step 2), then a sharded efficiency sweep. PHASE "resume": a fresh run on mesh data:4,fsdp:2
@@ -14,16 +14,15 @@ import json
 import os
 import sys
 
-os.environ["JAX_PLATFORMS"] = "cpu"
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
 
-port, pid, phase, work = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=pid,
-                           local_device_ids=list(range(4)))
+from emjax.model.mesh_plan import join_hosts_from_env  # noqa: E402
+
+phase, work = sys.argv[1], sys.argv[2]
+assert join_hosts_from_env()  # EMJAX_COORDINATOR / EMJAX_NUM_PROCESSES / EMJAX_PROCESS_ID from the launcher
+pid = jax.process_index()
 assert jax.process_count() == 2 and len(jax.devices()) == 8 and len(jax.local_devices()) == 4
 
 writes: list[str] = []

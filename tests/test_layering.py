@@ -27,8 +27,9 @@ ALLOWED = {
                  "configuration", "main_summary"},
     "technical_job": {"errors", "model", "data", "checkpoints", "interventions", "train", "metrics", "eval",
                       "configuration", "main_job"},
+    "launch": {"errors", "model", "configuration", "interventions", "train"},
     "cli": {"errors", "model", "checkpoints", "train", "metrics", "eval", "configuration", "main_job",
-            "technical_job", "directions"},
+            "technical_job", "directions", "launch"},
     "__main__": {"cli"},
     "__init__": set(),
 }

@@ -1,11 +1,10 @@
 """Two processes on this machine joined with `jax.distributed` over localhost (4 fake CPU devices
-each): a sharded train step and a sharded sweep, an Orbax checkpoint saved from both and restored
+each, started by launch/local_multiprocess.sh): a sharded train step and a sharded sweep, an Orbax checkpoint saved from both and restored
 onto a different mesh in a fresh run, and only process 0 writing outputs; the numbers equal a
 single-process run."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -17,30 +16,17 @@ from emjax.interventions.files import load_steering
 from emjax.metrics.runner import sweep
 from emjax.train.trainer import Trainer
 
+import paths
+
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+LAUNCHER = str(paths.REPO / "launch" / "local_multiprocess.sh")
 
 
 def _launch(phase: str, work: str) -> None:
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
-    procs = [subprocess.Popen([sys.executable, WORKER, str(port), str(i), phase, work], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=600)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {i} of phase {phase} failed:\n{out[-4000:]}"
+    env = {**os.environ, "N": "2", "DEVICES": "4"}
+    p = subprocess.run(["bash", LAUNCHER, sys.executable, WORKER, phase, work], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, f"phase {phase} failed:\n{(p.stdout + p.stderr)[-4000:]}"
 
 
 @pytest.mark.slow

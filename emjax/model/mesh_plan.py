@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 from typing import Sequence
 
 import jax
@@ -179,6 +180,25 @@ def mesh_context(mesh: Mesh | None):
     """`jax.set_mesh(mesh)` (activations then get their row constraints,
     `emjax.model.sharding.constrain_rows`), or nothing without a mesh."""
     return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+
+def join_hosts_from_env() -> bool:
+    """Joins the processes of a multi-host run before anything touches a device; returns whether
+    it did. EMJAX_DISTRIBUTED=1: `jax.distributed.initialize()` finds SLURM, Open MPI and TPU pods
+    itself; EMJAX_COORDINATOR=host:port with EMJAX_NUM_PROCESSES and EMJAX_PROCESS_ID: an explicit
+    group (launch/local_multiprocess.sh; on CPU the collectives go through gloo)."""
+    env = os.environ
+    if env.get("EMJAX_COORDINATOR"):
+        if env.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=env["EMJAX_COORDINATOR"],
+                                   num_processes=int(env["EMJAX_NUM_PROCESSES"]),
+                                   process_id=int(env["EMJAX_PROCESS_ID"]))
+        return True
+    if env.get("EMJAX_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+        return True
+    return False
 
 
 def is_writer() -> bool:

@@ -49,6 +49,20 @@ def kl_weight(tc: ml_collections.ConfigDict, use_kl: bool, step: int) -> float:
     return float(tc.lambda_kl)
 
 
+def rows_over_data(tc: ml_collections.ConfigDict, data: int, use_kl: bool) -> str | None:
+    """Why the micro-batches of train section `tc` cannot split over a `data` axis of this size
+    (None when they can), with the batch sizes that would."""
+    bad = [(k, tc[k]) for k in ("batch_size",) + (("kl_batch_size",) if use_kl else ()) if tc[k] % data]
+    if not bad:
+        return None
+    fix = ", ".join(f"train.{k}={-(-v // data) * data}" for k, v in bad)
+    rows = tc.batch_size * tc.grad_accum
+    hint = (f" (or train.batch_size={rows} train.grad_accum=1: the same {rows} rows per step)"
+            if rows % data == 0 and tc.grad_accum > 1 else "")
+    return (f"{', '.join(f'train.{k}={v}' for k, v in bad)} rows per micro-batch do not split over data:{data}; "
+            f"set {fix}{hint}, or a mesh with a smaller data axis")
+
+
 class Trainer:
     """Trains one intervention as `config` says; see the module docstring."""
 
@@ -75,6 +89,9 @@ class Trainer:
         self.use_kl = tc.lambda_kl > 0 and bool(self.data.kl)
         if tc.lambda_kl > 0 and not self.data.kl:
             raise TrainConfigError("train.lambda_kl > 0 but data.kl_bad / data.kl_good gave no KL rows")
+        problem = rows_over_data(tc, self.mesh.shape["data"], self.use_kl) if self.mesh is not None else None
+        if problem:
+            raise TrainConfigError(f"mesh {self.plan.describe()}: {problem}")
         self.rows_per_step = tc.batch_size * tc.grad_accum
         if len(self.data.train) < self.rows_per_step:
             raise TrainConfigError(f"{len(self.data.train)} training rows cannot fill one step of "
