@@ -87,8 +87,8 @@ def auto_shape(n: int, per_host: int, weights: int, memory: int | None, weight_s
     """
     if memory is None or weights <= weight_share * memory:
         room = "memory not reported" if memory is None else f"<= {weight_share:g} x {_gb(memory)} per device"
-        return {"data": n}, (f"auto: weights {_gb(weights)} {room}: replicated, rows split over {n} devices, "
-                             "only the intervention's gradient all-reduced")
+        return {"data": n}, (f"auto: weights {_gb(weights)} {room}: replicated, rows (or a sweep's versions) "
+                             f"split over {n} devices; training all-reduces only the intervention's gradient")
     fits = [f for f in range(2, n + 1) if n % f == 0 and weights / f <= weight_share * memory]
     if not fits:
         raise ShardingError(f"weights of {_gb(weights)} do not fit {n} devices of {_gb(memory)} even fully "
@@ -96,8 +96,8 @@ def auto_shape(n: int, per_host: int, weights: int, memory: int | None, weight_s
                             "devices or bfloat16")
     f = min([f for f in fits if per_host % f == 0] or fits)
     return {"data": n // f, "fsdp": f}, (f"auto: weights {_gb(weights)} > {weight_share:g} x {_gb(memory)} per "
-                                         f"device: sharded over fsdp:{f} ({_gb(weights / f)} each), rows split "
-                                         f"over data:{n // f}")
+                                         f"device: sharded over fsdp:{f} ({_gb(weights / f)} each), rows (or a "
+                                         f"sweep's versions) split over data:{n // f}")
 
 
 def plan_mesh(spec: str | None, cfg: ModelConfig, dtype, devices: Sequence[jax.Device] | None = None, *,
