@@ -34,8 +34,8 @@ from emjax.model.sharding import MESH_AXES, ShardingError, make_mesh, parse_mesh
 
 AUTO = "auto"
 # ours: replicate the frozen weights when they take at most this share of one device's memory; the
-# rest holds activations, the KV cache or frozen cache and the optimiser state (DESIGN.md: a 14B
-# bf16 model is 29.5 GB, so it is replicated on an 80 GB card, and split over 2 on a 40 GB one)
+# rest holds activations, the KV cache or frozen cache and the optimiser state (Qwen2.5-14B in bf16
+# is 29.5 GB: replicated on an 80 GB card, split over 2 on a 40 GB one)
 WEIGHT_SHARE = 0.5
 
 
@@ -173,7 +173,12 @@ def replicate(x, mesh: Mesh | None):
     """Host or device pytree -> replicated on every device of `mesh` (unchanged without one)."""
     if mesh is None:
         return x
-    return jax.tree.map(lambda a: global_array(np.asarray(a), NamedSharding(mesh, P())), x)
+
+    def one(a):
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return a  # already a global array
+        return global_array(np.asarray(a), NamedSharding(mesh, P()))
+    return jax.tree.map(one, x)
 
 
 def mesh_context(mesh: Mesh | None):
@@ -203,7 +208,7 @@ def join_hosts_from_env() -> bool:
 
 def is_writer() -> bool:
     """Whether this process writes tables, plots, JSONL and logs: process 0 of a multi-host run
-    (every process when there is one)."""
+    (the only process otherwise)."""
     return jax.process_index() == 0
 
 

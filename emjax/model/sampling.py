@@ -52,9 +52,9 @@ from emjax.model.ablation import DirectionAblation, ablated
 from emjax.model.hooks import HookSource, hooks_for
 from emjax.model.layers import CUBLAS_GEMMS, FusedQKV, default_positions, fuse_qkv, rms_norm, rope_tables
 from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, put_rows, replicate
-from emjax.model.sharding import constrain_rows
 from emjax.model.row_hooks import InterventionSet, RowInterventions
 from emjax.model.schema import Weights
+from emjax.model.sharding import constrain_rows
 
 
 @flax.struct.dataclass

@@ -31,10 +31,10 @@ from emjax.eval.local_judge.tree import ScoringTree
 from emjax.model import decoder as M
 from emjax.model.attention import attend, attention_mask
 from emjax.model.config import ModelConfig
-from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, put_rows, replicate
-from emjax.model.sharding import constrain_rows
 from emjax.model.layers import CUBLAS_GEMMS, default_positions, layer_view, rope_tables
+from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, put_rows, replicate
 from emjax.model.schema import Weights
+from emjax.model.sharding import constrain_rows
 
 
 @flax.struct.dataclass

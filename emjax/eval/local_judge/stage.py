@@ -26,7 +26,6 @@ from typing import Any
 import jax
 
 from emjax.checkpoints.load import LoadedModel, model_on_mesh
-from emjax.model.mesh_plan import is_writer
 from emjax.errors import EmjaxError
 from emjax.eval.judge.scoring import MIN_NUMERIC_MASS
 from emjax.eval.judge.stage import AnswerSelection, check_something_to_judge, load_selection
@@ -37,6 +36,7 @@ from emjax.eval.local_judge.forward import TreeArrays, score_prompts
 from emjax.eval.local_judge.records import local_record, plan_batches
 from emjax.eval.local_judge.tree import answer_options, judge_tree, template_terminator
 from emjax.model.config import dtype_from_name
+from emjax.model.mesh_plan import is_writer
 from emjax.model.schema import num_params
 
 log = logging.getLogger("emjax.judge")
