@@ -222,7 +222,7 @@ def test_cli_vmap_runs_errors(capsys):
 
 
 def test_cli_trains_the_declared_runs(tiny_model, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("emjax.train.trainer.load_model", lambda *a, **k: tiny_model)
+    monkeypatch.setattr("emjax.checkpoints.load.load_model", lambda *a, **k: tiny_model)
     out = tmp_path / "cli"
     small = [f"output_dir={out}", f"data.cache_dir={tmp_path / 'cache'}", "data.n_train=24", "data.n_eval=4",
              "data.max_len=64", "data.kl_rows=12", "data.kl_eval_rows=4", "intervention.layers=(2,)",
