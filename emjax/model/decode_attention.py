@@ -18,6 +18,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from emjax.model.attention import MASKED_LOGIT
 from emjax.model.config import ModelConfig
@@ -75,6 +76,22 @@ def _kernel(layer_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, *, n_blocks: int, s
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "interpret"))
+def attend_one_query_on_rows(q: jax.Array, k_all: jax.Array, v_all: jax.Array, layer: jax.Array, mask: jax.Array,
+                             cfg: ModelConfig, interpret: bool = False) -> jax.Array:
+    """`attend_one_query` with the rows split over `data` of the mesh set by `jax.set_mesh`: the
+    kernel is not partitioned, so under `shard_map` each device runs it on its own rows (B must
+    divide over `data`, the other mesh axes must be 1: weights replicated); a plain call without
+    such a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    data = 1 if mesh.empty else dict(mesh.shape).get("data", 1)
+    if data == 1 or q.shape[0] % data:
+        return attend_one_query(q, k_all, v_all, layer, mask, cfg, interpret)
+    rows, stack = P("data"), P(None, "data")
+    return jax.shard_map(lambda q, k, v, l, m: attend_one_query(q, k, v, l, m, cfg, interpret),
+                         in_specs=(rows, stack, stack, P(), rows), out_specs=rows, check_vma=False)(
+        q, k_all, v_all, layer, mask)
+
+
 def attend_one_query(q: jax.Array, k_all: jax.Array, v_all: jax.Array, layer: jax.Array, mask: jax.Array,
                      cfg: ModelConfig, interpret: bool = False) -> jax.Array:
     """Attention of one new token per row against layer `layer` of the cache stack.

@@ -51,7 +51,7 @@ from emjax.model.config import ModelConfig
 from emjax.model.ablation import DirectionAblation, ablated
 from emjax.model.hooks import HookSource, hooks_for
 from emjax.model.layers import CUBLAS_GEMMS, FusedQKV, default_positions, fuse_qkv, rms_norm, rope_tables
-from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, put_rows, replicate
+from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, put_rows, replicate, rows_divide
 from emjax.model.row_hooks import InterventionSet, RowInterventions
 from emjax.model.schema import Weights
 from emjax.model.sharding import constrain_rows
@@ -95,7 +95,7 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
         k_all, v_all = jax.lax.optimization_barrier((k_all, v_all))
         mask = jnp.where(is_sliding, window, full)
         if x.shape[1] == 1 and kernel != "xla":  # decode: read layer i of the stack in place
-            o = DA.attend_one_query(q, k_all, v_all, i, mask, cfg, interpret=kernel == "pallas_interpret")
+            o = DA.attend_one_query_on_rows(q, k_all, v_all, i, mask, cfg, interpret=kernel == "pallas_interpret")
         else:
             o = attend(q, k_all[i], v_all[i], mask, cfg)
         h = h + M.attn_out(w, o, cfg, layer_hooks)
@@ -218,9 +218,11 @@ def _generate(weights, cfg, tokens, mask, expand, interventions, key, row_ids, s
     return toks.T, lengths, t
 
 
-def _decode_kernel(choice: str, cfg: ModelConfig, n_tokens: int, n_devices: int) -> str:
-    """The `kernel` of `_layers_with_cache` for a `decode_attention` choice (the Pallas kernel is
-    not partitioned: with weights spread over several devices "auto" keeps XLA attention)."""
+def _decode_kernel(choice: str, cfg: ModelConfig, n_tokens: int, n_devices: int, rows_only: bool = False) -> str:
+    """The `kernel` of `_layers_with_cache` for a `decode_attention` choice. The Pallas kernel is not
+    partitioned: on several devices "auto" takes it only when the mesh splits nothing but the rows
+    (`rows_only`: weights replicated, decode rows dividing `data`; each device then runs it on its
+    rows, `decode_attention.attend_one_query_on_rows`), and keeps XLA attention otherwise."""
     if choice not in ("auto", "xla", "pallas"):
         raise ValueError(f"decode_attention must be 'auto', 'xla' or 'pallas', got {choice!r}")
     if choice == "pallas" and not DA.AVAILABLE:
@@ -230,9 +232,14 @@ def _decode_kernel(choice: str, cfg: ModelConfig, n_tokens: int, n_devices: int)
     if choice == "pallas" and not supported:
         raise ValueError(f"the Pallas decode attention does not support this model's heads "
                          f"({cfg.n_heads} query / {cfg.n_kv_heads} kv heads of size {cfg.head_dim})")
-    if choice == "xla" or not supported or (choice == "auto" and not (gpu and n_devices == 1)):
+    if choice == "xla" or not supported or (choice == "auto" and not (gpu and (n_devices == 1 or rows_only))):
         return "xla"
     return "pallas" if gpu else "pallas_interpret"
+
+
+def _rows_only(mesh, rows: int) -> bool:
+    """Whether `mesh` splits only the decode rows (data alone, dividing them; weights replicated)."""
+    return mesh is not None and mesh.shape["fsdp"] == mesh.shape["tensor"] == 1 and rows_divide(mesh, rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,7 +440,8 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
             weights, cfg, tokens, mask, expand, iv, replicate(jax.random.PRNGKey(seed), mesh), row_keys, stops, limit,
             max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
             layer_unroll=int(layer_unroll), stop_check=int(stop_check) if stop_ids else 0,
-            kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens, len(weights.embed.sharding.device_set))))
+            kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens, len(weights.embed.sharding.device_set),
+                                  rows_only=_rows_only(mesh, b))))
     return Samples(tokens=[toks[i, : lengths[i]].tolist() for i in range(b)], prefill_rows=u,
                    decode_steps=int(steps), memory=memory)
 
@@ -469,8 +477,8 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
       layer_unroll: unroll factor of the layer scan in the decode step (fewer loop iterations
         at the cost of compile time; on GPUs 1 is fastest: unrolled layers lose the in-place
         weight-slice matmuls).
-      decode_attention: "auto" (the Pallas kernel of `emjax.model.decode_attention` on one GPU, XLA
-        elsewhere and for weights sharded over several devices), "xla", or "pallas"
+      decode_attention: "auto" (the Pallas kernel of `emjax.model.decode_attention` on one GPU or on
+        a data-only mesh whose rows divide it, XLA elsewhere and for sharded weights), "xla", or "pallas"
         (interpreted off GPU: slow, for checking the kernel).
       stop_check: with stop ids, decode steps between checks whether every row stopped (the loop
         ends after the first chunk in which all have); 0 always runs max_new_tokens steps.

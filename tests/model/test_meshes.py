@@ -188,3 +188,20 @@ def test_block_outputs_carry_row_constraints(model):
         assert "sharding_constraint" in trace(8)
         assert "sharding_constraint" not in trace(6)
     assert "sharding_constraint" not in trace(8)
+
+
+@pytest.mark.skipif(not __import__("emjax.model.decode_attention", fromlist=["AVAILABLE"]).AVAILABLE,
+                    reason="no Pallas Triton API")
+def test_pallas_decode_kernel_on_a_data_mesh_runs_per_device_rows():
+    """On a data-only mesh the (unpartitioned) Pallas decode kernel runs on each device's rows under
+    shard_map: greedy tokens equal XLA attention on one device (interpreted on the CPU)."""
+    tok = ChatTokenizer.wrap(tiny_tokenizer("qwen2"))
+    hf = build_hf(qwen2_config(tied=True, vocab_size=len(tok.hf), num_hidden_layers=2), seed=8)  # head_dim 16
+    cfg, w = to_emjax(hf)
+    small = LoadedModel(cfg, w, tok, "tiny", "tiny-qwen2")
+    rng = np.random.default_rng(2)
+    prompts = [list(rng.integers(0, 1000, n)) for n in (5, 9, 3, 12, 7, 4, 6, 8)]
+    run = lambda m, kernel: S.generate(m.weights, cfg, prompts, max_new_tokens=6, temperature=0.0,
+                                       decode_attention=kernel)
+    assert S._decode_kernel("pallas", cfg, 40, 8, rows_only=True) == "pallas_interpret"
+    assert run(on(small, "data:8"), "pallas") == run(small, "xla")
