@@ -56,9 +56,12 @@ def rows_over_data(tc: ml_collections.ConfigDict, data: int, use_kl: bool) -> st
     if not bad:
         return None
     fix = ", ".join(f"train.{k}={-(-v // data) * data}" for k, v in bad)
-    rows = tc.batch_size * tc.grad_accum
-    hint = (f" (or train.batch_size={rows} train.grad_accum=1: the same {rows} rows per step)"
-            if rows % data == 0 and tc.grad_accum > 1 else "")
+    rows, kl_rows = tc.batch_size * tc.grad_accum, tc.kl_batch_size * tc.grad_accum
+    hint = ""
+    if tc.grad_accum > 1 and rows % data == 0 and (not use_kl or kl_rows % data == 0):
+        # the same step: both losses are normalised by the whole step's token counts
+        kl = f" train.kl_batch_size={kl_rows}" if use_kl else ""
+        hint = f" (or train.batch_size={rows}{kl} train.grad_accum=1: the same rows per step)"
     return (f"{', '.join(f'train.{k}={v}' for k, v in bad)} rows per micro-batch do not split over data:{data}; "
             f"set {fix}{hint}, or a mesh with a smaller data axis")
 

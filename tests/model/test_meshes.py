@@ -205,3 +205,13 @@ def test_pallas_decode_kernel_on_a_data_mesh_runs_per_device_rows():
                                        decode_attention=kernel)
     assert S._decode_kernel("pallas", cfg, 40, 8, rows_only=True) == "pallas_interpret"
     assert run(on(small, "data:8"), "pallas") == run(small, "xla")
+
+
+def test_micro_batches_that_do_not_split_are_refused_before_training(model, tmp_path):
+    from emjax.train.inputs import TrainConfigError
+    c = _train_config(tmp_path, "bad", "data:8")
+    c.train.batch_size, c.train.grad_accum = 2, 4
+    with pytest.raises(TrainConfigError, match=r"train.batch_size=2 rows per micro-batch do not split over data:8; "
+                                               r"set train.batch_size=8 \(or train.batch_size=8 "
+                                               r"train.kl_batch_size=32 train.grad_accum=1"):
+        Trainer(c, model)
