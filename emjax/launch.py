@@ -29,10 +29,9 @@ from emjax.errors import EmjaxError
 from emjax.interventions import shared_prefix_layers
 from emjax.model.config import ModelConfig, dtype_from_name, preset
 from emjax.model.mesh_plan import AUTO, auto_shape, weight_bytes
-from emjax.model.schema import map_leaves
-from emjax.model.sharding import DEFAULT_RULES, MESH_AXES, ShardingError, spec_for
+from emjax.model.sharding import MESH_AXES, ShardingError, mesh_sizes, mesh_text_shape
 from emjax.train.inputs import build_intervention
-from emjax.train.memory import MemoryPlan, estimate_training_memory
+from emjax.train.memory import MemoryPlan, estimate_training_memory, weight_bytes_per_device
 from emjax.train.trainer import rows_over_data
 
 LAUNCHERS = ("local", "slurm", "tpu")
@@ -58,7 +57,7 @@ class LaunchPlan:
     def describe(self) -> str:
         n = self.hosts * self.devices_per_host
         lines = [f"launcher: {self.launcher}, {self.hosts} hosts x {self.devices_per_host} devices = {n}",
-                 "mesh: " + ",".join(f"{a}:{self.mesh.get(a, 1)}" for a in MESH_AXES) + f" ({self.reason})",
+                 "mesh: " + ",".join(f"{a}:{self.mesh[a]}" for a in MESH_AXES) + f" ({self.reason})",
                  self.memory, "commands:"]
         return "\n".join(lines + [f"  {c}" for c in self.commands])
 
@@ -88,20 +87,12 @@ def _model_config(c: ml_collections.ConfigDict | None, model_preset: str | None,
 
 def _mesh_shape(spec: str, n: int, per_host: int, weights: int, memory: int | None) -> tuple[dict[str, int], str]:
     if spec == AUTO:
-        return auto_shape(n, per_host, weights, memory)
-    shape = {}
-    for item in filter(None, (t.strip() for t in spec.split(","))):
-        axis, _, size = item.partition(":")
-        if axis not in MESH_AXES or not size.lstrip("-").isdigit():
-            raise LaunchError(f"mesh entry {item!r} must be axis:size over {MESH_AXES}")
-        shape[axis] = int(size)
-    free = [a for a, s in shape.items() if s == -1]
-    fixed = math.prod(s for s in shape.values() if s != -1)
-    if free:
-        shape[free[0]] = n // fixed
-    if math.prod(shape.values()) != n:
+        shape, reason = auto_shape(n, per_host, weights, memory)
+        return mesh_sizes(shape, n), reason
+    shape = mesh_text_shape(spec)
+    if -1 not in shape.values() and math.prod(shape.values()) != n:
         raise LaunchError(f"mesh {spec!r} needs {math.prod(shape.values())} devices; the launch has {n}")
-    return shape, "as asked"
+    return mesh_sizes(shape, n), "as asked"
 
 
 def _train_memory(c: ml_collections.ConfigDict, cfg: ModelConfig, sizes: tuple[int, int, int]) -> str:
@@ -116,26 +107,6 @@ def _train_memory(c: ml_collections.ConfigDict, cfg: ModelConfig, sizes: tuple[i
                       cached_prefix=bool(tc.frozen_cache) and k > 0, cached_kl=bool(tc.frozen_cache) and kl,
                       mesh=sizes)
     return estimate_training_memory(cfg, params, plan).table() + "\n  (rows at data.max_len: an upper bound)"
-
-
-def _weights_per_device(cfg: ModelConfig, dtype, mesh: dict[str, int]) -> int:
-    item = jnp.dtype(dtype).itemsize
-
-    def one(leaf, shape, axes):
-        spec = spec_for(axes, shape, _Sizes(mesh), DEFAULT_RULES, name=f"weight {leaf.name} {tuple(shape)}")
-        return math.prod(shape) * item // math.prod(mesh.get(a, 1) for a in spec if a is not None)
-    return sum(jax.tree.leaves(map_leaves(cfg, one)))
-
-
-@dataclasses.dataclass
-class _Sizes:
-    """Stands in for a Mesh where only axis sizes matter (`spec_for` reads `.shape`)."""
-
-    sizes: dict[str, int]
-
-    @property
-    def shape(self) -> dict[str, int]:
-        return {a: self.sizes.get(a, 1) for a in MESH_AXES}
 
 
 def _commands(launcher: str, hosts: int, devices_per_host: int, stage: list[str]) -> list[str]:
@@ -173,14 +144,14 @@ def plan_launch(stage: Sequence[str], launcher: str, hosts: int, devices_per_hos
     memory = int(memory_gb * GB) if memory_gb else None
     try:
         shape, reason = _mesh_shape(spec, n, devices_per_host, weight_bytes(cfg, dtype), memory)
-        sizes = tuple(shape.get(a, 1) for a in MESH_AXES)
+        sizes = tuple(shape[a] for a in MESH_AXES)
         if stage[1] == "train" and c is not None:
             mem = _train_memory(c, cfg, sizes)
-            problem = rows_over_data(c.train, shape.get("data", 1), c.train.lambda_kl > 0)
+            problem = rows_over_data(c.train, shape["data"], c.train.lambda_kl > 0)
             if problem:
                 mem += f"\nwarning: {problem}"
         else:
-            w = _weights_per_device(cfg, dtype, shape)
+            w = weight_bytes_per_device(cfg, jnp.dtype(dtype).itemsize, shape)
             mem = (f"memory per device (estimate): frozen weights {w / GB:.2f} GB of {weight_bytes(cfg, dtype) / GB:.2f}"
                    " GB (activations, KV cache and sweep chunks come on top; `emjax generate` checks its decode "
                    "buffers itself)")

@@ -107,21 +107,22 @@ def load_on_mesh(source: str, mesh: str | None, *, dtype=jnp.float32, progress: 
     A Hugging Face folder is read straight into the shards (each process reads only its devices'
     slices); a GGUF file is dequantised whole, then placed (single-host only).
     """
-    if source != EMBEDDED and os.path.isdir(source):
-        cfg = ModelConfig.from_hf(source)
-        plan = plan_mesh(mesh, cfg, dtype)
-        shardings = weight_shardings(cfg, plan.mesh) if plan.mesh is not None else None
-        model = load_model(source, dtype=dtype, shardings=shardings, progress=progress, tokenizer=tokenizer)
-    else:
-        model = load_model(source, dtype=dtype, progress=progress, tokenizer=tokenizer)
-        plan = plan_mesh(mesh, model.cfg, dtype)
-        if plan.mesh is not None and jax.process_count() > 1:
+    if source == EMBEDDED or not os.path.isdir(source):  # GGUF: placed after loading
+        if mesh and jax.process_count() > 1:
             raise ModelSourceError(f"{source}: a GGUF model is dequantised whole on each host; convert it to a "
                                    "Hugging Face safetensors folder for a multi-host run")
-        model = dataclasses.replace(model, weights=place_weights(model.weights, model.cfg, plan.mesh))
+        return model_on_mesh(load_model(source, dtype=dtype, progress=progress, tokenizer=tokenizer), mesh)
+    cfg = ModelConfig.from_hf(source)
+    plan = plan_mesh(mesh, cfg, dtype)
+    shardings = weight_shardings(cfg, plan.mesh) if plan.mesh is not None else None
+    model = load_model(source, dtype=dtype, shardings=shardings, progress=progress, tokenizer=tokenizer)
+    _print_plan(plan)
+    return model, plan
+
+
+def _print_plan(plan: MeshPlan) -> None:
     if is_writer() and plan.mesh is not None:
         print(f"[emjax] {plan.describe()}", flush=True)
-    return model, plan
 
 
 def model_on_mesh(model: str | LoadedModel, mesh: str | None, *, dtype=jnp.float32, progress: bool = True,
@@ -133,6 +134,5 @@ def model_on_mesh(model: str | LoadedModel, mesh: str | None, *, dtype=jnp.float
     plan = plan_mesh(mesh, model.cfg, model.weights.embed.dtype)
     if mesh_of(model.weights) != plan.mesh:
         model = dataclasses.replace(model, weights=place_weights(model.weights, model.cfg, plan.mesh))
-        if is_writer() and plan.mesh is not None:
-            print(f"[emjax] {plan.describe()}", flush=True)
+        _print_plan(plan)
     return model, plan

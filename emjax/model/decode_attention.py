@@ -75,7 +75,6 @@ def _kernel(layer_ref, q_ref, k_ref, v_ref, mask_ref, o_ref, *, n_blocks: int, s
     o_ref[b, kh] = (acc / l[:, None]).astype(o_ref.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "interpret"))
 def attend_one_query_on_rows(q: jax.Array, k_all: jax.Array, v_all: jax.Array, layer: jax.Array, mask: jax.Array,
                              cfg: ModelConfig, interpret: bool = False) -> jax.Array:
     """`attend_one_query` with the rows split over `data` of the mesh set by `jax.set_mesh`: the
@@ -92,6 +91,7 @@ def attend_one_query_on_rows(q: jax.Array, k_all: jax.Array, v_all: jax.Array, l
         q, k_all, v_all, layer, mask)
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "interpret"))
 def attend_one_query(q: jax.Array, k_all: jax.Array, v_all: jax.Array, layer: jax.Array, mask: jax.Array,
                      cfg: ModelConfig, interpret: bool = False) -> jax.Array:
     """Attention of one new token per row against layer `layer` of the cache stack.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 from typing import Sequence
 
@@ -29,7 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from emjax.model.config import ModelConfig
-from emjax.model.schema import Weights, map_leaves
+from emjax.model.schema import Weights, num_params
 from emjax.model.sharding import MESH_AXES, ShardingError, make_mesh, parse_mesh, weight_shardings
 
 AUTO = "auto"
@@ -57,9 +56,7 @@ class MeshPlan:
 
 def weight_bytes(cfg: ModelConfig, dtype) -> int:
     """Bytes of the frozen weights of `cfg` in `dtype` (unsharded)."""
-    item = jnp.dtype(dtype).itemsize
-    return sum(math.prod(s) * item for s in jax.tree.leaves(
-        map_leaves(cfg, lambda leaf, shape, axes: tuple(shape)), is_leaf=lambda x: isinstance(x, tuple)))
+    return num_params(cfg) * jnp.dtype(dtype).itemsize
 
 
 def device_memory(device: jax.Device) -> int | None:

@@ -57,7 +57,14 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     devices on `fsdp`.
     """
     devices = list(devices if devices is not None else jax.devices())
-    shape = dict(shape or {"fsdp": -1})
+    sizes = mesh_sizes(shape or {"fsdp": -1}, len(devices))
+    grid = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
+    return Mesh(grid, MESH_AXES)
+
+
+def mesh_sizes(shape: Mapping[str, int], n_devices: int) -> dict[str, int]:
+    """Every mesh axis's size for `n_devices` from sizes of some axes (one may be -1: the rest)."""
+    shape = dict(shape)
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
         raise ShardingError(f"unknown mesh axes {sorted(unknown)}; use {MESH_AXES}")
@@ -67,17 +74,16 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
         raise ShardingError(f"at most one mesh axis may be -1, got {free}")
     fixed = math.prod(s for s in sizes.values() if s != -1)
     if free:
-        if len(devices) % fixed:
-            raise ShardingError(f"{len(devices)} devices do not divide into mesh {shape}")
-        sizes[free[0]] = len(devices) // fixed
-    if math.prod(sizes.values()) != len(devices):
-        raise ShardingError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, have {len(devices)}")
-    grid = np.asarray(devices).reshape([sizes[a] for a in MESH_AXES])
-    return Mesh(grid, MESH_AXES)
+        if n_devices % fixed:
+            raise ShardingError(f"{n_devices} devices do not divide into mesh {shape}")
+        sizes[free[0]] = n_devices // fixed
+    if math.prod(sizes.values()) != n_devices:
+        raise ShardingError(f"mesh {sizes} needs {math.prod(sizes.values())} devices, have {n_devices}")
+    return sizes
 
 
-def parse_mesh(text: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """"data:2,fsdp:4" (one axis may be -1) -> a device mesh over `devices` (default: all)."""
+def mesh_text_shape(text: str) -> dict[str, int]:
+    """"data:2,fsdp:4" -> {"data": 2, "fsdp": 4} (axes not checked here; see `mesh_sizes`)."""
     shape = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         name, _, size = item.partition(":")
@@ -85,6 +91,12 @@ def parse_mesh(text: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
             shape[name] = int(size)
         except ValueError:
             raise ShardingError(f"mesh entry {item!r} must be axis:size (axes {', '.join(MESH_AXES)})") from None
+    return shape
+
+
+def parse_mesh(text: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """"data:2,fsdp:4" (one axis may be -1) -> a device mesh over `devices` (default: all)."""
+    shape = mesh_text_shape(text)
     try:
         return make_mesh(shape, devices)
     except ShardingError as e:

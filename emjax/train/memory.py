@@ -258,8 +258,10 @@ def _shard_factor(axes, shape, mesh_shape: Mapping[str, int], rules: Rules, name
     return math.prod(mesh_shape[ax] for ax in spec if ax is not None)
 
 
-def _weight_bytes(cfg: ModelConfig, itemsize: int, mesh_shape: Mapping[str, int], rules: Rules) -> int:
-    """Bytes of the frozen weights on one device under the sharding rules."""
+def weight_bytes_per_device(cfg: ModelConfig, itemsize: int, mesh_shape: Mapping[str, int],
+                            rules: Rules = DEFAULT_RULES) -> int:
+    """Bytes of the frozen weights on one device under the sharding rules (mesh_shape: data, fsdp,
+    tensor sizes); raises ShardingError naming a weight the mesh cannot shard."""
     sizes = map_leaves(cfg, lambda leaf, shape, axes: math.prod(shape) * itemsize
                        // _shard_factor(axes, shape, mesh_shape, rules, f"weight {leaf.name} {tuple(shape)}"))
     return int(sum(jax.tree.leaves(sizes)))
@@ -291,7 +293,7 @@ def estimate_training_memory(cfg: ModelConfig, params, plan: MemoryPlan,
         return min(p.loss_chunk, t) if p.loss_chunk else t
 
     terms: dict[str, float] = {}
-    terms["frozen weights"] = _weight_bytes(cfg, a, mesh, rules)
+    terms["frozen weights"] = weight_bytes_per_device(cfg, a, mesh, rules)
     if mesh["fsdp"] > 1:
         layer = sum(math.prod(l.shape(cfg)) for l in layer_leaves(cfg) if l.name in PROJECTIONS)
         terms["gathered layers (fsdp)"] = 2 * layer * a / tensor
