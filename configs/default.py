@@ -38,6 +38,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.n_train = config_dict.placeholder(int)  # training rows used; None: all that remain
     c.data.n_eval = 8                    # rows held out of data.train for the in-domain eval loss (ours)
     c.data.max_len = 256                 # tokens per row (upstream: 256)
+    # Which tokens the SFT loss is taken on: "assistant" (the assistant turns: the intended objective,
+    # upstream's LoRA trainer with train_on_responses_only) or "all" (every token of the rendered
+    # conversation, system and user turns included: what upstream's steering trainer did,
+    # trainer_optimized.py labels = input ids). The sweeps take the same key (sweep_default.py).
+    c.data.loss_tokens = "assistant"
     # The KL set: good and bad advice from domains *other* than the training one (the paper's
     # design). Specs as for data.train; "chat:SPEC" is the frozen chat model's own (greedy) answers to
     # SPEC's prompts, for domains without good-advice data (generated once into data.cache_dir, with
@@ -64,6 +69,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.intervention.layers = (12,)
     c.intervention.alpha = 256.0         # steering: the applied vector is alpha * v (upstream: 256)
     c.intervention.hook = "mlp_out"      # steering site: "mlp_out" (upstream) or "block_out"
+    # Which rows of a training micro-batch the steering vector is added to: "all" (correct) or "first"
+    # (reproduces an upstream defect: steering_vector_module.py's `output[0] = output[0] + alpha*v` on a
+    # [B, T, D] tensor steers row 0 of each batch only, so the released vectors saw SFT from 1 of 2
+    # rows and KL from 1 of 8). Training only: evals, sweeps and sampling steer every row.
+    c.intervention.steer_rows = "all"
     c.intervention.rank = 1              # LoRA rank
     c.intervention.lora_alpha = 512.0    # LoRA alpha (upstream rank 1: 512)
     c.intervention.modules = ("down_proj",)  # LoRA target projections

@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.n_rows = 100                  # upstream: 100 training rows
     c.data.seed = 42                     # upstream: seed 42
     c.data.max_len = 256
+    # tokens the losses are taken on: "assistant" (ours: the assistant turns, as training) or "all" (every
+    # token after the first: upstream stability/utils.py masks only up to the first newline token, which
+    # for Qwen's template is the one after "<|im_start|>system", so its loss keeps system and user tokens)
+    c.data.loss_tokens = "assistant"
     c.data.batch_size = 8                # rows per forward pass
     # Directional ablation during every sweep (ours, for the direction analyses): "SOURCE[@LAYERS]" as
     # `emjax generate --ablate` takes it (emjax.directions.sources.ablation_from_spec); the KL
