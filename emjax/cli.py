@@ -96,7 +96,8 @@ def _add_sweep(sub) -> None:
 def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="sample answers to evaluation questions (JSONL for `emjax judge`)")
     p.add_argument("--model", default="embedded")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights' dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
     p.add_argument("--mesh", default=None, help=MESH_HELP + "; rows go on data")
     p.add_argument("--questions", required=True, help="upstream YAML or JSONL question file")
     p.add_argument("--intervention", default=None,

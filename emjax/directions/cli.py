@@ -23,7 +23,8 @@ from emjax.directions.sources import DirectionError
 
 def _model_args(p) -> None:
     p.add_argument("--model", default="embedded", help="'embedded', a Hugging Face folder or a .gguf file")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="weights' dtype (auto: bfloat16 on GPU/TPU, float32 on CPU)")
 
 
 def _set_args(p, side: str, help_text: str) -> None:

@@ -42,7 +42,7 @@ from emjax.interventions.files import load_intervention
 from emjax.model import row_hooks as R
 from emjax.model.ablation import DirectionAblation
 from emjax.model import sampling as S
-from emjax.model.config import dtype_from_name
+from emjax.model.config import dtype_from_name, resolve_dtype
 from emjax.model.mesh_plan import is_writer
 
 
@@ -113,7 +113,7 @@ def _batch_rows(sampling: SamplingSettings, model: LoadedModel, prompt_len: int,
 
 
 def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str, *,
-             dtype: str = "float32", intervention: str | None = None,
+             dtype: str = "auto", intervention: str | None = None,
              interventions: Mapping[str, InterventionSpec] | None = None, scale: float = 1.0,
              kinds: Sequence[str] | None = ("free_form",), include: Sequence[str] | None = None,
              exclude: Sequence[str] | None = None, sampling: SamplingSettings = SamplingSettings(),
@@ -124,7 +124,8 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
     Args:
       model: a model source ("embedded", a Hugging Face folder, a .gguf file) or a loaded model.
       questions: upstream YAML or JSONL question file(s).
-      dtype: dtype a model source is loaded in.
+      dtype: dtype a model source is loaded in ("auto": bfloat16 on GPU/TPU, float32 on CPU; the
+        resolved name is what the records and the settings hash hold).
       intervention: a steering .safetensors file or a PEFT LoRA folder (None: the chat model);
         its update (steering v, every LoRA B) is multiplied by `scale`.
       interventions: several at once instead, {label: path, None (the chat model) or (path,
@@ -142,6 +143,7 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
     Returns {"questions", "generated", "skipped", "out"} counts (answers, all interventions).
     """
     specs = _specs(intervention, interventions, scale)
+    dtype = resolve_dtype(dtype) if isinstance(model, str) else str(model.weights.embed.dtype)
     source = model if isinstance(model, str) else model.source
     model, _ = model_on_mesh(model, mesh, dtype=dtype_from_name(dtype))
     labels = list(specs)

@@ -206,9 +206,23 @@ PRESETS: dict[str, ModelConfig] = {
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
 
 
+def resolve_dtype(name: str) -> str:
+    """"auto" -> "bfloat16" on GPU/TPU, "float32" on CPU (ours: bf16 is what the accelerators run fast
+    and what the paper's models were trained in; CPUs have no fast bf16 matmul); other names are
+    checked (ConfigError) and returned as given."""
+    if name == "auto":
+        import jax
+        return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+    dtype_from_name(name)
+    return name
+
+
 def dtype_from_name(name: str):
-    """"float32" / "bfloat16" -> the jnp dtype; ConfigError for anything else."""
+    """"float32" / "bfloat16" (or "auto", see `resolve_dtype`) -> the jnp dtype; ConfigError for
+    anything else."""
     import jax.numpy as jnp
+    if name == "auto":
+        name = resolve_dtype(name)
     if name not in DTYPES:
         raise ConfigError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}")
     return jnp.dtype(DTYPES[name])

@@ -4,6 +4,7 @@ rows, and the untrained intervention."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import ml_collections
@@ -57,12 +58,16 @@ def _load_start(ic: ml_collections.ConfigDict, cfg: ModelConfig, layers: tuple[i
                                f"but intervention.kind is {ic.kind!r}")
     if got == "steering":
         s = iv.steer
+        names = "(layers, alpha, hook)"
         found, want = (s.layers, s.alpha, s.hook), (layers, float(ic.alpha), ic.hook)
     else:
         lo = iv.lora
-        found, want = (lo.layers, tuple(lo.modules), lo.rank), (layers, tuple(sorted(ic.modules)), int(ic.rank))
+        names = "(layers, modules, rank, scale)"  # scale: lora_alpha / sqrt(rank) with rslora, else / rank
+        scale = float(ic.lora_alpha) / (math.sqrt(int(ic.rank)) if ic.rslora else int(ic.rank))
+        found = (lo.layers, tuple(lo.modules), lo.rank, round(lo.scale, 6))
+        want = (layers, tuple(sorted(ic.modules)), int(ic.rank), round(scale, 6))
     if found != want:
-        raise TrainConfigError(f"intervention.init_from {ic.init_from} has (layers, ...) = {found}, the config "
+        raise TrainConfigError(f"intervention.init_from {ic.init_from} has {names} = {found}, the config "
                                f"says {want}: set the intervention section to match the file")
     return iv
 

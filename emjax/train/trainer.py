@@ -279,7 +279,9 @@ class Trainer:
         if params.steer is not None:
             save_steering(params.steer, path, model_name=self.model.name)
         else:
-            save_peft_lora(params.lora, path, base_model_name_or_path=self.model.source, cfg=self.cfg)
+            ic = self.config.intervention  # the config's pair, as given (same scale, the record a reader expects)
+            save_peft_lora(params.lora, path, base_model_name_or_path=self.model.source, cfg=self.cfg,
+                           alpha=float(ic.lora_alpha), rslora=bool(ic.rslora))
         return path
 
     def finish(self, state, history, first_eval, notes, seconds, config: ml_collections.ConfigDict | None = None,

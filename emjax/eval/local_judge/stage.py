@@ -23,7 +23,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 
 from emjax.checkpoints.load import LoadedModel, model_on_mesh
 from emjax.errors import EmjaxError
@@ -35,7 +34,7 @@ from emjax.eval.judge.tasks import MIN_VALID_JUDGE_PARAMS, build_tasks, question
 from emjax.eval.local_judge.forward import TreeArrays, score_prompts
 from emjax.eval.local_judge.records import local_record, plan_batches
 from emjax.eval.local_judge.tree import answer_options, judge_tree, template_terminator
-from emjax.model.config import dtype_from_name
+from emjax.model.config import dtype_from_name, resolve_dtype
 from emjax.model.mesh_plan import is_writer
 from emjax.model.schema import num_params
 
@@ -82,13 +81,6 @@ class LocalJudgeConfig:
 def local_judge_name(model_name: str) -> str:
     """The judge model name in cache keys and result lines."""
     return f"local:{model_name}"
-
-
-def resolve_dtype(name: str) -> str:
-    if name == "auto":
-        return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
-    dtype_from_name(name)  # ConfigError for unknown names
-    return name
 
 
 def judge_validity_warning(n_params: int, name: str) -> str | None:
