@@ -95,7 +95,7 @@ def load_model(source: str = EMBEDDED, *, dtype=jnp.float32, shardings: Weights 
     if not os.path.isdir(source):
         raise ModelSourceError(f"model source {source!r} is neither 'embedded', a folder nor a .gguf file")
     tok = _folder_tokenizer(source) if tokenizer else None
-    cfg, weights = load_hf_folder(source, dtype=dtype, shardings=shardings)
+    cfg, weights = load_hf_folder(source, dtype=dtype, shardings=shardings, progress=progress and is_writer())
     return LoadedModel(cfg, weights, tok, source, os.path.basename(source.rstrip("/")))
 
 

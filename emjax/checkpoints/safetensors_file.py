@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Iterator
 
 import ml_dtypes
 import numpy as np
@@ -66,6 +65,10 @@ class SafetensorsFile:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._entries[name]["shape"])
+
+    def nbytes(self, name: str) -> int:
+        begin, end = self._entries[name]["data_offsets"]
+        return end - begin
 
     def get(self, name: str) -> np.ndarray:
         """The tensor as a read-only memory-mapped array (no copy)."""
@@ -146,9 +149,3 @@ def open_folder(folder: str | os.PathLike) -> dict[str, SafetensorsFile]:
             raise CheckpointError(f"{index}: tensors listed but absent from their shards: {missing[:5]}")
     return where
 
-
-def iter_folder_tensors(folder: str | os.PathLike) -> tuple[list[str], Iterator[tuple[str, np.ndarray]]]:
-    """All tensors of a Hugging Face checkpoint folder (`open_folder`) as (names, iterator of
-    (name, memory-mapped array))."""
-    where = open_folder(folder)
-    return list(where), ((n, f.get(n)) for n, f in where.items())
