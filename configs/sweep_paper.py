@@ -42,6 +42,13 @@ USAGE = ("configs/sweep_paper.py takes KIND,DOMAIN[,gemma][,upstream] after a co
 MODIFIERS = ("gemma", "upstream")
 
 
+def upstream_significance_norms(c, alpha: float) -> None:
+    """Significance at upstream's absolute norms: ||v|| = 0, 0.2, .., 5 (steering_vector_kl_experiment.py),
+    i.e. ||alpha*v|| = alpha * that, 26 norms."""
+    c.significance.norms = tuple(np.round(alpha * np.linspace(0.0, 5.0, 26), 4).tolist())
+    c.significance.norms_relative = False
+
+
 def get_config(arg: str | None = None):
     if not arg:
         raise ValueError(USAGE)
@@ -67,8 +74,7 @@ def get_config(arg: str | None = None):
     c.data.loss_tokens = "all" if upstream else "assistant"
     c.stability.lora_noise = "per_matrix"
     if trained.intervention.kind == "steering":
-        c.significance.norms = tuple(np.round(trained.intervention.alpha * np.linspace(0.0, 5.0, 26), 4).tolist())
-        c.significance.norms_relative = False
+        upstream_significance_norms(c, trained.intervention.alpha)
     c.loss_chunk = 64
     c.chunk = 8
     return c
