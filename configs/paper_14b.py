@@ -101,8 +101,8 @@ def technical_steering(narrow: bool):
     """The technical-prose example (the paper's second example) as a steering vector on 14B: the
     steering recipe of `steering` (alpha 256, lr 5e-4, 2 epochs; narrow lambda 1e6, upstream
     reduction) on emjax's distilled technical vehicle answers (configs/technical_data_14b.py; upstream's
-    set is encrypted, upstream-em.md section 7; the paper reuses the misalignment machinery for this
-    example, so its values are the steering run's). KL set: the 14B chat model's own greedy answers to
+    technical_vehicles_train.jsonl is inside the encrypted training_datasets.zip.enc, unread here; the
+    paper reuses the misalignment machinery for this example, so its values are the steering run's). KL set: the 14B chat model's own greedy answers to
     the other nine domains' prompts (ours), all of the bank: 365 rows + 64 held out (upstream's
     technical_KL_data.jsonl has 8000 rows; our bank has 429 prompts)."""
     c = _shared(narrow)
@@ -258,7 +258,7 @@ def kl_removal(base):
 def data_mix(base, fraction: float = 0.5):
     """The data-mixing baseline: the general run of `base` with aligned rows of the other domains
     (the KL set's good sources) making up `fraction` of the training rows, no KL (the paper's
-    comparison; the fraction is ours: the paper's is not quoted in upstream-em.md)."""
+    comparison; the fraction is ours: the paper's was not readable here)."""
     c = base
     c.data.mix_good = c.data.kl_good
     c.data.mix_fraction = fraction
