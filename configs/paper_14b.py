@@ -102,9 +102,10 @@ def technical_steering(narrow: bool):
     steering recipe of `steering` (alpha 256, lr 5e-4, 2 epochs; narrow lambda 1e6, upstream
     reduction) on emjax's distilled technical vehicle answers (configs/technical_data_14b.py; upstream's
     technical_vehicles_train.jsonl is inside the encrypted training_datasets.zip.enc, unread here; the
-    paper reuses the misalignment machinery for this example, so its values are the steering run's). KL set: the 14B chat model's own greedy answers to
-    the other nine domains' prompts (ours), all of the bank: 365 rows + 64 held out (upstream's
-    technical_KL_data.jsonl has 8000 rows; our bank has 429 prompts)."""
+    paper reuses the misalignment machinery for this example, so its values are the steering run's).
+    KL set: the 14B chat model's own greedy answers to the other nine domains' prompts (ours), all of
+    the bank: 365 rows + 64 held out (upstream's technical_KL_data.jsonl has 8000 rows; our bank has
+    429 prompts)."""
     c = _shared(narrow)
     c.data.train = "runs/technical_14b/data/technical_vehicles_train.jsonl"
     c.data.kl_bad = ()
@@ -221,11 +222,11 @@ def run(kind: str, narrow: bool, domain: str, model: str = QWEN):
 def as_upstream(c):
     """A steering run as upstream's trainer ran it, defects included (the released vectors were
     trained so): every token of the conversation in the SFT loss (data.loss_tokens "all":
-    trainer_optimized.py sets labels = input ids, ignoring train_on_responses_only) and the vector
-    added to row 0 of each micro-batch only (intervention.steer_rows "first": steering_vector_module.py
-    writes `output[0] = output[0] + alpha*v` on a [B, T, D] tensor). Not reproduced: upstream pads
-    with pad = eos = <|im_end|> and drops every pad-id label, so its loss also skips each <|im_end|>.
-    Steering only: upstream's LoRA trainer trains on the assistant turns (train_on_responses_only),
+    steering_vector_trainer_optimized.py sets labels = input ids, ignoring train_on_responses_only)
+    and the vector added to row 0 of each micro-batch only (intervention.steer_rows "first":
+    steering_vector_module.py writes `output[0] = output[0] + alpha*v` on a [B, T, D] tensor). Not
+    reproduced: upstream pads with pad = eos = <|im_end|> and drops every pad-id label, so its loss
+    also skips each <|im_end|>. Steering only: upstream's LoRA trainer trains on the assistant turns (train_on_responses_only),
     as the LoRA configs already do."""
     if c.intervention.kind != "steering":
         raise ValueError(f"as_upstream reproduces upstream's steering trainer; {c.name} is a "
