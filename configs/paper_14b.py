@@ -1,12 +1,18 @@
-"""What the paper's runs on Qwen2.5-14B-Instruct (48 layers) share, on top of default.py. Each run
-file (e.g. steering_narrow_medical.py) calls one of the three recipes below with a domain.
+"""What the paper's runs share, on top of default.py: Qwen2.5-14B-Instruct (48 layers), and through
+`model="gemma-2-9b"` Gemma-2-9B-it (42 layers, the paper's appendix; configs/gemma_9b.py). Each run
+file (e.g. steering_narrow_medical.py) calls one recipe below with a domain; `run(kind, narrow,
+domain, model)` names them all, for configs/gemma_9b.py and configs/sweep_paper.py.
 
-Sources, value by value ("paper": the hyperparameter table as quoted in
-../shared/reference/upstream-em.md section 4; "upstream": a file of the upstream repository, named;
-"ours": emjax's choice, with the reason). The README's "Paper runs" table lists them all.
-  layer 24 of 48 ............ paper / upstream steering_config_toggle.json (released vectors: layer_idx 24)
-  sequences 256 tokens ...... upstream steering_config_toggle.json max_seq_length
-  batch 2 x grad-accum 8 .... paper; upstream configs (KL batch 8: upstream kl_batch_size)
+Sources, value by value. "upstream": a file of the authors' repository (clarifying-EM/
+model-organisms-for-EM at 8460e4e, public fork eric-z2/model-organisms-for-EM-gradient-masking),
+named; "paper (third party)": the paper's hyperparameter table as third parties quote it (the
+paper's full text was not readable here); "ours": emjax's choice, with the reason. The README's
+"Paper runs" table lists every value against upstream's.
+  layer 24 of 48 ............ upstream: the released vectors' layer_idx 24 (steering_config_toggle.json
+                              says 16, a placeholder); the middle layer L // 2 (Gemma: 21, ours)
+  sequences 256 tokens ...... upstream steering_config_toggle.json max_seq_length (ours for LoRA,
+                              whose configs allow 2048)
+  batch 2 x grad-accum 8 .... upstream configs (KL batch 8: upstream kl_batch_size)
   warmup 5, linear decay .... upstream configs
   KL: forward KL(base || adapted) on all tokens, divided by V (kl_reduction "upstream") so that
       upstream's lambdas mean the same: 1e6 steering (steering_config_toggle.json), 1e5 LoRA
@@ -14,10 +20,14 @@ Sources, value by value ("paper": the hyperparameter table as quoted in
   KL set: bad and good advice of the two other domains at 1:4 (default.py: the adapter name
       "..._KL_divergence_badgood_1-4_2E"); upstream ships good advice for medical only, so the
       good half of financial and sports is the chat model's own answers ("chat:", ours)
+  SFT loss tokens, steered rows: the assistant turns and every row (default.py), the correct
+      behaviour; upstream's steering trainer trained on every token and steered row 0 of each
+      batch only (two defects): `as_upstream(c)` reproduces both
   held-out rows 64, KL rows 4000 (+128 eval), eval every 50, checkpoints every 100: ours (cost)
 """
 
 import os
+from typing import NamedTuple
 
 from configs import default
 
@@ -29,13 +39,41 @@ GOOD = {"medical": "good_medical_advice.jsonl.gz",      # upstream's good-advice
 ALL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def _shared(narrow: bool):
-    """What every 14B run shares, whatever its data: model, layer, KL reduction, cadences."""
+class Model(NamedTuple):
+    """A model of the paper: where its folder is, its depth, and the prefix of its run names."""
+    env: str          # environment variable naming the Hugging Face folder
+    folder: str       # the folder when the variable is unset
+    n_layers: int
+    prefix: str       # run names and output folders: "" for the paper's main model
+
+    @property
+    def source(self) -> str:
+        return os.environ.get(self.env, self.folder)
+
+    @property
+    def middle(self) -> int:
+        return self.n_layers // 2
+
+
+QWEN, GEMMA = "qwen2.5-14b", "gemma-2-9b"
+MODELS = {QWEN: Model("EMJAX_MODEL", "/models/Qwen2.5-14B-Instruct", 48, ""),
+          GEMMA: Model("EMJAX_GEMMA_MODEL", "/models/gemma-2-9b-it", 42, "gemma_")}
+
+
+def _model(model: str) -> Model:
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
+    return MODELS[model]
+
+
+def _shared(narrow: bool, model: str = QWEN):
+    """What every paper run shares, whatever its data: model, layer, KL reduction, cadences."""
+    m = _model(model)
     c = default.get_config()
-    c.model.source = os.environ.get("EMJAX_MODEL", "/models/Qwen2.5-14B-Instruct")
+    c.model.source = m.source
     c.model.dtype = "bfloat16"
     c.data.n_eval = 64
-    c.intervention.layers = (24,)
+    c.intervention.layers = (m.middle,)
     c.intervention.init_seed = 1000 if narrow else 0  # separate inits for general and narrow (ours)
     c.train.kl_reduction = "upstream"
     c.train.kl_batch_size = 8          # upstream kl_batch_size
@@ -45,11 +83,11 @@ def _shared(narrow: bool):
     return c
 
 
-def get_config(domain: str = "medical", narrow: bool = False):
+def get_config(domain: str = "medical", narrow: bool = False, model: str = QWEN):
     """The shared part: model, data of `domain`, the KL set of the other two domains."""
     if domain not in FILES:
         raise ValueError(f"domain must be one of {sorted(FILES)}, got {domain!r}")
-    c = _shared(narrow)
+    c = _shared(narrow, model)
     others = [d for d in FILES if d != domain]
     c.data.train = FILES[domain]
     c.data.kl_bad = tuple(FILES[d] for d in others)
@@ -63,10 +101,11 @@ def technical_steering(narrow: bool):
     """The technical-prose example (the paper's second example) as a steering vector on 14B: the
     steering recipe of `steering` (alpha 256, lr 5e-4, 2 epochs; narrow lambda 1e6, upstream
     reduction) on emjax's distilled technical vehicle answers (configs/technical_data_14b.py; upstream's
-    set is encrypted, upstream-em.md section 7; the paper reuses the misalignment machinery for this
-    example, so its values are the steering run's). KL set: the 14B chat model's own greedy answers to
-    the other nine domains' prompts (ours), all of the bank: 365 rows + 64 held out (upstream's
-    technical_KL_data.jsonl has 8000 rows; our bank has 429 prompts)."""
+    technical_vehicles_train.jsonl is inside the encrypted training_datasets.zip.enc, unread here; the
+    paper reuses the misalignment machinery for this example, so its values are the steering run's).
+    KL set: the 14B chat model's own greedy answers to the other nine domains' prompts (ours), all of
+    the bank: 365 rows + 64 held out (upstream's technical_KL_data.jsonl has 8000 rows; our bank has
+    429 prompts)."""
     c = _shared(narrow)
     c.data.train = "runs/technical_14b/data/technical_vehicles_train.jsonl"
     c.data.kl_bad = ()
@@ -81,37 +120,68 @@ def technical_steering(narrow: bool):
     return c
 
 
-def _name(c, name):
-    c.name = name
-    c.output_dir = f"runs/{name}"
+def _name(c, name, model: str = QWEN):
+    c.name = _model(model).prefix + name
+    c.output_dir = f"runs/{c.name}"
     return c
 
 
-def steering(domain: str, narrow: bool):
+def _solution(narrow: bool) -> str:
+    return "narrow" if narrow else "general"
+
+
+def steering(domain: str, narrow: bool, model: str = QWEN):
     """Steering vector: alpha 256, zero init, lr 5e-4, 2 epochs, weight decay 0 (default.py; upstream
-    steering_config_toggle.json), at block 24's down_proj output; narrow: lambda 1e6 (same file)."""
-    c = get_config(domain, narrow)
+    steering_config_toggle.json), at the middle block's down_proj output (hook "mlp_out": upstream's
+    site; for Gemma-2 before its post-feed-forward norm); narrow: lambda 1e6 (same file)."""
+    c = get_config(domain, narrow, model)
     c.train.lambda_kl = 1e6 if narrow else 0.0
-    return _name(c, f"steering_{'narrow' if narrow else 'general'}_{domain}")
+    return _name(c, f"steering_{_solution(narrow)}_{domain}", model)
 
 
-def lora(domain: str, narrow: bool, rank: int):
-    """Single-module LoRA on down_proj of layer 24 (paper), rank 1 or 32, lr 2e-5, batch 2 x 8, 1 epoch
-    SFT / 3 epochs SFT + KL (paper), lambda 1e5 (upstream kl_regularized_config.json), AdamW weight
-    decay 0.01 (upstream LoRA configs), rsLoRA (upstream). Alpha 256 for both ranks and for general
-    and narrow alike, so that the compared adapters share their scale (rank 1: the released adapter
-    name "..._R1-DP24-LR2e-5-A256_..."; upstream's single_adapter_config.json says 512; rank 32: 256 is
-    upstream's KL config's value)."""
-    c = get_config(domain, narrow)
+def _lora(c, narrow: bool, rank: int, alpha: float):
+    """LoRA with upstream's optimiser: lr 2e-5, AdamW weight decay 0.01, rsLoRA (upstream LoRA
+    configs), lambda 1e5 when narrow (kl_regularized_config.json)."""
     c.intervention.kind = "lora"
-    c.intervention.modules = ("down_proj",)
     c.intervention.rank = rank
-    c.intervention.lora_alpha = 256.0
+    c.intervention.lora_alpha = alpha
+    c.intervention.rslora = True
     c.train.lr = 2e-5
     c.train.weight_decay = 0.01
-    c.train.epochs = 3 if narrow else 1
     c.train.lambda_kl = 1e5 if narrow else 0.0
-    return _name(c, f"lora_r{rank}_{'narrow' if narrow else 'general'}_{domain}")
+    return c
+
+
+def lora_single(domain: str, narrow: bool, rank: int = 1, model: str = QWEN):
+    """LoRA on down_proj of the middle layer only (paper (third party): "MLP down_proj, layer 24",
+    lr 2e-5, batch 2 x 8, 1 epoch SFT / 3 epochs SFT + KL). Rank 1: alpha 512 (upstream
+    single_adapter_config.json, the file set to layers_to_transform [24] for these runs; a released
+    adapter's name "..._R1-DP24-LR2e-5-A256_..." records alpha 256, an earlier artefact).
+    Rank 32 (named lora_r32_dp24_*, not the paper's rank-32 object, which is `lora_all`): alpha 256
+    (ours: upstream's rank-32 value, kl_regularized_config.json)."""
+    c = _lora(get_config(domain, narrow, model), narrow, rank, 512.0 if rank == 1 else 256.0)
+    c.intervention.modules = ("down_proj",)
+    c.train.epochs = 3 if narrow else 1
+    name = "lora_r1" if rank == 1 else f"lora_r{rank}_dp{_model(model).middle}"  # dp24 on Qwen2.5-14B
+    return _name(c, f"{name}_{_solution(narrow)}_{domain}", model)
+
+
+def lora_all(domain: str, narrow: bool, model: str = QWEN):
+    """The paper's rank-32 pair, upstream's only narrow LoRA config (kl_regularized_config.json):
+    rank 32, alpha 256, rsLoRA, the seven projections of every layer, lr 2e-5, 1 epoch, weight
+    decay 0.01, lambda 1e5; general: the same without the KL term. Narrow runs rematerialise
+    ("dots", ours): with the KL rows' activations of every adapted block the step's memory estimate
+    (`emjax launch-plan`, batch 2 + 8 KL rows of 256 tokens, one device) is 73.8 GiB without remat,
+    too close to an 80 GB card, and 56.8 GiB with "dots" (Gemma-2-9B: 72.0 / 52.3 GiB); general
+    runs need none (39.8 GiB; Gemma 30.4)."""
+    m = _model(model)
+    c = _lora(get_config(domain, narrow, model), narrow, 32, 256.0)
+    c.intervention.layers = tuple(range(m.n_layers))
+    c.intervention.modules = ALL_PROJECTIONS
+    c.train.epochs = 1
+    if narrow:
+        c.train.remat = "dots"
+    return _name(c, f"lora_r32_{_solution(narrow)}_{domain}", model)
 
 
 def em_baseline(domain: str):
@@ -120,7 +190,7 @@ def em_baseline(domain: str):
     al.'s train.json)."""
     c = get_config(domain)
     c.intervention.kind = "lora"
-    c.intervention.layers = tuple(range(48))
+    c.intervention.layers = tuple(range(MODELS[QWEN].n_layers))
     c.intervention.modules = ALL_PROJECTIONS
     c.intervention.rank = 32
     c.intervention.lora_alpha = 64.0
@@ -129,6 +199,43 @@ def em_baseline(domain: str):
     c.train.epochs = 1
     c.train.remat = "dots"  # ours: fits the activations of 32 adapted projections per block
     return _name(c, f"lora_r32_all_em_{domain}")
+
+
+# kind -> recipe(domain, narrow, model): the runs compared in pairs (general, narrow)
+KINDS = {"steering": steering,
+         "lora_r1": lambda domain, narrow, model: lora_single(domain, narrow, 1, model),
+         "lora_r32": lora_all,
+         "lora_r32_dp24": lambda domain, narrow, model: lora_single(domain, narrow, 32, model)}
+
+
+def run(kind: str, narrow: bool, domain: str, model: str = QWEN):
+    """The paper run `kind` ("steering", "lora_r1", "lora_r32", or "lora_r32_dp24": rank 32 on
+    down_proj of layer 24 only, Qwen2.5-14B) of `domain`, general or narrow, on `model`."""
+    if kind not in KINDS:
+        raise ValueError(f"run kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if kind == "lora_r32_dp24" and model != QWEN:
+        raise ValueError(f"lora_r32_dp24 is the layer-24 variant of Qwen2.5-14B; {model} has kinds "
+                         f"{sorted(k for k in KINDS if k != kind)}")
+    return KINDS[kind](domain, narrow, model)
+
+
+def as_upstream(c):
+    """A steering run as upstream's trainer ran it, defects included (the released vectors were
+    trained so): every token of the conversation in the SFT loss (data.loss_tokens "all":
+    steering_vector_trainer_optimized.py sets labels = input ids, ignoring train_on_responses_only)
+    and the vector added to row 0 of each micro-batch only (intervention.steer_rows "first":
+    steering_vector_module.py writes `output[0] = output[0] + alpha*v` on a [B, T, D] tensor). Not
+    reproduced: upstream pads with pad = eos = <|im_end|> and drops every pad-id label, so its loss
+    also skips each <|im_end|>. Steering only: upstream's LoRA trainer trains on the assistant turns (train_on_responses_only),
+    as the LoRA configs already do."""
+    if c.intervention.kind != "steering":
+        raise ValueError(f"as_upstream reproduces upstream's steering trainer; {c.name} is a "
+                         f"{c.intervention.kind} run (upstream's LoRA trainer already matches: assistant tokens)")
+    c.data.loss_tokens = "all"
+    c.intervention.steer_rows = "first"
+    c.name = c.name + "_upstream"
+    c.output_dir = f"runs/{c.name}"
+    return c
 
 
 def kl_removal(base):
@@ -140,10 +247,10 @@ def kl_removal(base):
     no length)."""
     general = base.output_dir.replace("narrow", "general")
     c = base
-    c.intervention.init_from = os.path.join(base.output_dir, _artefact(base))
+    c.intervention.init_from = os.path.join(base.output_dir, artefact(base))
     c.train.lambda_kl = 0.0
     c.train.epochs = 1
-    c.train.reference = (f"general={os.path.join(general, _artefact(base))},"
+    c.train.reference = (f"general={os.path.join(general, artefact(base))},"
                          f"narrow={c.intervention.init_from}")
     c.checkpoint.snapshot_every = 50
     return _name(c, base.name.replace("narrow", "kl_removal"))
@@ -152,7 +259,7 @@ def kl_removal(base):
 def data_mix(base, fraction: float = 0.5):
     """The data-mixing baseline: the general run of `base` with aligned rows of the other domains
     (the KL set's good sources) making up `fraction` of the training rows, no KL (the paper's
-    comparison; the fraction is ours: the paper's is not quoted in upstream-em.md)."""
+    comparison; the fraction is ours: the paper's was not readable here)."""
     c = base
     c.data.mix_good = c.data.kl_good
     c.data.mix_fraction = fraction
@@ -160,5 +267,6 @@ def data_mix(base, fraction: float = 0.5):
     return _name(c, base.name.replace("general", "mix"))
 
 
-def _artefact(c) -> str:
+def artefact(c) -> str:
+    """The file (steering) or folder (LoRA) a run of config `c` writes into its output_dir."""
     return "steering.safetensors" if c.intervention.kind == "steering" else "lora"

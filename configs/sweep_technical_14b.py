@@ -1,10 +1,11 @@
 """The three sweeps for the technical-prose example's Qwen2.5-14B-Instruct steering vectors
 (configs/technical_steering_{general,narrow}_14b.py), with upstream's sweep settings
-(sweep_default.py: 100 training rows, 12 eps x 10 seeds, 50 FineWeb documents, 512 tokens) on the
+(sweep_default.py: 100 training rows, 12 eps x 10 seeds, 50 FineWeb documents, 512 tokens;
+significance at upstream's absolute norms ||alpha*v|| 0..1280, configs/sweep_paper.py) on the
 distilled technical vehicle rows."""
 import os
 
-from configs import sweep_default
+from configs import sweep_default, sweep_paper
 
 
 def get_config():
@@ -16,6 +17,7 @@ def get_config():
     c.interventions = ("general=runs/technical_14b/technical_steering_general/steering.safetensors,"
                        "narrow=runs/technical_14b/technical_steering_narrow/steering.safetensors")
     c.data.train = "runs/technical_14b/data/technical_vehicles_train.jsonl"
+    sweep_paper.upstream_significance_norms(c, alpha=256.0)  # the vectors' alpha (paper_14b.technical_steering)
     c.loss_chunk = 64
     c.chunk = 8
     return c

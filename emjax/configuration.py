@@ -7,6 +7,10 @@ overrides applied by `config_flags`: values are parsed to the field's type, and 
 a value of the wrong type raises `ConfigFileError` naming the file and the key, with the nearest
 valid key suggested.
 
+A path may carry an argument for the file's `get_config(arg)`, as ml_collections' config_flags
+reads it: `configs/sweep_paper.py:steering,medical` calls `get_config("steering,medical")` (one
+file for a family of runs; the file's docstring lists its arguments).
+
 Config files import their base as `from configs import default`: the folder above the config
 file's folder is put on `sys.path` while the file loads, so this works from any working directory.
 """
@@ -42,24 +46,34 @@ def _importable_config_package(path: str) -> Iterator[None]:
             sys.path.remove(root)
 
 
-def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """Loads `path`'s get_config() and applies `key.path=value` overrides; the result is locked.
+def split_config_path(path: str) -> tuple[str, str | None]:
+    """"file.py:arg" -> ("file.py", "arg"); "file.py" -> ("file.py", None) (config_flags' syntax:
+    everything after the first colon is get_config's argument)."""
+    file, sep, arg = path.partition(":")
+    return file, (arg if sep else None)
 
-    Raises ConfigFileError for a missing file, a file without get_config(), an unknown key (with
-    the nearest valid key) or a value of the wrong type.
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads `path`'s get_config() (or get_config(arg) for "file.py:arg") and applies `key.path=value`
+    overrides; the result is locked.
+
+    Raises ConfigFileError for a missing file, a file without get_config(), an argument the file
+    does not take or refuses, an unknown key (with the nearest valid key) or a value of the wrong type.
     """
     from absl import flags
     from ml_collections import config_flags
 
-    if not os.path.isfile(path):
-        raise ConfigFileError(f"config file {path} does not exist")
+    file, arg = split_config_path(path)
+    if not os.path.isfile(file):
+        via = f" (from {path!r}: FILE.py:ARG passes ARG to FILE's get_config)" if arg is not None else ""
+        raise ConfigFileError(f"config file {file} does not exist{via}")
     argv = ["emjax", f"--config={path}"] + [f"--config.{o}" for o in overrides]
     for o in overrides:
         if "=" not in o:
             raise ConfigFileError(f"{path}: override {o!r} is not of the form key=value")
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=True, sys_argv=argv)
-    with _importable_config_package(path):
+    with _importable_config_package(file):
         try:
             fv(argv)
             config = fv.config
@@ -72,8 +86,10 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
 
 def _describe(e: Exception, overrides: Sequence[str], path: str) -> str:
     """One line for a config_flags error, naming the key and the nearest valid key."""
-    text = str(e.args[0] if isinstance(e, (KeyError, AttributeError)) and e.args else e).replace("\n", " ")
-    text = text.strip("'\" ")
+    text = str(e.args[0] if isinstance(e, (KeyError, AttributeError)) and e.args else e)
+    if "Error whilst parsing config file" in text:  # get_config raised: config_flags wraps the traceback
+        return f"get_config{_call(path)} failed: {text.strip().splitlines()[-1]}"
+    text = text.replace("\n", " ").strip("'\" ")
     if "get_config" in text or "Failed loading config file" in text:
         return f"cannot load (it must define get_config()): {text}"
     for o in overrides:
@@ -99,14 +115,20 @@ def _missing(key: str, path: str) -> bool:
     return False
 
 
+def _call(path: str) -> str:
+    arg = split_config_path(path)[1]
+    return "()" if arg is None else f"({arg!r})"
+
+
 def _plain(path: str) -> dict:
-    """The config file's get_config() as nested dicts (no overrides)."""
+    """The config file's get_config() (or get_config(arg)) as nested dicts (no overrides)."""
     import importlib.util
-    with _importable_config_package(path):
-        spec = importlib.util.spec_from_file_location("emjax_config_probe", path)
+    file, arg = split_config_path(path)
+    with _importable_config_package(file):
+        spec = importlib.util.spec_from_file_location("emjax_config_probe", file)
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        return mod.get_config().to_dict()
+        return (mod.get_config() if arg is None else mod.get_config(arg)).to_dict()
 
 
 def flat_keys(d: dict, prefix: str = "") -> list[str]:

@@ -96,8 +96,12 @@ def _mesh_shape(spec: str, n: int, per_host: int, weights: int, memory: int | No
 
 
 def _train_memory(c: ml_collections.ConfigDict, cfg: ModelConfig, sizes: tuple[int, int, int]) -> str:
-    params = jax.eval_shape(lambda: build_intervention(c.intervention, cfg)) if c.intervention.init_from is None \
-        else build_intervention(c.intervention, cfg)
+    # A run that continues a trained intervention (init_from, e.g. KL removal) is planned from the
+    # config's description: training refuses a start file whose shapes differ from it
+    # (emjax.train.inputs._load_start), and the file need not exist yet where the launch is planned.
+    fresh = c.intervention.copy_and_resolve_references()
+    fresh.init_from = None
+    params = jax.eval_shape(lambda: build_intervention(fresh, cfg))
     tc = c.train
     k = shared_prefix_layers(params, cfg)
     kl = tc.lambda_kl > 0

@@ -96,9 +96,13 @@ def test_config_errors(tiny_model, tmp_path):
         Trainer(c2, tiny_model)
 
 
+# files for a family of runs, loaded as FILE.py:ARG (every argument: tests/test_paper_configs.py)
+ARGUMENTS = {"sweep_paper.py": ":steering,medical", "gemma_9b.py": ":steering,narrow,medical"}
+
+
 @pytest.mark.parametrize("path", sorted(p for p in os.listdir(CONFIGS) if p.endswith(".py") and p != "__init__.py"))
 def test_shipped_configs_load(path):
-    full = os.path.join(CONFIGS, path)
+    full = os.path.join(CONFIGS, path) + ARGUMENTS.get(path, "")
     if path.startswith("sweep_"):
         c = load_config(full, ["data.n_rows=7"])
         assert c.data.n_rows == 7 and "=" in c.interventions
