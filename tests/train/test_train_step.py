@@ -262,9 +262,15 @@ def _steer_rows_case(cfg, w, layer, prefix):
     return sft_rows, (kt, km), sft, kl, sv, k
 
 
-@pytest.mark.parametrize("prefix", ["block", "shared", "cached"])
-def test_steer_rows_match_upstream_hook(tiny, prefix):
-    hf, cfg, w = tiny
+@pytest.fixture(scope="module")
+def qwen2():
+    hf = build_hf(qwen2_config(tied=False), seed=33)
+    return (hf, *to_emjax(hf))
+
+
+@pytest.mark.parametrize("prefix", ["block", "cached"])
+def test_steer_rows_match_upstream_hook(qwen2, prefix):
+    hf, cfg, w = qwen2
     layer, lam = 1, 1e5  # the KL term is then of the order of the CE
     v = np.random.default_rng(10).normal(size=cfg.d_model).astype(np.float32) * 0.1
     sft_rows, (kt, km), sft, kl, sv, k = _steer_rows_case(cfg, w, layer, prefix)
@@ -274,7 +280,7 @@ def test_steer_rows_match_upstream_hook(tiny, prefix):
     for rows in ("first", "all"):
         opts = TS.StepOptions(first_layer=k, kl_reduction="upstream", steer_rows=rows)
         fn = lambda p: TS.micro_loss(p, w, cfg, opts, sft, kl, jnp.float32(lam), n_sft, n_kl)
-        (loss, m), g = jax.value_and_grad(fn, has_aux=True)(iv)
+        (loss, m), g = jax.jit(jax.value_and_grad(fn, has_aux=True))(iv)
         want, want_g = _upstream_loss_and_grad(hf, layer, 4.0, v, sft_rows, kt, km, lam, rows)
         np.testing.assert_allclose(float(loss), want, rtol=1e-5, err_msg=rows)
         np.testing.assert_allclose(np.asarray(g.steer.vectors[0]), want_g, rtol=1e-3, atol=1e-5, err_msg=rows)
@@ -285,13 +291,13 @@ def test_steer_rows_match_upstream_hook(tiny, prefix):
     assert got["all"][2] > 2 * got["first"][2]
 
 
-def test_steer_rows_first_is_the_global_row_under_a_mesh_and_vmap(tiny):
+def test_steer_rows_first_is_the_global_row_under_a_mesh_and_vmap(qwen2):
     """Rows sharded over data:2 (KL rows 0 and 4 are each device's local row 0) and a vmap over runs
     (the step of VmappedTrainer) steer the micro-batch's row 0, as on one device for one run."""
     from emjax.model.mesh_plan import mesh_context, put_rows
     from emjax.model.sharding import make_mesh
     from emjax.train.vmapped import compile_vmapped_step, stacked_state
-    hf, cfg, w = tiny
+    hf, cfg, w = qwen2
     sft_rows, (kt, km), sft, kl, sv, k = _steer_rows_case(cfg, w, 1, "shared")
     vs = jax.random.normal(jax.random.PRNGKey(4), (2, 1, cfg.d_model)) * 0.1
     opts = TS.StepOptions(first_layer=k, kl_reduction="upstream", steer_rows="first")
