@@ -38,7 +38,8 @@ The values: 1e6 is the paper's (and steering_narrow_medical.py's) lambda with ev
 upstream's effective pressure; 2.5e5 the calibrated one; 1e5 and 5e5 bracket it (ours).
 `--config.intervention.steer_rows=first` trains with upstream's own row semantics (training only:
 evaluation, sweeps and the saved vector steer every row); with lambda 1e6 that is the run closest to
-the released vectors' training (the loss tokens and the KL set remain as configured).
+the released vectors' training (the SFT loss tokens, data.loss_tokens, and the KL set remain as
+configured).
 """
 import ml_collections
 

@@ -140,7 +140,8 @@ def plan_launch(stage: Sequence[str], launcher: str, hosts: int, devices_per_hos
     spec = _option(rest, "--mesh") or (c.get("mesh") if c is not None else None) or AUTO
     n = hosts * devices_per_host
     # vmapped steering runs (emjax.train.vmapped) train on one device and refuse any mesh
-    vmapped = stage[1] == "train" and c is not None and ("--vmap-runs" in rest or c.get("vmap_runs") is not None)
+    vmapped = stage[1] == "train" and c is not None and (
+        any(a == "--vmap-runs" or a.startswith("--vmap-runs=") for a in rest) or c.get("vmap_runs") is not None)
     if vmapped and (n != 1 or spec != AUTO):
         raise LaunchError(f"vmapped runs (the config's vmap_runs or --vmap-runs) train on one device without a mesh; "
                           f"this launch has {n} devices{'' if spec == AUTO else f' and mesh {spec!r}'}: plan it with "
