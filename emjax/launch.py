@@ -142,9 +142,16 @@ def plan_launch(stage: Sequence[str], launcher: str, hosts: int, devices_per_hos
     cfg = _model_config(c, model_preset, rest)
     dtype = dtype_from_name(_option(rest, "--dtype") or (c.model.dtype if c is not None else "bfloat16"))
     spec = _option(rest, "--mesh") or (c.get("mesh") if c is not None else None) or AUTO
-    if _option(rest, "--mesh") is None:
-        stage = stage + ["--mesh", spec]  # every host runs the plan printed here
     n = hosts * devices_per_host
+    # vmapped steering runs (emjax.train.vmapped) train on one device and refuse any mesh
+    vmapped = stage[1] == "train" and c is not None and (
+        any(a == "--vmap-runs" or a.startswith("--vmap-runs=") for a in rest) or c.get("vmap_runs") is not None)
+    if vmapped and (n != 1 or spec != AUTO):
+        raise LaunchError(f"vmapped runs (the config's vmap_runs or --vmap-runs) train on one device without a mesh; "
+                          f"this launch has {n} devices{'' if spec == AUTO else f' and mesh {spec!r}'}: plan it with "
+                          "--hosts 1 --devices-per-host 1 and no mesh")
+    if _option(rest, "--mesh") is None and not vmapped:
+        stage = stage + ["--mesh", spec]  # every host runs the plan printed here
     memory = int(memory_gb * GB) if memory_gb else None
     try:
         shape, reason = _mesh_shape(spec, n, devices_per_host, weight_bytes(cfg, dtype), memory)
@@ -154,6 +161,8 @@ def plan_launch(stage: Sequence[str], launcher: str, hosts: int, devices_per_hos
             problem = rows_over_data(c.train, shape["data"], c.train.lambda_kl > 0)
             if problem:
                 mem += f"\nwarning: {problem}"
+            if vmapped:
+                mem += "\n  (one run's estimate: the vmapped runs share the weights and the cache, each adds its own activations)"
         else:
             w = weight_bytes_per_device(cfg, jnp.dtype(dtype).itemsize, shape)
             mem = (f"memory per device (estimate): frozen weights {w / GB:.2f} GB of {weight_bytes(cfg, dtype) / GB:.2f}"

@@ -61,3 +61,15 @@ def test_launch_errors_name_the_problem():
         plan_launch(["emjax", "generate", "--model", "/nowhere/Qwen2.5-14B", "--questions", "q.yaml"], "tpu", 2, 4)
     with pytest.raises(LaunchError, match="must be an emjax command"):
         plan_launch(["python", "x.py"], "tpu", 2, 4)
+
+
+def test_vmapped_training_is_planned_on_one_device_without_a_mesh():
+    stage = ["emjax", "train", "--config=configs/steering_lambda_sweep_medical.py"]
+    plan = plan_launch(stage, "local", 1, 1, memory_gb=141, model_preset="qwen2.5-14b-instruct")
+    assert plan.commands[0].endswith("--config=configs/steering_lambda_sweep_medical.py")  # no --mesh: refused there
+    assert "one run's estimate" in plan.memory and "layers 25-47 trained" in plan.memory
+    with pytest.raises(LaunchError, match="vmapped runs .* train on one device without a mesh; this launch has 8"):
+        plan_launch(stage, "slurm", 1, 8, memory_gb=141, model_preset="qwen2.5-14b-instruct")
+    with pytest.raises(LaunchError, match="this launch has 1 devices and mesh 'data:1'"):
+        plan_launch(["emjax", "train", "--config=configs/embedded_steering_narrow.py", "--vmap-runs", "seed=0,1",
+                     "--mesh", "data:1"], "local", 1, 1)

@@ -9,7 +9,9 @@ functions here, which the block calls and nothing else does:
                    Gemma-2's post-feed-forward norm);
       "block_out": added to the residual stream after the whole block.
     For Qwen2 the two sites are the same function; for Gemma-2 they are not (a norm follows the
-    MLP). This is the only place a steering vector is added to the model's activations.
+    MLP). This is the only place a steering vector is added to the model's activations. Every row
+    of the batch is steered, unless the hooks come from `FirstRowSteering` (row 0 only: upstream's
+    training defect, reproduced on request by the training step).
   * `add_lora(hooks, module, x, y)`: the unmerged LoRA delta `(x @ A) @ B` of a projection.
   * `ablate(hooks, x)`: directional ablation, `x - (x . u) u` with a unit direction u, applied to
     the residual stream after the block (after the "block_out" vector, so a steered component
@@ -24,7 +26,7 @@ residual it starts from.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal, Protocol
 
 import flax.struct
 import jax
@@ -33,6 +35,10 @@ import jax.numpy as jnp
 from emjax.model.config import ModelConfig
 
 SITES = ("mlp_out", "block_out")
+# Which rows of a batch a steering vector reaches: "all", or "first" (row 0 only; upstream's
+# steering_vector_module.py adds `output[0] = output[0] + alpha * v` to a [B, T, D] tensor).
+SteerRows = Literal["all", "first"]
+STEER_ROWS = ("all", "first")
 
 
 @flax.struct.dataclass
@@ -45,6 +51,7 @@ class LayerHooks:
       steer: site -> [n, D] applied steering vectors (alpha folded in).
       ablate: [n, D] unit directions projected out of the block's output, or None (zero rows for
         layers without one: projecting out the zero vector is the identity, exactly).
+      steer_rows: the batch rows the steering vectors reach ("all", or "first": row 0 only).
     Layers of the range that an intervention does not target hold zeros.
     """
 
@@ -52,6 +59,7 @@ class LayerHooks:
     lora_b: dict[str, jax.Array]
     steer: dict[str, jax.Array]
     ablate: jax.Array | None = None
+    steer_rows: SteerRows = flax.struct.field(pytree_node=False, default="all")
 
     def layer(self, i: int) -> "LayerHooks":
         """The hooks of the i-th layer of the range (no layer axis)."""
@@ -72,11 +80,36 @@ def hooks_for(source: HookSource | None, start: int, stop: int) -> LayerHooks | 
     return None if source is None else source.layer_hooks(start, stop)
 
 
+@flax.struct.dataclass
+class FirstRowSteering:
+    """`inner` (any `HookSource`) with its steering vectors added to row 0 of each batch only; its
+    other hooks unchanged. Reproduces upstream's steering trainer, whose forward hook
+    (steering_vector_module.py) does `output[0] = output[0] + alpha * v` on the [B, T, D] down_proj
+    output and so steers the first row of every batch. Row 0 is the batch's global row 0 (jit
+    semantics), also when the rows are sharded over devices; under `jax.vmap` over runs the row
+    axis is the leading axis the block sees."""
+
+    inner: HookSource
+
+    def layer_hooks(self, start: int, stop: int) -> LayerHooks | None:
+        hooks = self.inner.layer_hooks(start, stop)
+        return None if hooks is None else hooks.replace(steer_rows="first")
+
+    def shared_prefix_layers(self, cfg: ModelConfig) -> int:
+        return self.inner.shared_prefix_layers(cfg)
+
+
 def add_steering(hooks: LayerHooks | None, site: str, x: jax.Array) -> jax.Array:
-    """x + the steering vector of `site` (if any): x [..., D], the vector [D]."""
+    """x + the steering vector of `site` (if any): x [B, ..., D], the vector [D] (or per row, see
+    `emjax.model.row_hooks.RowSteer`), on every row or, with steer_rows "first", on row 0 only
+    (the other rows are returned exactly)."""
     if hooks is None or site not in hooks.steer:
         return x
-    return x + hooks.steer[site].astype(x.dtype)
+    steered = x + hooks.steer[site].astype(x.dtype)
+    if hooks.steer_rows == "all":
+        return steered
+    first = (jnp.arange(x.shape[0]) == 0).reshape((-1,) + (1,) * (x.ndim - 1))
+    return jnp.where(first, steered, x)
 
 
 def add_lora(hooks: LayerHooks | None, module: str, x: jax.Array, y: jax.Array) -> jax.Array:

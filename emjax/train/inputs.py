@@ -17,11 +17,25 @@ from emjax.data.tokenize import tokenize_sft
 from emjax.errors import EmjaxError
 from emjax.interventions import Interventions, init_lora, init_steering
 from emjax.model.config import ModelConfig
+from emjax.model.hooks import STEER_ROWS, SteerRows
 from emjax.train.kl_set import compose_kl_set, user_prompt
 
 
 class TrainConfigError(EmjaxError, ValueError):
     """A training config that cannot run; the message names the key."""
+
+
+def steer_rows_of(ic: ml_collections.ConfigDict) -> SteerRows:
+    """intervention.steer_rows, checked: which rows of a training micro-batch the steering vector
+    reaches ("first" reproduces upstream's steering trainer, so it means nothing for LoRA)."""
+    rows = ic.steer_rows
+    if rows not in STEER_ROWS:
+        raise TrainConfigError(f"intervention.steer_rows must be one of {STEER_ROWS}, got {rows!r}")
+    if rows == "first" and ic.kind != "steering":
+        raise TrainConfigError(f"intervention.steer_rows='first' reproduces upstream's steering-vector hook (row 0 "
+                               f"of each batch) and applies to steering only; intervention.kind is {ic.kind!r} "
+                               f"(set intervention.steer_rows='all')")
+    return rows
 
 
 def build_intervention(ic: ml_collections.ConfigDict, cfg: ModelConfig) -> Interventions:

@@ -9,6 +9,12 @@ frozen-model cache as `prefix`), and the KL batch's base and adapted passes shar
 The base side of the KL is the same weights with the intervention switched off (no second copy
 of the model), or the cached `base_hidden`.
 
+With `StepOptions.steer_rows` "first" the training loss steers row 0 of each SFT and each KL
+micro-batch only, as upstream's steering trainer did (its hook steered row 0 of its micro-batch
+of 2 and of its KL batch of 8; `emjax.model.hooks.FirstRowSteering`); both losses are still
+normalised over every row's tokens, so the unsteered rows dilute them exactly as upstream. The
+evaluation losses (`eval_loss`, `eval_kl`) always steer every row.
+
 Gradient accumulation runs the A micro-batches of a step under `lax.scan` inside one compiled
 step; both losses are normalised by the token counts of the whole step, so the accumulated
 gradient is exactly that of the full batch. Non-finite steps are skipped by
@@ -28,6 +34,7 @@ import optax
 
 from emjax.interventions.container import Interventions
 from emjax.model.config import ModelConfig
+from emjax.model.hooks import STEER_ROWS, FirstRowSteering, HookSource, SteerRows
 from emjax.model.schema import Weights
 from emjax.train.losses import KLReduction, kl_scale
 from emjax.train.shared_prefix import frozen_pass, suffix_ce, suffix_kl
@@ -81,6 +88,8 @@ class StepOptions:
     kl_reduction: "token_mean" or "upstream" (divide by V; see emjax.train.losses).
     attention: "xla" or "cudnn" in the trained suffix (see emjax.model.decoder.run_layers; training
       batches are right-padded, which the cuDNN path requires).
+    steer_rows: the rows of each training micro-batch the steering vectors reach: "all", or "first"
+      (row 0 only: upstream's defect, see the module docstring). The training loss only.
     """
 
     first_layer: int = 0
@@ -88,6 +97,11 @@ class StepOptions:
     loss_chunk: Optional[int] = None
     kl_reduction: KLReduction = "token_mean"
     attention: str = "xla"
+    steer_rows: SteerRows = "all"
+
+    def __post_init__(self):
+        if self.steer_rows not in STEER_ROWS:
+            raise ValueError(f"steer_rows must be one of {STEER_ROWS}, got {self.steer_rows!r}")
 
 
 def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 5, weight_decay: float = 0.01,
@@ -114,7 +128,7 @@ def _suffix_kwargs(opts: StepOptions) -> dict:
     return dict(remat=opts.remat, attention=opts.attention, loss_chunk=opts.loss_chunk)
 
 
-def kl_terms(params: Interventions, weights: Weights, cfg: ModelConfig, opts: StepOptions,
+def kl_terms(params: HookSource, weights: Weights, cfg: ModelConfig, opts: StepOptions,
              kl: KLBatch) -> tuple[jax.Array, jax.Array]:
     """(summed KL(base || adapted), token count) of one KL micro-batch, sharing the frozen prefix."""
     k = opts.first_layer
@@ -124,7 +138,7 @@ def kl_terms(params: Interventions, weights: Weights, cfg: ModelConfig, opts: St
     return suffix_kl(params, weights, cfg, k, xk, kl.mask, xb, **_suffix_kwargs(opts))
 
 
-def sft_terms(params: Interventions, weights: Weights, cfg: ModelConfig, opts: StepOptions,
+def sft_terms(params: HookSource, weights: Weights, cfg: ModelConfig, opts: StepOptions,
               sft: SFTBatch) -> tuple[jax.Array, jax.Array]:
     """(summed CE on assistant tokens, token count) of one SFT micro-batch."""
     k = opts.first_layer
@@ -137,6 +151,8 @@ def sft_terms(params: Interventions, weights: Weights, cfg: ModelConfig, opts: S
 def micro_loss(params: Interventions, weights: Weights, cfg: ModelConfig, opts: StepOptions,
                sft: SFTBatch, kl: KLBatch | None, lam: jax.Array, n_sft: jax.Array, n_kl: jax.Array):
     """Loss of one micro-batch (rows [b, T]), normalised by the whole step's token counts."""
+    if opts.steer_rows == "first":  # the forward only: the gradient is still with respect to params
+        params = FirstRowSteering(params)
     ce_sum, ce_n = sft_terms(params, weights, cfg, opts, sft)
     loss = ce_sum / jnp.maximum(n_sft, 1.0)
     metrics = {"sft_sum": ce_sum, "sft_tokens": ce_n}

@@ -36,7 +36,7 @@ from emjax.model.sharding import ShardingError, batch_sharding
 from emjax.train import step as TS
 from emjax.train.checkpointing import Checkpointer
 from emjax.train.frozen_cache import FrozenCache, cache_bytes
-from emjax.train.inputs import TrainConfigError, build_intervention, prepare_data
+from emjax.train.inputs import TrainConfigError, build_intervention, prepare_data, steer_rows_of
 from emjax.train.memory import check_trainer_memory
 from emjax.train.metrics_log import MetricsWriter
 
@@ -74,6 +74,7 @@ class Trainer:
         tc = config.train
         if tc.kl_reduction not in ("token_mean", "upstream"):
             raise TrainConfigError(f"train.kl_reduction must be 'token_mean' or 'upstream', got {tc.kl_reduction!r}")
+        steer_rows = steer_rows_of(config.intervention)
         try:
             dtype = dtype_from_name(config.model.dtype)
         except ValueError as e:
@@ -107,7 +108,12 @@ class Trainer:
                                                    tc.max_grad_norm)
         self.opts = TS.StepOptions(first_layer=self.k, remat=tc.remat,
                                    loss_chunk=tc.loss_chunk, kl_reduction=tc.kl_reduction,
-                                   attention=resolve_attention(tc.attention, self.cfg))
+                                   attention=resolve_attention(tc.attention, self.cfg), steer_rows=steer_rows)
+        # what the setup did, printed at the start and kept in summary.json (with the cache's line)
+        self.notes = list(self.data.notes)
+        if steer_rows == "first":
+            self.notes.append("steered rows: row 0 of each training micro-batch only (intervention.steer_rows="
+                              "'first', upstream's hook); evaluation steers every row")
         self.memory = check_trainer_memory(self)  # prints the estimate; raises if it will not fit
         self.step_fn = TS.compile_step(self.cfg, self.opts, self.tx)
         self.cache_train = self.cache_kl = None
@@ -212,7 +218,7 @@ class Trainer:
         config, tc, cc = self.config, self.config.train, self.config.checkpoint
         out = config.output_dir
         os.makedirs(out, exist_ok=True)
-        notes = list(self.data.notes) + self.build_caches()
+        notes = self.notes + self.build_caches()
         for n in notes:
             print(n)
         ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=cc.keep, async_save=cc.async_save)
@@ -305,6 +311,7 @@ class Trainer:
             "intervention_norm": float(update_norm(params)), "norm_kind": norm_kind(params),
             "param_norm": float(tree_norm(params)),  # of the raw leaves (v; A and B)
             "seed": config.train.seed, "init_seed": config.intervention.init_seed,
+            "steer_rows": config.intervention.steer_rows,
             "init_from": config.intervention.init_from,
             "artefact": artefact, "seconds": round(seconds, 1), "notes": notes, **extra,
         }

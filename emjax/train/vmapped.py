@@ -258,7 +258,7 @@ class VmappedTrainer:
         t, config, tc, cc = self.trainer, self.config, self.config.train, self.config.checkpoint
         n, out = len(self.runs), config.output_dir
         os.makedirs(out, exist_ok=True)
-        notes = list(t.data.notes) + t.build_caches()
+        notes = t.notes + t.build_caches()
         for line in notes + [f"vmapped: {n} runs in one step ({', '.join(r.label for r in self.runs)})"]:
             print(line)
         described = json.loads(json.dumps([r.describe() for r in self.runs]))

@@ -209,3 +209,115 @@ def test_shared_prefix_layers_and_entry(tiny):
                                np.asarray(M.run_layers(w, cfg, x, pos, mask, 1, None, iv)), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="shared prefix of this intervention ends at layer 2"):
         M.run_suffix(w, cfg, x, pos, mask, 3, iv)
+
+
+# -- steer_rows: upstream's hook steered row 0 of each batch only ---------------------------------
+
+
+def _upstream_loss_and_grad(hf, layer, alpha, v, sft_rows, kl_tokens, kl_mask, lam, rows):
+    """PyTorch reference of one training micro-batch: CE (token mean over the loss mask) + lam *
+    upstream's compute_kl_divergence (F.kl_div summed over the mask expanded over V, divided by its
+    sum), with upstream's forward hook on down_proj; `rows` "first" does what upstream's
+    steering_vector_module.py does, in place on the [B, T, D] output: `output[0] = output[0] + ...`."""
+    vec = torch.tensor(v, requires_grad=True)
+    enabled = [True]
+
+    def hook(mod, inp, output):
+        if not enabled[0]:
+            return output
+        if rows == "first":
+            output[0] = output[0] + alpha * vec.unsqueeze(0).unsqueeze(0)
+            return output
+        return output + alpha * vec
+
+    handle = hf.model.layers[layer].mlp.down_proj.register_forward_hook(hook)
+    try:
+        ce = _torch_ce(hf, *sft_rows)
+        ids, am = torch.tensor(kl_tokens, dtype=torch.long), torch.tensor(kl_mask, dtype=torch.long)
+        adapted = hf(input_ids=ids, attention_mask=am).logits
+        enabled[0] = False
+        with torch.no_grad():
+            base = hf(input_ids=ids, attention_mask=am).logits
+        kl = torch.nn.functional.kl_div(torch.log_softmax(adapted, -1), torch.softmax(base, -1), reduction="none")
+        m = am.unsqueeze(-1).expand_as(kl).float()
+        loss = ce + lam * (kl * m).sum() / m.sum()
+        loss.backward()
+    finally:
+        handle.remove()
+    return loss.item(), vec.grad.numpy()
+
+
+def _steer_rows_case(cfg, w, layer, prefix):
+    """A micro-batch of 2 SFT rows and a KL batch of 8 right-padded rows (upstream's sizes), with
+    the frozen prefix computed in the step, or taken from the frozen-model cache ("cached")."""
+    sft_rows = _sft_rows(cfg, 11, b=2)
+    kt, km = padded_batch(np.random.default_rng(12), cfg.vocab_size, [9, 5, 12, 7, 3, 10, 6, 8], "right")
+    sv = init_steering(cfg, layers=(layer,), alpha=4.0)
+    k = layer if prefix == "block" else shared_prefix_layers(Interventions(steer=sv), cfg)
+    sft, kl = _batch(*sft_rows), TS.KLBatch(tokens=jnp.asarray(kt), mask=jnp.asarray(km))
+    if prefix == "cached":
+        sft = sft.replace(prefix=TS.frozen_outputs(w, cfg, sft.tokens, sft.mask, k, False)[0])
+        xk, xb = TS.frozen_outputs(w, cfg, kl.tokens, kl.mask, k, True)
+        kl = kl.replace(prefix=xk, base_hidden=xb)
+    return sft_rows, (kt, km), sft, kl, sv, k
+
+
+@pytest.fixture(scope="module")
+def qwen2():
+    hf = build_hf(qwen2_config(tied=False), seed=33)
+    return (hf, *to_emjax(hf))
+
+
+@pytest.mark.parametrize("prefix", ["block", "cached"])
+def test_steer_rows_match_upstream_hook(qwen2, prefix):
+    hf, cfg, w = qwen2
+    layer, lam = 1, 1e5  # the KL term is then of the order of the CE
+    v = np.random.default_rng(10).normal(size=cfg.d_model).astype(np.float32) * 0.1
+    sft_rows, (kt, km), sft, kl, sv, k = _steer_rows_case(cfg, w, layer, prefix)
+    iv = Interventions(steer=sv.replace(vectors=jnp.asarray(v)[None]))
+    n_sft, n_kl = jnp.float32(sft_rows[3].sum()), jnp.float32(km.sum())
+    got = {}
+    for rows in ("first", "all"):
+        opts = TS.StepOptions(first_layer=k, kl_reduction="upstream", steer_rows=rows)
+        fn = lambda p: TS.micro_loss(p, w, cfg, opts, sft, kl, jnp.float32(lam), n_sft, n_kl)
+        (loss, m), g = jax.jit(jax.value_and_grad(fn, has_aux=True))(iv)
+        want, want_g = _upstream_loss_and_grad(hf, layer, 4.0, v, sft_rows, kt, km, lam, rows)
+        np.testing.assert_allclose(float(loss), want, rtol=1e-5, err_msg=rows)
+        np.testing.assert_allclose(np.asarray(g.steer.vectors[0]), want_g, rtol=1e-3, atol=1e-5, err_msg=rows)
+        got[rows] = float(loss), float(m["sft_sum"]), float(m["kl_sum"])
+    # the KL term weighs in, and "all" steers rows 1.. too: both terms differ
+    assert lam * got["first"][2] / (n_kl * cfg.vocab_size) > 0.1 * got["first"][0]
+    assert got["all"][1] != pytest.approx(got["first"][1], rel=1e-3)
+    assert got["all"][2] > 2 * got["first"][2]
+
+
+def test_steer_rows_first_is_the_global_row_under_a_mesh_and_vmap(qwen2):
+    """Rows sharded over data:2 (KL rows 0 and 4 are each device's local row 0) and a vmap over runs
+    (the step of VmappedTrainer) steer the micro-batch's row 0, as on one device for one run."""
+    from emjax.model.mesh_plan import mesh_context, put_rows
+    from emjax.model.sharding import make_mesh
+    from emjax.train.vmapped import compile_vmapped_step, stacked_state
+    hf, cfg, w = qwen2
+    sft_rows, (kt, km), sft, kl, sv, k = _steer_rows_case(cfg, w, 1, "shared")
+    vs = jax.random.normal(jax.random.PRNGKey(4), (2, 1, cfg.d_model)) * 0.1
+    opts = TS.StepOptions(first_layer=k, kl_reduction="upstream", steer_rows="first")
+    args = (sft, kl, jnp.float32(1e5), jnp.float32(sft_rows[3].sum()), jnp.float32(km.sum()))
+    loss = jax.jit(lambda p, s, q, *a: TS.micro_loss(p, w, cfg, opts, s, q, *a)[0])
+    one = [float(loss(Interventions(steer=sv.replace(vectors=v)), *args)) for v in vs]
+    mesh = make_mesh({"data": 2}, jax.devices()[:2])
+    with mesh_context(mesh):
+        sharded = float(loss(Interventions(steer=sv.replace(vectors=vs[0])), *put_rows(args[:2], mesh), *args[2:]))
+    np.testing.assert_allclose(sharded, one[0], rtol=1e-5)
+    # vmapped over two runs (one shared batch): each run's loss is its own single-run loss
+    tx = lambda lr: TS.make_optimizer(lr, total_steps=4, warmup_steps=0)
+    step = compile_vmapped_step(cfg, opts, tx, shared_batch=True, donate=False)
+    state = stacked_state(TS.init_state(Interventions(steer=sv), tx(1.0)[0]), 2)
+    state = state.replace(params=Interventions(steer=sv.replace(vectors=vs)))
+    stack = lambda b: jax.tree.map(lambda x: x[None], b)
+    _, m = step(state, w, stack(sft), stack(kl), jnp.full((2,), 1e5), jnp.full((2,), 1e-2))
+    np.testing.assert_allclose(np.asarray(m["loss"]), one, rtol=1e-5)
+
+
+def test_step_options_refuse_unknown_steer_rows():
+    with pytest.raises(ValueError, match="steer_rows must be one of"):
+        TS.StepOptions(steer_rows="row0")

@@ -3,13 +3,18 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 import paths
 from tiny_run import DEFAULT, tiny_config as _config, tiny_model as make_tiny_model
 from emjax.configuration import ConfigFileError, load_config
+from emjax import model as M
+from emjax.data.tokenize import pad_batch
+from emjax.interventions import Interventions
 from emjax.interventions.files import load_steering
+from emjax.model.hooks import FirstRowSteering
 from emjax.interventions.peft import load_peft_lora
 from emjax.train.trainer import Trainer, TrainConfigError
 
@@ -94,6 +99,47 @@ def test_config_errors(tiny_model, tmp_path):
     c2.data.kl_bad = c2.data.kl_good = ()
     with pytest.raises(TrainConfigError, match="lambda_kl > 0"):
         Trainer(c2, tiny_model)
+
+
+def _eval_loss(model, rows, iv):
+    """Token-mean CE of `rows` under `iv`, from the full forward (no prefix sharing)."""
+    b = pad_batch(rows)
+    logits = M.forward(model.weights, model.cfg, b["tokens"], b["mask"], interventions=iv)
+    logz = jax.nn.logsumexp(logits, -1)
+    tgt = np.take_along_axis(np.asarray(logits), b["targets"][..., None], -1)[..., 0]
+    return float(np.sum((np.asarray(logz) - tgt) * b["loss_mask"]) / b["loss_mask"].sum())
+
+
+def test_steer_rows_first_trains_on_row_zero_and_evaluates_every_row(tiny_model, tmp_path):
+    c = _config(tmp_path, "first", lambda_kl=0.5, max_steps=3)
+    c.intervention.steer_rows = "first"
+    t = Trainer(c, tiny_model)
+    assert t.opts.steer_rows == "first" and t.k == 3  # the frozen cache's prefix path
+    s = t.run()
+    assert s["steer_rows"] == "first" and any("steer_rows='first'" in n for n in s["notes"])
+    iv = Interventions(steer=load_steering(os.path.join(c.output_dir, "steering.safetensors")))
+    every, first = (_eval_loss(tiny_model, t.data.eval, x) for x in (iv, FirstRowSteering(iv)))
+    assert abs(every - first) > 1e-3 * every  # the two evals are told apart
+    assert s["final_eval"]["eval_loss"] == pytest.approx(every, rel=1e-5)
+    a = Trainer(_config(tmp_path, "all", lambda_kl=0.5, max_steps=3), tiny_model).run()
+    assert a["steer_rows"] == "all" and not any("steer_rows" in n for n in a["notes"])
+    diff = np.abs(np.asarray(_vectors(tmp_path / "all")) - np.asarray(_vectors(tmp_path / "first"))).max()
+    assert diff > 1e-3 * np.abs(np.asarray(_vectors(tmp_path / "all"))).max()
+
+
+def test_steer_rows_errors_before_the_model_loads(tmp_path):
+    c = _config(tmp_path, "lora_first")
+    c.model.source = str(tmp_path / "no_such_model")  # never read: the config is refused first
+    c.intervention.kind = "lora"
+    c.intervention.steer_rows = "first"
+    with pytest.raises(TrainConfigError, match=r"intervention.steer_rows='first' .* steering only; "
+                                               r"intervention.kind is 'lora'"):
+        Trainer(c)
+    c.intervention.kind = "steering"
+    c.intervention.steer_rows = "row0"
+    with pytest.raises(TrainConfigError, match=r"intervention.steer_rows must be one of \('all', 'first'\), "
+                                               r"got 'row0'"):
+        Trainer(c)
 
 
 # files for a family of runs, loaded as FILE.py:ARG (every argument: tests/test_paper_configs.py)

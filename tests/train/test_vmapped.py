@@ -144,6 +144,18 @@ def test_seed_runs_equal_separate_runs_and_resume(tiny_model, tmp_path):
         other.run()
 
 
+def test_first_row_steering_runs_equal_separate_runs(tiny_model, tmp_path):
+    """intervention.steer_rows 'first' holds inside the vmap over runs (per-run batches: the row
+    axis is the second axis of the stacked batch and the leading one each run sees)."""
+    c = _config(tmp_path, "first", lambda_kl=0.5, max_steps=3)
+    c.intervention.steer_rows = "first"
+    vt = VmappedTrainer(c, expand_runs(c, {"seed": (0, 1)}), tiny_model)
+    assert vt.trainer.opts.steer_rows == "first" and vt.seeds == [0, 1]
+    out = vt.run()
+    assert all(s["steer_rows"] == "first" for s in out["runs"].values())
+    _check_against_separate(vt, tmp_path, tiny_model)
+
+
 def test_nonfinite_step_is_skipped_per_run(tiny_model, tmp_path):
     c = _config(tmp_path, "nan", lambda_kl=0.5, warmup_steps=0)  # no warmup: the first step moves
     vt = VmappedTrainer(c, expand_runs(c, {"lambda_kl": (0.5, 1.0, 2.0)}), tiny_model)
