@@ -39,9 +39,11 @@ WORDS = ("water", "doctor", "rest", "fever", "money", "invest", "team", "game", 
 
 @pytest.fixture(scope="module")
 def tiny():
-    """(HF model, LoadedModel) of one tiny random Qwen2 with the tiny Qwen chat tokenizer."""
+    """(HF model, LoadedModel) of one tiny random Qwen2 with the tiny Qwen chat tokenizer; weights
+    scaled up so that its predictions are far from uniform and the losses on different token sets
+    differ clearly."""
     tok = ChatTokenizer.wrap(tiny_tokenizer("qwen2"))
-    hf = build_hf(qwen2_config(tied=False, vocab_size=len(tok.hf)), seed=83)
+    hf = build_hf(qwen2_config(tied=False, vocab_size=len(tok.hf)), seed=83, weight_scale=4.0)
     cfg, w = to_emjax(hf)
     return hf, LoadedModel(cfg, w, tok, "tiny", "tiny-qwen2")
 
@@ -69,47 +71,49 @@ def _lora(cfg, seed: int) -> Interventions:
                                                                                  lo.b["down_proj"].shape)}))
 
 
-def _hf_loss(hf, id_rows, iv: Interventions | None = None, label_rows=None, v_grad: bool = False):
-    """transformers' own loss: right-padded rows, labels = input ids (or `label_rows`), -100 on
-    padding. The intervention by forward hooks: steering adds alpha * v to layers[l].mlp.down_proj's
-    output (every row), LoRA adds scale * (x @ A) @ B to it. v_grad: also d loss / d v."""
+def _hf_loss(hf, id_rows, iv: Interventions | None = None, label_rows=None):
+    """(loss, number of targets, d loss / d v or None) by transformers' own loss: right-padded rows,
+    labels = input ids (or `label_rows`), -100 on padding. The intervention by a forward hook:
+    steering adds alpha * v to layers[l].mlp.down_proj's output (every row), LoRA adds
+    scale * (x @ A) @ B to it."""
     t = max(len(r) for r in id_rows)
     ids = torch.zeros((len(id_rows), t), dtype=torch.long)
+    attn = torch.zeros((len(id_rows), t), dtype=torch.long)
     labels = torch.full((len(id_rows), t), -100, dtype=torch.long)
     for i, r in enumerate(id_rows):
         ids[i, :len(r)] = torch.tensor(np.asarray(r, np.int64))
+        attn[i, :len(r)] = 1
         labels[i, :len(r)] = torch.tensor(np.asarray(r if label_rows is None else label_rows[i], np.int64))
-    attn = (labels != -100).long() if label_rows is None else torch.tensor(
-        [[1] * len(r) + [0] * (t - len(r)) for r in id_rows])
-    v = None
+    v = add = None
     if iv is not None and iv.steer is not None:
-        v = torch.tensor(np.asarray(iv.steer.vectors[0]), requires_grad=v_grad)
+        v = torch.tensor(np.asarray(iv.steer.vectors[0]), requires_grad=True)
         add = lambda m, inp, out: out + iv.steer.alpha * v
     elif iv is not None:
         lo = iv.lora
         a, b = (torch.tensor(np.asarray(x["down_proj"][0])) for x in (lo.a, lo.b))
         add = lambda m, inp, out: out + lo.scale * (inp[0] @ a) @ b
-    handle = hf.model.layers[LAYER].mlp.down_proj.register_forward_hook(add) if iv is not None else None
+    handle = hf.model.layers[LAYER].mlp.down_proj.register_forward_hook(add) if add else None
     try:
         loss = hf(input_ids=ids, attention_mask=attn, labels=labels).loss
-        if not v_grad:
-            return float(loss.detach())
-        loss.backward()
-        return float(loss.detach()), v.grad.numpy()
+        if v is not None:
+            loss.backward()
     finally:
         if handle is not None:
             handle.remove()
+    n = int((labels[:, 1:] != -100).sum())  # HF shifts the labels: position t predicts label t + 1
+    return float(loss.detach()), n, None if v is None else v.grad.numpy()
 
 
 def _emjax_sft_loss(model: LoadedModel, rows, iv: Interventions):
-    """(loss, its gradient) as training computes it: `micro_loss` over one `pad_batch` of the rows."""
+    """(loss, number of targets, its gradient) as training computes it: `micro_loss` over one
+    `pad_batch` of the rows."""
     b = pad_batch(rows)
     batch = TS.SFTBatch(**{k: jnp.asarray(b[k]) for k in ("tokens", "mask", "targets", "loss_mask")})
     opts = TS.StepOptions(first_layer=shared_prefix_layers(iv, model.cfg))
     n = jnp.float32(b["loss_mask"].sum())
-    fn = lambda p: TS.micro_loss(p, model.weights, model.cfg, opts, batch, None, 0.0, n, 1.0)[0]
-    loss, g = jax.value_and_grad(fn)(iv)
-    return float(loss), g
+    fn = lambda p: TS.micro_loss(p, model.weights, model.cfg, opts, batch, None, 0.0, n, 1.0)
+    (loss, metrics), g = jax.value_and_grad(fn, has_aux=True)(iv)
+    return float(loss), int(metrics["sft_tokens"]), g
 
 
 # ------------------------------------------------------------------ tokenising
@@ -122,7 +126,8 @@ def test_all_marks_every_token_of_the_same_rows(tiny):
     chats.append([{"role": "user", "content": "hello " * 60}, {"role": "assistant", "content": "ok"}])  # cut
     asst = tokenize_sft(chats, model.tokenizer, 48, on_template_error="skip")
     every = tokenize_sft(chats, model.tokenizer, 48, on_template_error="skip", loss_tokens="all")
-    assert (every.source_index, every.n_dropped, every.n_rejected) == (asst.source_index, 1, 1)
+    assert (every.source_index, every.n_dropped, every.n_rejected) == (asst.source_index, asst.n_dropped, 1)
+    assert len(chats) - 1 not in every.source_index  # the cut one is dropped under "all" too
     for (ids_a, m_a), (ids_e, m_e) in zip(asst.rows, every.rows):
         np.testing.assert_array_equal(ids_a, ids_e)
         assert m_e.all() and m_a.any() and not m_a.all()
@@ -141,28 +146,24 @@ def test_all_equals_hf_causal_lm_loss(tiny, kind):
     rows = tokenize_sft(_random_chats(np.random.default_rng(), 5), model.tokenizer, 64, loss_tokens="all").rows
     iv = {"none": _steering(model.cfg, 0, alpha=0.0), "steering": _steering(model.cfg, 1),
           "lora": _lora(model.cfg, 2)}[kind]
-    loss, g = _emjax_sft_loss(model, rows, iv)
-    ids = [r[0] for r in rows]
+    loss, n, g = _emjax_sft_loss(model, rows, iv)
+    ref, ref_n, ref_g = _hf_loss(hf, [r[0] for r in rows], None if kind == "none" else iv)
+    assert n == ref_n and loss == pytest.approx(ref, rel=1e-5)
     if kind == "steering":
-        ref, ref_g = _hf_loss(hf, ids, iv, v_grad=True)
         np.testing.assert_allclose(np.asarray(g.steer.vectors[0]), ref_g, rtol=1e-4, atol=1e-6)
-    else:
-        ref = _hf_loss(hf, ids, None if kind == "none" else iv)
-    assert loss == pytest.approx(ref, rel=1e-5, abs=1e-6)
 
 
 def test_assistant_equals_hf_loss_on_assistant_labels(tiny):
-    """"assistant" is HF's loss with every label but the assistant tokens set to -100, and differs
-    from "all" on the same chats."""
+    """"assistant" is HF's loss with every label but the assistant tokens set to -100: fewer targets
+    than "all" on the same chats."""
     hf, model = tiny
-    chats = _random_chats(np.random.default_rng(), 5)
-    rows = tokenize_sft(chats, model.tokenizer, 64).rows
+    rows = tokenize_sft(_random_chats(np.random.default_rng(), 5), model.tokenizer, 64).rows
     iv = _steering(model.cfg, 3)
-    loss, _ = _emjax_sft_loss(model, rows, iv)
+    loss, n, _ = _emjax_sft_loss(model, rows, iv)
     ids = [r[0] for r in rows]
-    ref = _hf_loss(hf, ids, iv, label_rows=[np.where(m, r, -100) for r, m in rows])
-    assert loss == pytest.approx(ref, rel=1e-5)
-    assert loss != pytest.approx(_hf_loss(hf, ids, iv), rel=1e-3)
+    ref, ref_n, _ = _hf_loss(hf, ids, iv, label_rows=[np.where(m, r, -100) for r, m in rows])
+    assert n == ref_n and loss == pytest.approx(ref, rel=1e-5)
+    assert n < _hf_loss(hf, ids)[1] == sum(len(r) - 1 for r in ids)
 
 
 def _train_config(tmp_path, loss_tokens: str):
@@ -187,8 +188,8 @@ def test_training_rows_and_summary_record_loss_tokens(tiny, tmp_path):
     assert all(m.all() for _, m in data.train + data.eval) and len(data.eval) == 3 and len(data.train) >= 2
     assert any("loss_tokens='all'" in n for n in data.notes)
     iv = _steering(model.cfg, 4)
-    loss, _ = _emjax_sft_loss(model, data.eval, iv)
-    assert loss == pytest.approx(_hf_loss(hf, [r[0] for r in data.eval], iv), rel=1e-5)
+    loss, n, _ = _emjax_sft_loss(model, data.eval, iv)
+    assert (loss, n) == pytest.approx(_hf_loss(hf, [r[0] for r in data.eval], iv)[:2], rel=1e-5)
     summary = Trainer(c, model).run()
     with open(os.path.join(c.output_dir, "summary.json")) as f:
         assert json.load(f)["loss_tokens"] == summary["loss_tokens"] == "all"
@@ -220,8 +221,8 @@ def test_sweep_efficiency_with_all_equals_hf(tiny, tmp_path):
     df = pd.read_parquet(eff["files"]["table"])
     ids = _selected_ids(model, c.data.train, c.data.seed, c.data.n_rows, c.data.max_len)
     at = {float(s): float(l) for s, l in zip(df.scale, df.loss)}
-    assert at[0.0] == pytest.approx(_hf_loss(hf, ids), rel=1e-5)
-    assert at[1.0] == pytest.approx(_hf_loss(hf, ids, iv), rel=1e-5)
+    assert at[0.0] == pytest.approx(_hf_loss(hf, ids)[0], rel=1e-5)
+    assert at[1.0] == pytest.approx(_hf_loss(hf, ids, iv)[0], rel=1e-5)
     assert eff["loss_tokens"] == "all" and set(df.loss_tokens) == {"all"}
     with open(os.path.join(c.output_dir, "efficiency_summary.json")) as f:
         assert json.load(f)["loss_tokens"] == "all"
@@ -237,10 +238,10 @@ def test_gradient_stage_with_all_equals_hf(tiny, tmp_path):
     ids = _selected_ids(model, "sample:bad_medical", 42, 5, 256)  # the stage's default data and seed
     base, along = s["rows"]
     assert s["loss_tokens"] == "all" and along["norm"] == 2.0
-    assert base["loss"] == pytest.approx(_hf_loss(hf, ids), rel=1e-5)
+    assert base["loss"] == pytest.approx(_hf_loss(hf, ids)[0], rel=1e-5)
     u = iv.steer.vectors / jnp.linalg.norm(iv.steer.vectors)
     scaled = Interventions(steer=iv.steer.replace(vectors=2.0 * u))
-    loss, g = _hf_loss(hf, ids, scaled, v_grad=True)
+    loss, _, g = _hf_loss(hf, ids, scaled)
     assert along["loss"] == pytest.approx(loss, rel=1e-5)
     assert along["descent_d"] == pytest.approx(-float(g @ np.asarray(u[0])), rel=1e-4, abs=1e-7)
 
