@@ -13,9 +13,9 @@ The logits a model computes at position t predict `targets[:, t]`, so the SFT lo
 
 and, with `loss_tokens="assistant"`, it covers exactly the assistant tokens (content and
 end-of-turn marker) of `sft_example`; with `loss_tokens="all"` every real next token, so it equals
-a causal-LM loss with labels = input ids (padding ignored). The KL term is taken at every real position, `mask` (each position's next-token distribution;
-upstream also includes the last real position, whose target is unknown but whose distribution
-is still compared).
+a causal-LM loss with labels = input ids (padding ignored). The KL term is taken at every real
+position, `mask` (each position's next-token distribution; upstream also includes the last real
+position, whose target is unknown but whose distribution is still compared).
 """
 
 from __future__ import annotations

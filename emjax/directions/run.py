@@ -230,7 +230,8 @@ def gradient_stage(model: LoadedModel, spec: str, out: str, *, data: str = "samp
         f.write(md + "\n")
     print(md)
     return _write_summary(out, {"layer": layer, "hook": hook, "data": data, "n_rows": n_rows, "seed": seed,
-                                "loss_tokens": loss_tokens, "reference_norm": ref, "rows": df.to_dict(orient="records"),
+                                "loss_tokens": loss_tokens, "reference_norm": ref,
+                                "rows": df.to_dict(orient="records"),
                                 "definition": "descent_e = -dL/dv . u_e (loss decrease per unit norm along e)"})
 
 

@@ -4,6 +4,8 @@ summary. The config is configs/sweep_default.py and the files beside it.
 
 Every summary names the norm it uses (`norm_kind`) and carries a `comparability` entry (same kind,
 same alpha / LoRA scale, separate LoRA inits; see `comparability`); its warnings are also printed.
+The efficiency and stability summaries and tables name the tokens their losses are taken on
+(`loss_tokens`, the config's `data.loss_tokens`).
 """
 
 from __future__ import annotations
@@ -190,7 +192,8 @@ RUNNERS: dict[str, Callable] = {"efficiency": T.efficiency, "stability": T.stabi
 
 
 def check_loss_tokens(c: ml_collections.ConfigDict) -> None:
-    """`data.loss_tokens` must be one of `emjax.data.tokenize.LOSS_TOKENS` (checked before the model loads)."""
+    """`data.loss_tokens` must be one of `emjax.data.tokenize.LOSS_TOKENS` (checked before the model
+    loads)."""
     if c.data.loss_tokens not in LOSS_TOKENS:
         raise SweepConfigError(f"data.loss_tokens must be one of {LOSS_TOKENS}, got {c.data.loss_tokens!r}")
 

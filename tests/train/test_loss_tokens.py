@@ -253,7 +253,8 @@ def test_bad_value_is_refused_by_the_key_before_the_model_loads(tmp_path, capsys
     """No model source exists: the error must come from the check, before any loading."""
     c = _train_config(tmp_path, "prompt")
     c.model.source = str(tmp_path / "no-model")
-    with pytest.raises(TrainConfigError, match=r"data\.loss_tokens must be one of \('assistant', 'all'\), got 'prompt'"):
+    with pytest.raises(TrainConfigError, match=r"data\.loss_tokens must be one of \('assistant', 'all'\), "
+                                               "got 'prompt'"):
         Trainer(c)
     s = load_config(SWEEP_DEFAULT)
     s.model.source, s.data.loss_tokens = str(tmp_path / "no-model"), "Assistant"
@@ -267,3 +268,4 @@ def test_bad_value_is_refused_by_the_key_before_the_model_loads(tmp_path, capsys
         assert "data.loss_tokens must be one of ('assistant', 'all'), got 'every'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["directions", "gradient", "d=x.safetensors", "--loss-tokens=every", "--out", str(tmp_path)])
+    assert "--loss-tokens: invalid choice: 'every'" in capsys.readouterr().err
