@@ -337,9 +337,10 @@ def _run_train(args) -> int:
     from emjax.configuration import load_config
     from emjax.train.replicates import train_replicates
     from emjax.train.trainer import Trainer
-    from emjax.train.inputs import TrainConfigError
+    from emjax.train.inputs import TrainConfigError, checked_loss_tokens
     from emjax.train.vmapped import sweep_of, train_vmapped
     config = load_config(args.config, args.config_overrides)
+    checked_loss_tokens(config.data)  # before any model loads (replicates load it before their Trainers)
     if args.mesh is not None:
         config.mesh = args.mesh
     declared = sweep_of(config, args.vmap_runs)

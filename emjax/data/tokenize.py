@@ -1,5 +1,4 @@
-"""Tokenising chats (SFT rows with an assistant-token mask) and plain text, and padding rows
-into batches.
+"""Tokenising chats (SFT rows with a loss mask) and plain text, and padding rows into batches.
 
 **Shift convention** (`pad_batch`). For a batch of B rows padded on the right to width T:
 
@@ -12,10 +11,11 @@ The logits a model computes at position t predict `targets[:, t]`, so the SFT lo
 
     sum(loss_mask * CE(logits, targets)) / sum(loss_mask)
 
-and it covers exactly the assistant tokens (content and end-of-turn marker) of `sft_example`.
-The KL term is taken at every real position, `mask` (each position's next-token distribution;
-upstream also includes the last real position, whose target is unknown but whose distribution
-is still compared).
+and, with `loss_tokens="assistant"`, it covers exactly the assistant tokens (content and
+end-of-turn marker) of `sft_example`; with `loss_tokens="all"` every real next token, so it equals
+a causal-LM loss with labels = input ids (padding ignored). The KL term is taken at every real
+position, `mask` (each position's next-token distribution; upstream also includes the last real
+position, whose target is unknown but whose distribution is still compared).
 """
 
 from __future__ import annotations
@@ -30,13 +30,17 @@ from emjax.data.conversations import DataError, Message
 
 Row = tuple[np.ndarray, np.ndarray]  # (ids [T] int32, sft_mask [T] bool)
 
+# Which tokens of a chat the SFT loss is taken on (configs/default.py `data.loss_tokens`):
+# "assistant": the assistant turns; "all": every token of the rendered conversation.
+LOSS_TOKENS = ("assistant", "all")
+
 
 @dataclasses.dataclass
 class SFTData:
     """Tokenised SFT rows and what tokenising did to them.
 
     rows: list of (ids [T_i] int32, sft_mask [T_i] bool), T_i <= max_len; the mask marks the
-      assistant tokens (what the model is trained to produce).
+      tokens the loss is taken on: the assistant tokens, or every token (loss_tokens="all").
     source_index: for each row, the index of its conversation in the input.
     n_input: conversations given; n_truncated: rows cut to max_len (kept if an assistant token
       remains to predict); n_dropped: rows with no assistant token left to predict after cutting;
@@ -50,22 +54,30 @@ class SFTData:
     n_truncated: int
     n_dropped: int
     n_rejected: int = 0
+    loss_tokens: str = "assistant"
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def summary(self) -> str:
         lens = np.array([len(ids) for ids, _ in self.rows]) if self.rows else np.zeros(1, int)
-        n_assist = sum(int(m.sum()) for _, m in self.rows)
+        n_loss = sum(int(m[1:].sum()) for _, m in self.rows)  # position 0 is never a target
         rejected = f", {self.n_rejected} rejected by the chat template" if self.n_rejected else ""
+        which = "assistant tokens" if self.loss_tokens == "assistant" else "every token after the first"
         return (f"SFT data: {self.n_input} conversations -> {len(self.rows)} rows (max_len {self.max_len}: "
                 f"{self.n_truncated} truncated, {self.n_dropped} dropped with no assistant token left"
-                f"{rejected}); tokens mean {lens.mean():.0f}, max {lens.max()}; {n_assist} assistant tokens")
+                f"{rejected}); tokens mean {lens.mean():.0f}, max {lens.max()}; loss on {n_loss} tokens "
+                f"(loss_tokens={self.loss_tokens!r}: {which})")
 
 
 def tokenize_sft(conversations: Sequence[Sequence[Message]], tokenizer, max_len: int, *,
-                 on_template_error: str = "raise") -> SFTData:
+                 on_template_error: str = "raise", loss_tokens: str = "assistant") -> SFTData:
     """Tokenise chats with `tokenizer.sft_example` (a `ChatTokenizer`) and cut them to `max_len`.
+
+    loss_tokens: "assistant" (default) masks the assistant turns; "all" masks every token, so after
+      the shift every real token but the first is a target (upstream's steering trainer,
+      trainer_optimized.py, labels = input ids). The rows are the same either way (cut, dropped and
+      rejected by the assistant-turn rules below), so the option changes the loss, not the data.
 
     A row longer than max_len keeps its first max_len tokens (counted in n_truncated). A row is
     dropped (n_dropped) when its mask has no True at positions >= 1 after cutting: position 0
@@ -80,6 +92,8 @@ def tokenize_sft(conversations: Sequence[Sequence[Message]], tokenizer, max_len:
         raise ValueError(f"max_len must be >= 2, got {max_len}")
     if on_template_error not in ("raise", "skip"):
         raise ValueError(f"on_template_error must be 'raise' or 'skip', got {on_template_error!r}")
+    if loss_tokens not in LOSS_TOKENS:
+        raise ValueError(f"loss_tokens must be one of {LOSS_TOKENS}, got {loss_tokens!r}")
     rows: list[Row] = []
     index: list[int] = []
     n_trunc = n_drop = n_rej = 0
@@ -97,9 +111,11 @@ def tokenize_sft(conversations: Sequence[Sequence[Message]], tokenizer, max_len:
         if not mask[1:].any():
             n_drop += 1
             continue
+        if loss_tokens == "all":
+            mask = np.ones(len(ids), bool)
         rows.append((np.asarray(ids, np.int32), np.asarray(mask, bool)))
         index.append(i)
-    return SFTData(rows, index, max_len, len(conversations), n_trunc, n_drop, n_rej)
+    return SFTData(rows, index, max_len, len(conversations), n_trunc, n_drop, n_rej, loss_tokens)
 
 
 def _hf(tokenizer):

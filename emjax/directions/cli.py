@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from emjax.data.tokenize import LOSS_TOKENS
 from emjax.directions import run as R
 from emjax.directions.sources import DirectionError
 
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=None)
     p.add_argument("--hook", default="mlp_out", choices=["mlp_out", "block_out"])
     p.add_argument("--norms", default="0.5x,1x,2x", help="norms of v: absolute, or Nx = N times the mean direction norm")
+    p.add_argument("--loss-tokens", default="assistant", choices=list(LOSS_TOKENS),
+                   help="tokens the SFT loss is taken on: the assistant turns or every token (as the sweeps' "
+                        "data.loss_tokens)")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("drift", help="plot a run's logged drift (cos_/proj_ with its references)")
@@ -108,7 +112,8 @@ def main(argv: list[str]) -> int:
     elif args.stage == "gradient":
         summary = R.gradient_stage(R.load(args.model, args.dtype), args.spec, args.out, data=args.data,
                                    data_dir=args.data_dir, n_rows=args.rows, seed=args.seed, max_len=args.max_len,
-                                   batch_size=args.batch_size, layer=args.layer, norms=args.norms, hook=args.hook)
+                                   batch_size=args.batch_size, layer=args.layer, norms=args.norms, hook=args.hook,
+                                   loss_tokens=args.loss_tokens)
     else:
         model = R.load(args.model, args.dtype) if args.references else None
         summary = R.drift_stage(args.run_dir, args.out, references=args.references, model=model)

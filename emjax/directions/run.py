@@ -195,19 +195,21 @@ def _norms(text: str, reference: float) -> list[float]:
 
 
 def _sft_batches(model: LoadedModel, data: str, data_dir: str, n_rows: int, seed: int, max_len: int,
-                 batch_size: int) -> list[dict]:
+                 batch_size: int, loss_tokens: str) -> list[dict]:
     convs = read_chat_jsonl(resolve_data_spec(data, data_dir))
     idx = np.random.default_rng(seed).permutation(len(convs))[:n_rows]
-    rows = tokenize_sft([convs[i] for i in idx], model.tokenizer, max_len, on_template_error="skip").rows
+    rows = tokenize_sft([convs[i] for i in idx], model.tokenizer, max_len, on_template_error="skip",
+                        loss_tokens=loss_tokens).rows
     return padded_batches(rows, batch_size)
 
 
 def gradient_stage(model: LoadedModel, spec: str, out: str, *, data: str = "sample:bad_medical",
                    data_dir: str = "../shared/data/em", n_rows: int = 64, seed: int = 42, max_len: int = 256,
                    batch_size: int = 8, layer: int | None = None, norms: str = "0.5x,1x,2x",
-                   hook: str = "mlp_out") -> dict:
+                   hook: str = "mlp_out", loss_tokens: str = "assistant") -> dict:
     """The SFT-loss gradient at v = 0 and at equal norms along each direction of `spec`, projected
-    on each. Norms "Nx" are multiples of the directions' mean norm at `layer`."""
+    on each. Norms "Nx" are multiples of the directions' mean norm at `layer`. loss_tokens: the
+    tokens the loss is taken on, as the sweeps' `data.loss_tokens` ("assistant" or "all")."""
     dirs = load_direction_set(spec, model.cfg)
     if layer is None:
         common = set.intersection(*(set(d.vectors) for d in dirs.values()))
@@ -219,7 +221,7 @@ def gradient_stage(model: LoadedModel, spec: str, out: str, *, data: str = "samp
         raise DirectionError(f"directions {missing} have no vector at layer {layer}")
     vecs = {k: d.vectors[layer] for k, d in dirs.items()}
     ref = float(np.mean([np.linalg.norm(v) for v in vecs.values()]))
-    batches = _sft_batches(model, data, data_dir, n_rows, seed, max_len, batch_size)
+    batches = _sft_batches(model, data, data_dir, n_rows, seed, max_len, batch_size, loss_tokens)
     df = G.gradient_projections(model, batches, layer, vecs, _norms(norms, ref), hook)
     os.makedirs(out, exist_ok=True)
     df.to_csv(os.path.join(out, "gradient.csv"), index=False)
@@ -228,7 +230,8 @@ def gradient_stage(model: LoadedModel, spec: str, out: str, *, data: str = "samp
         f.write(md + "\n")
     print(md)
     return _write_summary(out, {"layer": layer, "hook": hook, "data": data, "n_rows": n_rows, "seed": seed,
-                                "reference_norm": ref, "rows": df.to_dict(orient="records"),
+                                "loss_tokens": loss_tokens, "reference_norm": ref,
+                                "rows": df.to_dict(orient="records"),
                                 "definition": "descent_e = -dL/dv . u_e (loss decrease per unit norm along e)"})
 
 

@@ -4,6 +4,8 @@ summary. The config is configs/sweep_default.py and the files beside it.
 
 Every summary names the norm it uses (`norm_kind`) and carries a `comparability` entry (same kind,
 same alpha / LoRA scale, separate LoRA inits; see `comparability`); its warnings are also printed.
+The efficiency and stability summaries and tables name the tokens their losses are taken on
+(`loss_tokens`, the config's `data.loss_tokens`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from emjax.checkpoints.load import LoadedModel, model_on_mesh
+from emjax.data.tokenize import LOSS_TOKENS
 from emjax.errors import EmjaxError
 from emjax.interventions import Interventions
 from emjax.interventions import arithmetic as A
@@ -123,6 +126,8 @@ def comparability(ivs: dict[str, Interventions]) -> dict:
 
 def _summary(kind: str, df: pd.DataFrame, labels: list[str], comp: dict) -> dict:
     out: dict = {"kind": kind, "interventions": labels, "norm_kind": comp["norm_kind"], "comparability": comp}
+    if "loss_tokens" in df:  # the losses on training rows: which tokens they are taken on
+        out["loss_tokens"] = str(df.loss_tokens.iloc[0])
     if kind == "efficiency":
         resc = df[df.sweep == "rescale"]
         trained = resc[np.isclose(resc.scale, 1.0)].set_index("intervention")
@@ -186,11 +191,19 @@ RUNNERS: dict[str, Callable] = {"efficiency": T.efficiency, "stability": T.stabi
                                 "significance": T.significance}
 
 
+def check_loss_tokens(c: ml_collections.ConfigDict) -> None:
+    """`data.loss_tokens` must be one of `emjax.data.tokenize.LOSS_TOKENS` (checked before the model
+    loads)."""
+    if c.data.loss_tokens not in LOSS_TOKENS:
+        raise SweepConfigError(f"data.loss_tokens must be one of {LOSS_TOKENS}, got {c.data.loss_tokens!r}")
+
+
 def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | None = None) -> dict:
     """One metric for the config's interventions: writes {kind}.parquet / .csv / .png and
     {kind}_summary.json under c.output_dir and returns the summary."""
     if kind not in KINDS:
         raise SweepConfigError(f"unknown sweep {kind!r}; choose from {KINDS}")
+    check_loss_tokens(c)
     if kind == "stability" and c.stability.lora_noise not in A.LORA_NOISE:
         raise SweepConfigError(f"stability.lora_noise must be one of {A.LORA_NOISE}, got {c.stability.lora_noise!r}")
     model = on_mesh(c, model)
@@ -222,6 +235,7 @@ def sweep(c: ml_collections.ConfigDict, kinds: Sequence[str] = KINDS, model: Loa
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise SweepConfigError(f"unknown sweeps {unknown}; choose from {KINDS}")
+    check_loss_tokens(c)
     model = on_mesh(c, model)
     return {k: run_sweep(k, c, model) for k in kinds}
 

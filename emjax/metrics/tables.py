@@ -1,7 +1,8 @@
 """The three metrics as tidy tables: efficiency (loss vs norm), stability (orthogonal noise) and
 pre-training significance (KL on FineWeb), each evaluated with the vmapped sweeps of
 `emjax.metrics.sweeps`. Losses are token-weighted means over all evaluation rows (right-padded
-batches, so the fused cuDNN attention is used on NVIDIA GPUs where the model allows).
+batches, so the fused cuDNN attention is used on NVIDIA GPUs where the model allows), taken on the
+tokens `data.loss_tokens` names (column `loss_tokens`: the assistant turns, or every token).
 
 Every norm is `emjax.interventions.arithmetic.update_norm`, the size of what the intervention adds:
 `||scale·BA||_F (effective update)` for LoRA, `||alpha·v|| (applied vector)` for steering; the
@@ -52,7 +53,8 @@ def _realised_norms(versions: A.Versions, c) -> np.ndarray:
 def _row_batches(model: LoadedModel, c) -> list[dict]:
     convs = read_chat_jsonl(resolve_data_spec(c.data.train, c.data.dir))
     idx = np.random.default_rng(c.data.seed).permutation(len(convs))[: c.data.n_rows]
-    rows = tokenize_sft([convs[i] for i in idx], model.tokenizer, c.data.max_len, on_template_error="skip").rows
+    rows = tokenize_sft([convs[i] for i in idx], model.tokenizer, c.data.max_len, on_template_error="skip",
+                        loss_tokens=c.data.loss_tokens).rows
     return padded_batches(rows, c.data.batch_size)
 
 
@@ -112,7 +114,7 @@ def efficiency(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collecti
         for n, r, loss in zip(norms, _realised_norms(versions, c), losses):
             records.append({"intervention": label, "sweep": "rescale", "norm": n, "realised_norm": float(r),
                             "scale": n / trained[label] if trained[label] > 0 else np.nan,
-                            "loss": float(loss), **_describe(iv)})
+                            "loss": float(loss), "loss_tokens": c.data.loss_tokens, **_describe(iv)})
     df = pd.DataFrame(records)
     df["efficiency_ratio"] = df["loss"] / np.where(df["norm"] > 0, df["norm"] ** 2, np.nan)
     return df
@@ -141,7 +143,7 @@ def stability(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collectio
             records.append({"intervention": label, "eps": float(e), "seed": int(s), "loss": float(loss),
                             "loss_orig": float(l_orig), "loss_base": float(l_base), "norm": norm,
                             "perturbed_norm": float(pn), "noise": mode if iv.lora is not None else "vector",
-                            **_describe(iv)})
+                            "loss_tokens": c.data.loss_tokens, **_describe(iv)})
     df = pd.DataFrame(records)
     df["relative_increase"] = (df["loss"] - df["loss_orig"]) / (df["loss_base"] - df["loss_orig"])
     return df

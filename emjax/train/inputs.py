@@ -13,7 +13,7 @@ import numpy as np
 from emjax.checkpoints.load import LoadedModel
 from emjax.data.conversations import read_chat_jsonl
 from emjax.data.mixtures import resolve_data_spec
-from emjax.data.tokenize import tokenize_sft
+from emjax.data.tokenize import LOSS_TOKENS, tokenize_sft
 from emjax.errors import EmjaxError
 from emjax.interventions import Interventions, init_lora, init_steering
 from emjax.model.config import ModelConfig
@@ -36,6 +36,14 @@ def steer_rows_of(ic: ml_collections.ConfigDict) -> SteerRows:
                                f"of each batch) and applies to steering only; intervention.kind is {ic.kind!r} "
                                f"(set intervention.steer_rows='all')")
     return rows
+
+
+def checked_loss_tokens(dc: ml_collections.ConfigDict) -> str:
+    """The config's `data.loss_tokens`, checked (`emjax.data.tokenize.LOSS_TOKENS`)."""
+    value = dc.loss_tokens
+    if value not in LOSS_TOKENS:
+        raise TrainConfigError(f"data.loss_tokens must be one of {LOSS_TOKENS}, got {value!r}")
+    return value
 
 
 def build_intervention(ic: ml_collections.ConfigDict, cfg: ModelConfig) -> Interventions:
@@ -88,8 +96,9 @@ def _load_start(ic: ml_collections.ConfigDict, cfg: ModelConfig, layers: tuple[i
 
 @dataclasses.dataclass
 class PreparedData:
-    """Tokenised rows of a run: train / eval are (ids [T], sft_mask [T]) rows; kl / kl_eval are
-    ids [T] rows (the KL is taken on every real token); notes say what tokenising did."""
+    """Tokenised rows of a run: train / eval are (ids [T], sft_mask [T]) rows, the mask as
+    `data.loss_tokens` says; kl / kl_eval are ids [T] rows (the KL is taken on every real token);
+    notes say what tokenising did."""
 
     train: list
     eval: list
@@ -126,6 +135,7 @@ def _specs(value) -> tuple[str, ...]:
 def prepare_data(config: ml_collections.ConfigDict, model: LoadedModel) -> PreparedData:
     """Reads, splits and tokenises the training, held-out and KL rows the config names."""
     dc = config.data
+    which = checked_loss_tokens(dc)
     notes = []
     path = resolve_data_spec(dc.train, dc.dir)
     convs = read_chat_jsonl(path)
@@ -148,8 +158,8 @@ def prepare_data(config: ml_collections.ConfigDict, model: LoadedModel) -> Prepa
         rest = rest + mix
         notes.append(f"data mix: {n_mix} aligned rows ({dc.mix_fraction:.0%} of training) from "
                      + ", ".join(f"{p.spec} ({p.n_rows})" for p in picks))
-    sft = tokenize_sft(rest, model.tokenizer, dc.max_len, on_template_error="skip")
-    ev = tokenize_sft(eval_convs, model.tokenizer, dc.max_len, on_template_error="skip")
+    sft = tokenize_sft(rest, model.tokenizer, dc.max_len, on_template_error="skip", loss_tokens=which)
+    ev = tokenize_sft(eval_convs, model.tokenizer, dc.max_len, on_template_error="skip", loss_tokens=which)
     notes.append(f"train {path}: {sft.summary()}")
     kl_rows, kl_eval = [], []
     bad, good = _specs(dc.kl_bad), _specs(dc.kl_good)

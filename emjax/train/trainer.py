@@ -36,7 +36,8 @@ from emjax.model.sharding import ShardingError, batch_sharding
 from emjax.train import step as TS
 from emjax.train.checkpointing import Checkpointer
 from emjax.train.frozen_cache import FrozenCache, cache_bytes
-from emjax.train.inputs import TrainConfigError, build_intervention, prepare_data, steer_rows_of
+from emjax.train.inputs import (TrainConfigError, build_intervention, checked_loss_tokens, prepare_data,
+                                steer_rows_of)
 from emjax.train.memory import check_trainer_memory
 from emjax.train.metrics_log import MetricsWriter
 
@@ -72,6 +73,7 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, model: LoadedModel | None = None):
         self.config = config
         tc = config.train
+        checked_loss_tokens(config.data)  # before the model loads
         if tc.kl_reduction not in ("token_mean", "upstream"):
             raise TrainConfigError(f"train.kl_reduction must be 'token_mean' or 'upstream', got {tc.kl_reduction!r}")
         steer_rows = steer_rows_of(config.intervention)
@@ -304,6 +306,7 @@ class Trainer:
         summary = {
             "name": config.name, "model": self.model.name, "steps": self.total_steps,
             "shared_prefix_layers": self.k, "lambda_kl": config.train.lambda_kl,
+            "loss_tokens": config.data.loss_tokens,  # which tokens train_loss / eval_loss are taken on
             "train_loss_first": history[0]["sft_loss"] if history else None,
             "train_loss_last": history[-1]["sft_loss"] if history else None,
             "initial_eval": first_eval, "final_eval": final_eval, "nonfinite_steps_skipped": skipped,
