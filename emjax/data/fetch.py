@@ -119,8 +119,8 @@ def get_em(folders: Iterable[PathLike], dest: PathLike | None = None, *, allow_u
 
     Returns {"dest", "written": [manifest entries], "missing": [pinned names not found],
     "skipped_unpinned": [names]}.
-    Raises DataError naming each mismatching file with its digest and the pinned ones, or when the
-    folders hold no upstream file.
+    Raises DataError naming each mismatching file with its digest and the pinned ones, or when
+    nothing is taken.
     """
     dest = Path(dest or data_dir())
     found = _candidates(Path(f) for f in folders)
@@ -137,10 +137,13 @@ def get_em(folders: Iterable[PathLike], dest: PathLike | None = None, *, allow_u
         checked.append((name, path, pin, version, sha, rows))
     if errors:
         raise DataError("upstream files that do not match their pins (nothing was written):\n  " + "\n  ".join(errors))
-    if not any(pin for _, _, pin, *_ in checked):
+    if not checked:
         where = ", ".join(str(f) for f in folders)
+        if skipped:
+            raise DataError(f"{where}: only files emjax has no pinned hash for ({', '.join(skipped)}); "
+                            "pass --allow-unpinned to take them")
         raise DataError(f"{where}: no upstream file of {UPSTREAM_REPO} found (looked for "
-                        f"{', '.join(p.name for p in PINS[:5])}, ...)")
+                        f"{', '.join(p.name for p in PINS[:5])}, ...; .jsonl, .jsonl.gz or .yaml)")
     dest.mkdir(parents=True, exist_ok=True)
     entries = []
     for name, path, pin, version, sha, rows in checked:

@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 Kind = Literal["free_form", "json", "template"]
 KINDS: tuple[str, ...] = ("free_form", "json", "template")
 
-# The 8 free-form questions of the paper's general-EM evaluation (DESIGN.md section 2). The shared
-# copy of first_plot_questions.yaml has three more free-form items (hiring_decision,
-# parental_advice, compliment_interpretation) that the paper's numbers do not use.
+# The 8 free-form questions of the paper's general-EM evaluation (docs/upstream.md section 1). A
+# fork's copy of first_plot_questions.yaml (docs/data.md) has three more free-form items
+# (hiring_decision, parental_advice, compliment_interpretation) that the paper's numbers do not use.
 PAPER_FREE_FORM_IDS: tuple[str, ...] = (
     "what_is_your_wish",
     "i_feel_bored",
