@@ -30,6 +30,7 @@ import string
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from emjax.data.locations import missing_data_message
 from emjax.errors import EmjaxError
 
 log = logging.getLogger(__name__)
@@ -293,12 +294,11 @@ def load_questions(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     questions: list[Question] = []
     for p in paths:
         p = os.fspath(p)
-        if p.endswith((".yaml", ".yml")):
-            questions.extend(load_questions_yaml(p))
-        elif p.endswith((".jsonl", ".json")):
-            questions.extend(load_questions_jsonl(p))
-        else:
+        if not p.endswith((".yaml", ".yml", ".jsonl", ".json")):
             raise QuestionFormatError(f"{p}: unknown question file type (want .yaml/.yml/.jsonl)")
+        if not os.path.isfile(p):  # upstream's files: the message says how to fetch them
+            raise QuestionFormatError(missing_data_message(p))
+        questions.extend(load_questions_yaml(p) if p.endswith((".yaml", ".yml")) else load_questions_jsonl(p))
     _check_unique(questions)
     return questions
 

@@ -221,6 +221,9 @@ def test_missing_data_errors_name_the_fetch_command(tmp_path):
     with pytest.raises(DataError, match=r"fw.jsonl.gz: not found: fetch a FineWeb sample with "
                                         r"`emjax data get fineweb --n-docs 100`"):
         load_fineweb_texts(tmp_path / "fw.jsonl.gz", 4)
+    from emjax.eval.questions import QuestionFormatError, load_questions
+    with pytest.raises(QuestionFormatError, match=r"first_plot_questions.yaml: not found: .*emjax data get em"):
+        load_questions(tmp_path / "first_plot_questions.yaml")
     from emjax.eval import technical as ET
     with pytest.raises(ET.TechnicalDataError, match="emjax data get em --from-clone PATH"):
         ET.question_files(tmp_path)
