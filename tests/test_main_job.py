@@ -16,6 +16,7 @@ def test_main_job_judged_by_a_local_server_and_resumed(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("EMJAX_FINEWEB", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no fetched FineWeb sample
+    monkeypatch.delenv("EMJAX_CACHE", raising=False)
     model = tiny_model()
     out = tmp_path / "main"
     with FakeOpenAIServer() as server:

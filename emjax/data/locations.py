@@ -6,8 +6,9 @@
     fineweb_corpus()  the corpus configs use: $EMJAX_FINEWEB, else the fetched file if present,
                       else the 64 documents shipped with emjax ("sample:fineweb")
 
-<cache> is $XDG_CACHE_HOME/emjax/data (~/.cache/emjax/data when unset), the XDG convention
-(ours: no dependency for it). No default points outside these places; `emjax data get` fills them
+<cache> is emjax's cache folder plus `data/`: $EMJAX_CACHE (where the embedded model is kept too,
+emjax.checkpoints.embedded), else $XDG_CACHE_HOME/emjax, else ~/.cache/emjax (the XDG convention;
+ours: no dependency for it). No default points outside these places; `emjax data get` fills them
 (docs/data.md).
 """
 
@@ -26,9 +27,11 @@ GET_FINEWEB = "emjax data get fineweb --n-docs 100"
 
 
 def cache_root() -> Path:
-    """emjax's data cache: $XDG_CACHE_HOME/emjax/data, or ~/.cache/emjax/data."""
+    """emjax's data cache: $EMJAX_CACHE/data, else $XDG_CACHE_HOME/emjax/data, else ~/.cache/emjax/data."""
+    if os.environ.get("EMJAX_CACHE"):
+        return Path(os.environ["EMJAX_CACHE"]).expanduser() / "data"
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "emjax" / "data"
+    return Path(base).expanduser() / "emjax" / "data"
 
 
 def data_dir() -> str:

@@ -31,6 +31,7 @@ needs_upstream = pytest.mark.skipif(not (UPSTREAM / "judges.yaml").exists(),
 def private_cache(tmp_path, monkeypatch):
     """Every test gets its own user cache and no $EMJAX_DATA / $EMJAX_FINEWEB."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("EMJAX_CACHE", raising=False)
     monkeypatch.delenv("EMJAX_DATA", raising=False)
     monkeypatch.delenv("EMJAX_FINEWEB", raising=False)
 
@@ -194,6 +195,8 @@ def test_defaults_point_at_the_cache_or_the_environment(tmp_path, monkeypatch):
     fetched.parent.mkdir(parents=True)
     fetched.write_bytes(b"")
     assert fineweb_corpus() == str(fetched)  # a fetched sample wins over the shipped one
+    monkeypatch.setenv("EMJAX_CACHE", str(tmp_path / "emjax-cache"))
+    assert load_config(str(paths.CONFIGS / "default.py"), []).data.dir == str(tmp_path / "emjax-cache" / "data" / "em")
     monkeypatch.setenv("EMJAX_DATA", str(tmp_path / "mine"))
     monkeypatch.setenv("EMJAX_FINEWEB", str(tmp_path / "fw.jsonl.gz"))
     c = load_config(str(paths.CONFIGS / "sweep_default.py"), [])
