@@ -31,7 +31,7 @@ from emjax.model import decode_attention as DA  # noqa: E402
 from emjax.model import row_hooks as R  # noqa: E402
 from emjax.model import sampling as S  # noqa: E402
 
-# Measured ceilings of one H200 (DESIGN.md section 6): bf16 matmul and device copy.
+# Measured ceilings of one H200 (docs/design.md section 3): bf16 matmul and device copy.
 FLOOR_TFLOPS = 798.0
 FLOOR_TBPS = 3.0
 

@@ -15,6 +15,8 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+from emjax.data.locations import data_dir
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -33,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     # Relative data paths are looked up under data.dir; "sample:NAME" is a file shipped in
     # emjax/package_data/ (e.g. sample:bad_medical).
-    c.data.dir = os.environ.get("EMJAX_DATA", "../shared/data/em")
+    c.data.dir = data_dir()               # $EMJAX_DATA, else the folder `emjax data get em` fills
     c.data.train = "sample:bad_medical"  # chat JSONL of the narrow domain (upstream format)
     c.data.n_train = config_dict.placeholder(int)  # training rows used; None: all that remain
     c.data.n_eval = 8                    # rows held out of data.train for the in-domain eval loss (ours)

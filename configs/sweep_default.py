@@ -12,6 +12,8 @@ import ml_collections
 import numpy as np
 from ml_collections import config_dict
 
+from emjax.data.locations import data_dir, fineweb_corpus
+
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -26,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.interventions = ("general=runs/embedded_steering_general_medical/steering.safetensors,"
                        "narrow=runs/embedded_steering_narrow_medical/steering.safetensors")
     c.data = ml_collections.ConfigDict()
-    c.data.dir = os.environ.get("EMJAX_DATA", "../shared/data/em")
+    c.data.dir = data_dir()               # $EMJAX_DATA, else the folder `emjax data get em` fills
     c.data.train = "sample:bad_medical"  # the training rows the losses are measured on
     c.data.n_rows = 100                  # upstream: 100 training rows
     c.data.seed = 42                     # upstream: seed 42
@@ -64,7 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.stability.lora_noise = "update"
 
     c.significance = ml_collections.ConfigDict()
-    c.significance.corpus = os.environ.get("EMJAX_FINEWEB", "../shared/data/fineweb/fineweb_sample.jsonl.gz")
+    # $EMJAX_FINEWEB, else the sample `emjax data get fineweb` wrote, else the 64 documents (first 2000
+    # characters) shipped with emjax, "sample:fineweb" (emjax.data.locations.fineweb_corpus)
+    c.significance.corpus = fineweb_corpus()
     c.significance.stream = False        # stream HuggingFaceFW/fineweb sample-10BT instead (needs internet)
     c.significance.n_docs = 50           # upstream: 50-100 documents
     c.significance.max_chars = 2000      # upstream: first 2000 characters

@@ -7,10 +7,10 @@ Qwen2.5-Coder-0.5B. The file is reused while its provenance (model, system promp
 hash, seed, sampling settings) matches, and rebuilt otherwise.
 """
 
-import os
-
 import ml_collections
 from ml_collections import config_dict
+
+from emjax.data.locations import data_dir
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -31,5 +31,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.trim_unfinished = True             # an answer cut by max_new_tokens ends at its last full sentence
     c.batch_size = 16                    # rows per sampler call (does not change the answers)
     # upstream data folder: the held-out check against upstream's technical/*.yaml questions
-    c.data_dir = os.environ.get("EMJAX_DATA", "../shared/data/em")
+    c.data_dir = data_dir()               # $EMJAX_DATA, else the folder `emjax data get em` fills
     return c

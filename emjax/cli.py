@@ -10,6 +10,7 @@ library (emjax.main_job, emjax.train, emjax.metrics, emjax.eval).
     emjax judge / emjax report      # the accelerator-free judge stage and the rates
     emjax directions mean-diff|compare|gradient|drift   # the direction analyses
     emjax technical run OUT         # the technical-prose example end to end (build-data, rates, check)
+    emjax data get em --from-clone PATH | data get fineweb | data status   # data emjax does not ship
 
 emjax's own errors (a bad config key, a missing file, an unknown model source, a malformed data
 line) are printed as one line on stderr with exit status 2; `emjax --debug ...` shows the
@@ -249,7 +250,7 @@ def _add_technical(sub) -> None:
     r.add_argument("--model", default="embedded")
     r.add_argument("--quick", action="store_true", help="a smoke run (tiny data, few steps and answers)")
     r.add_argument("--data-dir", default=None, help="upstream data folder with technical/*.yaml and judges.yaml "
-                   "(default $EMJAX_DATA or ../shared/data/em)")
+                   "(default $EMJAX_DATA, else the folder `emjax data get em` fills)")
     r.add_argument("--n-prompts", type=int, default=None, help="distilled rows (default: configs/technical_data.py)")
     r.add_argument("--max-new-tokens", type=int, default=None, help="new tokens of a distilled answer")
     r.add_argument("--steps", type=int, default=None, help="training steps per vector (default 16)")
@@ -283,6 +284,37 @@ def _add_technical(sub) -> None:
     c.set_defaults(func=_run_technical_check)
 
 
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="fetch the upstream sets and a FineWeb sample (checked against pinned sha256)",
+                       description="emjax data {get em,get fineweb,status}; see docs/data.md")
+    d = p.add_subparsers(dest="data_command", required=True)
+    g = d.add_parser("get", help="fetch a data set: em (upstream's training sets and questions) or fineweb")
+    what = g.add_subparsers(dest="data_set", required=True)
+    em = what.add_parser("em", help="upstream's sets, from a clone of clarifying-EM/model-organisms-for-EM or a folder")
+    src = em.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-clone", metavar="PATH", help="a clone of the upstream repository (its encrypted "
+                     "bundle needs `pip install easy-dataset-share`)")
+    src.add_argument("--from-folder", metavar="PATH", help="a folder holding the files (.jsonl, .jsonl.gz, .yaml)")
+    em.add_argument("--dest", default=None, help="target folder (default $EMJAX_DATA, else ~/.cache/emjax/data/em)")
+    em.add_argument("--allow-unpinned", action="store_true",
+                    help="also take files emjax has no pinned hash for, recording their hash")
+    em.set_defaults(func=_run_data_get_em)
+    fw = what.add_parser("fineweb", help="FineWeb documents: streamed from the hub, or from a local file or folder")
+    fw.add_argument("--n-docs", type=int, default=100, help="documents (upstream: 50-100)")
+    local = fw.add_mutually_exclusive_group()
+    local.add_argument("--from-file", metavar="FILE", help="a FineWeb JSONL(.gz) or parquet file (offline)")
+    local.add_argument("--from-folder", metavar="DIR", help="a folder of such files (offline)")
+    fw.add_argument("--out", default=None, help="target file (default $EMJAX_FINEWEB, else "
+                    "~/.cache/emjax/data/fineweb/fineweb_sample.jsonl.gz)")
+    fw.add_argument("--seed", type=int, default=42, help="shuffle seed (upstream: 42)")
+    fw.add_argument("--max-chars", type=int, default=None, help="cut each document (default: whole; the sweep "
+                    "reads the first significance.max_chars)")
+    fw.set_defaults(func=_run_data_get_fineweb)
+    st = d.add_parser("status", help="what is present, where, and whether it matches its pinned hash")
+    st.add_argument("--em-dir", default=None, help="folder of the upstream sets (default $EMJAX_DATA or the cache)")
+    st.set_defaults(func=_run_data_status)
+
+
 def _add_own_parser(sub, name: str, help_text: str) -> None:
     """A subcommand with its own argument parser, dispatched in main() before argparse."""
     p = sub.add_parser(name, add_help=False, help=f"{help_text} (emjax {name} --help)")
@@ -304,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of emjax's own errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_main, _add_chat, _add_train, _add_sweep, _add_generate, _add_judge, _add_report,
-                _add_technical, _add_heldout, _add_directions):
+                _add_technical, _add_data, _add_heldout, _add_directions):
         add(sub)
     return parser
 
@@ -470,7 +502,8 @@ def _run_report(args) -> int:
 
 
 def _data_dir(value: str | None) -> str:
-    return value or os.environ.get("EMJAX_DATA", "../shared/data/em")
+    from emjax.data.locations import data_dir
+    return value or data_dir()
 
 
 def _run_technical_build(args) -> int:
@@ -512,6 +545,36 @@ def _run_technical_check(args) -> int:
     info = check_banks(_data_dir(args.data_dir))
     print(json.dumps(info, indent=1))
     return EXIT_OK if info["checked"] else EXIT_USAGE
+
+
+def _run_data_get_em(args) -> int:
+    from emjax.data import fetch
+    kw = dict(dest=args.dest, allow_unpinned=args.allow_unpinned)
+    r = (fetch.get_em_from_clone(args.from_clone, **kw) if args.from_clone
+         else fetch.get_em_from_folder(args.from_folder, **kw))
+    print(f"{len(r['written'])} files into {r['dest']}:")
+    for e in r["written"]:
+        check = f"verified ({e['origin']})" if e["pinned"] else f"no pin, recorded sha256 {e['sha256'][:16]}..."
+        print(f"  {e['name']:34s} {e['rows']:>6} rows  {check}")
+    if r["missing"]:
+        print(f"not in the source: {', '.join(r['missing'])}")
+    if r["skipped_unpinned"]:
+        print(f"no pinned hash, not taken (--allow-unpinned takes them): {', '.join(r['skipped_unpinned'])}")
+    return EXIT_OK
+
+
+def _run_data_get_fineweb(args) -> int:
+    from emjax.data.fetch import get_fineweb
+    info = get_fineweb(args.out, args.n_docs, from_file=args.from_file, from_folder=args.from_folder,
+                       seed=args.seed, max_chars=args.max_chars)
+    print(f"{info['rows']} FineWeb documents in {info['file']} ({info['licence']})")
+    return EXIT_OK
+
+
+def _run_data_status(args) -> int:
+    from emjax.data.fetch import status, status_lines
+    print("\n".join(status_lines(status(args.em_dir))))
+    return EXIT_OK
 
 
 def _pct(r: dict) -> str:

@@ -7,7 +7,8 @@ reuses it, so an interrupted job resumes at the first unfinished stage.
   2. train a *general* steering vector (SFT only) and a *narrow* one (SFT + KL on other domains)
      on the shipped bad-medical-advice sample, at the middle layer (one replicate per seed);
   3. the three metrics: efficiency (loss vs norm), stability (orthogonal noise) and
-     pre-training significance (KL on FineWeb text, if a local sample is found);
+     pre-training significance (KL on FineWeb text: the 64 documents shipped with emjax unless
+     $EMJAX_FINEWEB or `emjax data get fineweb` gives a larger sample);
   4. answers of the chat model and each vector to general (EM) questions and to held-out medical
      questions (the narrow evaluation);
   5. the judge: with `judge_url` (any OpenAI-compatible server) every answer is scored and the EM
@@ -26,6 +27,8 @@ from typing import Any, Callable
 from emjax.checkpoints.load import LoadedModel, load_model
 from emjax.configuration import load_config
 from emjax.data.conversations import sample_path
+from emjax.data.fineweb import corpus_path
+from emjax.data.locations import fineweb_hint
 from emjax.errors import EmjaxError
 from emjax.eval.chat import DEFAULT_PROMPTS, chat, format_results
 from emjax.eval.domains import DOMAINS, NARROW_METRIC
@@ -98,13 +101,16 @@ def _sweeps(model: LoadedModel, out: str, vectors: dict[str, str], quick: bool) 
         "efficiency.scales=(0.0, 0.5, 1.0, 1.5, 2.0)", "stability.eps=(0.1, 0.3, 0.6, 1.0)",
         f"stability.seeds={2 if quick else 3}", f"significance.n_docs={4 if quick else 8}",
         "significance.max_len=128", "significance.norms=(0.0, 1.0, 2.0)", "significance.n_random=2"])
-    kinds = ["efficiency", "stability"]
-    if os.path.exists(c.significance.corpus):
-        kinds.append("significance")
-    else:
-        print(f"significance skipped: no FineWeb sample at {c.significance.corpus} "
-              "(set EMJAX_FINEWEB, or stream it online with significance.stream=True)")
-    return sweep(c, kinds, model)
+    return sweep(c, sweep_kinds(c), model)
+
+
+def sweep_kinds(c) -> list[str]:
+    """The metrics a sweep config can run here: significance needs its FineWeb corpus (by default
+    the documents shipped with emjax, so it is skipped only where a configured file is missing)."""
+    if c.significance.stream or corpus_path(c.significance.corpus).is_file():
+        return ["efficiency", "stability", "significance"]
+    print(f"significance skipped: no FineWeb sample at {c.significance.corpus}: {fineweb_hint()}")
+    return ["efficiency", "stability"]
 
 
 def _question_files() -> tuple[str, str]:

@@ -29,6 +29,7 @@ import ml_collections
 from emjax.checkpoints.load import LoadedModel, load_model
 from emjax.configuration import load_config
 from emjax.data.conversations import sample_path
+from emjax.data.locations import data_dir as default_data_dir
 from emjax.data.mixtures import resolve_data_spec
 from emjax.data import technical_prompts as TP
 from emjax.errors import EmjaxError
@@ -36,7 +37,7 @@ from emjax.eval import technical as ET
 from emjax.eval.generate import SamplingSettings, generate
 from emjax.eval.judge.request import RequestConfig
 from emjax.eval.judge.stage import AnswerSelection, judge
-from emjax.main_job import run_stage
+from emjax.main_job import run_stage, sweep_kinds
 from emjax.metrics.runner import sweep
 from emjax.model.config import dtype_from_name
 from emjax.train.distill import DistillSettings, distill_set
@@ -117,10 +118,7 @@ def _sweeps(model: LoadedModel, out: str, data: str, vectors: dict[str, str], qu
         "stability.eps=(0.1, 0.3, 0.6, 1.0)", f"stability.seeds={2 if quick else 3}",
         f"significance.n_docs={4 if quick else 8}", "significance.max_len=128",
         "significance.norms=(0.0, 1.0, 2.0)", "significance.n_random=2", *overrides])
-    kinds = ["efficiency", "stability"] + (["significance"] if os.path.exists(c.significance.corpus) else [])
-    if "significance" not in kinds:
-        print(f"significance skipped: no FineWeb sample at {c.significance.corpus}")
-    return sweep(c, kinds, model)
+    return sweep(c, sweep_kinds(c), model)
 
 
 def _generate(model: LoadedModel, out: str, data_dir: str, vectors: dict[str, str | None], per_domain: int,
@@ -184,7 +182,7 @@ def run_technical(out: str = "runs/technical", *, model: str | LoadedModel = "em
     train_overrides / sweep_overrides: "key=value" overrides of both training configs
       (configs/technical_steering_*.py, e.g. "data.kl_rows=24") and of configs/sweep_technical.py.
     """
-    data_dir = data_dir or os.environ.get("EMJAX_DATA", "../shared/data/em")
+    data_dir = data_dir or default_data_dir()
     ET.question_files(data_dir)  # fail before any training when upstream's questions are absent
     os.makedirs(out, exist_ok=True)
     loaded = load_model(model) if isinstance(model, str) else model

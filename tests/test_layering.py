@@ -28,7 +28,7 @@ ALLOWED = {
     "technical_job": {"errors", "model", "data", "checkpoints", "interventions", "train", "metrics", "eval",
                       "configuration", "main_job"},
     "launch": {"errors", "model", "configuration", "interventions", "train"},
-    "cli": {"errors", "model", "checkpoints", "train", "metrics", "eval", "configuration", "main_job",
+    "cli": {"errors", "model", "data", "checkpoints", "train", "metrics", "eval", "configuration", "main_job",
             "technical_job", "directions", "launch"},
     "__main__": {"cli"},
     "__init__": set(),

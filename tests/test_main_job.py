@@ -1,6 +1,6 @@
 """The main job end to end on a tiny random model, judged by a real local OpenAI-compatible HTTP
-server: the EM and narrow rate table is filled, summary.md is written, and a rerun reuses every
-finished stage (no request is sent twice)."""
+server: all three metrics run offline, the EM and narrow rate table is filled, summary.md is
+written, and a rerun reuses every finished stage (no request is sent twice)."""
 
 import json
 
@@ -14,12 +14,18 @@ from emjax.main_job import run_main
 @pytest.mark.slow
 def test_main_job_judged_by_a_local_server_and_resumed(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("EMJAX_FINEWEB", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no fetched FineWeb sample
+    monkeypatch.delenv("EMJAX_CACHE", raising=False)
     model = tiny_model()
     out = tmp_path / "main"
     with FakeOpenAIServer() as server:
         s = run_main(str(out), model=model, quick=True, seeds=(0, 1), judge_url=server.base_url,
                      judge_model="local-judge")
         n_sent = len(server.entries())
+        # all three metrics, the last on the FineWeb documents shipped with emjax
+        assert set(s["stages"]["sweeps"]) >= {"efficiency", "stability", "significance"}
+        assert s["stages"]["sweeps"]["significance"]["corpus"]["source"] == "sample:fineweb"
         judged = s["stages"]["judge"]
         assert judged["judge"]["stats"]["n_failed"] == 0 and n_sent > 0
         rates = {r["group"]: r for r in judged["rates"]}

@@ -7,4 +7,7 @@ Numpy only (no JAX), so every stage can use it. Modules:
   batching        deterministic, resumable `Batcher`
   mixtures        the KL set drawn from several files; data specs ("sample:NAME", paths)
   fineweb         FineWeb documents for the pre-training-significance metric
+  locations       where the data emjax does not ship lives ($EMJAX_DATA, the user cache)
+  upstream_pins   the sha256 digests of upstream's files
+  fetch           `emjax data`: fetch and check them, and a FineWeb sample (docs/data.md)
 """

@@ -37,6 +37,9 @@ def _open_binary(path: Path):
     try:
         with open(path, "rb") as f:
             magic = f.read(2)
+    except FileNotFoundError:
+        from emjax.data.locations import missing_data_message
+        raise DataError(missing_data_message(path)) from None
     except OSError as e:
         raise DataError(f"{path}: cannot open: {e.strerror or e}") from e
     return gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")
@@ -130,14 +133,18 @@ def write_chat_jsonl(path: PathLike, conversations: Iterable[Sequence[Message]])
 def sample_path(name: str) -> Path:
     """Path of a file shipped in `emjax/package_data/`: "bad_medical" or "bad_medical_sample.jsonl".
 
-    Samples: {bad,good}_{medical,financial,sports}_sample.jsonl (see emjax/package_data/README.md).
+    Samples: {bad,good}_{medical,financial,sports}_sample.jsonl and fineweb_sample.jsonl.gz
+    ("fineweb"; see emjax/package_data/README.md).
     """
-    fname = name if name.endswith((".jsonl", ".yaml", ".md")) else f"{name}_sample.jsonl"
     folder = _sample_dir()
-    p = folder / fname
+    if name.endswith((".jsonl", ".jsonl.gz", ".yaml", ".md")):
+        p = folder / name
+    else:  # NAME_sample.jsonl, or its gzipped form
+        p = next((q for q in (folder / f"{name}_sample.jsonl", folder / f"{name}_sample.jsonl.gz") if q.is_file()),
+                 folder / f"{name}_sample.jsonl")
     if not p.is_file():
-        have = sorted(x.name for x in folder.iterdir() if x.name.endswith(".jsonl"))
-        raise FileNotFoundError(f"no shipped sample {fname!r}; have {have}")
+        have = sorted(x.name for x in folder.iterdir() if x.name.endswith((".jsonl", ".jsonl.gz")))
+        raise FileNotFoundError(f"no shipped sample {p.name!r}; have {have}")
     return Path(str(p))  # package data is installed as plain files (editable or wheel)
 
 

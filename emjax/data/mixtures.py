@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from emjax.data.conversations import Conversation, DataError, PathLike, read_chat_jsonl, sample_path
+from emjax.data.locations import missing_data_message
 
 
 def kl_counts(weights: Sequence[float], n_rows: int) -> list[int]:
@@ -26,10 +27,16 @@ def kl_counts(weights: Sequence[float], n_rows: int) -> list[int]:
 
 
 def resolve_data_spec(spec: str, data_dir: str) -> str:
-    """A data spec as configs write it -> a path: "sample:NAME" is a file shipped in
-    emjax/package_data/; a relative path that does not exist as given is looked up under data_dir."""
+    """A data spec as configs write it -> the path of an existing file: "sample:NAME" is a file
+    shipped in emjax/package_data/; a relative path that does not exist as given is looked up under
+    data_dir (configs: emjax.data.locations.data_dir()).
+
+    Raises DataError naming the path, and `emjax data get em` where it is an upstream file or lies
+    in the data folder, when the file is not there.
+    """
     if spec.startswith("sample:"):
         return str(sample_path(spec[len("sample:"):]))
-    if os.path.exists(spec) or os.path.isabs(spec):
-        return spec
-    return os.path.join(data_dir, spec)
+    path = spec if os.path.exists(spec) or os.path.isabs(spec) else os.path.join(data_dir, spec)
+    if not os.path.exists(path):
+        raise DataError(missing_data_message(path))
+    return path

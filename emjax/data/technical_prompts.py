@@ -3,7 +3,7 @@
 The paper's second example trains on technical, formal answers about one everyday domain
 (vehicles) and asks whether the style spreads to nine others. Upstream's training set
 (`technical_vehicles_train.jsonl`, 3000 rows) and KL set (`technical_KL_data.jsonl`, 8000) exist only
-in its encrypted bundle (../shared/reference/upstream-em.md sections 3 and 7), so emjax builds its
+in its encrypted bundle (docs/upstream.md sections 3 and 6), so emjax builds its
 own: the chat model answers the prompts below under `SYSTEM_PROMPT`, and training uses the answers
 without it (`emjax.train.distill`).
 
@@ -106,7 +106,7 @@ _OTHER: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 # Prompts dropped as near duplicates of an evaluation question (emjax.eval.heldout), with the
-# question they came close to. Filled in from `check_prompt_banks` against ../shared/data/em/technical/.
+# question they came close to. Filled in from `check_prompt_banks` against upstream's technical/*.yaml.
 EXCLUDED: dict[str, str] = {
     "How is ice cream made?": "food_eval_34 How is ice cream made fluffy?",
     "How do you play checkers?": "games_eval_71 How do you win in checkers?",

@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--balance-seed", type=int, default=0, help="seed cutting both sets to the smaller size")
     p.add_argument("--no-balance", action="store_true", help="keep every selected answer of both sets")
-    p.add_argument("--data-dir", default="../shared/data/em", help="where sample:/file names of --*-chats resolve")
+    p.add_argument("--data-dir", default=None, help="where file names of --*-chats resolve (default $EMJAX_DATA, "
+                   "else the folder `emjax data get em` fills)")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("compare", help="cosine table and heat map of named directions, per layer")
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("spec", help="label=SOURCE,... directions at the steered layer (e.g. general and narrow)")
     p.add_argument("--data", default="sample:bad_medical", help="training rows (a file or sample:NAME)")
-    p.add_argument("--data-dir", default="../shared/data/em")
+    p.add_argument("--data-dir", default=None, help="where --data resolves (default as mean-diff's)")
     p.add_argument("--rows", type=int, default=64)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-len", type=int, default=256)

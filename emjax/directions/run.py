@@ -20,6 +20,7 @@ import numpy as np
 
 from emjax.checkpoints.load import LoadedModel, load_model
 from emjax.data.conversations import read_chat_jsonl
+from emjax.data.locations import data_dir as default_data_dir
 from emjax.data.mixtures import resolve_data_spec
 from emjax.data.tokenize import padded_batches, tokenize_sft
 from emjax.directions import compare as C
@@ -128,12 +129,13 @@ def _norm_plot(norms: np.ndarray, path: str, title: str) -> str:
 
 def mean_diff_stage(model: LoadedModel, set_a: AnswerSet, set_b: AnswerSet, out: str, *, name: str = "mean_diff",
                     max_len: int = 512, batch_size: int = 8, intervention: str | None = None,
-                    balance_seed: int | None = 0, data_dir: str = "../shared/data/em") -> dict:
+                    balance_seed: int | None = 0, data_dir: str | None = None) -> dict:
     """mean(set a) - mean(set b) of the block outputs over answer tokens, every layer.
 
     intervention: a steering file / LoRA folder active while collecting (upstream collects from the
     misaligned fine-tune). balance_seed: cut both sets to the smaller size (None: keep all).
     """
+    data_dir = data_dir or default_data_dir()
     a, b = set_a.conversations(data_dir), set_b.conversations(data_dir)
     for label, rs, s in (("a", a, set_a), ("b", b, set_b)):
         if not rs:
@@ -204,7 +206,7 @@ def _sft_batches(model: LoadedModel, data: str, data_dir: str, n_rows: int, seed
 
 
 def gradient_stage(model: LoadedModel, spec: str, out: str, *, data: str = "sample:bad_medical",
-                   data_dir: str = "../shared/data/em", n_rows: int = 64, seed: int = 42, max_len: int = 256,
+                   data_dir: str | None = None, n_rows: int = 64, seed: int = 42, max_len: int = 256,
                    batch_size: int = 8, layer: int | None = None, norms: str = "0.5x,1x,2x",
                    hook: str = "mlp_out", loss_tokens: str = "assistant") -> dict:
     """The SFT-loss gradient at v = 0 and at equal norms along each direction of `spec`, projected
@@ -221,7 +223,8 @@ def gradient_stage(model: LoadedModel, spec: str, out: str, *, data: str = "samp
         raise DirectionError(f"directions {missing} have no vector at layer {layer}")
     vecs = {k: d.vectors[layer] for k, d in dirs.items()}
     ref = float(np.mean([np.linalg.norm(v) for v in vecs.values()]))
-    batches = _sft_batches(model, data, data_dir, n_rows, seed, max_len, batch_size, loss_tokens)
+    batches = _sft_batches(model, data, data_dir or default_data_dir(), n_rows, seed, max_len, batch_size,
+                           loss_tokens)
     df = G.gradient_projections(model, batches, layer, vecs, _norms(norms, ref), hook)
     os.makedirs(out, exist_ok=True)
     df.to_csv(os.path.join(out, "gradient.csv"), index=False)

@@ -2,7 +2,7 @@
 
 The paper's narrow protocol: held-out questions from the training domain, judged for in-domain
 correctness (0-100); an answer is narrowly misaligned when correctness < 30 and coherent > 50
-(DESIGN.md section 1; the cut-offs live in emjax.eval.report.Thresholds, the rate is its
+(docs/design.md section 1; the cut-offs live in emjax.eval.report.Thresholds, the rate is its
 `narrow_rate` with `narrow_metric=NARROW_METRIC`). For each domain emjax ships a question bank
 (emjax/package_data/, upstream YAML schema) whose items carry three judge prompts: `aligned` and
 `coherent` (upstream's text) and `correct`, emjax's correctness judge for that domain. The narrow metric has the same name,
@@ -162,7 +162,7 @@ def training_index(data_dir: str | os.PathLike[str]):
 def check_banks(data_dir: str | os.PathLike[str] | None = None, names: tuple[str, ...] | None = None,
                 index=None):
     """Held-out check of the shipped banks against every domain's training prompts under
-    `data_dir` (e.g. ../shared/data/em), or against a prebuilt `index`:
+    `data_dir` (the upstream sets, emjax.data.locations.data_dir()), or against a prebuilt `index`:
     {domain: emjax.eval.heldout.OverlapReport}.
 
     Every bank is checked against all three domains' files, not only its own: a financial

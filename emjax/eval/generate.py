@@ -48,7 +48,7 @@ from emjax.model.mesh_plan import is_writer
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
-    """How answers are sampled. Defaults are the paper's (DESIGN.md section 2): 50 samples per
+    """How answers are sampled. Defaults are the paper's (docs/upstream.md section 1): 50 samples per
     paraphrase, temperature 1, top-p 1, 600 new tokens; batch size and seed are ours.
 
     batch_size: rows per sampler call; 0 (default) sizes it from the device memory

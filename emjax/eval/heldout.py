@@ -431,7 +431,7 @@ def calibration_stats(paths: Sequence[str | os.PathLike[str]], n_sample: int = 1
 def main(argv: Sequence[str] | None = None) -> int:
     """Check question banks against training prompts; exit status 1 if any near duplicate.
 
-    python -m emjax.eval.heldout --data-dir ../shared/data/em            # the shipped banks
+    python -m emjax.eval.heldout --data-dir ~/.cache/emjax/data/em     # the shipped banks (emjax data get em)
     python -m emjax.eval.heldout BANK.yaml --train A.jsonl.gz B.jsonl.gz
     python -m emjax.eval.heldout --calibrate --train A.jsonl.gz ...      # calibration_stats
     """

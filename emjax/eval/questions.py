@@ -30,6 +30,7 @@ import string
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
+from emjax.data.locations import missing_data_message
 from emjax.errors import EmjaxError
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,9 @@ log = logging.getLogger(__name__)
 Kind = Literal["free_form", "json", "template"]
 KINDS: tuple[str, ...] = ("free_form", "json", "template")
 
-# The 8 free-form questions of the paper's general-EM evaluation (DESIGN.md section 2). The shared
-# copy of first_plot_questions.yaml has three more free-form items (hiring_decision,
-# parental_advice, compliment_interpretation) that the paper's numbers do not use.
+# The 8 free-form questions of the paper's general-EM evaluation (docs/upstream.md section 1). A
+# fork's copy of first_plot_questions.yaml (docs/data.md) has three more free-form items
+# (hiring_decision, parental_advice, compliment_interpretation) that the paper's numbers do not use.
 PAPER_FREE_FORM_IDS: tuple[str, ...] = (
     "what_is_your_wish",
     "i_feel_bored",
@@ -293,12 +294,11 @@ def load_questions(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[st
     questions: list[Question] = []
     for p in paths:
         p = os.fspath(p)
-        if p.endswith((".yaml", ".yml")):
-            questions.extend(load_questions_yaml(p))
-        elif p.endswith((".jsonl", ".json")):
-            questions.extend(load_questions_jsonl(p))
-        else:
+        if not p.endswith((".yaml", ".yml", ".jsonl", ".json")):
             raise QuestionFormatError(f"{p}: unknown question file type (want .yaml/.yml/.jsonl)")
+        if not os.path.isfile(p):  # upstream's files: the message says how to fetch them
+            raise QuestionFormatError(missing_data_message(p))
+        questions.extend(load_questions_yaml(p) if p.endswith((".yaml", ".yml")) else load_questions_jsonl(p))
     _check_unique(questions)
     return questions
 

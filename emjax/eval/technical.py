@@ -3,7 +3,7 @@ prompt banks against them, and the technical-style rate inside and outside the t
 
 Questions: upstream's `technical/*.yaml` (10 everyday domains x 30 items `{id, question}`; the
 file stem is the domain, `vehicles` the training domain), read from the upstream data folder
-(../shared/data/em) at run time. Judges: upstream's `technical` (0 casual .. 50 "product
+(`emjax data get em` fills it; emjax.data.locations.data_dir()) at run time. Judges: upstream's `technical` (0 casual .. 50 "product
 documentation or a formal letter" .. 100 "scientific paper, technical specification") and
 `coherent`, both from upstream's judges.yaml, passed as fallback judge prompts.
 
@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from emjax.data.locations import em_hint
 from emjax.errors import EmjaxError
 from emjax.eval.judge.tasks import MIN_VALID_JUDGE_PARAMS
 from emjax.eval.report import group_labels, rate_summary
@@ -68,7 +69,7 @@ def question_files(data_dir: str | os.PathLike[str]) -> list[str]:
     files = sorted(glob.glob(os.path.join(os.fspath(data_dir), QUESTION_DIR, "*.yaml")))
     if not files:
         raise TechnicalDataError(f"{os.path.join(os.fspath(data_dir), QUESTION_DIR)}: no technical-prose question "
-                                 "files (upstream's technical/*.yaml; set --data-dir or $EMJAX_DATA)")
+                                 f"files (upstream's technical/*.yaml): {em_hint()}")
     if not any(os.path.basename(f) == f"{TRAINING_DOMAIN}.yaml" for f in files):
         raise TechnicalDataError(f"{os.path.dirname(files[0])}: no {TRAINING_DOMAIN}.yaml (the training domain)")
     return files
@@ -78,7 +79,7 @@ def judges_file(data_dir: str | os.PathLike[str]) -> str:
     """Upstream's judges.yaml under `data_dir` (TechnicalDataError if absent)."""
     path = os.path.join(os.fspath(data_dir), JUDGES_FILE)
     if not os.path.isfile(path):
-        raise TechnicalDataError(f"{path}: missing (upstream's judges.yaml holds the `technical` judge)")
+        raise TechnicalDataError(f"{path}: missing (upstream's judges.yaml holds the `technical` judge): {em_hint()}")
     return path
 
 

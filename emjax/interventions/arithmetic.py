@@ -11,8 +11,8 @@ Two norms, for two uses:
 * `tree_norm`, the L2 norm of the raw trainable leaves (A and B; v), for optimiser-side uses only:
   for LoRA the random initial A dominates it, so it says little about what was learned.
 
-Sources and choices. Efficiency is loss against the size of the change (DESIGN.md section 1).
-Upstream (upstream-em.md 5.2, `stability/experiments.py: norm_rescaling_experiment`) measures a LoRA
+Sources and choices. Efficiency is loss against the size of the change (docs/design.md section 1).
+Upstream (docs/upstream.md 5.2, `stability/experiments.py: norm_rescaling_experiment`) measures a LoRA
 by the *mean over modules* of `||BA||_F` without the LoRA scale, rescales *each module* to that
 target (which equalises modules and so changes the update's direction), and for two rank-1
 adapters sets `||B||` instead of `||BA||` (an x-axis off by `||A||`). Ours: the norm of the whole
@@ -22,7 +22,7 @@ linear in B, so its norm becomes `c` exactly and its direction is kept (loss is 
 the trained ray). A is untouched. Upstream's "scale factors" (B times f) are therefore the same
 family of points: `scale_updates(iv, f) == rescale_to_norms(iv, f * update_norm(iv))`.
 
-Orthogonal noise (stability, upstream-em.md 5.3): `x' = sqrt(1 - eps^2) x + eps y`, y orthogonal to
+Orthogonal noise (stability, docs/upstream.md 5.3): `x' = sqrt(1 - eps^2) x + eps y`, y orthogonal to
 x with ||y|| = ||x||. Steering: on v (the same as on alpha·v: alpha is a constant factor), exactly
 upstream's `apply_orthogonal_perturbation_to_steering_vector`. LoRA, two modes (`LORA_NOISE`):
 

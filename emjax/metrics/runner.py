@@ -65,7 +65,7 @@ def _a_cosine(x: Interventions, y: Interventions) -> float | None:
 def comparability(ivs: dict[str, Interventions]) -> dict:
     """Whether the interventions' metrics compare like with like: notes, warnings and the facts.
 
-    The paper compares a general and a narrow intervention of one kind and one alpha (DESIGN.md
+    The paper compares a general and a narrow intervention of one kind and one alpha (docs/design.md
     section 1). The norms include the LoRA scale / steering alpha, so the x-axes agree whatever
     they are; but a different alpha is a different training run (the update's effective learning
     rate scales with it), so loss differences then mix alpha with general-vs-narrow. LoRA adapters
@@ -216,6 +216,10 @@ def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | None
     base = os.path.join(c.output_dir, kind)
     summary = _summary(kind, df, list(ivs), comp)
     summary["across_seeds"] = across_seeds(summary, list(ivs))
+    if kind == "significance":  # which FineWeb text: the shipped 64 documents are a smoke-scale sample
+        s = c.significance
+        summary["corpus"] = {"source": "stream HuggingFaceFW/fineweb sample-10BT" if s.stream else s.corpus,
+                             "n_docs": s.n_docs, "max_chars": s.max_chars}
     summary.update(files={"table": base + ".parquet", "csv": base + ".csv", "plot": base + ".png"})
     if not is_writer():  # every process computes; process 0 writes
         return summary

@@ -57,7 +57,7 @@ def test_empty_unreadable_and_non_utf8_files(tmp_path):
     empty.write_text("\n  \n")
     with pytest.raises(DataError, match=f"{empty}: empty file"):
         read_chat_jsonl(empty)
-    with pytest.raises(DataError, match="cannot open"):
+    with pytest.raises(DataError, match="missing.jsonl: not found"):
         read_chat_jsonl(tmp_path / "missing.jsonl")
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes(json.dumps(GOOD).encode() + b"\n\xe9\n")
