@@ -117,9 +117,8 @@ def encode_rows(weights: Weights, cfg: ModelConfig, rows: Sequence[np.ndarray], 
             copy_out(*pending.popleft())
     finally:
         bar.close()
-    if prefix is None:  # no rows
-        prefix = np.zeros((0, cfg.d_model), np.float32)
-        base = prefix if with_base else None
+    if prefix is None:
+        raise ValueError("encode_rows needs at least one row")
     return prefix, base
 
 
@@ -145,16 +144,18 @@ class FrozenCache:
         todo = {h: rows[i] for i, h in hashes.items() if h not in found}  # distinct rows to encode
         order = sorted(todo, key=lambda h: (len(todo[h]), h))  # canonical: the shard's layout
         t0 = time.perf_counter()
-        writer = store.writer(order, [len(todo[h]) for h in order]) if store is not None and order else None
-        prefix, base = encode_rows(weights, cfg, [todo[h] for h in order], k, with_base, mesh=mesh,
-                                   batch_tokens=batch_tokens, sink=writer.write if writer else None, desc=desc)
+        wrote = None
+        if order:
+            writer = store.writer(order, [len(todo[h]) for h in order]) if store is not None else None
+            prefix, base = encode_rows(weights, cfg, [todo[h] for h in order], k, with_base, mesh=mesh,
+                                       batch_tokens=batch_tokens, sink=writer.write if writer else None, desc=desc)
+            start = 0
+            for h in order:
+                n = len(todo[h])
+                found[h] = (prefix[start: start + n], base[start: start + n] if with_base else None)
+                start += n
+            wrote = writer.commit(cfg.d_model) if writer else None
         seconds = time.perf_counter() - t0
-        start = 0
-        for h in order:
-            n = len(todo[h])
-            found[h] = (prefix[start: start + n], base[start: start + n] if with_base else None)
-            start += n
-        wrote = writer.commit(cfg.d_model) if writer else None
         cache = cls({i: found[h][0] for i, h in hashes.items()},
                     {i: found[h][1] for i, h in hashes.items()} if with_base else None)
         reused = sum(h not in todo for h in hashes.values())

@@ -65,10 +65,11 @@ def model_fingerprint(weights: Weights, cfg: ModelConfig) -> str:
     stacked ones): a few KB leave the device, and a real change of the weights (another checkpoint,
     a fine-tune, another random init) changes it. Single-process arrays only (all shards here)."""
     h = hashlib.sha256(repr(cfg).encode())
-    for path, leaf in jax.tree_util.tree_flatten_with_path(weights)[0]:
-        name = jax.tree_util.keystr(path)
-        h.update(f"{name} {leaf.dtype} {leaf.shape}".encode())
-        h.update(_corner(leaf, name.startswith(".layers")).tobytes())
+    with jax.set_mesh(None):  # the corners are sliced on their own devices, outside a run's mesh
+        for path, leaf in jax.tree_util.tree_flatten_with_path(weights)[0]:
+            name = jax.tree_util.keystr(path)
+            h.update(f"{name} {leaf.dtype} {leaf.shape}".encode())
+            h.update(_corner(leaf, name.startswith(".layers")).tobytes())
     return h.hexdigest()[:16]
 
 

@@ -1,4 +1,4 @@
-"""The frozen cache: bucketed encoding equals the rows one by one, only the rows a run draws are
+"""The frozen cache: bucketed, pipelined encoding equals one plain batch, only the rows a run draws are
 encoded, the disk cache is reused by a rerun and a sibling run (bit-identical losses), not by another
 model, layer or rows, and a corrupt or truncated file is detected and rebuilt."""
 
@@ -10,8 +10,9 @@ import pytest
 
 from tiny_run import tiny_config, tiny_model as make_tiny_model
 from emjax.data.batching import Batcher
+from emjax.data.tokenize import pad_batch
 from emjax.train import frozen_cache as FC
-from emjax.train.frozen_store import row_hash
+from emjax.train.frozen_store import model_fingerprint, row_hash
 from emjax.train.step import frozen_outputs
 from emjax.train.trainer import Trainer
 
@@ -65,7 +66,7 @@ def test_upcoming_rows_are_the_next_batches_rows():
     assert b.upcoming_rows(0).size == 0 and b.upcoming_rows(100).tolist() == list(range(23))
 
 
-def test_bucketed_encoding_equals_rows_one_by_one(tiny_model, counted):
+def test_bucketed_encoding_equals_one_unbucketed_batch(tiny_model, counted):
     cfg, w = tiny_model.cfg, tiny_model.weights
     rng = np.random.default_rng(0)
     rows = sorted((rng.integers(1, cfg.vocab_size, n).astype(np.int32) for n in rng.integers(2, 150, 40)), key=len)
@@ -76,11 +77,13 @@ def test_bucketed_encoding_equals_rows_one_by_one(tiny_model, counted):
     # lengths up to 149: widths 64, 96, 128 and the cap 152, one row count each
     assert counted["shapes"] == {(b, width) for _, _, width, b in plan}
     assert {width for _, width in counted["shapes"]} <= {64, 96, 128, 152} and len(counted["shapes"]) <= 4
+    # the reference: all rows in one batch at one width (another padding and batch than any bucket's)
+    ref = pad_batch(rows, max_len=160)
+    x, xb = frozen_outputs(w, cfg, ref["tokens"], ref["mask"], 2, True)
     off = 0
-    for r in rows:
-        x, xb = frozen_outputs(w, cfg, r[None], np.ones((1, len(r)), bool), 2, True)
-        np.testing.assert_allclose(prefix[off: off + len(r)], np.asarray(x[0]), rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(base[off: off + len(r)], np.asarray(xb[0]), rtol=1e-5, atol=1e-5)
+    for j, r in enumerate(rows):
+        np.testing.assert_allclose(prefix[off: off + len(r)], np.asarray(x[j, : len(r)]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(base[off: off + len(r)], np.asarray(xb[j, : len(r)]), rtol=1e-5, atol=1e-5)
         off += len(r)
     assert off == len(prefix)
 
@@ -184,3 +187,18 @@ def test_cache_off_switches(tiny_model, tmp_path, counted):
     c = _config(tmp_path, "elsewhere", frozen_cache_dir=str(tmp_path / "elsewhere"))
     Trainer(c, tiny_model).build_caches()
     assert len(os.listdir(tmp_path / "elsewhere")) == 2  # the prefix and the KL entries
+
+
+def test_model_fingerprint_follows_the_weights_not_the_mesh(tiny_model):
+    from emjax.checkpoints.load import model_on_mesh
+    from emjax.model.mesh_plan import mesh_context
+
+    fp = model_fingerprint(tiny_model.weights, tiny_model.cfg)
+    sharded, plan = model_on_mesh(tiny_model, "data:2,fsdp:2,tensor:2")
+    assert len(sharded.weights.layers.down_proj.sharding.device_set) == 8
+    with mesh_context(plan.mesh):  # as the Trainer calls it
+        assert model_fingerprint(sharded.weights, sharded.cfg) == fp
+    assert model_fingerprint(make_tiny_model(seed=42).weights, tiny_model.cfg) != fp
+    w = tiny_model.weights
+    one_layer = w.replace(layers=w.layers.replace(down_proj=w.layers.down_proj.at[3, 0, 0].add(1e-3)))
+    assert model_fingerprint(one_layer, tiny_model.cfg) != fp
