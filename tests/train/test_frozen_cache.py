@@ -202,3 +202,31 @@ def test_model_fingerprint_follows_the_weights_not_the_mesh(tiny_model):
     w = tiny_model.weights
     one_layer = w.replace(layers=w.layers.replace(down_proj=w.layers.down_proj.at[3, 0, 0].add(1e-3)))
     assert model_fingerprint(one_layer, tiny_model.cfg) != fp
+
+
+def _store(root):
+    from emjax.train.frozen_store import FrozenStore
+    return FrozenStore(str(root), model_name="m", model_source="m", fingerprint="f", dtype="float32", k=1,
+                       with_base=True)
+
+
+def test_two_writers_of_the_same_rows_and_an_unwritable_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(0, 50, n).astype(np.int32) for n in (3, 5, 9)]
+    hashes = [row_hash(r) for r in rows]
+    lengths = [len(r) for r in rows]
+    prefix, base = rng.normal(size=(17, 4)).astype(np.float32), rng.normal(size=(17, 4)).astype(np.float32)
+    a, b = _store(tmp_path / "root").writer(hashes, lengths), _store(tmp_path / "root").writer(hashes, lengths)
+    for w in (a, b):  # two runs that started at once, interleaved
+        w.write(0, 2, prefix[:8], base[:8])
+    for w in (b, a):
+        w.write(2, 3, prefix[8:], base[8:])
+    assert "MiB written" in a.commit(4) and "MiB written" in b.commit(4)
+    store = _store(tmp_path / "root")
+    assert len(store.shards()) == 1 and not any(f.endswith(".tmp") for f in os.listdir(store.dir))
+    found, notes = store.find(set(hashes))
+    assert not notes and np.array_equal(found[hashes[2]][0], prefix[8:]) and np.array_equal(found[hashes[1]][1], base[3:8])
+    (tmp_path / "file").write_text("not a folder")
+    w = _store(tmp_path / "file").writer(hashes, lengths)
+    w.write(0, 3, prefix, base)
+    assert w.commit(4).startswith("not kept on disk (")
