@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import uuid
+import zipfile
 import zlib
 from typing import Sequence
 
@@ -106,10 +107,14 @@ class FrozenStore:
         return os.path.join(self.dir, f"{shard}.{part}")
 
     def size_bytes(self) -> int:
-        if not os.path.isdir(self.dir):
-            return 0
-        return sum(os.path.getsize(os.path.join(self.dir, f)) for f in os.listdir(self.dir)
-                   if not f.endswith(".tmp"))
+        """Bytes of the entry's committed files (temporary ones of running writers excluded)."""
+        total = 0
+        for f in os.listdir(self.dir) if os.path.isdir(self.dir) else ():
+            try:
+                total += 0 if f.endswith(".tmp") else os.path.getsize(os.path.join(self.dir, f))
+            except FileNotFoundError:  # removed by another run meanwhile
+                pass
+        return total
 
     def shards(self) -> list[str]:
         """Names of the committed shards (those with an index)."""
@@ -137,7 +142,7 @@ class FrozenStore:
                               np.zeros(shape, dtype))
         except ShardError:
             raise
-        except (OSError, ValueError, KeyError, EOFError, zlib.error) as e:
+        except (OSError, ValueError, KeyError, IndexError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise ShardError(f"{self.path(shard, 'index.npz')}: unreadable ({type(e).__name__}: {e})") from None
         return index, arrays[0], arrays[1] if self.with_base else None
 
@@ -185,8 +190,8 @@ class FrozenStore:
 
 def _failing_rows(views: dict[int, tuple[np.ndarray, np.ndarray | None]], crc: np.ndarray,
                   workers: int | None) -> list[int]:
-    """Rows j of `views` whose bytes do not match crc[j] ([N, 1 or 2] uint32); crc32 releases the
-    GIL, so the rows are checked on threads (the whole of a 10 GB cache in seconds)."""
+    """Rows j of `views` whose bytes do not match crc[j] ([N, 1 or 2] uint32), checked on threads
+    (crc32 releases the GIL)."""
     def check(j):
         p, b = views[j]
         got = [row_crc(p)] + ([row_crc(b)] if b is not None else [])
