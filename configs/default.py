@@ -113,6 +113,10 @@ def get_config() -> ml_collections.ConfigDict:
     # cache the frozen prefix and KL base outputs in host memory when they fit
     c.train.frozen_cache = True
     c.train.cache_budget_gb = 4.0        # host memory the frozen cache may take
+    # keep the frozen cache on disk, so a rerun or a sibling run on the same model, layer and rows
+    # reuses it (ours; emjax.train.frozen_store); its folder, None: <data.cache_dir>/frozen
+    c.train.frozen_cache_disk = True
+    c.train.frozen_cache_dir = config_dict.placeholder(str)
     # before the first step, check the estimated device memory of the step (emjax.train.memory)
     # against the device's limit and refuse a run that will not fit, naming an option that would;
     # the estimate is printed either way (ours)

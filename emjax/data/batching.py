@@ -98,6 +98,22 @@ class Batcher:
         self.index += 1
         return idx
 
+    def upcoming_rows(self, n_batches: int) -> np.ndarray:
+        """Sorted distinct row indices [m] that the next `n_batches` batches draw (what a cache of
+        per-row work needs to hold for them); the position is left unchanged."""
+        saved = self.position
+        seen = np.zeros(self.n, bool)
+        try:
+            for _ in range(n_batches):
+                seen[self.next_indices()] = True
+                if seen.all():
+                    break
+        except StopIteration:  # max_epochs reached: nothing further is drawn
+            pass
+        finally:
+            self.seek(*saved)
+        return np.flatnonzero(seen)
+
     def __iter__(self) -> "Batcher":
         return self
 

@@ -4,7 +4,8 @@ Modules (imports point down this list):
   losses         chunked cross-entropy and KL from final hidden states
   shared_prefix  the frozen pass below the intervention and the losses of the suffix above it
   step           the compiled optimiser step (gradient accumulation, skipped non-finite steps)
-  frozen_cache   frozen activations cached across epochs
+  frozen_store   the frozen cache on disk, one entry per model, layer and part, reused across runs
+  frozen_cache   frozen activations of the rows a run draws, encoded once or read from disk
   checkpointing  Orbax checkpoints of the trainable state
   inputs         the data and the initial intervention a config describes
   memory         the step's device memory, estimated before compiling, and what would make it fit

@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from tqdm.auto import tqdm
 
 from emjax.checkpoints.load import LoadedModel, model_on_mesh
@@ -36,6 +37,7 @@ from emjax.model.sharding import ShardingError, batch_sharding
 from emjax.train import step as TS
 from emjax.train.checkpointing import Checkpointer
 from emjax.train.frozen_cache import FrozenCache, cache_bytes
+from emjax.train.frozen_store import FrozenStore, model_fingerprint
 from emjax.train.inputs import (TrainConfigError, build_intervention, checked_loss_tokens, prepare_data,
                                 steer_rows_of)
 from emjax.train.memory import check_trainer_memory
@@ -70,10 +72,14 @@ def rows_over_data(tc: ml_collections.ConfigDict, data: int, use_kl: bool) -> st
 class Trainer:
     """Trains one intervention as `config` says; see the module docstring."""
 
-    def __init__(self, config: ml_collections.ConfigDict, model: LoadedModel | None = None):
+    def __init__(self, config: ml_collections.ConfigDict, model: LoadedModel | None = None,
+                 data_seeds: Sequence[int] | None = None):
+        """data_seeds: the data orders whose batches this trainer's caches serve (default
+        train.seed; the vmapped runs of several seeds pass theirs)."""
         self.config = config
         tc = config.train
         checked_loss_tokens(config.data)  # before the model loads
+        self.data_seeds = tuple(int(s) for s in data_seeds) if data_seeds else (int(tc.seed),)
         if tc.kl_reduction not in ("token_mean", "upstream"):
             raise TrainConfigError(f"train.kl_reduction must be 'token_mean' or 'upstream', got {tc.kl_reduction!r}")
         steer_rows = steer_rows_of(config.intervention)
@@ -122,12 +128,26 @@ class Trainer:
         self.references = load_interventions(tc.reference, self.cfg) if tc.reference else {}
 
     # -- frozen-model cache ----------------------------------------------------------------
+    def rows_used(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted indices of the training rows and of the KL rows that the run's steps draw: the
+        batches `run` draws (Batcher(train, rows per step, seed) every step, Batcher(kl, KL rows per
+        step, seed + 1) on the steps with lambda > 0) for every data order in `data_seeds`. A run of
+        all its epochs uses every row; a short one (train.max_steps) a fraction."""
+        tc = self.config.train
+        kl_steps = sum(self.lambda_at(s) > 0 for s in range(self.total_steps))
+        train = [Batcher(self.data.train, self.rows_per_step, s).upcoming_rows(self.total_steps)
+                 for s in self.data_seeds]
+        kl = [Batcher(self.data.kl, tc.kl_batch_size * tc.grad_accum, s + 1).upcoming_rows(kl_steps)
+              for s in self.data_seeds] if self.use_kl and kl_steps else []
+        return np.unique(np.concatenate(train)), np.unique(np.concatenate(kl)) if kl else np.zeros(0, np.int64)
+
     def cache_bytes_needed(self) -> int:
-        """Host bytes the frozen cache takes: the prefix of the training rows (when the intervention
-        starts above layer 0) and the KL rows' prefix and base outputs (with KL)."""
+        """Host bytes the frozen cache takes: the prefix of the training rows the run uses (when the
+        intervention starts above layer 0) and the prefix and base outputs of the KL rows it uses."""
         itemsize = jnp.dtype(self.model.weights.embed.dtype).itemsize
-        need = cache_bytes([len(r[0]) for r in self.data.train], self.cfg, itemsize, False) if self.k > 0 else 0
-        return need + (cache_bytes([len(r) for r in self.data.kl], self.cfg, itemsize, True) if self.use_kl else 0)
+        train, kl = self.rows_used()
+        need = cache_bytes([len(self.data.train[i][0]) for i in train], self.cfg, itemsize, False) if self.k > 0 else 0
+        return need + cache_bytes([len(self.data.kl[i]) for i in kl], self.cfg, itemsize, True)
 
     def cache_on(self) -> bool:
         """Whether `build_caches` builds the cache: asked for, something to cache, within budget."""
@@ -145,19 +165,47 @@ class Trainer:
         if need > tc.cache_budget_gb * 2**30:
             return [f"frozen cache: off ({need / 2**30:.1f} GiB needed > budget {tc.cache_budget_gb} GiB)"]
         w = self.model.weights
+        train, kl = self.rows_used()
+        notes = [f"frozen cache: on ({need / 2**20:.0f} MiB for {len(train) if self.k > 0 else 0} of "
+                 f"{len(self.data.train)} training rows and {len(kl)} of {len(self.data.kl)} KL rows)"]
+        store_note, fingerprint = self._disk_cache()
+        notes += [store_note] if store_note else []
         if self.k > 0:
-            self.cache_train = FrozenCache.build(w, self.cfg, [r[0] for r in self.data.train], self.k,
-                                                 with_base=False, desc="cache: frozen prefix", mesh=self.mesh)
-        if self.use_kl:
-            self.cache_kl = FrozenCache.build(w, self.cfg, self.data.kl, self.k, with_base=True,
-                                              desc="cache: KL base outputs", mesh=self.mesh)
-        return [f"frozen cache: on ({need / 2**20:.0f} MiB in host memory)"]
+            self.cache_train, line = FrozenCache.build(
+                w, self.cfg, {int(i): self.data.train[i][0] for i in train}, self.k, with_base=False,
+                store=self._store(fingerprint, False), desc="frozen prefix", mesh=self.mesh)
+            notes.append(line)
+        if len(kl):
+            self.cache_kl, line = FrozenCache.build(
+                w, self.cfg, {int(i): self.data.kl[i] for i in kl}, self.k, with_base=True,
+                store=self._store(fingerprint, True), desc="KL base outputs", mesh=self.mesh)
+            notes.append(line)
+        return notes
+
+    def _disk_cache(self) -> tuple[str | None, str | None]:
+        """(a note when the disk cache is off, the model's fingerprint when it is on)."""
+        tc = self.config.train
+        if not tc.frozen_cache_disk:
+            return "frozen cache: not kept on disk (train.frozen_cache_disk=False)", None
+        if jax.process_count() > 1:  # every process encodes the same rows; files may not be shared
+            return f"frozen cache: not kept on disk ({jax.process_count()} processes)", None
+        return None, model_fingerprint(self.model.weights, self.cfg)
+
+    def _store(self, fingerprint: str | None, with_base: bool) -> FrozenStore | None:
+        """The disk cache's entry for this model, layer k and part (None when off)."""
+        if fingerprint is None:
+            return None
+        tc = self.config.train
+        root = tc.frozen_cache_dir or os.path.join(self.config.data.cache_dir, "frozen")
+        return FrozenStore(root, model_name=self.model.name, model_source=str(self.model.source),
+                           fingerprint=fingerprint, dtype=jnp.dtype(self.model.weights.embed.dtype).name,
+                           k=self.k, with_base=with_base)
 
     # -- batches -----------------------------------------------------------------------------
     def sft_batch(self, batcher: Batcher) -> TS.SFTBatch:
         idx = batcher.next_indices()
         b = pad_batch([self.data.train[i] for i in idx])
-        prefix = self.cache_train.gather(idx, b["tokens"].shape[1])[0] if self.cache_train else None
+        prefix = self.cache_train.gather(idx, b["tokens"].shape[1])[0] if self.cache_train is not None else None
         return self._stack(TS.SFTBatch(tokens=b["tokens"], mask=b["mask"], targets=b["targets"],
                                        loss_mask=b["loss_mask"], prefix=prefix))
 
@@ -165,7 +213,7 @@ class Trainer:
         idx = batcher.next_indices()
         b = pad_batch([self.data.kl[i] for i in idx])
         prefix = base = None
-        if self.cache_kl:
+        if self.cache_kl is not None:
             prefix, base = self.cache_kl.gather(idx, b["tokens"].shape[1])
         return self._stack(TS.KLBatch(tokens=b["tokens"], mask=b["mask"], prefix=prefix, base_hidden=base))
 

@@ -233,7 +233,8 @@ class VmappedTrainer:
         self.config, self.runs = config, list(runs)
         base = copy.deepcopy(config)
         base.train.lambda_kl = max(r.config.train.lambda_kl for r in self.runs)
-        self.trainer = t = Trainer(base, model)
+        self.seeds = sorted({int(r.config.train.seed) for r in self.runs})  # the distinct data orders
+        self.trainer = t = Trainer(base, model, data_seeds=self.seeds)  # its caches serve every order
         tc = config.train
         self.optimizer = functools.partial(TS.make_optimizer, total_steps=t.total_steps,
                                            warmup_steps=tc.warmup_steps, weight_decay=tc.weight_decay,
@@ -241,7 +242,6 @@ class VmappedTrainer:
         self.schedules = [self.optimizer(r.config.train.lr)[1] for r in self.runs]
         self.lr = jnp.asarray([r.config.train.lr for r in self.runs], jnp.float32)
         self.use_kl = [r.config.train.lambda_kl > 0 and bool(t.data.kl) for r in self.runs]
-        self.seeds = sorted({int(r.config.train.seed) for r in self.runs})  # the distinct data orders
         self.seed_index = np.array([self.seeds.index(int(r.config.train.seed)) for r in self.runs])
         self.step_fn = compile_vmapped_step(t.cfg, t.opts, self.optimizer, shared_batch=len(self.seeds) == 1)
 
