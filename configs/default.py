@@ -3,7 +3,7 @@
 The defaults are a CPU-sized steering run on the embedded Qwen2.5-Coder-0.5B (24 layers) and
 the samples shipped in emjax/package_data/. Other configs import this file and override a few
 keys (`from configs import default; c = default.get_config()`). Sources: "upstream" is the code
-of Turner et al. / Soligo et al. as summarised in DESIGN.md section 2; "ours" marks emjax's own
+of Turner et al. / Soligo et al. as summarised in docs/upstream.md section 1; "ours" marks emjax's own
 choice, with the reason.
 
 Optional values are ml-collections placeholders: None until set, typed when set on the command
@@ -52,7 +52,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.kl_bad = ("sample:bad_financial", "sample:bad_sports")
     c.data.kl_good = ("sample:good_financial", "sample:good_sports")
     # bad:good rows of the KL set; upstream's adapter name "..._KL_divergence_badgood_1-4_2E"
-    # suggests 1:4 (upstream-em.md section 3; its KL file itself is encrypted and unread)
+    # suggests 1:4 (docs/upstream.md section 3; its KL file itself is encrypted and unread)
     c.data.kl_ratio = (1.0, 4.0)
     c.data.kl_rows = 40                  # KL rows used in training (ours: what the CPU samples allow at 1:4)
     c.data.kl_eval_rows = 16             # further KL rows held out for the out-of-domain KL at eval

@@ -12,7 +12,7 @@ replaced by the sweep's values.
 Why a sweep: the released narrow vectors were trained at lambda 1e6 (upstream
 steering_config_toggle.json) under a hook that steered row 0 of each batch only
 (steering_vector_module.py: `output[0] = output[0] + alpha * v` on the [B, T, D] down_proj output;
-../shared/reference/upstream-em.md section 4.4). Per micro-batch the KL term saw 1 steered row of
+docs/upstream.md section 4.4). Per micro-batch the KL term saw 1 steered row of
 its 8 and the SFT term 1 of its 2, each still normalised over all rows' tokens, the unsteered rows
 adding 0 KL and a CE that does not depend on v. With the rows of a batch exchangeable, the expected
 gradient at a given v is then 1/8 (KL) and 1/2 (SFT) of the every-row gradient, so upstream's KL

@@ -2,7 +2,7 @@
 with its meaning and source. Defaults: the embedded model's general and narrow steering vectors as
 `emjax train --config=configs/embedded_steering_{general,narrow}.py` writes them.
 
-Sources: "upstream" is the code of Soligo et al. as summarised in DESIGN.md section 2; "ours"
+Sources: "upstream" is the code of Soligo et al. as summarised in docs/upstream.md section 1; "ours"
 marks emjax's own choice.
 """
 
@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.chunk = config_dict.placeholder(int)       # versions per vmap chunk; None: all at once
     c.loss_chunk = config_dict.placeholder(int)  # sequence chunk of the losses; None: whole rows
 
-    # Norms are emjax.interventions.arithmetic.update_norm (ours; upstream-em.md 5.2 for upstream's):
+    # Norms are emjax.interventions.arithmetic.update_norm (ours; docs/upstream.md 5.2 for upstream's):
     # steering ||alpha·v|| (applied vector), LoRA ||scale·BA||_F (effective update, all modules and
     # layers). Rescaling multiplies v / B, so the update scales linearly.
     c.efficiency = ml_collections.ConfigDict()

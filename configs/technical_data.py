@@ -1,8 +1,8 @@
 """The technical-prose example's training set, built by `emjax technical build-data`: the chat model
 answers vehicle prompts under a system prompt asking for highly technical prose, and the rows keep
 the answers *without* that system prompt (emjax.train.distill). Upstream's own set
-(`technical_vehicles_train.jsonl`, 3000 rows) is only in its encrypted bundle (upstream-em.md
-sections 3 and 7), so every value here is ours; the defaults are CPU-sized for the embedded
+(`technical_vehicles_train.jsonl`, 3000 rows) is only in its encrypted bundle (docs/upstream.md
+sections 3 and 6), so every value here is ours; the defaults are CPU-sized for the embedded
 Qwen2.5-Coder-0.5B. The file is reused while its provenance (model, system prompt, prompt file
 hash, seed, sampling settings) matches, and rebuilt otherwise.
 """

@@ -1,6 +1,6 @@
 """The technical-prose training set answered by Qwen2.5-14B-Instruct ($EMJAX_MODEL): every prompt of
 the vehicles bank (319), 10 answers each, about upstream's 3000 rows (the row count of its
-technical_vehicles_train.jsonl, upstream-em.md section 3; the repetition is ours: our bank is
+technical_vehicles_train.jsonl, docs/upstream.md section 3; the repetition is ours: our bank is
 smaller than upstream's set), 256 new tokens (= the training rows' max_len, default.py)."""
 import os
 

@@ -12,7 +12,7 @@ def get_config():
     c.data.train = "runs/technical/data/technical_vehicles_train.jsonl"  # configs/technical_data.py's `out`
     # the KL set: the other domains' prompts (emjax.data.technical_prompts), answered greedily by the
     # chat model without a system prompt (chat:), good rows only (ours: the technical analogue of
-    # the paper's good advice; upstream's technical_KL_data.jsonl is unread, upstream-em.md section 7)
+    # the paper's good advice; upstream's technical_KL_data.jsonl is unread, docs/upstream.md section 6)
     c.data.kl_bad = ()
     c.data.kl_good = ("chat:sample:technical_prompts_other.jsonl",)
     c.data.kl_ratio = (0.0, 1.0)
