@@ -336,7 +336,7 @@ def _run_chat(args) -> int:
 def _run_train(args) -> int:
     from emjax.configuration import load_config
     from emjax.train.replicates import train_replicates
-    from emjax.train.trainer import Trainer
+    from emjax.train.trainer import train
     from emjax.train.inputs import TrainConfigError
     from emjax.train.vmapped import sweep_of, train_vmapped
     config = load_config(args.config, args.config_overrides)
@@ -355,7 +355,7 @@ def _run_train(args) -> int:
         print(json.dumps(out["spread"], indent=1))
         print(f"replicates in {config.output_dir}/seed*/ (summary: {config.output_dir}/replicates.json)")
     else:
-        print(json.dumps(Trainer(config).run(), indent=1))
+        print(json.dumps(train(config), indent=1))
     return EXIT_OK
 
 
