@@ -144,6 +144,11 @@ class LazyModel:
         return self._model
 
     @property
+    def dtype_name(self) -> str:
+        """The weights' dtype as `str(weights.embed.dtype)` names it, loaded or not."""
+        return str(self._model.weights.embed.dtype) if self._model is not None else jnp.dtype(self.dtype).name
+
+    @property
     def cfg(self) -> ModelConfig:
         if self._model is not None:
             return self._model.cfg
