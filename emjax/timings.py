@@ -26,9 +26,10 @@ interrupted run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 PHASES = ("load", "data", "cache", "compile", "compute")
 KEYS = PHASES + ("other", "total")
@@ -166,6 +167,17 @@ def phase(name: str) -> Iterator[None]:
         return
     with _running[-1].phase(name):
         yield
+
+
+def in_phase(name: str) -> Callable:
+    """Decorator: every call of the function is `phase(name)` (e.g. a data-reading helper)."""
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            with phase(name):
+                return fn(*args, **kwargs)
+        return timed
+    return wrap
 
 
 def _is_writer() -> bool:
