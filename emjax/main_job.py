@@ -177,13 +177,13 @@ def run_main(out: str = "runs/main", *, model: str | LoadedModel = "embedded", q
     timings = T.Timings()
     with timings.running():
         summary = _run_stages(out, LazyModel(model), quick, seeds, judge_url, judge_model, api_key_env)
-    summary["timings"] = _stage_timings(summary["stages"])
+    summary["timings"] = stage_timings(summary["stages"])
     timings.report()  # this session's; the summary's are those of the stages' results
     path = os.path.join(out, "summary.json")
-    _write_if_changed(path, json.dumps(summary, indent=1, default=str))
+    write_if_changed(path, json.dumps(summary, indent=1, default=str))
     from emjax.main_summary import summary_md
     md = os.path.join(out, "summary.md")
-    _write_if_changed(md, summary_md(summary))
+    write_if_changed(md, summary_md(summary))
     _print_summary(summary, path, md)
     return summary
 
@@ -198,10 +198,10 @@ def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...]
         results = chat(loaded.get(), DEFAULT_PROMPTS[:2] if quick else DEFAULT_PROMPTS,
                        max_new_tokens=32 if quick else 48)
         print(format_results(results))
-        return {"model": _describe(loaded), "results": [dataclasses.asdict(r) for r in results]}
+        return {"model": describe_model(loaded), "results": [dataclasses.asdict(r) for r in results]}
 
     summary["stages"]["chat"] = _stage(out, 1, "load the model and chat", chat_stage, job)
-    summary["model"] = summary["stages"]["chat"].get("model") or _describe(loaded)  # older markers lack it
+    summary["model"] = summary["stages"]["chat"].get("model") or describe_model(loaded)  # older markers lack it
     m = summary["model"]
     print(f"model: {m['name']} ({m['params'] / 1e6:.0f}M parameters) from {m['source']}")
 
@@ -232,13 +232,15 @@ def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...]
     return summary
 
 
-def _describe(model: LazyModel) -> dict:
+def describe_model(model: LazyModel) -> dict:
+    """Name, source, family, layers, middle layer and parameters of a model, without its weights
+    where its config is cheap to read (`LazyModel.cfg`)."""
     cfg = model.cfg
     return {"name": model.name, "source": model.source, "family": cfg.family, "layers": cfg.n_layers,
             "middle_layer": cfg.middle_layer, "params": num_params(cfg)}
 
 
-def _stage_timings(stages: dict[str, dict]) -> dict[str, float]:
+def stage_timings(stages: dict[str, dict]) -> dict[str, float]:
     """The seconds of the stages' results added up (markers of an older emjax have none)."""
     total: dict[str, float] = {}
     for stage in stages.values():
@@ -246,7 +248,7 @@ def _stage_timings(stages: dict[str, dict]) -> dict[str, float]:
     return total
 
 
-def _write_if_changed(path: str, text: str) -> None:
+def write_if_changed(path: str, text: str) -> None:
     """Writes `path` unless it holds `text` already (a finished job's rerun leaves its files as they are)."""
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
