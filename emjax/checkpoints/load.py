@@ -103,16 +103,22 @@ def _gguf_name(ckpt, path: str) -> str:
     return str(ckpt.metadata.get("general.name", os.path.basename(path)))
 
 
+def check_source(source: str) -> str:
+    """`source` when it names something `load_model` reads (checked from its name and the file
+    system alone), else ModelSourceError."""
+    if source == EMBEDDED or os.path.isdir(source) or (source.endswith(".gguf") and os.path.isfile(source)):
+        return source
+    raise ModelSourceError(f"model source {source!r} is neither 'embedded', a folder nor a .gguf file")
+
+
 def source_name(source: str) -> str:
     """The name `load_model(source)` gives the model, from the folder's name or the GGUF header
     alone (no tensor is read)."""
-    if source == EMBEDDED or source.endswith(".gguf"):
+    if check_source(source) == EMBEDDED or source.endswith(".gguf"):
         from emjax.checkpoints.embedded import embedded_gguf_path
         from emjax.checkpoints.gguf_file import load_gguf
         path = str(embedded_gguf_path(progress=False)) if source == EMBEDDED else source
         return _gguf_name(load_gguf(path), path)
-    if not os.path.isdir(source):
-        raise ModelSourceError(f"model source {source!r} is neither 'embedded', a folder nor a .gguf file")
     return os.path.basename(source.rstrip("/"))
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from tqdm.auto import tqdm
 
-from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh
+from emjax.checkpoints.load import LazyModel, LoadedModel, check_source, model_on_mesh
 from emjax.eval.questions import load_questions, paper_default, select_questions
 from emjax.eval.records import AnswerRecord, append_answers, read_answers
 from emjax.interventions.files import load_intervention
@@ -172,6 +172,7 @@ def _pending(model, questions, out, dtype, intervention, interventions, scale, k
     and `out` alone: no model is loaded."""
     specs = _specs(intervention, interventions, scale)
     if isinstance(model, str):
+        check_source(model)  # a wrong source is named before the questions are read
         dtype = resolve_dtype(dtype)
     else:
         dtype = model.dtype_name if isinstance(model, LazyModel) else str(model.weights.embed.dtype)

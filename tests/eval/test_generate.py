@@ -1,6 +1,7 @@
 """`emjax generate` on a tiny model: records with provenance, resume without duplicates, a finished
 rerun that loads nothing."""
 
+import dataclasses
 import os
 
 import jax
@@ -25,6 +26,9 @@ def tiny_model():
 
 
 def test_generate_records_and_resume(tiny_model, tmp_path):
+    folder = tmp_path / "model-folder"  # the model's source: an empty folder, so it cannot be loaded from it
+    folder.mkdir()
+    tiny_model = dataclasses.replace(tiny_model, source=str(folder))
     q = tmp_path / "q.jsonl"
     q.write_text('{"id": "a", "question": "hello, how are you?"}\n'
                  '{"id": "b_json", "question": "and today?", "system": "Answer in JSON."}\n'
@@ -44,7 +48,7 @@ def test_generate_records_and_resume(tiny_model, tmp_path):
     assert all(r.intervention.endswith("x1") and r.config_hash and r.model == "tiny-qwen2" for r in recs)
     # samples differ (temperature 1) and a rerun adds nothing
     assert len({r.answer for r in recs if r.question_id == "a"}) > 1
-    # a finished rerun decides from the file alone: the source "tiny" (the loaded model's) is never loaded
+    # a finished rerun decides from the file alone: the model's source is never loaded
     before = (os.stat(out).st_mtime_ns, out.read_bytes())
     again = generate(tiny_model.source, str(q), str(out), dtype="float32", intervention=str(tmp_path / "v.safetensors"),
                      kinds=["free_form"], sampling=SamplingSettings(samples=3, max_new_tokens=6, batch_size=4))
