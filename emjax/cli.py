@@ -383,9 +383,10 @@ def _run_generate(args) -> int:
         model, _ = model_on_mesh(args.model, args.mesh, dtype=dtype_from_name(args.dtype))
         ablation = ablation_from_spec(args.ablate, model.cfg)
     stats = generate(model, args.questions, args.out, dtype=args.dtype, intervention=args.intervention,
-             scale=args.scale, kinds=None if args.kinds == "all" else args.kinds.split(","),
-             include=args.include, exclude=args.exclude, sampling=sampling, paper_questions=not args.all_questions,
-             ablation=ablation, ablation_name=args.ablate or "", mesh=args.mesh)
+                     scale=args.scale, kinds=None if args.kinds == "all" else args.kinds.split(","),
+                     include=args.include, exclude=args.exclude, sampling=sampling,
+                     paper_questions=not args.all_questions, ablation=ablation, ablation_name=args.ablate or "",
+                     mesh=args.mesh)
     print(json.dumps(stats, indent=1))
     return EXIT_OK
 

@@ -287,7 +287,7 @@ class Trainer:
             meta = {"step": step, "train_data": train_b.state(), "config": config_json(config),
                     "kl_data": kl_b.state() if kl_b is not None else None, "record": dict(record)}
             ckpt.save(step, state, meta)
-            self._write_progress()
+            self.save_progress()
 
         try:
             for step in range(start, end):
@@ -314,12 +314,13 @@ class Trainer:
             bar.close()
             ckpt.close()
             metrics_w.close()
-            self._write_progress()  # an interrupted session's seconds count too
+            self.save_progress()  # an interrupted session's seconds count too
         if end < self.total_steps:
             return {"stopped_at": end}
         return self.finish(state, record, notes)
 
-    def _write_progress(self) -> None:
+    def save_progress(self) -> None:
+        """progress.json: this run's seconds so far (process 0; see emjax.train.run_record)."""
         if is_writer():
             write_progress(self.config, self.timings.seconds(), self.sessions)
 

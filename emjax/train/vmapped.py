@@ -314,7 +314,7 @@ class VmappedTrainer:
                     "config": config_json(config), "kl_data": [b.state() for b in kl_bs] if kl_bs else None,
                     "records": [dict(r) for r in records]}
             ckpt.save(step, state, meta)
-            t._write_progress()
+            t.save_progress()
 
         try:
             for step in range(start, end):
@@ -349,7 +349,7 @@ class VmappedTrainer:
             ckpt.close()
             for w in writers:
                 w.close()
-            t._write_progress()
+            t.save_progress()
         if end < t.total_steps:
             return {"stopped_at": end}
         summaries = {r.label: t.finish(run_state(state, i), records[i], notes, config=r.config, vmapped_runs=n)
