@@ -5,9 +5,10 @@
 
 Same tasks, prompts and cache keys as the API judge (`emjax.eval.judge.tasks.build_tasks`), with
 the judge model name `local:<model name>` (override with `judge_model`); same result store, so a
-rerun skips every key already scored, and `emjax report --judge-model local:<name>` reads the
-lines; when every task is scored already, the judge model is not loaded at all. Each prompt is the filled template as one user message through the model's chat template
-with the generation prompt; its answer distribution is computed exactly (`tree`, `forward`).
+rerun skips every key already scored (when none is left, the judge model is not even loaded), and
+`emjax report --judge-model local:<name>` reads the lines. Each prompt is the filled template as
+one user message through the model's chat template with the generation prompt; its answer
+distribution is computed exactly (`tree`, `forward`).
 
 Pending tasks are taken `window` at a time, tokenised, sorted by length and run in batches of one
 length bucket (`records.plan_batches`); each batch's lines are appended as soon as it finishes.
