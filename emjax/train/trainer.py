@@ -240,9 +240,7 @@ class Trainer:
         return out
 
     def _run(self, stop_at_step: int | None) -> dict[str, Any]:
-        config, tc, cc = self.config, self.config.train, self.config.checkpoint
-        out = config.output_dir
-        os.makedirs(out, exist_ok=True)
+        os.makedirs(self.config.output_dir, exist_ok=True)
         with phase("cache"):
             notes = list(self.data.notes) + self.build_caches()
         for n in notes:
