@@ -3,6 +3,7 @@
 Packages, one per stage a researcher would name (imports point down this list, never up;
 tests/test_layering.py checks it):
 
+  emjax.timings        the stages' seconds by phase: load, data, cache, compile, compute
   emjax.model          config, the one weight schema, the pure-function decoder with its hook
                        point, attention kernels, KV-cache sampling, sharding
   emjax.data           chat JSONL, the chat tokenizer, tokenising, batching, the KL mix, FineWeb

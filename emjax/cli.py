@@ -368,7 +368,7 @@ def _run_chat(args) -> int:
 def _run_train(args) -> int:
     from emjax.configuration import load_config
     from emjax.train.replicates import train_replicates
-    from emjax.train.trainer import Trainer
+    from emjax.train.trainer import train
     from emjax.train.inputs import TrainConfigError, checked_loss_tokens
     from emjax.train.vmapped import sweep_of, train_vmapped
     config = load_config(args.config, args.config_overrides)
@@ -388,7 +388,7 @@ def _run_train(args) -> int:
         print(json.dumps(out["spread"], indent=1))
         print(f"replicates in {config.output_dir}/seed*/ (summary: {config.output_dir}/replicates.json)")
     else:
-        print(json.dumps(Trainer(config).run(), indent=1))
+        print(json.dumps(train(config), indent=1))
     return EXIT_OK
 
 
@@ -415,10 +415,12 @@ def _run_generate(args) -> int:
         from emjax.model.config import dtype_from_name
         model, _ = model_on_mesh(args.model, args.mesh, dtype=dtype_from_name(args.dtype))
         ablation = ablation_from_spec(args.ablate, model.cfg)
-    generate(model, args.questions, args.out, dtype=args.dtype, intervention=args.intervention,
-             scale=args.scale, kinds=None if args.kinds == "all" else args.kinds.split(","),
-             include=args.include, exclude=args.exclude, sampling=sampling, paper_questions=not args.all_questions,
-             ablation=ablation, ablation_name=args.ablate or "", mesh=args.mesh)
+    stats = generate(model, args.questions, args.out, dtype=args.dtype, intervention=args.intervention,
+                     scale=args.scale, kinds=None if args.kinds == "all" else args.kinds.split(","),
+                     include=args.include, exclude=args.exclude, sampling=sampling,
+                     paper_questions=not args.all_questions, ablation=ablation, ablation_name=args.ablate or "",
+                     mesh=args.mesh)
+    print(json.dumps(stats, indent=1))
     return EXIT_OK
 
 

@@ -1,8 +1,13 @@
 """`emjax main`: the paper's pipeline in miniature on the embedded Qwen2.5-Coder-0.5B, on CPU.
 
 Stages (each prints progress; everything lands in the output folder, `summary.md` and
-`summary.json` last). A finished stage leaves `stages/<name>.json`; a rerun into the same folder
-reuses it, so an interrupted job resumes at the first unfinished stage.
+`summary.json` last). A finished stage leaves `stages/<i>.json` with the job settings it ran
+under; a rerun into the same folder with the same settings reuses it, so an interrupted job
+resumes at the first unfinished stage, and a finished job's rerun loads no model and rewrites
+nothing. A stage run again (its settings changed) still reuses what its own checks find
+finished: trained runs of the same config, sweep kinds of the same inputs, answers already
+sampled, judgements already paid for. Each stage records its `timings` (`emjax.timings`);
+the summary's are their sum, and the job prints this session's at the end.
   1. load and verify the embedded model; greedy chat with top-token probabilities;
   2. train a *general* steering vector (SFT only) and a *narrow* one (SFT + KL on other domains)
      on the shipped bad-medical-advice sample, at the middle layer (one replicate per seed);
@@ -20,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable
 
-from emjax.checkpoints.load import LoadedModel, load_model
+from emjax import timings as T
+from emjax.checkpoints.load import LazyModel, LoadedModel
 from emjax.configuration import load_config
 from emjax.data.conversations import sample_path
 from emjax.data.fineweb import corpus_path
@@ -40,7 +45,7 @@ from emjax.eval.report import Thresholds, report
 from emjax.metrics.runner import sweep
 from emjax.model.schema import num_params
 from emjax.train.replicates import replicate_config, spread
-from emjax.train.trainer import Trainer
+from emjax.train.trainer import train
 
 # The configs/ folder of the source tree: the main job runs configs/embedded_steering_*.py and
 # configs/sweep_default.py with a few overrides of its own (fewer steps, a smaller sweep).
@@ -58,22 +63,32 @@ def _config(name: str, overrides: list[str]):
     return load_config(str(path), overrides)
 
 
-def _stage(out: str, i: int, title: str, fn: Callable[[], dict]) -> dict:
-    return run_stage(out, i, N_STAGES, title, fn)
+def _stage(out: str, i: int, title: str, fn: Callable[[], dict], key: dict) -> dict:
+    return run_stage(out, i, N_STAGES, title, fn, key=key)
 
 
-def run_stage(out: str, i: int, n_stages: int, title: str, fn: Callable[[], dict]) -> dict:
-    """Runs stage i of n unless its result is on disk from an earlier run into `out`
-    (`out`/stages/i.json, written whole once the stage has finished)."""
+def run_stage(out: str, i: int, n_stages: int, title: str, fn: Callable[[], dict], key: dict | None = None) -> dict:
+    """Runs stage i of n unless its result is on disk from an earlier run into `out` under the
+    same `key` (the settings the stage ran under; `out`/stages/i.json, written whole once the
+    stage has finished, with its `timings`; a marker without a key, of an older emjax, is reused)."""
     marker = os.path.join(out, "stages", f"{i}.json")
     print(f"\n=== {i}/{n_stages} {title} ===", flush=True)
+    key = json.loads(json.dumps(key)) if key is not None else None  # as the marker holds it (lists)
     if os.path.exists(marker):
         with open(marker) as f:
+            done = json.load(f)
+        if key is None or done.get("key", key) == key:
             print(f"(done in an earlier run: {marker})")
-            return json.load(f)
-    t = time.time()
-    result = {"title": title, **fn()}
-    result["seconds"] = round(time.time() - t, 1)
+            return done
+        changed = [f"{k}: {done['key'].get(k)!r} -> {v!r}" for k, v in key.items() if done["key"].get(k) != v]
+        print(f"(done in an earlier run with other settings: {'; '.join(changed)}; running it again)")
+    timings = T.Timings()
+    with timings.running():
+        result = {"title": title, **fn()}
+    result["timings"] = timings.report()
+    result["seconds"] = round(result["timings"]["total"], 1)
+    if key is not None:
+        result["key"] = key
     os.makedirs(os.path.dirname(marker), exist_ok=True)
     with open(marker + ".tmp", "w") as f:
         json.dump(result, f, indent=1, default=str)
@@ -81,18 +96,18 @@ def run_stage(out: str, i: int, n_stages: int, title: str, fn: Callable[[], dict
     return result
 
 
-def _train(model: LoadedModel, out: str, narrow: bool, steps: int, seed: int) -> dict:
+def _train(model: LazyModel, out: str, narrow: bool, steps: int, seed: int, layer: int) -> dict:
     name = "narrow" if narrow else "general"
     c = _config(f"embedded_steering_{name}.py", [
         f"output_dir={os.path.join(out, f'embedded_steering_{name}_medical')}", f"train.max_steps={steps}",
         f"train.eval_every={steps}"])
-    c.intervention.layers = (model.cfg.middle_layer,)
+    c.intervention.layers = (layer,)
     c.data.cache_dir = os.path.join(out, "cache")
     c.checkpoint.every = None  # the main job checkpoints only at the end
-    return Trainer(replicate_config(c, seed), model).run()
+    return train(replicate_config(c, seed), model)
 
 
-def _sweeps(model: LoadedModel, out: str, vectors: dict[str, str], quick: bool) -> dict:
+def _sweeps(model: LazyModel, out: str, vectors: dict[str, str], quick: bool) -> dict:
     c = _config("sweep_default.py", [
         "name=main", f"output_dir={os.path.join(out, 'sweeps')}",
         "interventions=" + ",".join(f"{k}={v}" for k, v in vectors.items()),
@@ -117,7 +132,7 @@ def _question_files() -> tuple[str, str]:
     return str(sample_path("questions_sample.yaml")), str(DOMAINS["medical"].bank_path())
 
 
-def _generate(model: LoadedModel, out: str, vectors: dict[str, str | None], samples: int, max_new: int) -> dict:
+def _generate(model: LazyModel, out: str, vectors: dict[str, str | None], samples: int, max_new: int) -> dict:
     em_q, domain_q = _question_files()
     answers = os.path.join(out, "answers.jsonl")
     sampling = SamplingSettings(samples=samples, max_new_tokens=max_new, batch_size=8)
@@ -165,24 +180,41 @@ def run_main(out: str = "runs/main", *, model: str | LoadedModel = "embedded", q
       dry run of the judge. The key is read from `api_key_env` (a placeholder where it is unset).
     """
     os.makedirs(out, exist_ok=True)
+    timings = T.Timings()
+    with timings.running():
+        summary = _run_stages(out, LazyModel(model), quick, seeds, judge_url, judge_model, api_key_env)
+    summary["timings"] = stage_timings(summary["stages"])
+    timings.report()  # this session's; the summary's are those of the stages' results
+    path = os.path.join(out, "summary.json")
+    write_if_changed(path, json.dumps(summary, indent=1, default=str))
+    from emjax.main_summary import summary_md
+    md = os.path.join(out, "summary.md")
+    write_if_changed(md, summary_md(summary))
+    _print_summary(summary, path, md)
+    return summary
+
+
+def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...], judge_url: str | None,
+                judge_model: str | None, api_key_env: str) -> dict:
+    """The five stages into `out`; the model is loaded by the first stage that has work for it."""
     summary: dict[str, Any] = {"stages": {}}
-    loaded = load_model(model) if isinstance(model, str) else model
-    n_params = num_params(loaded.cfg)
-    summary["model"] = {"name": loaded.name, "source": loaded.source, "family": loaded.cfg.family,
-                        "layers": loaded.cfg.n_layers, "params": n_params}
-    print(f"model: {loaded.name} ({n_params / 1e6:.0f}M parameters) from {loaded.source}")
+    job = {"model": loaded.source, "quick": quick, "seeds": list(seeds)}
 
     def chat_stage():
-        results = chat(loaded, DEFAULT_PROMPTS[:2] if quick else DEFAULT_PROMPTS, max_new_tokens=32 if quick else 48)
+        results = chat(loaded.get(), DEFAULT_PROMPTS[:2] if quick else DEFAULT_PROMPTS,
+                       max_new_tokens=32 if quick else 48)
         print(format_results(results))
-        return {"results": [dataclasses.asdict(r) for r in results]}
+        return {"model": describe_model(loaded), "results": [dataclasses.asdict(r) for r in results]}
 
-    summary["stages"]["chat"] = _stage(out, 1, "load the model and chat", chat_stage)
+    summary["stages"]["chat"] = _stage(out, 1, "load the model and chat", chat_stage, job)
+    summary["model"] = summary["stages"]["chat"].get("model") or describe_model(loaded)  # older markers lack it
+    m = summary["model"]
+    print(f"model: {m['name']} ({m['params'] / 1e6:.0f}M parameters) from {m['source']}")
 
     steps = 4 if quick else 12
 
     def train_stage():
-        runs = {f"{name}_seed{s}": _train(loaded, out, name == "narrow", steps, s)
+        runs = {f"{name}_seed{s}": _train(loaded, out, name == "narrow", steps, s, m["middle_layer"])
                 for name in ("general", "narrow") for s in seeds}
         for name, r in runs.items():
             print(f"{name:14s} train loss {r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f}; held-out "
@@ -190,26 +222,46 @@ def run_main(out: str = "runs/main", *, model: str | LoadedModel = "embedded", q
                   f"KL {r['final_eval']['eval_kl_ood']:.4f} nats/token; ||alpha v|| {r['intervention_norm']:.3f}")
         return {"runs": runs}
 
-    train = _stage(out, 2, "train general and narrow steering vectors on bad medical advice", train_stage)
-    summary["stages"]["train"] = train
-    vectors = {name: r["artefact"] for name, r in train["runs"].items()}
+    trained = _stage(out, 2, "train general and narrow steering vectors on bad medical advice", train_stage, job)
+    summary["stages"]["train"] = trained
+    vectors = {name: r["artefact"] for name, r in trained["runs"].items()}
     summary["stages"]["sweeps"] = _stage(out, 3, "efficiency, stability and pre-training significance",
-                                         lambda: _sweeps(loaded, out, vectors, quick))
+                                         lambda: _sweeps(loaded, out, vectors, quick), job)
     gen = _stage(out, 4, "answers to general and in-domain questions",
                  lambda: _generate(loaded, out, {"chat": None, **vectors}, samples=1 if quick else 2,
-                                   max_new=24 if quick else 48))
+                                   max_new=24 if quick else 48), job)
     summary["stages"]["generate"] = gen
     title = "judge and rates" if judge_url else "judge dry run (no judge URL given)"
-    summary["stages"]["judge"] = _stage(out, 5, title, lambda: _judge(out, gen, judge_url, judge_model, api_key_env))
-    summary["spread_across_seeds"] = _train_spread(train["runs"]) if len(seeds) > 1 else None
-
-    path = os.path.join(out, "summary.json")
-    with open(path, "w") as f:
-        json.dump(summary, f, indent=1, default=str)
-    from emjax.main_summary import write_summary_md
-    md = write_summary_md(summary, os.path.join(out, "summary.md"))
-    _print_summary(summary, path, md)
+    summary["stages"]["judge"] = _stage(out, 5, title, lambda: _judge(out, gen, judge_url, judge_model, api_key_env),
+                                        {**job, "judge_url": judge_url, "judge_model": judge_model})
+    summary["spread_across_seeds"] = _train_spread(trained["runs"]) if len(seeds) > 1 else None
     return summary
+
+
+def describe_model(model: LazyModel) -> dict:
+    """Name, source, family, layers, middle layer and parameters of a model, without its weights
+    where its config is cheap to read (`LazyModel.cfg`)."""
+    cfg = model.cfg
+    return {"name": model.name, "source": model.source, "family": cfg.family, "layers": cfg.n_layers,
+            "middle_layer": cfg.middle_layer, "params": num_params(cfg)}
+
+
+def stage_timings(stages: dict[str, dict]) -> dict[str, float]:
+    """The seconds of the stages' results added up (markers of an older emjax have none)."""
+    total: dict[str, float] = {}
+    for stage in stages.values():
+        total = T.add(total, stage.get("timings") or {})
+    return total
+
+
+def write_if_changed(path: str, text: str) -> None:
+    """Writes `path` unless it holds `text` already (a finished job's rerun leaves its files as they are)."""
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _train_spread(runs: dict[str, dict]) -> dict:

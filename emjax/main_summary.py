@@ -4,7 +4,6 @@ only: it reads the summary dict `emjax.main_job.run_main` builds."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 
@@ -100,11 +99,11 @@ def _rates(s: dict) -> list[str]:
     return lines
 
 
-def write_summary_md(s: dict, path: str) -> str:
+def summary_md(s: dict) -> str:
+    """The markdown text of summary.md."""
     m = s["model"]
     lines = [f"# emjax main: {m['name']}", "",
              f"{m['family']}, {m['layers']} layers, {m['params'] / 1e6:.0f}M parameters, from `{m['source']}`.", ""]
     lines += _training(s) + _metrics(s) + _rates(s)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines))
-    return os.path.abspath(path)
+    return "\n".join(lines)
+

@@ -5,8 +5,8 @@ the three metrics, and the technical-style rate inside and outside the training 
     build_data(load_config("configs/technical_data.py"))       # `emjax technical build-data`
     run_technical("runs/technical", judge_url=None)            # `emjax technical run OUT`
 
-Stages of `run_technical` (each leaves `OUT/stages/<i>.json`; a rerun into the same folder reuses
-every finished one, as `emjax main` does):
+Stages of `run_technical` (each leaves `OUT/stages/<i>.json`; a rerun into the same folder with the
+same settings reuses every finished one and loads no model, as `emjax main` does):
   1. the distilled training set (emjax.train.distill; reused while its provenance matches) and
      the held-out check of the prompt banks against upstream's evaluation questions;
   2. general and narrow steering vectors (configs/technical_steering_{general,narrow}.py);
@@ -26,7 +26,8 @@ from typing import Any
 
 import ml_collections
 
-from emjax.checkpoints.load import LoadedModel, load_model
+from emjax import timings as T
+from emjax.checkpoints.load import LazyModel, LoadedModel
 from emjax.configuration import load_config
 from emjax.data.conversations import sample_path
 from emjax.data.locations import data_dir as default_data_dir
@@ -37,11 +38,11 @@ from emjax.eval import technical as ET
 from emjax.eval.generate import SamplingSettings, generate
 from emjax.eval.judge.request import RequestConfig
 from emjax.eval.judge.stage import AnswerSelection, judge
-from emjax.main_job import run_stage, sweep_kinds
+from emjax.main_job import describe_model, run_stage, stage_timings, sweep_kinds, write_if_changed
 from emjax.metrics.runner import sweep
 from emjax.model.config import dtype_from_name
-from emjax.train.distill import DistillSettings, distill_set
-from emjax.train.trainer import Trainer
+from emjax.train.distill import DistillSettings, distill_set, model_answerer
+from emjax.train.trainer import train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 N_STAGES = 6
@@ -60,7 +61,7 @@ def system_prompt_of(value: str) -> str:
     return TP.SYSTEM_PROMPT if value == "technical" else value
 
 
-def build_data(c: ml_collections.ConfigDict, model: LoadedModel | None = None) -> dict[str, Any]:
+def build_data(c: ml_collections.ConfigDict, model: LoadedModel | LazyModel | None = None) -> dict[str, Any]:
     """The stage `emjax technical build-data`: the distilled set of configs/technical_data.py
     (reused when its provenance matches) and, where upstream's questions are found under
     `c.data_dir`, the held-out check of both prompt banks against them (an EmjaxError if any
@@ -71,9 +72,13 @@ def build_data(c: ml_collections.ConfigDict, model: LoadedModel | None = None) -
                                max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p,
                                top_k=c.top_k, seed=c.seed, trim_unfinished=c.trim_unfinished,
                                batch_size=c.batch_size)
-    if model is None:
-        model = load_model(c.model.source, dtype=dtype_from_name(c.model.dtype))
-    info = distill_set(model, prompts, system_prompt_of(c.system_prompt), c.out, settings)
+    model = model if isinstance(model, LazyModel) else LazyModel(model or c.model.source,
+                                                                   dtype=dtype_from_name(c.model.dtype))
+
+    def answerer(*args):  # the model loads only when the set is not on disk already
+        return model_answerer(model.get(), settings)(*args)
+    info = distill_set(None, prompts, system_prompt_of(c.system_prompt), c.out, settings, answerer=answerer,
+                       model_name=model.name, model_source=model.source)
     print(f"{'reused' if info['reused'] else 'built'} {c.out}: {info['stats']['n_rows']} rows "
           f"({info['stats']['n_unfinished']} hit the token limit, {info['stats']['n_trimmed']} trimmed)")
     return {"out": c.out, "provenance": info, "heldout": heldout}
@@ -96,7 +101,7 @@ def check_banks(data_dir: str) -> dict[str, Any]:
                       "score": w.max_score}}
 
 
-def _train(model: LoadedModel, out: str, data: str, narrow: bool, steps: int, quick: bool,
+def _train(model: LazyModel, out: str, data: str, narrow: bool, steps: int, quick: bool, layer: int,
            overrides: list[str]) -> dict:
     name = "narrow" if narrow else "general"
     small = ["data.n_eval=4", "data.kl_rows=8", "data.kl_eval_rows=4", "data.answer_tokens=24"] if quick else []
@@ -104,12 +109,12 @@ def _train(model: LoadedModel, out: str, data: str, narrow: bool, steps: int, qu
         f"output_dir={os.path.join(out, f'technical_steering_{name}')}", f"data.train={data}",
         f"data.cache_dir={os.path.join(out, 'cache')}", f"train.max_steps={steps}", f"train.eval_every={steps}",
         *small, *overrides])
-    c.intervention.layers = (model.cfg.middle_layer,)
+    c.intervention.layers = (layer,)
     c.checkpoint.every = None
-    return Trainer(c, model).run()
+    return train(c, model)
 
 
-def _sweeps(model: LoadedModel, out: str, data: str, vectors: dict[str, str], quick: bool,
+def _sweeps(model: LazyModel, out: str, data: str, vectors: dict[str, str], quick: bool,
             overrides: list[str]) -> dict:
     c = _config("sweep_technical.py", [
         f"output_dir={os.path.join(out, 'sweeps')}", f"data.train={data}",
@@ -121,7 +126,7 @@ def _sweeps(model: LoadedModel, out: str, data: str, vectors: dict[str, str], qu
     return sweep(c, sweep_kinds(c), model)
 
 
-def _generate(model: LoadedModel, out: str, data_dir: str, vectors: dict[str, str | None], per_domain: int,
+def _generate(model: LazyModel, out: str, data_dir: str, vectors: dict[str, str | None], per_domain: int,
               samples: int, max_new: int) -> dict:
     files = ET.question_files(data_dir)
     ids = ET.eval_subset(files, per_domain)
@@ -133,7 +138,7 @@ def _generate(model: LoadedModel, out: str, data_dir: str, vectors: dict[str, st
 
 
 def _judge(out: str, gen: dict, data_dir: str, judge_url: str | None, judge_model: str | None,
-           local_judge: str | LoadedModel | None, api_key_env: str) -> dict:
+           local_judge: str | LoadedModel | LazyModel | None, api_key_env: str) -> dict:
     sel = AnswerSelection(answers=[gen["answers"]], questions=gen["questions"],
                           judge_prompts=[ET.judges_file(data_dir)])
     judgements = os.path.join(out, "judgements.jsonl")
@@ -185,23 +190,27 @@ def run_technical(out: str = "runs/technical", *, model: str | LoadedModel = "em
     data_dir = data_dir or default_data_dir()
     ET.question_files(data_dir)  # fail before any training when upstream's questions are absent
     os.makedirs(out, exist_ok=True)
-    loaded = load_model(model) if isinstance(model, str) else model
+    loaded = LazyModel(model)  # read by the first stage with work for it
     steps = steps or (4 if quick else 16)
-    summary: dict[str, Any] = {"model": {"name": loaded.name, "source": loaded.source}, "stages": {}}
     data_path = os.path.join(out, "data", "technical_vehicles_train.jsonl")
+    # the settings every stage runs under (the judge's too for stages 5 and 6): a marker of other settings is redone
+    job = {"model": loaded.source, "quick": quick, "data_dir": data_dir, "n_prompts": n_prompts,
+           "max_new_tokens": max_new_tokens, "steps": steps, "per_domain": per_domain, "samples": samples,
+           "answer_tokens": answer_tokens, "train_overrides": list(train_overrides),
+           "sweep_overrides": list(sweep_overrides)}
+    judged = {**job, "judge_url": judge_url, "judge_model": judge_model,
+              "local_judge": local_judge if local_judge is None or isinstance(local_judge, str) else local_judge.source}
+    st: dict[str, Any] = {}
 
     def data_stage():
         c = _config("technical_data.py", [f"out={data_path}", f"data_dir={data_dir}"])
         c.n_prompts = n_prompts or (16 if quick else c.n_prompts)
         c.max_new_tokens = max_new_tokens or (48 if quick else c.max_new_tokens)
-        return build_data(c, loaded)
-
-    st = summary["stages"]
-    st["data"] = run_stage(out, 1, N_STAGES, "distilled technical vehicle answers (no system prompt in the rows)",
-                           data_stage)
+        return {**build_data(c, loaded), "model": describe_model(loaded)}
 
     def train_stage():
-        runs = {name: _train(loaded, out, data_path, name == "narrow", steps, quick, list(train_overrides))
+        layer = (st["data"].get("model") or describe_model(loaded))["middle_layer"]  # older markers lack it
+        runs = {name: _train(loaded, out, data_path, name == "narrow", steps, quick, layer, list(train_overrides))
                 for name in ("general", "narrow")}
         for name, r in runs.items():
             print(f"{name:8s} held-out loss {r['initial_eval']['eval_loss']:.3f} -> {r['final_eval']['eval_loss']:.3f}; "
@@ -209,28 +218,40 @@ def run_technical(out: str = "runs/technical", *, model: str | LoadedModel = "em
                   f"{r['intervention_norm']:.3f}")
         return {"runs": runs}
 
-    st["train"] = run_stage(out, 2, N_STAGES, "general and narrow steering vectors on technical vehicle prose",
-                            train_stage)
-    vectors = {name: r["artefact"] for name, r in st["train"]["runs"].items()}
-    st["sweeps"] = run_stage(out, 3, N_STAGES, "efficiency, stability and pre-training significance",
-                             lambda: _sweeps(loaded, out, data_path, vectors, quick, list(sweep_overrides)))
-    st["generate"] = run_stage(out, 4, N_STAGES, "answers to upstream's technical-prose questions, all domains",
-                               lambda: _generate(loaded, out, data_dir, {"chat": None, **vectors},
-                                                 per_domain or (2 if quick else 5), samples,
-                                                 answer_tokens or (24 if quick else 128)))
-    local = loaded if isinstance(model, str) and local_judge == model else local_judge  # the same model: load once
-    st["judge"] = run_stage(out, 5, N_STAGES, "judge: technical and coherent",
-                            lambda: _judge(out, st["generate"], data_dir, judge_url, judge_model, local, api_key_env))
-    st["report"] = run_stage(out, 6, N_STAGES, "technical-style rates in and out of the training domain",
-                             lambda: _report(out, st["generate"], data_dir, st["judge"]))
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=str)
-    md = write_summary_md(summary, os.path.join(out, "summary.md"))
+    def stages():
+        st["data"] = run_stage(out, 1, N_STAGES, "distilled technical vehicle answers (no system prompt in the rows)",
+                               data_stage, job)
+        st["train"] = run_stage(out, 2, N_STAGES, "general and narrow steering vectors on technical vehicle prose",
+                                train_stage, job)
+        vectors = {name: r["artefact"] for name, r in st["train"]["runs"].items()}
+        st["sweeps"] = run_stage(out, 3, N_STAGES, "efficiency, stability and pre-training significance",
+                                 lambda: _sweeps(loaded, out, data_path, vectors, quick, list(sweep_overrides)), job)
+        st["generate"] = run_stage(out, 4, N_STAGES, "answers to upstream's technical-prose questions, all domains",
+                                   lambda: _generate(loaded, out, data_dir, {"chat": None, **vectors},
+                                                     per_domain or (2 if quick else 5), samples,
+                                                     answer_tokens or (24 if quick else 128)), job)
+        local = loaded if isinstance(model, str) and local_judge == model else local_judge  # the same model: load once
+        st["judge"] = run_stage(out, 5, N_STAGES, "judge: technical and coherent",
+                                lambda: _judge(out, st["generate"], data_dir, judge_url, judge_model, local,
+                                               api_key_env), judged)
+        st["report"] = run_stage(out, 6, N_STAGES, "technical-style rates in and out of the training domain",
+                                 lambda: _report(out, st["generate"], data_dir, st["judge"]), judged)
+
+    timings = T.Timings()
+    with timings.running():
+        stages()
+    described = st["data"].get("model") or describe_model(loaded)
+    summary = {"model": {"name": described["name"], "source": described["source"]}, "stages": st,
+               "timings": stage_timings(st)}
+    timings.report()  # this session's; the summary's are those of the stages' results
+    write_if_changed(os.path.join(out, "summary.json"), json.dumps(summary, indent=1, default=str))
+    md = os.path.join(out, "summary.md")
+    write_if_changed(md, summary_md(summary))
     print(f"\neverything in {out} (summary: {md})")
     return summary
 
 
-def write_summary_md(s: dict, path: str) -> str:
+def summary_md(s: dict) -> str:
     """A short markdown summary of a run_technical summary."""
     st = s["stages"]
     d = st["data"]
@@ -261,6 +282,4 @@ def write_summary_md(s: dict, path: str) -> str:
                      f"(about {j['dry_run']['est_prompt_tokens']} prompt tokens); no rates.")
     else:
         lines.append(rep["table_md"])
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
+    return "\n".join(lines) + "\n"

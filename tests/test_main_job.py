@@ -1,8 +1,10 @@
 """The main job end to end on a tiny random model, judged by a real local OpenAI-compatible HTTP
 server: all three metrics run offline, the EM and narrow rate table is filled, summary.md is
-written, and a rerun reuses every finished stage (no request is sent twice)."""
+written, and a rerun reuses every finished stage (no request is sent twice, no model is loaded, no
+file is rewritten)."""
 
 import json
+import os
 
 import pytest
 
@@ -40,9 +42,28 @@ def test_main_job_judged_by_a_local_server_and_resumed(tmp_path, monkeypatch):
         assert (out / "report" / "em_vs_narrow.png").stat().st_size > 1000
         assert s["spread_across_seeds"]["general"]["eval_loss"]["n"] == 2
 
-        again = run_main(str(out), model=model, quick=True, seeds=(0, 1), judge_url=server.base_url,
+        assert set(s["timings"]) >= {"load", "data", "cache", "compile", "compute", "total"}
+        assert s["timings"]["compute"] > 0 and s["stages"]["train"]["timings"]["cache"] > 0
+        files = sorted(p for p in out.rglob("*") if p.is_file())
+        before = {p: (os.stat(p).st_mtime_ns, p.read_bytes()) for p in files}
+        # the source "tiny" (the model's) cannot be loaded: every stage must come from disk
+        again = run_main(str(out), model=model.source, quick=True, seeds=(0, 1), judge_url=server.base_url,
                          judge_model="local-judge")
         assert len(server.entries()) == n_sent  # every stage reused: nothing trained, sampled or sent again
         assert again["stages"]["judge"]["rates"] == judged["rates"]
+        assert sorted(p for p in out.rglob("*") if p.is_file()) == files
+        assert {p: (os.stat(p).st_mtime_ns, p.read_bytes()) for p in files} == before
+        # without the stage markers (a job interrupted after its stages' work): each stage's own
+        # check finds its work on disk (trained runs, sweep kinds, answers, judgements); still no model
+        for i in (2, 3, 4, 5):
+            (out / "stages" / f"{i}.json").unlink()
+        kept = {p: v for p, v in before.items() if p.parent.name not in ("report", "stages") and p.name != "summary.md"
+                and (p.suffix in (".safetensors", ".parquet", ".csv", ".jsonl") or p.name.endswith("summary.json"))}
+        kept.pop(out / "summary.json")  # the job's summary: its stages' seconds are new
+        assert {out / "answers.jsonl", out / "judgements.jsonl"} < set(kept) and len(kept) > 15
+        third = run_main(str(out), model=model.source, quick=True, seeds=(0, 1), judge_url=server.base_url,
+                         judge_model="local-judge")
+        assert len(server.entries()) == n_sent and third["stages"]["judge"]["rates"] == judged["rates"]
+        assert {p: (os.stat(p).st_mtime_ns, p.read_bytes()) for p in kept} == kept
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["stages"]["generate"]["n_answers"] == s["stages"]["generate"]["n_answers"]

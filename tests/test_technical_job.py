@@ -5,6 +5,7 @@ of the scores; a rerun reuses every stage; the same answers go through `emjax ju
 the local judge (flagged as a plumbing check) and `emjax technical rates`."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -32,9 +33,12 @@ def judged_run(tmp_path_factory):
                           judge_model="fake-judge")
         n_sent = len(server.entries())
         prompts = [e.prompt for e in server.entries()]
-        again = run_technical(str(out), model=model, quick=True, data_dir=DATA, judge_url=server.base_url,
+        files = {p: (os.stat(p).st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*")) if p.is_file()}
+        # the source "tiny" (the model's) cannot be loaded: every stage must come from disk
+        again = run_technical(str(out), model=model.source, quick=True, data_dir=DATA, judge_url=server.base_url,
                               judge_model="fake-judge")
         assert len(server.entries()) == n_sent  # every stage reused: nothing trained, sampled or sent again
+        assert {p: (os.stat(p).st_mtime_ns, p.read_bytes()) for p in sorted(out.rglob("*")) if p.is_file()} == files
     assert again["stages"]["report"]["rates"] == s["stages"]["report"]["rates"]
     return out, s, prompts
 

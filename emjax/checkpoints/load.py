@@ -89,7 +89,7 @@ def load_model(source: str = EMBEDDED, *, dtype=jnp.float32, shardings: Weights 
                        disable=not progress)
         weights = weights_from_tensors(cfg, tensors, dtype=dtype, shardings=shardings,
                                        source=path, expected_names=names)
-        name = ckpt.metadata.get("general.name", os.path.basename(path))
+        name = _gguf_name(ckpt, path)
         tok = ChatTokenizer.wrap(gguf_tokenizer(path)) if tokenizer else None
         return LoadedModel(cfg, weights, tok, path, str(name))
     if not os.path.isdir(source):
@@ -97,6 +97,78 @@ def load_model(source: str = EMBEDDED, *, dtype=jnp.float32, shardings: Weights 
     tok = _folder_tokenizer(source) if tokenizer else None
     cfg, weights = load_hf_folder(source, dtype=dtype, shardings=shardings, progress=progress and is_writer())
     return LoadedModel(cfg, weights, tok, source, os.path.basename(source.rstrip("/")))
+
+
+def _gguf_name(ckpt, path: str) -> str:
+    return str(ckpt.metadata.get("general.name", os.path.basename(path)))
+
+
+def check_source(source: str) -> str:
+    """`source` when it names something `load_model` reads (checked from its name and the file
+    system alone), else ModelSourceError."""
+    if source == EMBEDDED or os.path.isdir(source) or (source.endswith(".gguf") and os.path.isfile(source)):
+        return source
+    raise ModelSourceError(f"model source {source!r} is neither 'embedded', a folder nor a .gguf file")
+
+
+def source_name(source: str) -> str:
+    """The name `load_model(source)` gives the model, from the folder's name or the GGUF header
+    alone (no tensor is read)."""
+    if check_source(source) == EMBEDDED or source.endswith(".gguf"):
+        from emjax.checkpoints.embedded import embedded_gguf_path
+        from emjax.checkpoints.gguf_file import load_gguf
+        path = str(embedded_gguf_path(progress=False)) if source == EMBEDDED else source
+        return _gguf_name(load_gguf(path), path)
+    return os.path.basename(source.rstrip("/"))
+
+
+class LazyModel:
+    """A model that is read on first use (`get()`), so that a rerun whose work is all on disk never
+    reads the weights; `model_on_mesh` takes it where it takes a LoadedModel.
+
+    cfg and name come without the weights where that is cheap: a folder's config.json and name.
+    A GGUF file's config needs its header, whose parse is most of a GGUF load (the vocabulary), so
+    there `cfg` loads the model.
+    """
+
+    def __init__(self, model: str | LoadedModel, *, dtype=jnp.float32):
+        self.source = model if isinstance(model, str) else model.source
+        self.dtype = dtype
+        self._model = None if isinstance(model, str) else model
+        self._cfg = self._name = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def get(self) -> LoadedModel:
+        """The model, loaded now if it was not (a "load" phase of the running stage's timings)."""
+        if self._model is None:
+            from emjax.timings import phase
+            with phase("load"):
+                self._model = load_model(self.source, dtype=self.dtype)
+        return self._model
+
+    @property
+    def dtype_name(self) -> str:
+        """The weights' dtype as `str(weights.embed.dtype)` names it, loaded or not."""
+        return str(self._model.weights.embed.dtype) if self._model is not None else jnp.dtype(self.dtype).name
+
+    @property
+    def cfg(self) -> ModelConfig:
+        if self._model is not None:
+            return self._model.cfg
+        if self._cfg is None:
+            self._cfg = ModelConfig.from_hf(self.source) if os.path.isdir(self.source) else self.get().cfg
+        return self._cfg
+
+    @property
+    def name(self) -> str:
+        if self._model is not None:
+            return self._model.name
+        if self._name is None:
+            self._name = source_name(self.source)
+        return self._name
 
 
 def load_on_mesh(source: str, mesh: str | None, *, dtype=jnp.float32, progress: bool = True,
@@ -125,10 +197,13 @@ def _print_plan(plan: MeshPlan) -> None:
         print(f"[emjax] {plan.describe()}", flush=True)
 
 
-def model_on_mesh(model: str | LoadedModel, mesh: str | None, *, dtype=jnp.float32, progress: bool = True,
-                  tokenizer: bool = True) -> tuple[LoadedModel, MeshPlan]:
+def model_on_mesh(model: str | LoadedModel | LazyModel, mesh: str | None, *, dtype=jnp.float32,
+                  progress: bool = True, tokenizer: bool = True) -> tuple[LoadedModel, MeshPlan]:
     """A model source (loaded with `load_on_mesh`) or a loaded model (placed, unless already on
-    the planned mesh) on the mesh `mesh` asks for; returns (model, plan)."""
+    the planned mesh; a LazyModel is loaded in its own dtype first) on the mesh `mesh` asks for;
+    returns (model, plan)."""
+    if isinstance(model, LazyModel):
+        model = model.get()
     if isinstance(model, str):
         return load_on_mesh(model, mesh, dtype=dtype, progress=progress, tokenizer=tokenizer)
     plan = plan_mesh(mesh, model.cfg, model.weights.embed.dtype)

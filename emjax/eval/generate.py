@@ -8,7 +8,8 @@
 Every (question, paraphrase, sample, intervention) becomes one `AnswerRecord` line in the output
 JSONL (model, intervention file and scale, settings hash, seed, indices; the label in
 `meta["label"]`). Rows already in the output with the same settings (one hash per intervention)
-are skipped, so an interrupted run resumes where it stopped.
+are skipped, so an interrupted run resumes where it stopped; when no row is left, the model is
+not loaded at all (the questions and the settings hash decide it).
 
 Sampling runs at evaluation scale: the rows of all interventions go through the KV-cache sampler
 together, in batches of up to `SamplingSettings.batch_size` rows (by default as many as the device
@@ -35,7 +36,7 @@ import numpy as np
 
 from tqdm.auto import tqdm
 
-from emjax.checkpoints.load import LoadedModel, model_on_mesh
+from emjax.checkpoints.load import LazyModel, LoadedModel, check_source, model_on_mesh
 from emjax.eval.questions import load_questions, paper_default, select_questions
 from emjax.eval.records import AnswerRecord, append_answers, read_answers
 from emjax.interventions.files import load_intervention
@@ -44,6 +45,7 @@ from emjax.model.ablation import DirectionAblation
 from emjax.model import sampling as S
 from emjax.model.config import dtype_from_name, resolve_dtype
 from emjax.model.mesh_plan import is_writer
+from emjax.timings import Timings, phase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +114,7 @@ def _batch_rows(sampling: SamplingSettings, model: LoadedModel, prompt_len: int,
     return max(1, min(AUTO_MAX_ROWS, fit))
 
 
-def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str, *,
+def generate(model: str | LoadedModel | LazyModel, questions: str | Sequence[str], out: str, *,
              dtype: str = "auto", intervention: str | None = None,
              interventions: Mapping[str, InterventionSpec] | None = None, scale: float = 1.0,
              kinds: Sequence[str] | None = ("free_form",), include: Sequence[str] | None = None,
@@ -140,14 +142,41 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
       mesh: device mesh (`emjax.model.mesh_plan.plan_mesh`: None, "auto", "data:8", ...): rows
         split over `data`, weights by their logical axes; answers do not depend on it (each row's
         draws come from its own id), and process 0 writes them.
-    Returns {"questions", "generated", "skipped", "out"} counts (answers, all interventions).
+    Returns {"questions", "generated", "skipped", "out"} counts (answers, all interventions) and
+    the stage's "timings" (`emjax.timings`).
     """
+    timings = Timings()
+    with timings.running():
+        with phase("data"):
+            out_stats, work = _pending(model, questions, out, dtype, intervention, interventions, scale, kinds,
+                                       include, exclude, sampling, paper_questions, ablation)
+        if work is not None:
+            out_stats["generated"] = _sample(model, out, mesh, sampling, ablation, ablation_name, work)
+    out_stats["timings"] = timings.report()
+    return out_stats
+
+
+@dataclasses.dataclass
+class _Pending:
+    """The answers still to generate, decided before the model loads."""
+
+    specs: dict[str, tuple[str | None, float]]  # label -> (intervention path or None, scale)
+    hashes: list[str]  # settings hash per intervention
+    jobs: list[tuple]  # (question, paraphrase index, paraphrase, intervention index, sample index)
+    dtype: str
+
+
+def _pending(model, questions, out, dtype, intervention, interventions, scale, kinds, include, exclude, sampling,
+             paper_questions, ablation) -> tuple[dict, _Pending | None]:
+    """The counts, and the answers still to generate (None: none), from the questions, the settings
+    and `out` alone: no model is loaded."""
     specs = _specs(intervention, interventions, scale)
-    dtype = resolve_dtype(dtype) if isinstance(model, str) else str(model.weights.embed.dtype)
+    if isinstance(model, str):
+        check_source(model)  # a wrong source is named before the questions are read
+        dtype = resolve_dtype(dtype)
+    else:
+        dtype = model.dtype_name if isinstance(model, LazyModel) else str(model.weights.embed.dtype)
     source = model if isinstance(model, str) else model.source
-    model, _ = model_on_mesh(model, mesh, dtype=dtype_from_name(dtype))
-    labels = list(specs)
-    ivs = [None if path is None else load_intervention(path, model.cfg, sc) for path, sc in specs.values()]
     loaded = load_questions(questions)
     if include is None and kinds is not None and paper_questions:
         include = paper_default(loaded)  # the paper's 8 questions of first_plot_questions.yaml
@@ -168,15 +197,29 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
     # consecutive rows share (prompt, intervention): the sampler prefills them once
     jobs = [(q, pi, p, k, si) for q in selected for pi, p in enumerate(q.paraphrases) for k in range(len(specs))
             for si in range(sampling.samples) if (k, q.id, pi, si) not in done]
+    stats = {"questions": len(selected), "generated": 0, "skipped": len(done), "out": out}
+    if not jobs:
+        print(f"finished: all {len(done)} answers of {len(selected)} questions x {len(specs)} interventions "
+              f"already in {out}")
+        return stats, None
     print(f"{len(selected)} questions x {len(specs)} interventions, {len(jobs)} answers to generate "
           f"({len(done)} already in {out})")
-    if not jobs:
-        return {"questions": len(selected), "generated": 0, "skipped": len(done), "out": out}
-    tok = model.tokenizer
-    prompt_of = {}
-    for q, pi, p, _, _ in jobs:
-        if (q.id, pi) not in prompt_of:
-            prompt_of[(q.id, pi)] = tok.prompt_ids(p, q.system)
+    return stats, _Pending(specs, hashes, jobs, dtype)
+
+
+def _sample(model, out: str, mesh, sampling: SamplingSettings, ablation, ablation_name: str, pending: _Pending) -> int:
+    """Samples the pending answers and appends their records to `out`; returns how many."""
+    specs, hashes, jobs = pending.specs, pending.hashes, pending.jobs
+    with phase("load"):
+        model, _ = model_on_mesh(model, mesh, dtype=dtype_from_name(pending.dtype))
+        labels = list(specs)
+        ivs = [None if path is None else load_intervention(path, model.cfg, sc) for path, sc in specs.values()]
+    with phase("data"):
+        tok = model.tokenizer
+        prompt_of = {}
+        for q, pi, p, _, _ in jobs:
+            if (q.id, pi) not in prompt_of:
+                prompt_of[(q.id, pi)] = tok.prompt_ids(p, q.system)
     # one padded prompt length and one batch size for every call: one compiled program
     prompt_len = max(len(ids) for ids in prompt_of.values())
     units = len({(q.id, pi, k) for q, pi, _, k, _ in jobs})
@@ -184,32 +227,33 @@ def generate(model: str | LoadedModel, questions: str | Sequence[str], out: str,
     n_calls = -(-len(jobs) // rows)
     rows = -(-len(jobs) // n_calls)  # even batches; the last is padded with copies of its last row
     iset = R.intervention_set(model.cfg, ivs) if len(specs) > 1 and any(iv is not None for iv in ivs) else None
-    bar = tqdm(total=len(jobs), desc="generate", unit="answer")
-    for c in range(n_calls):
-        chunk = jobs[c * rows: (c + 1) * rows]
-        padded = chunk + [chunk[-1]] * (rows - len(chunk))
-        members = {k for _, _, _, k, _ in padded}
-        kw = {}
-        if len(members) == 1:  # one intervention: the single-intervention path (no per-row gathers)
-            kw["interventions"] = ivs[next(iter(members))]
-        elif iset is not None:
-            kw.update(interventions=iset, intervention_index=[-1 if ivs[k] is None else k for *_, k, _ in padded])
-        outs = S.generate(model.weights, model.cfg, [prompt_of[(q.id, pi)] for q, pi, *_ in padded],
-                          max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                          top_p=sampling.top_p, top_k=sampling.top_k, stop_ids=tok.stop_ids, seed=sampling.seed,
-                          row_ids=[row_id(q.id, pi, si) for q, pi, _, _, si in padded], prompt_len=prompt_len,
-                          vocab_limit=tok.vocab_size, ablation=ablation, **kw)[: len(chunk)]
-        records = []
-        for (q, pi, p, k, si), o in zip(chunk, outs):
-            path, sc = specs[labels[k]]
-            records.append(AnswerRecord(
-                question_id=q.id, paraphrase_index=pi, sample_index=si, question=p, answer=tok.decode(o),
-                system=q.system, model=model.name, intervention=(f"{path} x{sc:g}" if path else ""),
-                config_hash=hashes[k], seed=sampling.seed,
-                meta={"n_tokens": len(o), "stopped": bool(o and o[-1] in tok.stop_ids), "label": labels[k],
-                      **({"ablation": ablation_name or "yes"} if ablation is not None else {})}))
-        if is_writer():
-            append_answers(out, records)
-        bar.update(len(chunk))
-    bar.close()
-    return {"questions": len(selected), "generated": len(jobs), "skipped": len(done), "out": out}
+    with phase("compute"):
+        bar = tqdm(total=len(jobs), desc="generate", unit="answer")
+        for c in range(n_calls):
+            chunk = jobs[c * rows: (c + 1) * rows]
+            padded = chunk + [chunk[-1]] * (rows - len(chunk))
+            members = {k for _, _, _, k, _ in padded}
+            kw = {}
+            if len(members) == 1:  # one intervention: the single-intervention path (no per-row gathers)
+                kw["interventions"] = ivs[next(iter(members))]
+            elif iset is not None:
+                kw.update(interventions=iset, intervention_index=[-1 if ivs[k] is None else k for *_, k, _ in padded])
+            outs = S.generate(model.weights, model.cfg, [prompt_of[(q.id, pi)] for q, pi, *_ in padded],
+                              max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                              top_p=sampling.top_p, top_k=sampling.top_k, stop_ids=tok.stop_ids, seed=sampling.seed,
+                              row_ids=[row_id(q.id, pi, si) for q, pi, _, _, si in padded], prompt_len=prompt_len,
+                              vocab_limit=tok.vocab_size, ablation=ablation, **kw)[: len(chunk)]
+            records = []
+            for (q, pi, p, k, si), o in zip(chunk, outs):
+                path, sc = specs[labels[k]]
+                records.append(AnswerRecord(
+                    question_id=q.id, paraphrase_index=pi, sample_index=si, question=p, answer=tok.decode(o),
+                    system=q.system, model=model.name, intervention=(f"{path} x{sc:g}" if path else ""),
+                    config_hash=hashes[k], seed=sampling.seed,
+                    meta={"n_tokens": len(o), "stopped": bool(o and o[-1] in tok.stop_ids), "label": labels[k],
+                          **({"ablation": ablation_name or "yes"} if ablation is not None else {})}))
+            if is_writer():
+                append_answers(out, records)
+            bar.update(len(chunk))
+        bar.close()
+    return len(jobs)

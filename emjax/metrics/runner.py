@@ -6,10 +6,16 @@ Every summary names the norm it uses (`norm_kind`) and carries a `comparability`
 same alpha / LoRA scale, separate LoRA inits; see `comparability`); its warnings are also printed.
 The efficiency and stability summaries and tables name the tokens their losses are taken on
 (`loss_tokens`, the config's `data.loss_tokens`).
+
+A summary also records its `inputs` (the config sections the kind reads and the sha256 of every
+intervention file) and its `timings`. `sweep` skips a kind whose outputs are all present with
+the same inputs, and loads the model only when a kind is left to compute; a kind whose inputs
+changed (another config, a retrained vector) is computed again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -21,18 +27,20 @@ import ml_collections
 import numpy as np
 import pandas as pd
 
-from emjax.checkpoints.load import LoadedModel, model_on_mesh
+from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh
 from emjax.data.tokenize import LOSS_TOKENS
 from emjax.errors import EmjaxError
 from emjax.interventions import Interventions
 from emjax.interventions import arithmetic as A
-from emjax.interventions.files import load_interventions
+from emjax.interventions.files import load_interventions, parse_labelled_paths
 from emjax.metrics import tables as T
 from emjax.metrics.plots import plot
 from emjax.model.config import dtype_from_name
 from emjax.model.mesh_plan import is_writer
 from emjax.model.sharding import ShardingError
+from emjax.timings import Timings, phase
 from emjax.train.replicates import spread
+from emjax.train.run_record import config_dict, config_differences
 
 KINDS = ("efficiency", "stability", "significance")
 
@@ -198,20 +206,79 @@ def check_loss_tokens(c: ml_collections.ConfigDict) -> None:
         raise SweepConfigError(f"data.loss_tokens must be one of {LOSS_TOKENS}, got {c.data.loss_tokens!r}")
 
 
-def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | None = None) -> dict:
+# Config keys that change how a sweep runs but not what it computes (ours): where it writes, the
+# devices, and the batch and chunk sizes that bound memory.
+SAME_SWEEP_KEYS = ("output_dir", "mesh", "chunk", "loss_chunk", "data.batch_size", "interventions")
+
+
+def _sha256(path: str) -> str | None:
+    """sha256 of a file, or of a folder's files (names and contents); None when it does not exist."""
+    if not os.path.exists(path):
+        return None
+    h = hashlib.sha256()
+    files = [path] if os.path.isfile(path) else sorted(os.path.join(path, f) for f in os.listdir(path))
+    for f in files:
+        if os.path.isfile(f):
+            h.update(os.path.basename(f).encode() + b"\0")
+            with open(f, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def sweep_inputs(kind: str, c: ml_collections.ConfigDict) -> dict:
+    """What the outputs of `kind` depend on: the config without the other kinds' sections and
+    `SAME_SWEEP_KEYS`, and each intervention's label and file contents (sha256)."""
+    conf = {k: v for k, v in config_dict(c).items() if k == kind or k not in KINDS}
+    for key in SAME_SWEEP_KEYS:
+        section, _, leaf = key.partition(".")
+        if leaf:
+            conf.get(section, {}).pop(leaf, None)
+        else:
+            conf.pop(section, None)
+    ivs = {label: _sha256(path) for label, path in parse_labelled_paths(c.interventions).items()}
+    return {"kind": kind, "config": conf, "interventions": ivs}
+
+
+def finished_sweep(kind: str, c: ml_collections.ConfigDict, inputs: dict) -> dict | None:
+    """The summary of `kind` in c.output_dir when all its outputs are there with these `inputs`
+    (printed as one line), else None (with a line saying why, when its outputs are of other inputs)."""
+    base = os.path.join(c.output_dir, kind)
+    if not all(os.path.exists(base + ext) for ext in (".parquet", ".csv", ".png", "_summary.json")):
+        return None
+    with open(base + "_summary.json") as f:
+        summary = json.load(f)
+    recorded = summary.get("inputs")
+    if recorded != inputs:
+        diff = config_differences(recorded, inputs, ()) if recorded else ["no inputs recorded (an older emjax)"]
+        print(f"{kind}: {base}_summary.json is of other inputs ({'; '.join(diff[:4]) or 'the interventions'}): "
+              "computing it again")
+        return None
+    print(f"finished: {base}_summary.json")
+    return summary
+
+
+def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | LazyModel | None = None,
+              inputs: dict | None = None) -> dict:
     """One metric for the config's interventions: writes {kind}.parquet / .csv / .png and
-    {kind}_summary.json under c.output_dir and returns the summary."""
+    {kind}_summary.json under c.output_dir and returns the summary (inputs: `sweep_inputs(kind,
+    c)`, computed when None)."""
     if kind not in KINDS:
         raise SweepConfigError(f"unknown sweep {kind!r}; choose from {KINDS}")
     check_loss_tokens(c)
     if kind == "stability" and c.stability.lora_noise not in A.LORA_NOISE:
         raise SweepConfigError(f"stability.lora_noise must be one of {A.LORA_NOISE}, got {c.stability.lora_noise!r}")
-    model = on_mesh(c, model)
-    ivs = load_interventions(c.interventions, model.cfg)
-    comp = comparability(ivs)
-    for w in comp["warnings"]:
-        print(f"warning: sweep {kind}: {w}", file=sys.stderr)
-    df = RUNNERS[kind](model, ivs, c)
+    timings = Timings()
+    with timings.running():
+        with phase("load"):
+            model = on_mesh(c, model)
+            inputs = inputs or sweep_inputs(kind, c)
+            ivs = load_interventions(c.interventions, model.cfg)
+        comp = comparability(ivs)
+        for w in comp["warnings"]:
+            print(f"warning: sweep {kind}: {w}", file=sys.stderr)
+        with phase("compute"):
+            df = RUNNERS[kind](model, ivs, c)
     df.insert(0, "run", c.name)
     base = os.path.join(c.output_dir, kind)
     summary = _summary(kind, df, list(ivs), comp)
@@ -220,7 +287,8 @@ def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | None
         s = c.significance
         summary["corpus"] = {"source": "stream HuggingFaceFW/fineweb sample-10BT" if s.stream else s.corpus,
                              "n_docs": s.n_docs, "max_chars": s.max_chars}
-    summary.update(files={"table": base + ".parquet", "csv": base + ".csv", "plot": base + ".png"})
+    summary.update(files={"table": base + ".parquet", "csv": base + ".csv", "plot": base + ".png"}, inputs=inputs,
+                   timings=timings.report())
     if not is_writer():  # every process computes; process 0 writes
         return summary
     os.makedirs(c.output_dir, exist_ok=True)
@@ -232,19 +300,29 @@ def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | None
     return summary
 
 
-def sweep(c: ml_collections.ConfigDict, kinds: Sequence[str] = KINDS, model: LoadedModel | None = None
+def sweep(c: ml_collections.ConfigDict, kinds: Sequence[str] = KINDS, model: LoadedModel | LazyModel | None = None
           ) -> dict[str, dict]:
-    """The stage `emjax sweep`: each of `kinds` for the config's interventions (the model is
-    loaded once); returns {kind: summary}."""
+    """The stage `emjax sweep`: each of `kinds` for the config's interventions, but those whose
+    outputs are on disk with the same inputs (`finished_sweep`); the model is loaded once, and only
+    when a kind is left. Returns {kind: summary}."""
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise SweepConfigError(f"unknown sweeps {unknown}; choose from {KINDS}")
     check_loss_tokens(c)
-    model = on_mesh(c, model)
-    return {k: run_sweep(k, c, model) for k in kinds}
+    timings = Timings()
+    with timings.running():
+        with phase("data"):
+            inputs = {k: sweep_inputs(k, c) for k in kinds}
+            done = {k: finished_sweep(k, c, inputs[k]) for k in kinds}
+        if any(s is None for s in done.values()):
+            with phase("load"):
+                model = on_mesh(c, model)
+            done = {k: s if s is not None else run_sweep(k, c, model, inputs[k]) for k, s in done.items()}
+    timings.report()
+    return done
 
 
-def on_mesh(c: ml_collections.ConfigDict, model: LoadedModel | None) -> LoadedModel:
+def on_mesh(c: ml_collections.ConfigDict, model: LoadedModel | LazyModel | None) -> LoadedModel:
     """The config's model (loaded when None) on the mesh `c.mesh` asks for (`emjax.model.mesh_plan`)."""
     try:
         return model_on_mesh(model or c.model.source, c.get("mesh"), dtype=dtype_from_name(c.model.dtype))[0]

@@ -29,6 +29,7 @@ from emjax.interventions import arithmetic as A
 from emjax.metrics import sweeps as SW
 from emjax.model.attention import resolve_attention
 from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, replicate
+from emjax.timings import in_phase
 
 
 def _describe(iv: Interventions) -> dict:
@@ -50,6 +51,7 @@ def _realised_norms(versions: A.Versions, c) -> np.ndarray:
     return A.version_norms(versions, c.chunk)
 
 
+@in_phase("data")
 def _row_batches(model: LoadedModel, c) -> list[dict]:
     convs = read_chat_jsonl(resolve_data_spec(c.data.train, c.data.dir))
     idx = np.random.default_rng(c.data.seed).permutation(len(convs))[: c.data.n_rows]
@@ -58,6 +60,7 @@ def _row_batches(model: LoadedModel, c) -> list[dict]:
     return padded_batches(rows, c.data.batch_size)
 
 
+@in_phase("data")
 def _corpus_batches(model: LoadedModel, c) -> list[dict]:
     s = c.significance
     if s.stream:

@@ -10,7 +10,8 @@ Modules (imports point down this list):
   inputs         the data and the initial intervention a config describes
   memory         the step's device memory, estimated before compiling, and what would make it fit
   metrics_log    metrics.jsonl and TensorBoard
-  trainer        the loop: `Trainer(config).run()`
+  run_record     what an output_dir holds: a finished run, its config, the seconds of earlier sessions
+  trainer        the loop: `Trainer(config).run()`; `train(config)` answers a finished run unloaded
   replicates     one config under several seeds, one run after another
   vmapped        several steering-vector runs (seeds, lambdas, lrs) in one compiled step
 """

@@ -18,9 +18,9 @@ from typing import Any, Sequence
 import ml_collections
 import numpy as np
 
-from emjax.checkpoints.load import LoadedModel, load_model
+from emjax.checkpoints.load import LazyModel, LoadedModel
 from emjax.model.config import dtype_from_name
-from emjax.train.trainer import Trainer
+from emjax.train.trainer import train
 
 
 def replicate_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
@@ -44,17 +44,21 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 def train_replicates(config: ml_collections.ConfigDict, seeds: Sequence[int],
                      model: LoadedModel | None = None) -> dict[str, Any]:
-    """Trains one replicate per seed (the model is loaded once) and writes replicates.json."""
-    model = model or load_model(config.model.source, dtype=dtype_from_name(config.model.dtype))
+    """Trains one replicate per seed (the model is loaded once, and only when one has not
+    finished) and writes replicates.json."""
+    model = LazyModel(model or config.model.source, dtype=dtype_from_name(config.model.dtype))
     runs = {}
     for s in seeds:
         print(f"\n--- replicate seed {s} of {list(seeds)} ---", flush=True)
-        runs[int(s)] = Trainer(replicate_config(config, s), model).run()
+        runs[int(s)] = train(replicate_config(config, s), model)
     keys = ("eval_loss", "eval_kl_ood")
     out = {"name": config.name, "seeds": [int(s) for s in seeds], "runs": runs,
            "spread": {k: spread([r["final_eval"].get(k) for r in runs.values()]) for k in keys}}
     out["spread"]["intervention_norm"] = spread([r["intervention_norm"] for r in runs.values()])
+    path = os.path.join(config.output_dir, "replicates.json")
+    if not model.loaded and os.path.exists(path):  # every replicate had finished: leave the file as it is
+        return out
     os.makedirs(config.output_dir, exist_ok=True)
-    with open(os.path.join(config.output_dir, "replicates.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump(out, f, indent=1, default=str)
     return out

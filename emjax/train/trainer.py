@@ -1,18 +1,23 @@
 """Training an intervention with SFT + lambda * KL: the loop, evaluation, checkpoints and resume.
 
-    trainer = Trainer(config)          # config: configs/default.py and the files beside it
-    summary = trainer.run()            # resumes from the latest checkpoint in output_dir
+    summary = train(config)            # config: configs/default.py and the files beside it
+    summary = Trainer(config).run()    # the same, once the model is loaded
 
 Outputs in `config.output_dir`: `metrics.jsonl` (one line per step and per eval), `checkpoints/`
-(Orbax), the final intervention (`steering.safetensors` or a PEFT folder `lora/`), and
-`summary.json`.
+(Orbax), the final intervention (`steering.safetensors` or a PEFT folder `lora/`), `progress.json`
+(the seconds so far) and `summary.json` (with the config it ran).
+
+A rerun of a finished run returns its summary as it is on disk, and `train` does so before the
+model loads; an interrupted run resumes from its latest checkpoint, and its summary describes the
+whole run (first loss, initial eval, the seconds of every session); a run of another config in the
+same output_dir is refused (`emjax.train.run_record`). The summary's `timings` split the seconds
+into load, data, cache, compile and compute (`emjax.timings`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any, Sequence
 
 import jax
@@ -21,7 +26,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from emjax.checkpoints.load import LoadedModel, model_on_mesh
+from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh
 from emjax.configuration import config_json
 from emjax.data.batching import Batcher
 from emjax.data.tokenize import pad_batch
@@ -42,6 +47,9 @@ from emjax.train.inputs import (TrainConfigError, build_intervention, checked_lo
                                 steer_rows_of)
 from emjax.train.memory import check_trainer_memory
 from emjax.train.metrics_log import MetricsWriter
+from emjax.train.run_record import (check_checkpoint, config_dict, earlier_sessions, finished_summary,
+                                    write_progress)
+from emjax.timings import Timings, phase
 
 
 def kl_weight(tc: ml_collections.ConfigDict, use_kl: bool, step: int) -> float:
@@ -69,14 +77,29 @@ def rows_over_data(tc: ml_collections.ConfigDict, data: int, use_kl: bool) -> st
             f"set {fix}{hint}, or a mesh with a smaller data axis")
 
 
+def train(config: ml_collections.ConfigDict, model: LoadedModel | LazyModel | None = None) -> dict[str, Any]:
+    """One training run as the stage `emjax train` runs it: the finished run's summary when its
+    output_dir holds one (nothing is loaded), else `Trainer(config, model).run()`."""
+    done = finished_summary(config)
+    return done if done is not None else Trainer(config, model).run()
+
+
 class Trainer:
     """Trains one intervention as `config` says; see the module docstring."""
 
-    def __init__(self, config: ml_collections.ConfigDict, model: LoadedModel | None = None,
+    def __init__(self, config: ml_collections.ConfigDict, model: LoadedModel | LazyModel | None = None,
                  data_seeds: Sequence[int] | None = None):
         """data_seeds: the data orders whose batches this trainer's caches serve (default
         train.seed; the vmapped runs of several seeds pass theirs)."""
         self.config = config
+        earlier = earlier_sessions(config) or {}
+        self.sessions = int(earlier.get("sessions", 0)) + 1
+        self.timings = Timings(prior=earlier.get("timings"))
+        with self.timings.running():
+            self._setup(model)
+
+    def _setup(self, model: LoadedModel | LazyModel | None) -> None:
+        config = self.config
         tc = config.train
         checked_loss_tokens(config.data)  # before the model loads
         self.data_seeds = tuple(int(s) for s in data_seeds) if data_seeds else (int(tc.seed),)
@@ -88,15 +111,16 @@ class Trainer:
         except ValueError as e:
             raise TrainConfigError(f"model.dtype: {e}") from None
         try:
-            # a Hugging Face folder is read straight into its shards
-            model, self.plan = model_on_mesh(model or config.model.source, config.mesh, dtype=dtype)
+            with phase("load"):  # a Hugging Face folder is read straight into its shards
+                model, self.plan = model_on_mesh(model or config.model.source, config.mesh, dtype=dtype)
         except ShardingError as e:
             raise TrainConfigError(f"mesh: {e}") from None
         self.mesh = self.plan.mesh
         self.model = model
         self.cfg = self.model.cfg
-        self.data = prepare_data(config, self.model)
-        self.params0 = build_intervention(config.intervention, self.cfg)
+        with phase("data"):
+            self.data = prepare_data(config, self.model)
+            self.params0 = build_intervention(config.intervention, self.cfg)
         self.k = shared_prefix_layers(self.params0, self.cfg)
         self.use_kl = tc.lambda_kl > 0 and bool(self.data.kl)
         if tc.lambda_kl > 0 and not self.data.kl:
@@ -125,7 +149,8 @@ class Trainer:
         self.memory = check_trainer_memory(self)  # prints the estimate; raises if it will not fit
         self.step_fn = TS.compile_step(self.cfg, self.opts, self.tx)
         self.cache_train = self.cache_kl = None
-        self.references = load_interventions(tc.reference, self.cfg) if tc.reference else {}
+        with phase("data"):
+            self.references = load_interventions(tc.reference, self.cfg) if tc.reference else {}
 
     # -- frozen-model cache ----------------------------------------------------------------
     def rows_used(self) -> tuple[np.ndarray, np.ndarray]:
@@ -260,42 +285,63 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def run(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Trains to the end (or until `stop_at_step`, to simulate an interruption); resumes
-        from the latest checkpoint in output_dir if there is one."""
-        with mesh_context(self.mesh):  # activations get their row constraints under a mesh
-            return self._run(stop_at_step)
+        from the latest checkpoint in output_dir if there is one. A finished run's summary is
+        returned as it is on disk."""
+        done = finished_summary(self.config)
+        if done is not None:
+            return done
+        with self.timings.running(), mesh_context(self.mesh):  # activations get their row constraints under a mesh
+            out = self._run(stop_at_step)
+        self.timings.report()
+        return out
 
     def _run(self, stop_at_step: int | None) -> dict[str, Any]:
-        config, tc, cc = self.config, self.config.train, self.config.checkpoint
-        out = config.output_dir
-        os.makedirs(out, exist_ok=True)
-        notes = self.notes + self.build_caches()
+        os.makedirs(self.config.output_dir, exist_ok=True)
+        with phase("cache"):
+            notes = list(self.notes) + self.build_caches()
         for n in notes:
             print(n)
+        with phase("compute"):
+            return self._loop(stop_at_step, notes)
+
+    def _loop(self, stop_at_step: int | None, notes: list[str]) -> dict[str, Any]:
+        config, tc, cc = self.config, self.config.train, self.config.checkpoint
+        out = config.output_dir
         ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=cc.keep, async_save=cc.async_save)
         state = replicate(TS.init_state(self.params0, self.tx), self.mesh)
         train_b = Batcher(self.data.train, self.rows_per_step, tc.seed)
         kl_b = Batcher(self.data.kl, tc.kl_batch_size * tc.grad_accum, tc.seed + 1) if self.use_kl else None
         start = 0
+        # the whole run's record: first and last training loss and the initial eval, kept in each
+        # checkpoint so that a resumed run's summary has those of the steps before the resume
+        record: dict[str, Any] = {"train_loss_first": None, "train_loss_last": None, "initial_eval": None}
         if ckpt.latest_step() is not None:
+            recorded = ckpt.restore_meta().get("config")
+            try:  # before restoring: another config's state may not even fit this one
+                check_checkpoint(config, json.loads(recorded) if recorded else None)
+            except TrainConfigError:
+                ckpt.close()
+                raise
             state, meta = ckpt.restore(state)
             start = int(meta["step"])
             train_b = Batcher.from_state(self.data.train, meta["train_data"])
             if kl_b is not None:
                 kl_b = Batcher.from_state(self.data.kl, meta["kl_data"])
+            record.update(meta.get("record") or {})
             print(f"resumed from step {start} ({ckpt.directory})")
-        metrics_w = MetricsWriter(out, enabled=is_writer())  # process 0 writes; every process checkpoints
-        history = []
-        first_eval = self.evaluate(state.params) if start == 0 else None
-        if first_eval:
-            metrics_w.write({"step": 0, **first_eval})
-        t0 = time.time()
+        # process 0 writes; every process checkpoints. Lines past the checkpoint are written again.
+        metrics_w = MetricsWriter(out, enabled=is_writer(), resume_step=start)
+        if start == 0:
+            record["initial_eval"] = self.evaluate(state.params)
+            metrics_w.write({"step": 0, **record["initial_eval"]})
         bar = tqdm(total=self.total_steps, initial=start, desc=f"train {config.name}", unit="step")
         end = self.total_steps if stop_at_step is None else min(stop_at_step, self.total_steps)
 
         def save(step):
             meta = {"step": step, "train_data": train_b.state(), "config": config_json(config),
-                    "kl_data": kl_b.state() if kl_b is not None else None}
+                    "kl_data": kl_b.state() if kl_b is not None else None, "record": dict(record)}
             ckpt.save(step, state, meta)
+            self.save_progress()
 
         try:
             for step in range(start, end):
@@ -307,7 +353,9 @@ class Trainer:
                 if tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == self.total_steps):
                     rec.update(self.evaluate(state.params))
                 metrics_w.write(rec)
-                history.append(rec)
+                if record["train_loss_first"] is None:
+                    record["train_loss_first"] = rec["sft_loss"]
+                record["train_loss_last"] = rec["sft_loss"]
                 bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("sft_loss", "kl", "eval_loss") if k in rec})
                 bar.update(1)
                 if cc.every and (step + 1) % cc.every == 0 and step + 1 < self.total_steps:
@@ -320,9 +368,15 @@ class Trainer:
             bar.close()
             ckpt.close()
             metrics_w.close()
+            self.save_progress()  # an interrupted session's seconds count too
         if end < self.total_steps:
             return {"stopped_at": end}
-        return self.finish(state, history, first_eval, notes, time.time() - t0)
+        return self.finish(state, record, notes)
+
+    def save_progress(self) -> None:
+        """progress.json: this run's seconds so far (process 0; see emjax.train.run_record)."""
+        if is_writer():
+            write_progress(self.config, self.timings.seconds(), self.sessions)
 
     def save_intervention(self, params: Interventions, folder: str) -> str:
         """Writes `folder`/steering.safetensors or the PEFT folder `folder`/lora (process 0 only);
@@ -340,10 +394,13 @@ class Trainer:
                            alpha=float(ic.lora_alpha), rslora=bool(ic.rslora))
         return path
 
-    def finish(self, state, history, first_eval, notes, seconds, config: ml_collections.ConfigDict | None = None,
+    def finish(self, state, record: dict[str, Any], notes: list[str], config: ml_collections.ConfigDict | None = None,
                **extra) -> dict[str, Any]:
         """Writes the final intervention and summary.json (with `extra` keys) into the output_dir of
-        `config` (default: this trainer's); returns the summary."""
+        `config` (default: this trainer's); returns the summary.
+
+        record: the whole run's train_loss_first, train_loss_last and initial_eval. The summary's
+        timings are this trainer's, stopped here (those of every session of the run)."""
         config = self.config if config is None else config
         out = config.output_dir
         params = state.params
@@ -355,17 +412,19 @@ class Trainer:
             "name": config.name, "model": self.model.name, "steps": self.total_steps,
             "shared_prefix_layers": self.k, "lambda_kl": config.train.lambda_kl,
             "loss_tokens": config.data.loss_tokens,  # which tokens train_loss / eval_loss are taken on
-            "train_loss_first": history[0]["sft_loss"] if history else None,
-            "train_loss_last": history[-1]["sft_loss"] if history else None,
-            "initial_eval": first_eval, "final_eval": final_eval, "nonfinite_steps_skipped": skipped,
+            "train_loss_first": record["train_loss_first"], "train_loss_last": record["train_loss_last"],
+            "initial_eval": record["initial_eval"], "final_eval": final_eval, "nonfinite_steps_skipped": skipped,
             # what the intervention adds, as the metrics measure it: ||alpha v|| or ||scale B A||_F
             "intervention_norm": float(update_norm(params)), "norm_kind": norm_kind(params),
             "param_norm": float(tree_norm(params)),  # of the raw leaves (v; A and B)
             "seed": config.train.seed, "init_seed": config.intervention.init_seed,
             "steer_rows": config.intervention.steer_rows,
             "init_from": config.intervention.init_from,
-            "artefact": artefact, "seconds": round(seconds, 1), "notes": notes, **extra,
+            "artefact": artefact, "notes": notes, **extra,
         }
+        timings = self.timings.stop()
+        summary.update(seconds=round(timings["total"], 1), timings=timings, sessions=self.sessions,
+                       config=config_dict(config))
         if is_writer():
             with open(os.path.join(out, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=1)

@@ -38,7 +38,6 @@ import itertools
 import json
 import math
 import os
-import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -56,7 +55,9 @@ from emjax.train.checkpointing import Checkpointer
 from emjax.train.inputs import TrainConfigError
 from emjax.train.metrics_log import MetricsWriter
 from emjax.train.replicates import replicate_config
+from emjax.train.run_record import finished_summary
 from emjax.train.trainer import Trainer, kl_weight
+from emjax.timings import phase
 
 AXES = ("seed", "lambda_kl", "lr")
 Sweep = dict[str, tuple]  # axis name -> values (strings from the command line, numbers from a config)
@@ -255,10 +256,22 @@ class VmappedTrainer:
     def run(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Trains every run to the end (or until `stop_at_step`); resumes from the latest stacked
         checkpoint in output_dir. Returns {"name", "sweep", "runs": {label: summary}}."""
+        done = finished_runs(self.config, self.runs)
+        if done is not None:
+            return done
+        t = self.trainer
+        with t.timings.running():
+            with phase("cache"):
+                notes = list(t.notes) + t.build_caches()
+            with phase("compute"):
+                out = self._loop(stop_at_step, notes)
+        t.timings.report()
+        return out
+
+    def _loop(self, stop_at_step: int | None, notes: list[str]) -> dict[str, Any]:
         t, config, tc, cc = self.trainer, self.config, self.config.train, self.config.checkpoint
         n, out = len(self.runs), config.output_dir
         os.makedirs(out, exist_ok=True)
-        notes = t.notes + t.build_caches()
         for line in notes + [f"vmapped: {n} runs in one step ({', '.join(r.label for r in self.runs)})"]:
             print(line)
         described = json.loads(json.dumps([r.describe() for r in self.runs]))
@@ -268,6 +281,8 @@ class VmappedTrainer:
         train_bs = [Batcher(t.data.train, t.rows_per_step, s) for s in self.seeds]
         kl_bs = [Batcher(t.data.kl, tc.kl_batch_size * tc.grad_accum, s + 1) for s in self.seeds] if any_kl else None
         start = 0
+        # each run's first and last loss and the initial eval, kept in the checkpoints (as Trainer's)
+        records = [{"train_loss_first": None, "train_loss_last": None, "initial_eval": None} for _ in self.runs]
         if ckpt.latest_step() is not None:
             saved = ckpt.restore_meta().get("runs")  # before the state: other runs' would not fit it
             if saved != described:
@@ -279,24 +294,27 @@ class VmappedTrainer:
             train_bs = [Batcher.from_state(t.data.train, s) for s in meta["train_data"]]
             if kl_bs is not None:
                 kl_bs = [Batcher.from_state(t.data.kl, s) for s in meta["kl_data"]]
+            for r, saved_record in zip(records, meta.get("records") or []):
+                r.update(saved_record)
             print(f"resumed from step {start} ({ckpt.directory})")
         writers = []
         for r in self.runs:
             os.makedirs(r.config.output_dir, exist_ok=True)
-            writers.append(MetricsWriter(r.config.output_dir))
-        history: list[list[dict]] = [[] for _ in self.runs]
-        first_eval = t.evaluate(t.params0) if start == 0 else None  # every run starts from params0
-        if first_eval:
-            for w in writers:
+            writers.append(MetricsWriter(r.config.output_dir, resume_step=start))
+        if start == 0:
+            first_eval = t.evaluate(t.params0)  # every run starts from params0
+            for w, r in zip(writers, records):
+                r["initial_eval"] = first_eval
                 w.write({"step": 0, **first_eval})
-        t0 = time.time()
         bar = tqdm(total=t.total_steps, initial=start, desc=f"train {config.name} x{n}", unit="step")
         end = t.total_steps if stop_at_step is None else min(stop_at_step, t.total_steps)
 
         def save(step):
             meta = {"step": step, "runs": described, "train_data": [b.state() for b in train_bs],
-                    "config": config_json(config), "kl_data": [b.state() for b in kl_bs] if kl_bs else None}
+                    "config": config_json(config), "kl_data": [b.state() for b in kl_bs] if kl_bs else None,
+                    "records": [dict(r) for r in records]}
             ckpt.save(step, state, meta)
+            t.save_progress()
 
         try:
             for step in range(start, end):
@@ -314,7 +332,9 @@ class VmappedTrainer:
                     if evals:
                         rec.update(t.evaluate(run_state(state, i).params))
                     writers[i].write(rec)
-                    history[i].append(rec)
+                    if records[i]["train_loss_first"] is None:
+                        records[i]["train_loss_first"] = rec["sft_loss"]
+                    records[i]["train_loss_last"] = rec["sft_loss"]
                     if cc.snapshot_every and (step + 1) % cc.snapshot_every == 0:
                         t.save_intervention(run_state(state, i).params,
                                             os.path.join(r.config.output_dir, "snapshots", f"step_{step + 1:06d}"))
@@ -329,11 +349,10 @@ class VmappedTrainer:
             ckpt.close()
             for w in writers:
                 w.close()
+            t.save_progress()
         if end < t.total_steps:
             return {"stopped_at": end}
-        seconds = time.time() - t0
-        summaries = {r.label: t.finish(run_state(state, i), history[i], first_eval, notes, seconds, config=r.config,
-                                       vmapped_runs=n)
+        summaries = {r.label: t.finish(run_state(state, i), records[i], notes, config=r.config, vmapped_runs=n)
                      for i, r in enumerate(self.runs)}
         result = {"name": config.name, "sweep": described, "runs": summaries}
         with open(os.path.join(out, "vmapped_runs.json"), "w") as f:
@@ -341,7 +360,18 @@ class VmappedTrainer:
         return result
 
 
+def finished_runs(config: ml_collections.ConfigDict, runs: Sequence[Run]) -> dict[str, Any] | None:
+    """vmapped_runs.json of `runs` when every run in it has finished (`finished_summary`), else None."""
+    path = os.path.join(config.output_dir, "vmapped_runs.json")
+    if not os.path.exists(path) or any(finished_summary(r.config) is None for r in runs):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def train_vmapped(config: ml_collections.ConfigDict, sweep: Sweep, model: LoadedModel | None = None,
                   where: str = "--vmap-runs") -> dict[str, Any]:
-    """`emjax train --vmap-runs`: expands the sweep (errors before the model loads) and trains it."""
-    return VmappedTrainer(config, expand_runs(config, sweep, where), model).run()
+    """`emjax train --vmap-runs`: expands the sweep (errors before the model loads) and trains it;
+    when every run has finished, returns vmapped_runs.json as it is (nothing is loaded)."""
+    runs = expand_runs(config, sweep, where)
+    return finished_runs(config, runs) or VmappedTrainer(config, runs, model).run()

@@ -1,4 +1,8 @@
-"""`emjax generate` on a tiny model: records with provenance, resume without duplicates."""
+"""`emjax generate` on a tiny model: records with provenance, resume without duplicates, a finished
+rerun that loads nothing."""
+
+import dataclasses
+import os
 
 import jax
 import pytest
@@ -11,6 +15,7 @@ from emjax.eval.generate import SamplingSettings, generate
 from emjax.eval.records import read_answers
 from emjax.interventions import init_steering
 from emjax.interventions.files import save_steering
+from emjax.timings import KEYS
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +26,9 @@ def tiny_model():
 
 
 def test_generate_records_and_resume(tiny_model, tmp_path):
+    folder = tmp_path / "model-folder"  # the model's source: an empty folder, so it cannot be loaded from it
+    folder.mkdir()
+    tiny_model = dataclasses.replace(tiny_model, source=str(folder))
     q = tmp_path / "q.jsonl"
     q.write_text('{"id": "a", "question": "hello, how are you?"}\n'
                  '{"id": "b_json", "question": "and today?", "system": "Answer in JSON."}\n'
@@ -33,14 +41,20 @@ def test_generate_records_and_resume(tiny_model, tmp_path):
         return generate(tiny_model, str(q), str(out), intervention=str(tmp_path / "v.safetensors"),
                         kinds=["free_form"], sampling=SamplingSettings(samples=samples, max_new_tokens=6, batch_size=4))
 
-    assert run(3)["generated"] == 6
+    first = run(3)
+    assert first["generated"] == 6 and set(first["timings"]) == set(KEYS) and first["timings"]["compute"] > 0
     recs = read_answers(str(out))
     assert sorted((r.question_id, r.sample_index) for r in recs) == [(i, s) for i in "ac" for s in range(3)]
     assert all(r.intervention.endswith("x1") and r.config_hash and r.model == "tiny-qwen2" for r in recs)
     # samples differ (temperature 1) and a rerun adds nothing
     assert len({r.answer for r in recs if r.question_id == "a"}) > 1
-    assert run(3) == {"questions": 2, "generated": 0, "skipped": 6, "out": str(out)}
-    assert len(read_answers(str(out))) == 6
+    # a finished rerun decides from the file alone: the model's source is never loaded
+    before = (os.stat(out).st_mtime_ns, out.read_bytes())
+    again = generate(tiny_model.source, str(q), str(out), dtype="float32", intervention=str(tmp_path / "v.safetensors"),
+                     kinds=["free_form"], sampling=SamplingSettings(samples=3, max_new_tokens=6, batch_size=4))
+    assert {k: v for k, v in again.items() if k != "timings"} == {"questions": 2, "generated": 0, "skipped": 6,
+                                                                  "out": str(out)}
+    assert again["timings"]["load"] == 0.0 and (os.stat(out).st_mtime_ns, out.read_bytes()) == before
     # other settings (more samples) extend rather than repeat
     run(4)
     assert len(read_answers(str(out))) == 6 + 8

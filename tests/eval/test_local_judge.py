@@ -267,7 +267,17 @@ def test_cli_judge_local_on_a_tiny_hf_folder(tmp_path, capsys):
     assert any("not a valid judge" in w for w in stats["warnings"])
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert {r["judge_model"] for r in lines} == {"local:tiny-judge"} and all(len(r["number_probs"]) == 101 for r in lines)
-    assert cli_main(args) == 0 and len(out.read_text().splitlines()) == 4  # resumed: nothing new
+    import emjax.eval.local_judge.stage as stage
+
+    def refuse(*a, **k):
+        raise AssertionError("the judge model was loaded")
+    with pytest.MonkeyPatch.context() as mp:  # resumed with nothing pending: nothing new, no model loaded
+        mp.setattr(stage, "model_on_mesh", refuse)
+        before = out.read_bytes()
+        assert cli_main(args) == 0 and out.read_bytes() == before
+    again = json.loads(stats_path.read_text())
+    assert again["n_pending"] == 0 and again["n_cached"] == 4 and again["judge_model"] == "local:tiny-judge"
+    assert again["timings"]["load"] == 0.0 and stats["timings"]["load"] > 0
     rc = cli_main(["report", "--answers", sel.answers[0], "--questions", sel.questions[0], "--judgements", str(out),
                    "--judge-model", "local:tiny-judge", "--out-dir", str(tmp_path / "r"), "--bootstrap", "10"])
     assert rc == 0

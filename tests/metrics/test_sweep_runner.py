@@ -233,3 +233,44 @@ def test_across_seeds_pools_replicates():
     assert out["mean_relative_increase"]["narrow"]["std"] == pytest.approx(np.std(n, ddof=1))
     assert out["loss_at_trained_norm"]["general"]["n"] == 3
     assert across_seeds(summary, ["general", "narrow"]) is None  # no replicates
+
+
+def test_sweep_reuses_finished_kinds_and_recomputes_changed_ones(setup, tmp_path, capsys):
+    import shutil
+    import emjax.metrics.runner as R
+    from emjax.timings import KEYS
+    model, c0 = setup
+    c = c0.copy_and_resolve_references()
+    c.output_dir = str(tmp_path / "sweeps")
+    copies = {}
+    for label, path in (x.split("=") for x in c.interventions.split(",")):  # this test retrains one
+        copies[label] = str(tmp_path / os.path.basename(path))
+        shutil.copy(path, copies[label])
+    c.interventions = ",".join(f"{k}={v}" for k, v in copies.items())
+    c.efficiency.scales, c.efficiency.equal_norm = (0.0, 1.0), False
+    c.stability.eps, c.stability.seeds = (0.0, 1.0), 1
+    kinds = ("efficiency", "stability")
+    first = R.sweep(c, kinds, model)
+    assert set(first["efficiency"]["timings"]) == set(KEYS) and first["stability"]["inputs"]["kind"] == "stability"
+
+    def files(kind):
+        return {p: (os.stat(p).st_mtime_ns, open(p, "rb").read())
+                for p in (os.path.join(c.output_dir, kind + ext) for ext in (".parquet", ".csv", ".png", "_summary.json"))}
+    before = {k: files(k) for k in kinds}
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded")
+    with pytest.MonkeyPatch.context() as mp:  # a finished rerun: the summaries from disk, no model loaded
+        mp.setattr(R, "model_on_mesh", refuse)
+        assert R.sweep(c, kinds) == json.loads(json.dumps(first))
+    assert {k: files(k) for k in kinds} == before
+    # another stability setting: only stability is computed again, and the line says why
+    c.stability.eps = (0.0, 0.5)
+    R.sweep(c, kinds, model)
+    assert files("efficiency") == before["efficiency"] and files("stability") != before["stability"]
+    assert "stability.eps: [0.0, 1.0] -> [0.0, 0.5]" in capsys.readouterr().out
+    # a retrained vector (same path, other contents): efficiency is computed again
+    sv = init_steering(model.cfg, layers=(1,), alpha=2.0)
+    save_steering(sv.replace(vectors=jax.random.normal(jax.random.PRNGKey(9), sv.vectors.shape)), copies["narrow"])
+    again = R.sweep(c, ("efficiency",), model)["efficiency"]
+    assert again["at_trained_norm"]["narrow"]["norm"] != first["efficiency"]["at_trained_norm"]["narrow"]["norm"]

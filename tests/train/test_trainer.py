@@ -16,7 +16,8 @@ from emjax.interventions import Interventions
 from emjax.interventions.files import load_steering
 from emjax.model.hooks import FirstRowSteering
 from emjax.interventions.peft import load_peft_lora
-from emjax.train.trainer import Trainer, TrainConfigError
+from emjax.timings import KEYS
+from emjax.train.trainer import Trainer, TrainConfigError, train
 
 CONFIGS = str(paths.CONFIGS)
 
@@ -30,14 +31,53 @@ def _vectors(out):
     return load_steering(os.path.join(out, "steering.safetensors")).vectors
 
 
-def test_resume_is_bit_identical(tiny_model, tmp_path):
+def _no_model_loads(monkeypatch):
+    """Any model load fails the test (a finished rerun must not load one)."""
+    def refuse(*a, **k):
+        raise AssertionError("a model was loaded")
+    import emjax.checkpoints.load as L
+    import emjax.train.trainer as T
+    monkeypatch.setattr(L, "load_model", refuse)
+    monkeypatch.setattr(T, "model_on_mesh", refuse)
+
+
+def _snapshot(folder):
+    return {p: (os.stat(p).st_mtime_ns, open(p, "rb").read())
+            for p in (folder / "summary.json", folder / "steering.safetensors", folder / "metrics.jsonl")}
+
+
+def test_resume_is_bit_identical(tiny_model, tmp_path, monkeypatch):
     full = Trainer(_config(tmp_path, "full", lambda_kl=0.5), tiny_model).run()
     part = Trainer(_config(tmp_path, "part", lambda_kl=0.5), tiny_model)
     assert part.run(stop_at_step=5) == {"stopped_at": 5}  # last checkpoint at step 4
+    first_session = json.loads((tmp_path / "part" / "progress.json").read_text())["timings"]
+    with pytest.raises(TrainConfigError, match=r"the checkpoint of a run of another config \(train.lambda_kl: 0.5 -> 1.0\)"):
+        train(_config(tmp_path, "part", lambda_kl=1.0))  # refused before any model loads
     resumed = Trainer(_config(tmp_path, "part", lambda_kl=0.5), tiny_model).run()
     assert full["steps"] == resumed["steps"] == 8  # 17 rows // (2 x 2) per epoch, 2 epochs
     np.testing.assert_array_equal(np.asarray(_vectors(tmp_path / "full")), np.asarray(_vectors(tmp_path / "part")))
+    # the resumed run's summary describes the whole run: the first session's first loss and
+    # initial eval (bit-identical to the uninterrupted run's), the seconds of both sessions
+    for key in ("train_loss_first", "train_loss_last", "initial_eval", "final_eval"):
+        assert resumed[key] == full[key], key
+    assert resumed["sessions"] == 2 and full["sessions"] == 1
+    assert resumed["seconds"] == pytest.approx(resumed["timings"]["total"], abs=0.1)
+    assert resumed["timings"]["total"] > first_session["total"] > 0
+    assert resumed["timings"]["compute"] > first_session["compute"]
+    # one metrics line per step: the first session's step 5 (after its last checkpoint) was dropped and rewritten
+    lines = [json.loads(l) for l in open(tmp_path / "part" / "metrics.jsonl")]
+    assert [l["step"] for l in lines if "sft_loss" in l] == list(range(1, 9))
+    # the rerun of a finished run: its summary from disk, no model loaded, nothing rewritten
+    before = _snapshot(tmp_path / "full")
+    assert Trainer(_config(tmp_path, "full", lambda_kl=0.5), tiny_model).run() == full
+    _no_model_loads(monkeypatch)
+    assert train(_config(tmp_path, "full", lambda_kl=0.5, eval_every=5)) == full  # eval_every: the same run
+    assert _snapshot(tmp_path / "full") == before
+    with pytest.raises(TrainConfigError, match=r"a finished run of another config \(train.lr: 0.05 -> 0.01\)"):
+        train(_config(tmp_path, "full", lambda_kl=0.5, lr=0.01))
     assert full["train_loss_last"] < full["train_loss_first"]
+    assert set(full["timings"]) == set(KEYS) and full["timings"]["compile"] > 0  # the step's compile, on CPU too
+    assert full["config"]["train"]["lambda_kl"] == 0.5
     assert full["final_eval"]["eval_kl_ood"] > 0 and full["initial_eval"]["eval_kl_ood"] == 0.0
     lines = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
     assert [l["step"] for l in lines if "sft_loss" in l] == list(range(1, 9))

@@ -5,9 +5,10 @@
 
 Same tasks, prompts and cache keys as the API judge (`emjax.eval.judge.tasks.build_tasks`), with
 the judge model name `local:<model name>` (override with `judge_model`); same result store, so a
-rerun skips every key already scored, and `emjax report --judge-model local:<name>` reads the
-lines. Each prompt is the filled template as one user message through the model's chat template
-with the generation prompt; its answer distribution is computed exactly (`tree`, `forward`).
+rerun skips every key already scored (when none is left, the judge model is not even loaded), and
+`emjax report --judge-model local:<name>` reads the lines. Each prompt is the filled template as
+one user message through the model's chat template with the generation prompt; its answer
+distribution is computed exactly (`tree`, `forward`).
 
 Pending tasks are taken `window` at a time, tokenised, sorted by length and run in batches of one
 length bucket (`records.plan_batches`); each batch's lines are appended as soon as it finishes.
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 
-from emjax.checkpoints.load import LoadedModel, model_on_mesh
+from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh, source_name
 from emjax.errors import EmjaxError
 from emjax.eval.judge.scoring import MIN_NUMERIC_MASS
 from emjax.eval.judge.stage import AnswerSelection, check_something_to_judge, load_selection
@@ -37,6 +38,7 @@ from emjax.eval.local_judge.tree import answer_options, judge_tree, template_ter
 from emjax.model.config import dtype_from_name, resolve_dtype
 from emjax.model.mesh_plan import is_writer
 from emjax.model.schema import num_params
+from emjax.timings import Timings, phase
 
 log = logging.getLogger("emjax.judge")
 
@@ -91,7 +93,7 @@ def judge_validity_warning(n_params: int, name: str) -> str | None:
             f"GPT-4o; use >= {MIN_VALID_JUDGE_PARAMS / 1e9:.0f}B); its scores are a plumbing check only")
 
 
-def judge_local(sel: AnswerSelection, out: str, model: str | LoadedModel, *,
+def judge_local(sel: AnswerSelection, out: str, model: str | LoadedModel | LazyModel, *,
                 metrics: Sequence[str] = ("aligned", "coherent"), judge_model: str | None = None,
                 config: LocalJudgeConfig = LocalJudgeConfig(), fsync: bool = False,
                 stats_json: str | None = None) -> dict[str, Any]:
@@ -102,47 +104,69 @@ def judge_local(sel: AnswerSelection, out: str, model: str | LoadedModel, *,
         loaded in `config.dtype`, or a LoadedModel (used as it is, placed on `config.mesh`).
       judge_model: the name in cache keys; default `local:<model name>`.
     Stats: n_tasks / n_cached / n_pending / n_ok / n_score_none like the API run, the judge
-    (name, source, dtype, parameters), the scoring tree, timings, and `warnings`.
+    (name, source, dtype, parameters; not when nothing was pending), the scoring tree, `timings`
+    (`emjax.timings`), and `warnings`.
     """
-    answers, questions, fallback = load_selection(sel)
-    dtype = dtype_from_name(resolve_dtype(config.dtype)) if isinstance(model, str) else None
-    model, _ = model_on_mesh(model, config.mesh, dtype=dtype, progress=config.progress)
-    dtype = str(model.weights.embed.dtype)
-    if model.tokenizer is None:
-        raise LocalJudgeError(f"{model.source}: the local judge needs the model's chat tokenizer")
-    judge_model = judge_model or local_judge_name(model.name)
-    plan = build_tasks(answers, questions, list(metrics), judge_model, fallback)
-    check_something_to_judge(sel, len(answers), len(plan.tasks), metrics)
-    store = ResultStore(out, fsync=fsync)
-    pending = pending_tasks(plan.tasks, store)
-    if config.limit is not None:
-        pending = pending[:max(0, config.limit)]
-
-    by_id = questions_by_id(questions)
-    options = {t.key: answer_options(resolve_template(by_id[t.question_id], t.metric, fallback) or "")
-               for t in plan.tasks}
-    tok, n_params = model.tokenizer, num_params(model.cfg)
-    tree = judge_tree(tok, [o for t in plan.tasks for o in options[t.key]])
-    warnings = [w for w in [judge_validity_warning(n_params, judge_model), _terminator_warning(tok)] if w]
-    for w in warnings:
-        log.warning("%s", w)
-    judge = {"judge_source": model.source, "judge_dtype": dtype, "judge_params": n_params}
-    stats: dict[str, Any] = {
-        "n_answers": len(answers), "n_answer_metric_pairs": plan.n_pairs, "n_tasks": len(plan.tasks),
-        "n_cached": len(plan.tasks) - len(pending), "n_pending": len(pending), "n_ok": 0, "n_score_none": 0,
-        "judge_model": judge_model, **judge, "tree": tree.describe(),
-        "terminators": {int(i): tok.decode([i], skip_special_tokens=False) for i in tok.stop_ids},
-        "prompt_tokens": 0, "compiled_shapes": [], "seconds": 0.0, "warnings": warnings, "results": out,
-        "n_left_failed": 0,
-        "report": f"emjax report ... --judge-model '{judge_model}' --judgements {out}"}
-    t0 = time.time()
-    _run(pending, options, store, model, tree, judge, config, stats)
-    stats["seconds"] = round(time.time() - t0, 2)
-    stats["compiled_shapes"] = sorted(stats["compiled_shapes"])
+    timings = Timings()
+    with timings.running():
+        with phase("data"):  # the pending tasks, from the answers and the results file alone
+            answers, questions, fallback = load_selection(sel)
+            if judge_model is None:
+                judge_model = local_judge_name(_model_name(model))
+            plan = build_tasks(answers, questions, list(metrics), judge_model, fallback)
+            check_something_to_judge(sel, len(answers), len(plan.tasks), metrics)
+            store = ResultStore(out, fsync=fsync)
+            pending = pending_tasks(plan.tasks, store)
+            if config.limit is not None:
+                pending = pending[:max(0, config.limit)]
+        stats: dict[str, Any] = {
+            "n_answers": len(answers), "n_answer_metric_pairs": plan.n_pairs, "n_tasks": len(plan.tasks),
+            "n_cached": len(plan.tasks) - len(pending), "n_pending": len(pending), "n_ok": 0, "n_score_none": 0,
+            "judge_model": judge_model, "prompt_tokens": 0, "seconds": 0.0, "warnings": [], "results": out,
+            "n_left_failed": 0, "report": f"emjax report ... --judge-model '{judge_model}' --judgements {out}"}
+        if pending:
+            _score(model, questions, fallback, plan.tasks, store, pending, config, stats)
+        else:
+            print(f"finished: all {len(plan.tasks)} tasks of {judge_model} already scored in {out}")
+    stats["timings"] = timings.report()
     if stats_json:
         with open(stats_json, "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=2)
     return stats
+
+
+def _model_name(model: str | LoadedModel | LazyModel) -> str:
+    """The judge's model name without loading it (a source's folder name or GGUF header)."""
+    return source_name(model) if isinstance(model, str) else model.name
+
+
+def _score(model: str | LoadedModel | LazyModel, questions, fallback: dict[str, str], tasks: Sequence[Any],
+           store: ResultStore, pending: Sequence[Any], config: LocalJudgeConfig, stats: dict[str, Any]) -> None:
+    """Loads the judge and scores the pending tasks (of all `tasks`), adding to `stats`."""
+    with phase("load"):
+        dtype = dtype_from_name(resolve_dtype(config.dtype)) if isinstance(model, str) else None
+        model, _ = model_on_mesh(model, config.mesh, dtype=dtype, progress=config.progress)
+    dtype = str(model.weights.embed.dtype)
+    if model.tokenizer is None:
+        raise LocalJudgeError(f"{model.source}: the local judge needs the model's chat tokenizer")
+
+    with phase("data"):
+        by_id = questions_by_id(questions)
+        options = {t.key: answer_options(resolve_template(by_id[t.question_id], t.metric, fallback) or "")
+                   for t in tasks}
+        tok, n_params = model.tokenizer, num_params(model.cfg)
+        tree = judge_tree(tok, [o for t in tasks for o in options[t.key]])
+    warnings = [w for w in [judge_validity_warning(n_params, stats["judge_model"]), _terminator_warning(tok)] if w]
+    for w in warnings:
+        log.warning("%s", w)
+    judge = {"judge_source": model.source, "judge_dtype": dtype, "judge_params": n_params}
+    stats.update(judge, tree=tree.describe(), warnings=warnings, compiled_shapes=[],
+                 terminators={int(i): tok.decode([i], skip_special_tokens=False) for i in tok.stop_ids})
+    t0 = time.time()
+    with phase("compute"):
+        _run(pending, options, store, model, tree, judge, config, stats)
+    stats["seconds"] = round(time.time() - t0, 2)
+    stats["compiled_shapes"] = sorted(stats["compiled_shapes"])
 
 
 def _terminator_warning(tok: Any) -> str | None:
@@ -166,8 +190,9 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
     try:
         for start in range(0, len(pending), config.window):
             window = pending[start:start + config.window]
-            prompts = [tok.encode_chat([{"role": "user", "content": t.prompt}], add_generation_prompt=True)
-                       for t in window]
+            with phase("data"):
+                prompts = [tok.encode_chat([{"role": "user", "content": t.prompt}], add_generation_prompt=True)
+                           for t in window]
             for batch in plan_batches([len(p) for p in prompts], batch_size=config.batch_size,
                                       pad_to=config.pad_to, max_batch_tokens=config.max_batch_tokens,
                                       n_nodes=tree.n_nodes):
