@@ -78,7 +78,7 @@ def _draw(convs: list[Conversation], k: int, rng_seed: list[int], name: str,
     pool = [c for c in convs if normalise_prompt(user_prompt(c)) not in exclude]
     if k > len(pool):
         raise DataError(f"{name} has {len(pool)} usable rows ({len(convs) - len(pool)} share a prompt with the "
-                        f"excluded prompts: the training set, and for a data mix the KL set), needs {k}")
+                        f"training set, or for a data mix with the KL set), needs {k}")
     take = np.random.default_rng(rng_seed).choice(len(pool), size=k, replace=False)
     return [pool[int(j)] for j in sorted(take)], len(convs) - len(pool)
 
