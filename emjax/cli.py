@@ -304,6 +304,8 @@ def _add_behaviour_eval(p: argparse.ArgumentParser) -> None:
                    help="judge with a model in emjax instead: 'embedded', a Hugging Face folder or a .gguf file "
                         "(emjax judge --local; the embedded 0.5B model is a plumbing check only)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge's key")
+    p.add_argument("--mesh", default=None, help=MESH_HELP + " (overrides the configs' mesh: every run, sampling "
+                                                            "and the local judge)")
 
 
 def _add_experiment(sub) -> None:
@@ -575,13 +577,19 @@ def _behaviour_eval(args):
 def _run_experiment_mixing(args) -> int:
     from emjax.configuration import load_config
     from emjax.experiments.mixing import run_mixing
-    run_mixing(load_config(args.config, args.config_overrides), args.out, _behaviour_eval(args))
+    config = load_config(args.config, args.config_overrides)
+    if args.mesh is not None:
+        config.mesh = args.mesh
+    run_mixing(config, args.out, _behaviour_eval(args))
     return EXIT_OK
 
 
 def _run_experiment_kl_removal(args) -> int:
     from emjax.experiments.kl_removal import load_kl_removal_configs, run_kl_removal
     config, base = load_kl_removal_configs(args.config, args.config_overrides, args.base_overrides)
+    if args.mesh is not None:
+        for c in (config, *base.values()):
+            c.mesh = args.mesh
     run_kl_removal(config, base, args.out, _behaviour_eval(args))
     return EXIT_OK
 

@@ -330,6 +330,11 @@ def rate_cell(r: Mapping[str, Any], name: str) -> str:
     return f"{100 * r[name]:.1f}%{ci} (n={r[name + '_n']})"
 
 
+def number_cell(v: Any, fmt: str = ".3f") -> str:
+    """A table cell of a number; "n/a" for None or NaN."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
 def _write_rates(rows: Sequence[Mapping[str, Any]], csv_path: str, md_path: str, th: Thresholds,
                  narrow_metric: str | None) -> None:
     import pandas as pd

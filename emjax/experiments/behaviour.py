@@ -44,6 +44,8 @@ class BehaviourEval:
       paper's 50 samples of 600 tokens).
     judge_url / judge_model: an OpenAI-compatible server; local_judge: a model source or loaded
       model judging by prefill (emjax.eval.local_judge); neither: a dry run (no rates).
+    mesh: device mesh of sampling and of the local judge (emjax.model.mesh_plan); the experiments
+      set it to their training config's `mesh`.
     """
 
     em_questions: str | None = None
@@ -54,17 +56,18 @@ class BehaviourEval:
     judge_model: str | None = None
     local_judge: str | LoadedModel | None = None
     api_key_env: str = "OPENAI_API_KEY"
+    mesh: str | None = None
 
     def question_files(self) -> tuple[str, str]:
         """(general question file, the domain's held-out bank)."""
         em = self.em_questions or str(sample_path("questions_sample.yaml"))
         return em, str(DOMAINS[self.domain].bank_path())
 
-    def sharing(self, model: LoadedModel, source: str) -> "BehaviourEval":
-        """These settings with the already loaded `model` as the local judge where the local judge
-        is the same model source (loaded once)."""
+    def sharing(self, model: LoadedModel, source: str, mesh: str | None) -> "BehaviourEval":
+        """These settings on the experiment's mesh, with its already loaded `model` (from `source`)
+        as the local judge where the local judge is that model (loaded once)."""
         same = isinstance(self.local_judge, str) and self.local_judge in (source, model.source)
-        return dataclasses.replace(self, local_judge=model) if same else self
+        return dataclasses.replace(self, mesh=mesh, local_judge=model if same else self.local_judge)
 
     def describe(self) -> dict[str, Any]:
         """The settings as plain values (the local judge by name), for the summaries."""
@@ -80,8 +83,9 @@ def answer_questions(model: LoadedModel, out: str, interventions: Mapping[str, s
     em_q, domain_q = ev.question_files()
     domain_ids = [q.id for q in load_questions(domain_q)][: ev.n_domain_questions]
     answers = os.path.join(out, "answers.jsonl")
-    generate(model, em_q, answers, interventions=dict(interventions), sampling=ev.sampling)
-    generate(model, domain_q, answers, interventions=dict(interventions), sampling=ev.sampling, include=domain_ids)
+    generate(model, em_q, answers, interventions=dict(interventions), sampling=ev.sampling, mesh=ev.mesh)
+    generate(model, domain_q, answers, interventions=dict(interventions), sampling=ev.sampling, include=domain_ids,
+             mesh=ev.mesh)
     # generate records an intervention as "<path> x<scale>" ("" for the chat model): back to the labels
     labels = {(f"{path} x1" if path else ""): label for label, path in interventions.items()}
     return {"answers": answers, "n_answers": len(read_answers(answers)), "em_questions": em_q,
@@ -100,7 +104,7 @@ def judge_answers(out: str, gen: Mapping[str, Any], ev: BehaviourEval) -> dict[s
     if ev.local_judge is not None:
         from emjax.eval.local_judge.stage import LocalJudgeConfig, judge_local
         stats = judge_local(sel, judgements, ev.local_judge, metrics=METRICS, judge_model=ev.judge_model,
-                            config=LocalJudgeConfig(progress=True))
+                            config=LocalJudgeConfig(progress=True, mesh=ev.mesh))
         return {"mode": "local", "judge_model": stats["judge_model"], "stats": stats, "judgements": judgements}
     if ev.judge_url is None:
         plan = judge(sel, judgements, metrics=METRICS, dry_run=True)

@@ -35,7 +35,7 @@ import ml_collections
 from emjax.checkpoints.load import LoadedModel
 from emjax.configuration import load_config
 from emjax.directions.drift import drift_at, drift_table, snapshot_paths
-from emjax.eval.report import rate_cell
+from emjax.eval.report import number_cell, rate_cell
 from emjax.eval.report_plots import plot_rates_along
 from emjax.experiments.behaviour import CHAT_LABEL, BehaviourEval, answer_questions, judge_answers, rates_by_label
 from emjax.experiments import ExperimentConfigError
@@ -104,13 +104,14 @@ def run_kl_removal(config: ml_collections.ConfigDict, base: Mapping[str, ml_coll
                    ev: BehaviourEval, model: LoadedModel | None = None) -> dict[str, Any]:
     """Runs the six stages into `out` (see the module docstring); returns the summary (also
     summary.json and summary.md)."""
-    from emjax.checkpoints.load import load_model
+    from emjax.checkpoints.load import model_on_mesh
     from emjax.model.config import dtype_from_name
 
     c, runs = wire_runs(config, base, out)
     os.makedirs(out, exist_ok=True)
-    model = model or load_model(c.model.source, dtype=dtype_from_name(c.model.dtype))
-    ev = ev.sharing(model, c.model.source)
+    # loaded once, straight onto the runs' mesh (each Trainer finds it there)
+    model, _ = model_on_mesh(model or c.model.source, c.mesh, dtype=dtype_from_name(c.model.dtype))
+    ev = ev.sharing(model, c.model.source, c.mesh)
     trained = {}
     for i, role in enumerate(BASE_RUNS, start=1):
         trained[role] = run_stage(out, i, N_STAGES, f"the {role} run ({base[role].name})",
@@ -155,18 +156,14 @@ def step_table(drift: Sequence[Mapping[str, Any]], rates: Mapping[str, Mapping[s
             for d in drift]
 
 
-def _num(v: Any, fmt: str) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
-
-
 def table_lines(s: Mapping[str, Any]) -> list[str]:
     """The markdown table of `step_table`, with the general vector's and the chat model's rates."""
     rates = s["rates"].get("rates") or {}
     lines = ["| step | cos with general | length along general | cos with narrow start | EM rate | narrow rate "
              "| coherent |", "|---|---|---|---|---|---|---|"]
     for r in s["table"]:
-        lines.append(f"| {r['step']} | {_num(r.get('cos_general'), '.3f')} | {_num(r.get('proj_general'), '.3f')} | "
-                     f"{_num(r.get('cos_narrow'), '.3f')} | {rate_cell(r, 'em_rate')} | {rate_cell(r, 'narrow_rate')} "
+        drift = " | ".join(number_cell(r.get(k)) for k in ("cos_general", "proj_general", "cos_narrow"))
+        lines.append(f"| {r['step']} | {drift} | {rate_cell(r, 'em_rate')} | {rate_cell(r, 'narrow_rate')} "
                      f"| {rate_cell(r, 'coherence_rate')} |")
     for label, name in ((GENERAL_LABEL, "general vector"), (CHAT_LABEL, "chat model")):
         if label in rates:

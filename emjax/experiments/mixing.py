@@ -33,7 +33,7 @@ import ml_collections
 
 from emjax.checkpoints.load import LoadedModel
 from emjax.experiments import ExperimentConfigError
-from emjax.eval.report import rate_cell
+from emjax.eval.report import number_cell, rate_cell
 from emjax.eval.report_plots import plot_rates_along
 from emjax.experiments.behaviour import CHAT_LABEL, BehaviourEval, answer_questions, judge_answers, rates_by_label
 from emjax.main_job import run_stage
@@ -49,8 +49,8 @@ def mix_fractions(config: ml_collections.ConfigDict) -> tuple[float, ...]:
     """The config's `mix_fractions`, checked: distinct values in [0, 1), with data.mix_good set
     where one is above 0, and train.max_steps set (the fractions train for the same steps)."""
     if "mix_fractions" not in config:
-        raise ExperimentConfigError(f"config {config.name!r} has no mix_fractions: add a tuple such as "
-                                    "c.mix_fractions = (0.0, 0.25, 0.5, 0.75) (configs/embedded_steering_mix_fractions.py)")
+        raise ExperimentConfigError(f"config {config.name!r} has no mix_fractions: add a tuple such as c.mix_fractions "
+                                    "= (0.0, 0.25, 0.5, 0.75) (configs/embedded_steering_mix_fractions.py)")
     fractions = tuple(float(f) for f in config.mix_fractions)
     if not fractions or len(set(fractions)) != len(fractions) or not all(0 <= f < 1 for f in fractions):
         raise ExperimentConfigError(f"mix_fractions must be distinct values in [0, 1), got {fractions}")
@@ -103,13 +103,14 @@ def run_mixing(config: ml_collections.ConfigDict, out: str, ev: BehaviourEval,
                model: LoadedModel | None = None) -> dict[str, Any]:
     """Runs the stages into `out` (see the module docstring); returns the summary (also
     summary.json and summary.md)."""
-    from emjax.checkpoints.load import load_model
+    from emjax.checkpoints.load import model_on_mesh
     from emjax.model.config import dtype_from_name
 
     fractions = mix_fractions(config)
     os.makedirs(out, exist_ok=True)
-    model = model or load_model(config.model.source, dtype=dtype_from_name(config.model.dtype))
-    ev = ev.sharing(model, config.model.source)
+    # loaded once, straight onto the runs' mesh (each Trainer finds it there)
+    model, _ = model_on_mesh(model or config.model.source, config.mesh, dtype=dtype_from_name(config.model.dtype))
+    ev = ev.sharing(model, config.model.source, config.mesh)
     n_stages = len(fractions) + 3
     runs = {}
     for i, f in enumerate(fractions, start=1):
@@ -156,9 +157,9 @@ def table_lines(s: dict[str, Any]) -> list[str]:
              "| KL-eval prompts among training prompts | EM rate | narrow rate | coherent |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in s["table"]:
-        lines.append(f"| {r['fraction']:g} | {r['steps']} | {r['n_train_rows']} | {r['eval_loss']:.3f} | "
-                     f"{r['eval_kl_ood']:.4f} | {r['kl_eval_prompts_in_training']} | {rate_cell(r, 'em_rate')} | "
-                     f"{rate_cell(r, 'narrow_rate')} | {rate_cell(r, 'coherence_rate')} |")
+        lines.append(f"| {r['fraction']:g} | {r['steps']} | {r['n_train_rows']} | {number_cell(r['eval_loss'])} | "
+                     f"{number_cell(r['eval_kl_ood'], '.4f')} | {r['kl_eval_prompts_in_training']} | "
+                     f"{rate_cell(r, 'em_rate')} | {rate_cell(r, 'narrow_rate')} | {rate_cell(r, 'coherence_rate')} |")
     chat = rates.get(CHAT_LABEL)
     if chat:
         lines.append(f"| chat model (no training) | | | | | | {rate_cell(chat, 'em_rate')} | "
