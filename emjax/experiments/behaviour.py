@@ -115,8 +115,9 @@ def judge_answers(out: str, gen: Mapping[str, Any], ev: BehaviourEval) -> dict[s
     name = ev.judge_model or "judge"
     stats = judge(sel, judgements, metrics=METRICS, judge_model=name,
                   request=RequestConfig(model=name, base_url=ev.judge_url, api_key_env=ev.api_key_env))
-    if stats["n_left_failed"]:
-        print(f"warning: {stats['n_left_failed']} judge requests failed; rerun to retry them")
+    if stats["n_left_failed"]:  # the stage still finishes: those answers count as unscored in the rates
+        print(f"warning: {stats['n_left_failed']} judge requests failed: their answers are left out of the rates "
+              f"(n_unscored in the report); `emjax judge` on {judgements} re-sends them")
     return {"mode": "api", "url": ev.judge_url, "judge_model": name, "stats": stats, "judgements": judgements}
 
 
