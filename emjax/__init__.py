@@ -16,6 +16,8 @@ tests/test_layering.py checks it):
                        gradient analysis, drift, ablation specs
   emjax.metrics        the three sweeps (efficiency, stability, significance) and their outputs
   emjax.main_job       the whole pipeline in miniature on the embedded model
+  emjax.experiments    multi-stage experiments: data mixing at several fractions, KL removal
+                       with behaviour (train, answer, judge, table and plot)
   emjax.cli            the `emjax` command: argument parsing only
 
 Where to look first: a steering vector enters the residual stream in

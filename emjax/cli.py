@@ -11,6 +11,8 @@ library (emjax.main_job, emjax.train, emjax.metrics, emjax.eval).
     emjax directions mean-diff|compare|gradient|drift   # the direction analyses
     emjax technical run OUT         # the technical-prose example end to end (build-data, rates, check)
     emjax data get em --from-clone PATH | data get fineweb | data status   # data emjax does not ship
+    emjax experiment mixing --config=configs/steering_mix_fractions_medical.py     # data mixing, each fraction
+    emjax experiment kl-removal --config=configs/steering_kl_removal_medical.py    # KL removal, judged per snapshot
 
 emjax's own errors (a bad config key, a missing file, an unknown model source, a malformed data
 line) are printed as one line on stderr with exit status 2; `emjax --debug ...` shows the
@@ -315,6 +317,56 @@ def _add_data(sub) -> None:
     st.set_defaults(func=_run_data_status)
 
 
+def _add_behaviour_eval(p: argparse.ArgumentParser) -> None:
+    """The options of an experiment's answers and judge (emjax.experiments.behaviour.BehaviourEval)."""
+    p.add_argument("--em-questions", default=None, metavar="FILE",
+                   help="general (EM) question file; default: the shipped questions_sample.yaml (4 questions); the "
+                        "paper's: first_plot_questions.yaml of the upstream data (cut to its eight questions)")
+    p.add_argument("--domain", default="medical", choices=["medical", "financial", "sports"],
+                   help="training domain: its held-out bank gives the narrow questions")
+    p.add_argument("--domain-questions", type=int, default=None, metavar="N",
+                   help="only the first N questions of the held-out bank (default: all 45)")
+    p.add_argument("--samples", type=int, default=50, help="samples per question and intervention (paper: 50)")
+    p.add_argument("--max-new-tokens", type=int, default=600, help="new tokens per answer (paper: 600)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=0, help="rows per sampling call; 0: sized from device memory")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL of a judge; default: a dry run")
+    p.add_argument("--judge-model", default=None, help="the judge's model name on that server")
+    p.add_argument("--local-judge", "--local", dest="local_judge", default=None, metavar="MODEL",
+                   help="judge with a model in emjax instead: 'embedded', a Hugging Face folder or a .gguf file "
+                        "(emjax judge --local; the embedded 0.5B model is a plumbing check only)")
+    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the judge's key")
+    p.add_argument("--mesh", default=None, help=MESH_HELP + " (overrides the configs' mesh: every run, sampling "
+                                                            "and the local judge)")
+
+
+def _add_experiment(sub) -> None:
+    p = sub.add_parser("experiment", help="multi-stage experiments: data mixing fractions, KL removal with behaviour",
+                       description="emjax experiment {mixing,kl-removal} --config=... [--config.key=value ...]; "
+                                   "a rerun into the same --out reuses every finished stage")
+    e = p.add_subparsers(dest="experiment_command", required=True)
+    m = e.add_parser("mixing", help="train each of the config's mix_fractions for train.max_steps steps; loss, "
+                                    "out-of-domain KL, EM and narrow rates per fraction",
+                     description="emjax experiment mixing --config=configs/embedded_steering_mix_fractions.py")
+    m.add_argument("--config", required=True, help="a training config with mix_fractions "
+                                                   "(configs/steering_mix_fractions_medical.py)")
+    m.add_argument("--out", default="runs/mixing", help="output folder")
+    _add_behaviour_eval(m)
+    m.set_defaults(func=_run_experiment_mixing)
+    k = e.add_parser("kl-removal", help="the narrow run, the general run, the continuation without KL; EM and "
+                                        "narrow rates at each snapshot beside the drift",
+                     description="emjax experiment kl-removal --config=configs/embedded_steering_kl_removal.py")
+    k.add_argument("--config", required=True, help="a KL-removal config with a base_runs section "
+                                                   "(configs/steering_kl_removal_medical.py); --config.* overrides apply "
+                                                   "to the continuation")
+    k.add_argument("--base", dest="base_overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of both base runs' configs (the narrow and the general run), e.g. train.max_steps=8")
+    k.add_argument("--out", default="runs/kl_removal", help="output folder")
+    _add_behaviour_eval(k)
+    k.set_defaults(func=_run_experiment_kl_removal)
+
+
 def _add_own_parser(sub, name: str, help_text: str) -> None:
     """A subcommand with its own argument parser, dispatched in main() before argparse."""
     p = sub.add_parser(name, add_help=False, help=f"{help_text} (emjax {name} --help)")
@@ -336,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of emjax's own errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_main, _add_chat, _add_train, _add_sweep, _add_generate, _add_judge, _add_report,
-                _add_technical, _add_data, _add_heldout, _add_directions):
+                _add_technical, _add_data, _add_experiment, _add_heldout, _add_directions):
         add(sub)
     return parser
 
@@ -576,6 +628,36 @@ def _run_data_get_fineweb(args) -> int:
 def _run_data_status(args) -> int:
     from emjax.data.fetch import status, status_lines
     print("\n".join(status_lines(status(args.em_dir))))
+    return EXIT_OK
+
+
+def _behaviour_eval(args):
+    from emjax.eval.generate import SamplingSettings
+    from emjax.experiments.behaviour import BehaviourEval
+    sampling = SamplingSettings(samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                batch_size=args.batch_size, seed=args.seed)
+    return BehaviourEval(em_questions=args.em_questions, domain=args.domain, n_domain_questions=args.domain_questions,
+                         sampling=sampling, judge_url=args.judge_url, judge_model=args.judge_model,
+                         local_judge=args.local_judge, api_key_env=args.api_key_env)
+
+
+def _run_experiment_mixing(args) -> int:
+    from emjax.configuration import load_config
+    from emjax.experiments.mixing import run_mixing
+    config = load_config(args.config, args.config_overrides)
+    if args.mesh is not None:
+        config.mesh = args.mesh
+    run_mixing(config, args.out, _behaviour_eval(args))
+    return EXIT_OK
+
+
+def _run_experiment_kl_removal(args) -> int:
+    from emjax.experiments.kl_removal import load_kl_removal_configs, run_kl_removal
+    config, base = load_kl_removal_configs(args.config, args.config_overrides, args.base_overrides)
+    if args.mesh is not None:
+        for c in (config, *base.values()):
+            c.mesh = args.mesh
+    run_kl_removal(config, base, args.out, _behaviour_eval(args))
     return EXIT_OK
 
 

@@ -156,7 +156,7 @@ def plan_launch(stage: Sequence[str], launcher: str, hosts: int, devices_per_hos
     try:
         shape, reason = _mesh_shape(spec, n, devices_per_host, weight_bytes(cfg, dtype), memory)
         sizes = tuple(shape[a] for a in MESH_AXES)
-        if stage[1] == "train" and c is not None:
+        if stage[1] in ("train", "experiment") and c is not None:  # an experiment trains its config's runs
             mem = _train_memory(c, cfg, sizes)
             problem = rows_over_data(c.train, shape["data"], c.train.lambda_kl > 0)
             if problem:

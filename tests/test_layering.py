@@ -28,9 +28,11 @@ ALLOWED = {
                  "configuration", "main_summary"},
     "technical_job": {"timings", "errors", "model", "data", "checkpoints", "interventions", "train", "metrics", "eval",
                       "configuration", "main_job"},
+    "experiments": {"errors", "model", "data", "checkpoints", "interventions", "train", "eval", "configuration",
+                    "directions", "main_job"},
     "launch": {"errors", "model", "configuration", "interventions", "train"},
     "cli": {"timings", "errors", "model", "data", "checkpoints", "train", "metrics", "eval", "configuration", "main_job",
-            "technical_job", "directions", "launch"},
+            "technical_job", "directions", "launch", "experiments"},
     "__main__": {"cli"},
     "__init__": set(),
 }

@@ -14,6 +14,7 @@ import glob
 import json
 import os
 import re
+from typing import Mapping
 
 import pandas as pd
 
@@ -39,19 +40,32 @@ def drift_table(run_dir: str) -> pd.DataFrame:
     return pd.DataFrame(rows).drop_duplicates("step", keep="last").sort_values("step").reset_index(drop=True)
 
 
-def snapshot_drift(run_dir: str, references: dict, cfg: ModelConfig) -> pd.DataFrame:
-    """The same columns recomputed from `snapshots/step_*/` (`checkpoint.snapshot_every`)."""
-    rows = []
+def snapshot_paths(run_dir: str) -> dict[int, str]:
+    """step -> the intervention file of each `snapshots/step_*/` of a run (`checkpoint.snapshot_every`)."""
+    out = {}
     for folder in sorted(glob.glob(os.path.join(run_dir, "snapshots", "step_*"))):
         step = int(re.search(r"step_(\d+)$", folder).group(1))
         path = os.path.join(folder, "steering.safetensors")
-        iv = load_intervention(path if os.path.exists(path) else os.path.join(folder, "lora"), cfg)
+        out[step] = path if os.path.exists(path) else os.path.join(folder, "lora")
+    return out
+
+
+def drift_at(paths: Mapping[int, str], references: dict, cfg: ModelConfig) -> pd.DataFrame:
+    """step, cos_<label> and proj_<label> of the intervention file saved at each step."""
+    rows = []
+    for step, path in sorted(paths.items()):
+        iv = load_intervention(path, cfg)
         row = {"step": step}
         for label, ref in references.items():
             row[f"cos_{label}"] = float(effect_cosine(iv, ref))
             row[f"proj_{label}"] = float(effect_projection(iv, ref))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def snapshot_drift(run_dir: str, references: dict, cfg: ModelConfig) -> pd.DataFrame:
+    """The same columns recomputed from `snapshots/step_*/` (`checkpoint.snapshot_every`)."""
+    return drift_at(snapshot_paths(run_dir), references, cfg)
 
 
 def plot_drift(table: pd.DataFrame, path: str, title: str = "") -> str:

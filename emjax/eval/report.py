@@ -321,23 +321,31 @@ def seed_spread(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def rate_cell(r: Mapping[str, Any], name: str) -> str:
+    """Rate `name` of a `side_by_side` row as "12.5% [2.1, 40.0] (n=8)"; "n/a" where it has none."""
+    if r.get(name) is None or math.isnan(r[name]):
+        return "n/a"
+    lo, hi = r.get(name + "_ci_low"), r.get(name + "_ci_high")
+    ci = "" if lo is None or hi is None or math.isnan(lo) else f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return f"{100 * r[name]:.1f}%{ci} (n={r[name + '_n']})"
+
+
+def number_cell(v: Any, fmt: str = ".3f") -> str:
+    """A table cell of a number; "n/a" for None or NaN."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
 def _write_rates(rows: Sequence[Mapping[str, Any]], csv_path: str, md_path: str, th: Thresholds,
                  narrow_metric: str | None) -> None:
     import pandas as pd
 
     pd.DataFrame(list(rows)).to_csv(csv_path, index=False)
     d = th.describe(narrow_metric)
-
-    def cell(r, name):
-        if r.get(name) is None or math.isnan(r[name]):
-            return "n/a"
-        return (f"{100 * r[name]:.1f}% [{100 * r[name + '_ci_low']:.1f}, {100 * r[name + '_ci_high']:.1f}]"
-                f" (n={r[name + '_n']})")
-
     lines = [f"EM: {d['em']} (general questions); narrow: {d['narrow'] or 'off (no narrow metric)'} "
              "(in-domain questions); 95% bootstrap intervals.", "",
              "| intervention | EM rate | narrow rate | coherent |", "|---|---|---|---|"]
-    lines += [f"| {r['group']} | {cell(r, 'em_rate')} | {cell(r, 'narrow_rate')} | {cell(r, 'coherence_rate')} |"
+    lines += [f"| {r['group']} | {rate_cell(r, 'em_rate')} | {rate_cell(r, 'narrow_rate')} | "
+              f"{rate_cell(r, 'coherence_rate')} |"
               for r in rows]
     with open(md_path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

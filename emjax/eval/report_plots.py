@@ -1,10 +1,11 @@
-"""Plots of the report: rates per question with bootstrap intervals, and the aligned-vs-coherent
-quadrant. Needs no accelerator and must not import jax."""
+"""Plots of the report: rates per question with bootstrap intervals, the aligned-vs-coherent
+quadrant, and rates along an experiment's axis (a mixing fraction, a training step). Needs no
+accelerator and must not import jax."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TYPE_CHECKING
 
 import numpy as np
@@ -107,6 +108,62 @@ def plot_em_vs_narrow(rows: Sequence[dict], path: str, thresholds: dict) -> str:
     ax.set_title("EM vs narrow misalignment per intervention (95% bootstrap CI)", fontsize=9)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+RATE_STYLES = (("em_rate", "EM rate", "C3"), ("narrow_rate", "narrow rate", "C0"))
+
+
+def _rate_points(rows: Sequence[Mapping[str, Any]], name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rates [n] in %, error bars [2, n]) of side-by-side rows; NaN where a row has no rate."""
+    y, err = [], []
+    for r in rows:
+        v = r.get(name)
+        v = math.nan if v is None else float(v)
+        lo, hi = r.get(f"{name}_ci_low"), r.get(f"{name}_ci_high")
+        y.append(v)
+        err.append((max(0.0, v - lo) if lo is not None else 0.0, max(0.0, hi - v) if hi is not None else 0.0))
+    return 100 * np.asarray(y, float), 100 * np.nan_to_num(np.asarray(err, float).T.reshape(2, -1))
+
+
+def plot_rates_along(x: Sequence[float], rows: Sequence[Mapping[str, Any]], path: str, xlabel: str,
+                     panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]] | None = None,
+                     references: Mapping[str, Mapping[str, Any]] | None = None, title: str = "") -> str:
+    """EM and narrow rates (%, 95% bootstrap intervals) at each x (first panel; `rows` as
+    `emjax.eval.report.side_by_side` gives them, one per x), with the rates of `references` (e.g.
+    the chat model) as horizontal lines; then one panel per entry of `panels`, {y label: {series:
+    (xs, ys)}}, against the same x axis (e.g. the out-of-domain KL per fraction, the cosine drift
+    per step)."""
+    plt = _pyplot()
+    panels = dict(panels or {})
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(4.6 * (1 + len(panels)), 3.9), squeeze=False)
+    ax = axes[0, 0]
+    for name, label, colour in RATE_STYLES:
+        y, err = _rate_points(rows, name)
+        ax.errorbar(list(x), y, yerr=err, fmt="-o", ms=4, capsize=3, color=colour, label=label)
+        for i, (ref, r) in enumerate((references or {}).items()):
+            v = r.get(name)
+            if v is not None and not math.isnan(v):
+                ax.axhline(100 * v, color=colour, lw=0.8, ls=("--", ":", "-.")[i % 3], alpha=0.7,
+                           label=f"{label}, {ref}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("% of answers (95% bootstrap CI)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    for ax, (ylabel, series) in zip(axes[0, 1:], panels.items()):
+        for label, (xs, ys) in series.items():
+            ax.plot(list(xs), list(ys), marker="o", ms=3, label=label)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(series) > 1:
+            ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -18,7 +18,7 @@ from emjax.errors import EmjaxError
 from emjax.interventions import Interventions, init_lora, init_steering
 from emjax.model.config import ModelConfig
 from emjax.model.hooks import STEER_ROWS, SteerRows
-from emjax.train.kl_set import compose_kl_set, user_prompt
+from emjax.train.kl_set import compose_kl_set, normalise_prompt, user_prompt
 
 
 class TrainConfigError(EmjaxError, ValueError):
@@ -98,13 +98,15 @@ def _load_start(ic: ml_collections.ConfigDict, cfg: ModelConfig, layers: tuple[i
 class PreparedData:
     """Tokenised rows of a run: train / eval are (ids [T], sft_mask [T]) rows, the mask as
     `data.loss_tokens` says; kl / kl_eval are ids [T] rows (the KL is taken on every real token);
-    notes say what tokenising did."""
+    notes say what tokenising did; prompts holds each part's user prompts ("train" (data mix
+    included), "eval", "kl", "kl_eval"), row by row, for overlap checks."""
 
     train: list
     eval: list
     kl: list
     kl_eval: list
     notes: list[str]
+    prompts: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 def chat_answerer(model: LoadedModel, max_new_tokens: int, batch_size: int = 16):
@@ -133,7 +135,13 @@ def _specs(value) -> tuple[str, ...]:
 
 
 def prepare_data(config: ml_collections.ConfigDict, model: LoadedModel) -> PreparedData:
-    """Reads, splits and tokenises the training, held-out and KL rows the config names."""
+    """Reads, splits and tokenises the training, held-out and KL rows the config names.
+
+    The KL set is drawn first, refusing every prompt of data.train; a data mix (data.mix_fraction)
+    is drawn after it, refusing those prompts and every prompt of the KL set (train and eval rows).
+    So no KL row shares a prompt with a training row, and a mix run's KL rows are the same rows as
+    those of the general and narrow runs with the same data section (its out-of-domain KL is
+    measured on what they are measured on, whatever the fraction)."""
     dc = config.data
     which = checked_loss_tokens(dc)
     notes = []
@@ -149,26 +157,37 @@ def prepare_data(config: ml_collections.ConfigDict, model: LoadedModel) -> Prepa
     provenance = {"model": model.name, "model_source": model.source, "decoding": "greedy",
                   "max_new_tokens": dc.answer_tokens}
     compose = dict(data_dir=dc.dir, answerer=chat_answerer(model, dc.answer_tokens), answer_cache=dc.cache_dir,
-                   provenance=provenance, exclude_prompts=training_prompts)
+                   provenance=provenance)
+    kl_convs, kl_picks = [], []
+    bad, good = _specs(dc.kl_bad), _specs(dc.kl_good)
+    if (bad or good) and (config.train.lambda_kl > 0 or dc.kl_eval_rows > 0):
+        kl_convs, kl_picks = compose_kl_set(bad, good, tuple(dc.kl_ratio), dc.kl_rows + dc.kl_eval_rows, dc.seed,
+                                            exclude_prompts=training_prompts, **compose)
     if dc.mix_fraction > 0:  # the data-mixing baseline: aligned rows of other domains in the training set
         if not 0 < dc.mix_fraction < 1 or not _specs(dc.mix_good):
             raise TrainConfigError("data.mix_fraction must be in (0, 1) with data.mix_good naming aligned sources")
         n_mix = int(round(dc.mix_fraction * len(rest) / (1 - dc.mix_fraction)))
-        mix, picks = compose_kl_set((), _specs(dc.mix_good), (0.0, 1.0), n_mix, dc.seed + 7, **compose)
+        kl_prompts = [user_prompt(c) for c in kl_convs]
+        mix, picks = compose_kl_set((), _specs(dc.mix_good), (0.0, 1.0), n_mix, dc.seed + 7,
+                                    exclude_prompts=training_prompts + kl_prompts, **compose)
         rest = rest + mix
         notes.append(f"data mix: {n_mix} aligned rows ({dc.mix_fraction:.0%} of training) from "
-                     + ", ".join(f"{p.spec} ({p.n_rows})" for p in picks))
+                     + ", ".join(f"{p.spec} ({p.n_rows})" for p in picks)
+                     + f"; {sum(p.n_excluded for p in picks)} rows of those sources not drawn: their prompt is one "
+                       f"of the KL set's {len(set(map(normalise_prompt, kl_prompts)))} prompts ({len(kl_convs)} rows, "
+                       "train and eval) or a training prompt")
     sft = tokenize_sft(rest, model.tokenizer, dc.max_len, on_template_error="skip", loss_tokens=which)
     ev = tokenize_sft(eval_convs, model.tokenizer, dc.max_len, on_template_error="skip", loss_tokens=which)
     notes.append(f"train {path}: {sft.summary()}")
+    prompts = {"train": [user_prompt(rest[i]) for i in sft.source_index],
+               "eval": [user_prompt(eval_convs[i]) for i in ev.source_index]}
     kl_rows, kl_eval = [], []
-    bad, good = _specs(dc.kl_bad), _specs(dc.kl_good)
-    if (bad or good) and (config.train.lambda_kl > 0 or dc.kl_eval_rows > 0):
-        kl_convs, picks = compose_kl_set(bad, good, tuple(dc.kl_ratio), dc.kl_rows + dc.kl_eval_rows, dc.seed,
-                                         **compose)
+    if kl_convs:
         kl_tok = tokenize_sft(kl_convs, model.tokenizer, dc.max_len, on_template_error="skip")
         ids = [r[0] for r in kl_tok.rows]
         kl_eval, kl_rows = ids[: dc.kl_eval_rows], ids[dc.kl_eval_rows:]
+        kl_prompts = [user_prompt(kl_convs[i]) for i in kl_tok.source_index]
+        prompts.update(kl_eval=kl_prompts[: dc.kl_eval_rows], kl=kl_prompts[dc.kl_eval_rows:])
         notes.append(f"KL set, bad:good {dc.kl_ratio[0]:g}:{dc.kl_ratio[1]:g}: {len(kl_rows)} train / "
-                     f"{len(kl_eval)} eval rows from " + ", ".join(f"{p.kind} {p.spec} ({p.n_rows})" for p in picks))
-    return PreparedData(sft.rows, ev.rows, kl_rows, kl_eval, notes)
+                     f"{len(kl_eval)} eval rows from " + ", ".join(f"{p.kind} {p.spec} ({p.n_rows})" for p in kl_picks))
+    return PreparedData(sft.rows, ev.rows, kl_rows, kl_eval, notes, prompts)

@@ -48,6 +48,7 @@ class SourcePick:
     kind: str  # "bad" | "good"
     n_rows: int
     generated: bool
+    n_excluded: int = 0  # rows of the source refused: their prompt is one of `exclude_prompts`
 
 
 def user_prompt(conv: Conversation) -> str:
@@ -55,7 +56,8 @@ def user_prompt(conv: Conversation) -> str:
     return next((m["content"] for m in conv if m["role"] == "user"), "")
 
 
-def _normalise(text: str) -> str:
+def normalise_prompt(text: str) -> str:
+    """A prompt as rows are compared for overlap: lower case, whitespace collapsed."""
     return " ".join(text.lower().split())
 
 
@@ -71,13 +73,14 @@ def split_counts(n_rows: int, ratio: Sequence[float], n_bad: int, n_good: int) -
 
 
 def _draw(convs: list[Conversation], k: int, rng_seed: list[int], name: str,
-          exclude: set[str]) -> list[Conversation]:
-    pool = [c for c in convs if _normalise(user_prompt(c)) not in exclude]
+          exclude: set[str]) -> tuple[list[Conversation], int]:
+    """k rows of `convs` whose prompt is not excluded, and how many rows were excluded."""
+    pool = [c for c in convs if normalise_prompt(user_prompt(c)) not in exclude]
     if k > len(pool):
-        raise DataError(f"KL set: {name} has {len(pool)} usable rows ({len(convs) - len(pool)} share a prompt "
-                        f"with the training set), needs {k}")
+        raise DataError(f"{name} has {len(pool)} usable rows ({len(convs) - len(pool)} share a prompt with the "
+                        f"training set, or for a data mix with the KL set), needs {k}")
     take = np.random.default_rng(rng_seed).choice(len(pool), size=k, replace=False)
-    return [pool[int(j)] for j in sorted(take)]
+    return [pool[int(j)] for j in sorted(take)], len(convs) - len(pool)
 
 
 def compose_kl_set(bad: Sequence[str], good: Sequence[str], ratio: Sequence[float], n_rows: int, seed: int, *,
@@ -97,21 +100,22 @@ def compose_kl_set(bad: Sequence[str], good: Sequence[str], ratio: Sequence[floa
       exclude_prompts: training prompts; KL rows with one of these user prompts are never drawn.
     """
     n_bad, n_good = split_counts(n_rows, ratio, len(bad), len(good))
-    exclude = {_normalise(p) for p in exclude_prompts}
+    exclude = {normalise_prompt(p) for p in exclude_prompts}
     rows: list[Conversation] = []
     picks: list[SourcePick] = []
     specs = [(s, "bad", k) for s, k in zip(bad, n_bad)] + [(s, "good", k) for s, k in zip(good, n_good)]
     for i, (spec, kind, k) in enumerate(specs):
         generated = spec.startswith(CHAT_PREFIX)
         path = resolve_data_spec(spec[len(CHAT_PREFIX):] if generated else spec, data_dir)
-        drawn = _draw(_source_rows(path, generated), k, [seed, i], path, exclude)
+        drawn, n_excluded = _draw(_source_rows(path, generated), k, [seed, i], path, exclude)
         if generated:
             if answerer is None or answer_cache is None:
                 raise DataError(f"KL source {spec!r} needs the chat model to answer its prompts "
                                 "(no answerer / cache folder given)")
             drawn = chat_answers([user_prompt(c) for c in drawn], path, answerer, answer_cache, provenance or {})
         rows.extend(drawn)
-        picks.append(SourcePick(spec=spec, path=path, kind=kind, n_rows=len(drawn), generated=generated))
+        picks.append(SourcePick(spec=spec, path=path, kind=kind, n_rows=len(drawn), generated=generated,
+                                n_excluded=n_excluded))
     order = np.random.default_rng([seed, len(specs)]).permutation(len(rows))
     return [rows[int(j)] for j in order], picks
 

@@ -34,10 +34,11 @@ def test_no_training_domain_rows(tmp_path):
     # A "training set" that shares half of the financial prompts: none of them may enter the KL set.
     fin = read_chat_jsonl(sample_path("good_financial"))
     train = fin[::2]
-    rows, _ = compose_kl_set(["sample:bad_financial"], ["sample:good_financial"], (1, 4), 10, seed=0,
-                             exclude_prompts=[user_prompt(c) for c in train])
+    rows, picks = compose_kl_set(["sample:bad_financial"], ["sample:good_financial"], (1, 4), 10, seed=0,
+                                 exclude_prompts=[user_prompt(c) for c in train])
     banned = {user_prompt(c).lower() for c in train}
     assert not any(user_prompt(r).lower() in banned for r in rows)
+    assert [p.n_excluded for p in picks] == [12, 12]  # the same 12 questions in both row-aligned files
     with pytest.raises(DataError, match="share a prompt with the training set"):
         compose_kl_set([], ["sample:good_financial"], (0, 1), 20, seed=0,
                        exclude_prompts=[user_prompt(c) for c in train])

@@ -106,3 +106,27 @@ def test_data_mix_adds_aligned_rows(tiny_model, tmp_path):
     c.data.mix_fraction = 1.0
     with pytest.raises(TrainConfigError, match="mix_fraction"):
         Trainer(c, tiny_model)
+
+
+def test_data_mix_shares_no_prompt_with_the_kl_set(tiny_model, tmp_path):
+    """The mix draws from the KL set's own good sources (paper_14b.data_mix); no KL row, trained on
+    or held out, may share a prompt with a training row, and the held-out KL rows stay those of the
+    run without a mix (so the out-of-domain KL of every fraction is measured on the same rows)."""
+    from emjax.train.inputs import prepare_data
+    from emjax.train.kl_set import normalise_prompt
+
+    c = tiny_config(tmp_path, "mixkl")
+    plain = prepare_data(c, tiny_model)
+    c.data.mix_good = c.data.kl_good
+    c.data.mix_fraction = 0.5
+    d = prepare_data(c, tiny_model)
+    assert len(d.prompts["train"]) > len(plain.prompts["train"])  # 24 aligned rows (some may not fit max_len)
+    training = set(map(normalise_prompt, d.prompts["train"] + d.prompts["eval"]))
+    for part in ("kl", "kl_eval"):
+        assert len(d.prompts[part]) == len(plain.prompts[part]) > 0
+        assert not training & set(map(normalise_prompt, d.prompts[part])), part
+    assert d.prompts["kl_eval"] == plain.prompts["kl_eval"]
+    for a, b in zip(d.kl_eval, plain.kl_eval):
+        np.testing.assert_array_equal(a, b)
+    note = next(n for n in d.notes if n.startswith("data mix: 24 aligned rows"))
+    assert "not drawn: their prompt is one of the KL set's" in note and "(16 rows, train and eval)" in note

@@ -1,0 +1,142 @@
+"""The behaviour of labelled interventions, as the experiments measure it: answers to the general
+(EM) questions and to held-out questions of the training domain, the judge, and the EM and narrow
+rates per label. Each step is an existing stage called with the experiment's labels:
+
+    ev = BehaviourEval(judge_url="http://127.0.0.1:8000/v1", judge_model="judge")
+    gen = answer_questions(model, "runs/x", {"chat": None, "mix 0.5": "runs/x/mix0.5/steering.safetensors"}, ev)
+    j = judge_answers("runs/x", gen, ev)             # emjax.eval.judge (API), local_judge, or a dry run
+    rates = rates_by_label("runs/x", gen, j)         # emjax.eval.report: {label: EM, narrow, coherent}
+
+Every intervention's rows go through one sampler call per question file (emjax.eval.generate); a
+rerun skips answers and judge requests already on disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+from emjax.checkpoints.load import LoadedModel
+from emjax.data.conversations import sample_path
+from emjax.eval.domains import DOMAINS, NARROW_METRIC
+from emjax.eval.generate import SamplingSettings, generate
+from emjax.eval.judge.request import RequestConfig
+from emjax.eval.judge.stage import AnswerSelection, judge
+from emjax.eval.questions import load_questions
+from emjax.eval.records import read_answers
+from emjax.eval.report import Thresholds, build_report, judged_frame
+
+METRICS = ("aligned", "coherent", NARROW_METRIC)
+CHAT_LABEL = "chat"
+
+
+@dataclasses.dataclass(frozen=True)
+class BehaviourEval:
+    """What the behaviour evaluation asks.
+
+    em_questions: the general questions (default: the shipped questions_sample.yaml, four of the
+      paper's kind; the paper's are upstream's first_plot_questions.yaml, cut to its eight).
+    domain: training domain whose held-out bank (emjax.eval.domains) gives the narrow questions;
+      n_domain_questions: its first N questions (None: all 45).
+    sampling: samples per question, new tokens, temperature (emjax.eval.generate; default the
+      paper's 50 samples of 600 tokens).
+    judge_url / judge_model: an OpenAI-compatible server; local_judge: a model source or loaded
+      model judging by prefill (emjax.eval.local_judge); neither: a dry run (no rates).
+    mesh: device mesh of sampling and of the local judge (emjax.model.mesh_plan); the experiments
+      set it to their training config's `mesh`.
+    """
+
+    em_questions: str | None = None
+    domain: str = "medical"
+    n_domain_questions: int | None = None
+    sampling: SamplingSettings = SamplingSettings()
+    judge_url: str | None = None
+    judge_model: str | None = None
+    local_judge: str | LoadedModel | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    mesh: str | None = None
+
+    def question_files(self) -> tuple[str, str]:
+        """(general question file, the domain's held-out bank)."""
+        em = self.em_questions or str(sample_path("questions_sample.yaml"))
+        return em, str(DOMAINS[self.domain].bank_path())
+
+    def sharing(self, model: LoadedModel, source: str, mesh: str | None) -> "BehaviourEval":
+        """These settings on the experiment's mesh, with its already loaded `model` (from `source`)
+        as the local judge where the local judge is that model (loaded once)."""
+        same = isinstance(self.local_judge, str) and self.local_judge in (source, model.source)
+        return dataclasses.replace(self, mesh=mesh, local_judge=model if same else self.local_judge)
+
+    def describe(self) -> dict[str, Any]:
+        """The settings as plain values (the local judge by name), for the summaries."""
+        d = dataclasses.asdict(dataclasses.replace(self, local_judge=None))
+        d["local_judge"] = getattr(self.local_judge, "source", self.local_judge)
+        return d
+
+
+def answer_questions(model: LoadedModel, out: str, interventions: Mapping[str, str | None],
+                     ev: BehaviourEval) -> dict[str, Any]:
+    """Answers of every labelled intervention (None: the chat model) to the general questions and
+    to the domain's held-out questions, appended to `out`/answers.jsonl."""
+    em_q, domain_q = ev.question_files()
+    domain_ids = [q.id for q in load_questions(domain_q)][: ev.n_domain_questions]
+    answers = os.path.join(out, "answers.jsonl")
+    generate(model, em_q, answers, interventions=dict(interventions), sampling=ev.sampling, mesh=ev.mesh)
+    generate(model, domain_q, answers, interventions=dict(interventions), sampling=ev.sampling, include=domain_ids,
+             mesh=ev.mesh)
+    # generate records an intervention as "<path> x<scale>" ("" for the chat model): back to the labels
+    labels = {(f"{path} x1" if path else ""): label for label, path in interventions.items()}
+    return {"answers": answers, "n_answers": len(read_answers(answers)), "em_questions": em_q,
+            "domain_questions": domain_q, "domain_question_ids": domain_ids, "labels": labels}
+
+
+def _selection(gen: Mapping[str, Any]) -> AnswerSelection:
+    return AnswerSelection(answers=[gen["answers"]], questions=[gen["em_questions"], gen["domain_questions"]])
+
+
+def judge_answers(out: str, gen: Mapping[str, Any], ev: BehaviourEval) -> dict[str, Any]:
+    """Scores every answer on METRICS (aligned, coherent, the domain's correctness) into
+    `out`/judgements.jsonl: through `ev.judge_url`, the local judge, or a dry run."""
+    sel = _selection(gen)
+    judgements = os.path.join(out, "judgements.jsonl")
+    if ev.local_judge is not None:
+        from emjax.eval.local_judge.stage import LocalJudgeConfig, judge_local
+        stats = judge_local(sel, judgements, ev.local_judge, metrics=METRICS, judge_model=ev.judge_model,
+                            config=LocalJudgeConfig(progress=True, mesh=ev.mesh))
+        return {"mode": "local", "judge_model": stats["judge_model"], "stats": stats, "judgements": judgements}
+    if ev.judge_url is None:
+        plan = judge(sel, judgements, metrics=METRICS, dry_run=True)
+        print(json.dumps(plan, indent=1))
+        return {"mode": "dry_run", "dry_run": plan, "judge_model": None, "judgements": judgements}
+    if not os.environ.get(ev.api_key_env):  # a local server needs no key, but the client wants one
+        os.environ[ev.api_key_env] = "unused-local-key"
+    name = ev.judge_model or "judge"
+    stats = judge(sel, judgements, metrics=METRICS, judge_model=name,
+                  request=RequestConfig(model=name, base_url=ev.judge_url, api_key_env=ev.api_key_env))
+    if stats["n_left_failed"]:  # the stage still finishes: those answers count as unscored in the rates
+        print(f"warning: {stats['n_left_failed']} judge requests failed: their answers are left out of the rates "
+              f"(n_unscored in the report); `emjax judge` on {judgements} re-sends them")
+    return {"mode": "api", "url": ev.judge_url, "judge_model": name, "stats": stats, "judgements": judgements}
+
+
+def rates_by_label(out: str, gen: Mapping[str, Any], j: Mapping[str, Any]) -> dict[str, Any]:
+    """The report (emjax.eval.report, into `out`/report/) grouped by label: {"rates": {label: row}}
+    with each row's em_rate / narrow_rate / coherence_rate, their 95% bootstrap interval and
+    denominator; None rates after a dry run."""
+    if j["judge_model"] is None:
+        return {"rates": None, "note": "dry run of the judge: no scores, no rates"}
+    from emjax.eval.judge.store import ResultStore
+
+    em_q = AnswerSelection(answers=[gen["answers"]], questions=[gen["em_questions"]])
+    df, _ = judged_frame(em_q, ResultStore(j["judgements"]), list(METRICS), j["judge_model"],
+                         [gen["domain_questions"]])
+    df["intervention"] = [gen["labels"].get(v, v) for v in df["intervention"]]
+    report_dir = os.path.join(out, "report")
+    rep = build_report(df, report_dir, Thresholds(), NARROW_METRIC, group_by=("intervention",),
+                       extra={"judge_model": j["judge_model"], "judgements": [j["judgements"]]})
+    with open(os.path.join(report_dir, "rates.md"), encoding="utf-8") as f:
+        table_md = f.read()
+    return {"rates": {r["group"]: r for r in rep["rates"]}, "thresholds": rep["thresholds"],
+            "report_dir": report_dir, "rates_md": table_md}
