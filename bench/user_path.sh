@@ -15,7 +15,8 @@
 # Each stage's wall seconds and its own "[emjax] time:" line go to $OUT/user_path.log; JSON lines to
 # $OUT/user_path.jsonl. Weights are random: answers are noise, so every answer runs to 600 tokens.
 # Needs: .devcarry/em (upstream data), .devcarry/fineweb, .devcarry/tok, .devcarry/anchor_torch.py,
-# .whl (ml-collections, gguf) as BENCHMARKS.md says.
+# .whl (ml-collections, gguf) as BENCHMARKS.md says. STAGES (default: all) picks stages, e.g.
+# STAGES="train train_again sweep_all" for one device call and the rest in the next.
 set -uo pipefail
 OUT=${OUT:-/tmp/emjax-user-path}
 FOLDER=${FOLDER:-/tmp/qwen14b}
@@ -32,8 +33,10 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 LOG=$OUT/user_path.log
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee -a "$LOG"
-stage() {  # stage NAME COMMAND...: runs it, logs its output, records its wall time
+STAGES=${STAGES:-"train train_again sweep_all generate judge_local generate_again peer"}
+stage() {  # stage NAME COMMAND...: runs it (when $STAGES names it), logs its output, records its wall time
   local name=$1; shift
+  [[ " $STAGES write_folder " == *" $name "* ]] || return 0
   echo "== [$name] $*" | tee -a "$LOG"
   local t0=$(date +%s.%N)
   timeout "${STAGE_TIMEOUT:-900}" "$@" 2>&1 | tr '\r' '\n' | grep -v 'it/s]$\|s/it]$' | tee -a "$LOG" | tail -n 25
@@ -51,11 +54,13 @@ stage train_again emjax "${TRAIN[@]}"
 stage sweep_all emjax sweep all --config=configs/sweep_paper_medical.py \
   --config.interventions=narrow=$NARROW/steering.safetensors --config.output_dir=$RUNS/sweeps
 GEN=(generate --model "$FOLDER" --questions "$EMJAX_DATA/first_plot_questions.yaml" --samples 50 --max-new-tokens 600
-     --intervention $NARROW/steering.safetensors --out $RUNS/answers.jsonl)
+     --out $RUNS/answers.jsonl)
+[ -f $NARROW/steering.safetensors ] && GEN+=(--intervention $NARROW/steering.safetensors)
 stage generate emjax "${GEN[@]}"
 stage judge_local emjax judge --local "$FOLDER" --answers $RUNS/answers.jsonl --out $RUNS/judged.jsonl
 stage generate_again emjax "${GEN[@]}"
-if [ -f .devcarry/anchor_torch.py ] && [ -z "${SKIP_PEER:-}" ]; then
+if [[ " $STAGES " == *" peer "* ]]; then
+  STAGES="$STAGES peer_load peer_generate"
   stage peer_load python3 bench/load.py "$FOLDER" --reps 1
   stage peer_generate python3 .devcarry/anchor_torch.py --cases gen --gen-batch 400 --gen-prompt 40 --gen-new 600 --gen-reps 1
 fi
