@@ -44,21 +44,21 @@ stage() {  # stage NAME COMMAND...: runs it (when $STAGES names it), logs its ou
   local wall=$(python3 -c "import time; print(round(time.time() - $t0, 1))")
   echo "{\"case\": \"user_path\", \"stage\": \"$name\", \"wall_s\": $wall, \"rc\": $rc}" | tee -a "$OUT/user_path.jsonl"
 }
-emjax() { python3 -m emjax "$@"; }
+EMJAX=(python3 -m emjax)
 NARROW=$RUNS/steering_narrow_medical
 stage write_folder python3 bench/random_folder.py "$FOLDER" --tokenizer "$TOKENIZER"
 TRAIN=(train --config=configs/steering_narrow_medical.py --config.train.max_steps=40 --config.data.kl_rows=64
        --config.output_dir=$NARROW --config.data.cache_dir=$RUNS/cache)
-stage train emjax "${TRAIN[@]}"
-stage train_again emjax "${TRAIN[@]}"
-stage sweep_all emjax sweep all --config=configs/sweep_paper_medical.py \
+stage train "${EMJAX[@]}" "${TRAIN[@]}"
+stage train_again "${EMJAX[@]}" "${TRAIN[@]}"
+stage sweep_all "${EMJAX[@]}" sweep all --config=configs/sweep_paper_medical.py \
   --config.interventions=narrow=$NARROW/steering.safetensors --config.output_dir=$RUNS/sweeps
 GEN=(generate --model "$FOLDER" --questions "$EMJAX_DATA/first_plot_questions.yaml" --samples 50 --max-new-tokens 600
      --out $RUNS/answers.jsonl)
 [ -f $NARROW/steering.safetensors ] && GEN+=(--intervention $NARROW/steering.safetensors)
-stage generate emjax "${GEN[@]}"
-stage judge_local emjax judge --local "$FOLDER" --answers $RUNS/answers.jsonl --out $RUNS/judged.jsonl
-stage generate_again emjax "${GEN[@]}"
+stage generate "${EMJAX[@]}" "${GEN[@]}"
+stage judge_local "${EMJAX[@]}" judge --local "$FOLDER" --answers $RUNS/answers.jsonl --out $RUNS/judged.jsonl
+stage generate_again "${EMJAX[@]}" "${GEN[@]}"
 if [[ " $STAGES " == *" peer "* ]]; then
   STAGES="$STAGES peer_load peer_generate"
   stage peer_load python3 bench/load.py "$FOLDER" --reps 1
