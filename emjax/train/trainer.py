@@ -92,6 +92,7 @@ class Trainer:
         """data_seeds: the data orders whose batches this trainer's caches serve (default
         train.seed; the vmapped runs of several seeds pass theirs)."""
         self.config = config
+        self.data_seeds = tuple(int(s) for s in data_seeds) if data_seeds else (int(config.train.seed),)
         earlier = earlier_sessions(config) or {}
         self.sessions = int(earlier.get("sessions", 0)) + 1
         self.timings = Timings(prior=earlier.get("timings"))
@@ -102,7 +103,6 @@ class Trainer:
         config = self.config
         tc = config.train
         checked_loss_tokens(config.data)  # before the model loads
-        self.data_seeds = tuple(int(s) for s in data_seeds) if data_seeds else (int(tc.seed),)
         if tc.kl_reduction not in ("token_mean", "upstream"):
             raise TrainConfigError(f"train.kl_reduction must be 'token_mean' or 'upstream', got {tc.kl_reduction!r}")
         steer_rows = steer_rows_of(config.intervention)
