@@ -31,6 +31,8 @@ import time
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+# commands that compile models: they use JAX's persistent compilation cache (emjax.model.compile_cache)
+COMPILING_COMMANDS = ("train", "sweep", "generate", "judge", "main", "technical", "experiment")
 EXIT_FAILED_REQUESTS = 3
 
 KINDS_OF_QUESTIONS = ("free_form", "json", "template")
@@ -696,6 +698,9 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("EMJAX_DISTRIBUTED") == "1" or os.environ.get("EMJAX_COORDINATOR"):
             from emjax.model.mesh_plan import join_hosts_from_env  # multi-host (SLURM, MPI, TPU, local)
             join_hosts_from_env()
+        if args.command in COMPILING_COMMANDS:
+            from emjax.model.compile_cache import enable_compile_cache
+            enable_compile_cache()  # every command is a process: reuse what earlier ones compiled
         t = time.time()
         rc = args.func(args)
     except (EmjaxError, OSError) as e:

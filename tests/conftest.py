@@ -4,6 +4,8 @@ import sys
 # Tests run on the CPU; 8 fake devices let sharding tests build real meshes.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# no persistent compilation cache in tests (emjax.model.compile_cache; tests/model/test_compile_cache.py)
+os.environ.setdefault("EMJAX_COMPILE_CACHE", "off")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402
