@@ -57,7 +57,8 @@ GEN=(generate --model "$FOLDER" --questions "$EMJAX_DATA/first_plot_questions.ya
      --out $RUNS/answers.jsonl)
 [ -f $NARROW/steering.safetensors ] && GEN+=(--intervention $NARROW/steering.safetensors)
 stage generate "${EMJAX[@]}" "${GEN[@]}"
-stage judge_local "${EMJAX[@]}" judge --local "$FOLDER" --answers $RUNS/answers.jsonl --out $RUNS/judged.jsonl
+stage judge_local "${EMJAX[@]}" judge --local "$FOLDER" --answers $RUNS/answers.jsonl \
+  --questions "$EMJAX_DATA/first_plot_questions.yaml" --out $RUNS/judged.jsonl
 stage generate_again "${EMJAX[@]}" "${GEN[@]}"
 if [[ " $STAGES " == *" peer "* ]]; then
   STAGES="$STAGES peer_load peer_generate"
