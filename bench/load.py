@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -77,7 +76,7 @@ def main() -> None:
                    **({"device": r["device"]} if "device" in r else {})}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n| impl | rep | seconds | GB/s |\n|---|---|---|---|")
+    print("\n| impl | rep | seconds | GB/s |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['impl']} | {r['rep']} | {r['seconds']:.1f} | {r['gb_per_s']:.2f} |")
 

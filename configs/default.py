@@ -10,8 +10,6 @@ Optional values are ml-collections placeholders: None until set, typed when set 
 line (`--config.train.max_steps=12`).
 """
 
-import os
-
 import ml_collections
 from ml_collections import config_dict
 

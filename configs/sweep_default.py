@@ -6,8 +6,6 @@ Sources: "upstream" is the code of Soligo et al. as summarised in docs/upstream.
 marks emjax's own choice.
 """
 
-import os
-
 import ml_collections
 import numpy as np
 from ml_collections import config_dict

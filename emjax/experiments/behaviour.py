@@ -140,3 +140,21 @@ def rates_by_label(out: str, gen: Mapping[str, Any], j: Mapping[str, Any]) -> di
         table_md = f.read()
     return {"rates": {r["group"]: r for r in rep["rates"]}, "thresholds": rep["thresholds"],
             "report_dir": report_dir, "rates_md": table_md}
+
+
+def evaluation_lines(s: Mapping[str, Any]) -> list[str]:
+    """The summary.md sentence saying what was asked and who judged (`s`: an experiment's summary)."""
+    ev, j = s["eval"], s["judge"]
+    return [f"EM on {os.path.basename(s['answers']['em_questions'])}, narrow on the first "
+            f"{len(s['answers']['domain_question_ids'])} questions of the {ev['domain']} held-out bank; "
+            f"{ev['sampling']['samples']} samples per question and intervention, {ev['sampling']['max_new_tokens']} "
+            f"new tokens; judge: {j['mode']} ({j.get('judge_model')}).", ""]
+
+
+def rates_lines(s: Mapping[str, Any]) -> list[str]:
+    """The summary.md lines under an experiment's table: what the rates are, or that the judge was a dry run."""
+    if s["rates"].get("rates") is None:
+        return ["", f"Dry run of the judge: {s['judge']['dry_run']['n_pending']} requests would be sent; no rates."]
+    t = s["rates"]["thresholds"]
+    return ["", f"Rates: {t['em']} (EM); {t['narrow']} (narrow); 95% bootstrap intervals; the report is in "
+                f"`{s['rates']['report_dir']}`."]

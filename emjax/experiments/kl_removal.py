@@ -37,7 +37,8 @@ from emjax.configuration import load_config
 from emjax.directions.drift import drift_at, drift_table, snapshot_paths
 from emjax.eval.report import number_cell, rate_cell
 from emjax.eval.report_plots import plot_rates_along
-from emjax.experiments.behaviour import CHAT_LABEL, BehaviourEval, answer_questions, judge_answers, rates_by_label
+from emjax.experiments.behaviour import (CHAT_LABEL, BehaviourEval, answer_questions, evaluation_lines,
+                                         judge_answers, rates_by_label, rates_lines)
 from emjax.experiments import ExperimentConfigError
 from emjax.interventions.files import load_interventions
 from emjax.main_job import run_stage
@@ -192,22 +193,14 @@ def plot_steps(s: Mapping[str, Any], logged: Sequence[Mapping[str, Any]], path: 
 
 
 def write_summary_md(s: Mapping[str, Any], path: str) -> str:
-    ev, j = s["eval"], s["judge"]
     run = s["runs"]["kl_removal"]
     lines = ["# KL removal with behaviour", "",
              f"Model: {s['model']['name']} ({s['model']['source']}); config `{s['config']}`: the narrow vector "
              f"(`{s['runs']['narrow']['artefact']}`) trained on for {run['steps']} steps with lambda "
-             f"{s['lambda_kl']:g}, a snapshot every {s['snapshot_every']} steps; references {s['references']}.", "",
-             f"EM on {os.path.basename(s['answers']['em_questions'])}, narrow on the first "
-             f"{len(s['answers']['domain_question_ids'])} questions of the {ev['domain']} held-out bank; "
-             f"{ev['sampling']['samples']} samples per question and intervention, {ev['sampling']['max_new_tokens']} "
-             f"new tokens; judge: {j['mode']} ({j.get('judge_model')}).", ""]
+             f"{s['lambda_kl']:g}, a snapshot every {s['snapshot_every']} steps; references {s['references']}.", ""]
+    lines += evaluation_lines(s)
     lines += table_lines(s)
-    if s["rates"].get("rates") is None:
-        lines += ["", f"Dry run of the judge: {j['dry_run']['n_pending']} requests would be sent; no rates."]
-    else:
-        lines += ["", f"Rates: {s['rates']['thresholds']['em']} (EM); {s['rates']['thresholds']['narrow']} (narrow); "
-                  f"95% bootstrap intervals; the report is in `{s['rates']['report_dir']}`."]
+    lines += rates_lines(s)
     lines += ["", f"Plot: `{os.path.basename(s['plot'])}`."]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")

@@ -35,7 +35,8 @@ from emjax.checkpoints.load import LoadedModel
 from emjax.experiments import ExperimentConfigError
 from emjax.eval.report import number_cell, rate_cell
 from emjax.eval.report_plots import plot_rates_along
-from emjax.experiments.behaviour import CHAT_LABEL, BehaviourEval, answer_questions, judge_answers, rates_by_label
+from emjax.experiments.behaviour import (CHAT_LABEL, BehaviourEval, answer_questions, evaluation_lines,
+                                         judge_answers, rates_by_label, rates_lines)
 from emjax.main_job import run_stage
 from emjax.train.kl_set import normalise_prompt
 from emjax.train.trainer import Trainer
@@ -181,22 +182,14 @@ def plot_fractions(s: dict[str, Any], path: str) -> str | None:
 
 
 def write_summary_md(s: dict[str, Any], path: str) -> str:
-    ev, j = s["eval"], s["judge"]
     lines = ["# Data mixing at several fractions", "",
              f"Model: {s['model']['name']} ({s['model']['source']}); config `{s['config']}`; every fraction trained "
              f"for {s['max_steps']} optimiser steps. The held-out KL rows are the same for every fraction "
              f"(prompt digests: {sorted({r['kl_eval_prompts_sha256'] for r in s['table']})}) and share no prompt with "
-             "any fraction's training rows (column 6).", "",
-             f"EM on {os.path.basename(s['answers']['em_questions'])}, narrow on the first "
-             f"{len(s['answers']['domain_question_ids'])} questions of the {ev['domain']} held-out bank; "
-             f"{ev['sampling']['samples']} samples per question and intervention, {ev['sampling']['max_new_tokens']} "
-             f"new tokens; judge: {j['mode']} ({j.get('judge_model')}).", ""]
+             "any fraction's training rows (column 6).", ""]
+    lines += evaluation_lines(s)
     lines += table_lines(s)
-    if s["rates"].get("rates") is None:
-        lines += ["", f"Dry run of the judge: {j['dry_run']['n_pending']} requests would be sent; no rates."]
-    else:
-        lines += ["", f"Rates: {s['rates']['thresholds']['em']} (EM); {s['rates']['thresholds']['narrow']} (narrow); "
-                  f"95% bootstrap intervals; the report is in `{s['rates']['report_dir']}`."]
+    lines += rates_lines(s)
     lines += ["", f"Plot: `{os.path.basename(s['plot'])}`." if s["plot"] else ""]
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
