@@ -313,6 +313,11 @@ def sweep(c: ml_collections.ConfigDict, kinds: Sequence[str] = KINDS, model: Loa
     with timings.running():
         with phase("data"):
             inputs = {k: sweep_inputs(k, c) for k in kinds}
+            missing = {label: path for label, path in parse_labelled_paths(c.interventions).items()
+                       if not os.path.exists(path)}
+            if missing:  # before the model loads (a 14B load is not spent on a typo)
+                raise SweepConfigError("interventions: " + ", ".join(f"{label}={path}" for label, path in missing.items())
+                                       + ": no such file or folder (train it first, or fix the path)")
             done = {k: finished_sweep(k, c, inputs[k]) for k in kinds}
         if any(s is None for s in done.values()):
             with phase("load"):

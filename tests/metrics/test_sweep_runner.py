@@ -274,3 +274,14 @@ def test_sweep_reuses_finished_kinds_and_recomputes_changed_ones(setup, tmp_path
     save_steering(sv.replace(vectors=jax.random.normal(jax.random.PRNGKey(9), sv.vectors.shape)), copies["narrow"])
     again = R.sweep(c, ("efficiency",), model)["efficiency"]
     assert again["at_trained_norm"]["narrow"]["norm"] != first["efficiency"]["at_trained_norm"]["narrow"]["norm"]
+
+
+def test_a_missing_intervention_is_refused_before_the_model_loads(tmp_path):
+    from emjax.configuration import load_config
+    from emjax.metrics.runner import SweepConfigError, sweep
+    c = load_config(str(paths.CONFIGS / "sweep_default.py"))
+    c.model.source = str(tmp_path / "no-model-here")  # loading it would fail differently
+    c.interventions = f"general={tmp_path / 'g.safetensors'}"
+    c.output_dir = str(tmp_path / "out")
+    with pytest.raises(SweepConfigError, match=r"general=.*g\.safetensors: no such file"):
+        sweep(c, ("efficiency",))
