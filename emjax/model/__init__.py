@@ -11,6 +11,7 @@ Modules (imports point down this list, never up):
   decode_attention  the one-query decode attention as a Pallas kernel (GPU)
   sampling          KV-cache sampling
   sharding          logical axes -> device meshes
+  compile_cache     JAX's persistent compilation cache, turned on by the CLI's compiling commands
 
 The common entry points are re-exported here: `from emjax import model as M; M.forward(...)`.
 """
