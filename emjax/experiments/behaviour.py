@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from emjax.checkpoints.load import LoadedModel
 from emjax.data.conversations import sample_path
@@ -158,3 +158,15 @@ def rates_lines(s: Mapping[str, Any]) -> list[str]:
     t = s["rates"]["thresholds"]
     return ["", f"Rates: {t['em']} (EM); {t['narrow']} (narrow); 95% bootstrap intervals; the report is in "
                 f"`{s['rates']['report_dir']}`."]
+
+
+def write_experiment(out: str, summary: dict[str, Any], write_md: Callable[[dict[str, Any], str], str],
+                     table_lines: Callable[[dict[str, Any]], list[str]]) -> dict[str, Any]:
+    """An experiment's last stage: summary.json and summary.md (`write_md`) in `out`, its table and where
+    everything is printed; returns the summary."""
+    with open(os.path.join(out, "summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=1, default=str)
+    md = write_md(summary, os.path.join(out, "summary.md"))
+    print("\n" + "\n".join(table_lines(summary)))
+    print(f"\neverything in {out} (summary: {md}, plot: {summary['plot']})")
+    return summary

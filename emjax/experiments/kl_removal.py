@@ -25,7 +25,6 @@ Stages (each leaves `OUT/stages/<i>.json`; a rerun into the same folder reuses f
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -38,7 +37,8 @@ from emjax.directions.drift import drift_at, drift_table, snapshot_paths
 from emjax.eval.report import number_cell, rate_cell
 from emjax.eval.report_plots import plot_rates_along
 from emjax.experiments.behaviour import (CHAT_LABEL, BehaviourEval, answer_questions, evaluation_lines,
-                                         judge_answers, rates_by_label, rates_lines)
+                                         judge_answers, rates_by_label, rates_lines,
+                                         write_experiment)
 from emjax.experiments import ExperimentConfigError
 from emjax.interventions.files import load_interventions
 from emjax.main_job import run_stage
@@ -134,12 +134,7 @@ def run_kl_removal(config: ml_collections.ConfigDict, base: Mapping[str, ml_coll
                "judge": j, "rates": rates}
     summary["table"] = step_table(drift.to_dict("records"), rates.get("rates") or {})
     summary["plot"] = plot_steps(summary, _logged_drift(c.output_dir), os.path.join(out, "kl_removal.png"))
-    with open(os.path.join(out, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=1, default=str)
-    md = write_summary_md(summary, os.path.join(out, "summary.md"))
-    print("\n" + "\n".join(table_lines(summary)))
-    print(f"\neverything in {out} (summary: {md}, plot: {summary['plot']})")
-    return summary
+    return write_experiment(out, summary, write_summary_md, table_lines)
 
 
 def _logged_drift(run_dir: str) -> list[dict[str, Any]]:

@@ -36,7 +36,8 @@ from emjax.experiments import ExperimentConfigError
 from emjax.eval.report import number_cell, rate_cell
 from emjax.eval.report_plots import plot_rates_along
 from emjax.experiments.behaviour import (CHAT_LABEL, BehaviourEval, answer_questions, evaluation_lines,
-                                         judge_answers, rates_by_label, rates_lines)
+                                         judge_answers, rates_by_label, rates_lines,
+                                         write_experiment)
 from emjax.main_job import run_stage
 from emjax.train.kl_set import normalise_prompt
 from emjax.train.trainer import Trainer
@@ -129,12 +130,7 @@ def run_mixing(config: ml_collections.ConfigDict, out: str, ev: BehaviourEval,
                "runs": runs, "answers": gen, "judge": j, "rates": rates}
     summary["table"] = fraction_table(summary)
     summary["plot"] = plot_fractions(summary, os.path.join(out, "mixing.png"))
-    with open(os.path.join(out, "summary.json"), "w") as fh:
-        json.dump(summary, fh, indent=1, default=str)
-    md = write_summary_md(summary, os.path.join(out, "summary.md"))
-    print("\n" + "\n".join(table_lines(summary)))
-    print(f"\neverything in {out} (summary: {md}, plot: {summary['plot']})")
-    return summary
+    return write_experiment(out, summary, write_summary_md, table_lines)
 
 
 def fraction_table(s: dict[str, Any]) -> list[dict[str, Any]]:
