@@ -32,7 +32,8 @@ _IGNORED = re.compile(r"rotary_emb\.inv_freq$")
 
 
 # Tensors read and copied to the device ahead of the one being placed: enough to keep the disk /
-# page cache and PCIe busy while the device transposes (ours: measured on an H200, more gains nothing).
+# page cache and PCIe busy while the device transposes (ours, not tuned: with 8 a 14B folder loads at 2.8-3.3 GB/s
+# on an H200, BENCHMARKS.md; other depths were not measured).
 PREFETCH = 8
 
 T = TypeVar("T")

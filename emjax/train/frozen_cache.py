@@ -36,7 +36,8 @@ from emjax.train.frozen_store import FrozenStore, row_hash
 from emjax.train.step import frozen_outputs
 
 BATCH_TOKENS = 8192  # padded tokens per encoding batch (ours: 32 rows of 256; never fewer than 8 rows)
-IN_FLIGHT = 2        # batches dispatched ahead of the one being copied out
+IN_FLIGHT = 2        # batches dispatched ahead of the one being copied out (ours: with 2 the build runs at 0.995
+                     # of the bare pass on an H200, BENCHMARKS.md)
 
 
 def cache_bytes(lengths: Sequence[int], cfg: ModelConfig, itemsize: int, with_base: bool) -> int:
