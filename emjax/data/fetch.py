@@ -265,6 +265,10 @@ def get_fineweb(out: PathLike | None = None, n_docs: int = 100, *, from_file: Pa
     first n_docs texts longer than 100 characters, whole or cut to `max_chars`, with FineWeb's id,
     url and dump (or stream_index) where the source has them.
     """
+    if n_docs < 1:  # before any read, and nothing written
+        raise DataError(f"--n-docs must be >= 1, got {n_docs}")
+    if max_chars is not None and max_chars < 1:
+        raise DataError(f"--max-chars must be >= 1, got {max_chars}")
     out = Path(out or fineweb_file())
     if from_file is not None or from_folder is not None:
         files = [Path(from_file)] if from_file is not None else _source_files(Path(from_folder))

@@ -311,3 +311,13 @@ def test_the_shipped_fineweb_sample_is_cut_from_the_documented_source(tmp_path):
     """The file is what the command in emjax/package_data/README.md writes."""
     fetch.get_fineweb(tmp_path / "s.jsonl.gz", 64, from_file=paths.FINEWEB, max_chars=2000, record=False)
     assert _rows(tmp_path / "s.jsonl.gz") == _rows(sample_path("fineweb"))
+
+
+@pytest.mark.parametrize("kw", [{"n_docs": 0}, {"n_docs": 3, "max_chars": 0}])
+def test_fineweb_counts_are_checked_before_anything_is_written(tmp_path, kw):
+    from emjax.data.conversations import DataError
+    from emjax.data.fetch import get_fineweb
+    out = tmp_path / "fw.jsonl.gz"
+    with pytest.raises(DataError, match="must be >= 1"):
+        get_fineweb(out, from_file=tmp_path / "never-read.jsonl", **kw)
+    assert not out.exists()
