@@ -14,6 +14,7 @@ PACKAGE = paths.REPO / "emjax"
 ALLOWED = {
     "errors": set(),
     "timings": set(),  # the stages' stopwatch (jax.monitoring only)
+    "arg_types": set(),  # bounded argparse types
     "data": {"errors"},
     "model": {"errors"},
     "configuration": {"errors"},
@@ -31,7 +32,7 @@ ALLOWED = {
     "experiments": {"errors", "model", "data", "checkpoints", "interventions", "train", "eval", "configuration",
                     "directions", "main_job"},
     "launch": {"errors", "model", "configuration", "interventions", "train"},
-    "cli": {"timings", "errors", "model", "data", "checkpoints", "train", "metrics", "eval", "configuration", "main_job",
+    "cli": {"arg_types", "timings", "errors", "model", "data", "checkpoints", "train", "metrics", "eval", "configuration", "main_job",
             "technical_job", "directions", "launch", "experiments"},
     "__main__": {"cli"},
     "__init__": set(),

@@ -1,0 +1,53 @@
+"""Bounded argparse types: a numeric option out of range (or NaN) is refused by argparse itself,
+as "argument --x: ..." with exit status 2, before any file is read, model loaded or request paid.
+
+    p.add_argument("--samples", type=int_at_least(1), default=50)
+    p.add_argument("--min-mass", type=float_in(0.0, 1.0), default=0.25)
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+
+def _number(kind: type, text: str) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An integer >= low."""
+    def parse(text: str) -> int:
+        value = _number(int, text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
+        return value
+    parse.__name__ = f"integer >= {low}"  # argparse names the type in its message
+    return parse
+
+
+def float_in(low: float, high: float = math.inf, *, low_open: bool = False) -> Callable[[str], float]:
+    """A finite float in [low, high] ((low, high] with low_open); NaN and infinities are refused."""
+    def parse(text: str) -> float:
+        value = _number(float, text)
+        if value < low or (low_open and value == low) or value > high:
+            left = "(" if low_open else "["
+            right = "inf)" if high == math.inf else f"{high:g}]"
+            raise argparse.ArgumentTypeError(f"{value:g} is outside {left}{low:g}, {right}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+positive_int = int_at_least(1)
+nonnegative_int = int_at_least(0)
+positive_float = float_in(0.0, low_open=True)
+nonnegative_float = float_in(0.0)
+probability = float_in(0.0, 1.0)
