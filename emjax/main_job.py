@@ -51,6 +51,7 @@ from emjax.train.trainer import train
 # configs/sweep_default.py with a few overrides of its own (fewer steps, a smaller sweep).
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 N_STAGES = 5
+METRICS = ("efficiency", "stability", "significance")  # the paper's three
 # In-domain questions answered on CPU: the first few of the shipped held-out medical bank (ours: cost).
 N_DOMAIN_QUESTIONS = 6
 
@@ -116,16 +117,25 @@ def _sweeps(model: LazyModel, out: str, vectors: dict[str, str], quick: bool) ->
         "efficiency.scales=(0.0, 0.5, 1.0, 1.5, 2.0)", "stability.eps=(0.1, 0.3, 0.6, 1.0)",
         f"stability.seeds={2 if quick else 3}", f"significance.n_docs={4 if quick else 8}",
         "significance.max_len=128", "significance.norms=(0.0, 1.0, 2.0)", "significance.n_random=2"])
-    return sweep(c, sweep_kinds(c), model)
+    return metric_sweeps(c, model)
 
 
-def sweep_kinds(c) -> list[str]:
-    """The metrics a sweep config can run here: significance needs its FineWeb corpus (by default
-    the documents shipped with emjax, so it is skipped only where a configured file is missing)."""
+def metric_sweeps(c, model: LazyModel) -> dict:
+    """`emjax.metrics.runner.sweep` of the metrics `sweep_kinds` finds runnable; the others under
+    "skipped" with the reason."""
+    kinds, skipped = sweep_kinds(c)
+    return {**sweep(c, kinds, model), **({"skipped": skipped} if skipped else {})}
+
+
+def sweep_kinds(c) -> tuple[list[str], dict[str, str]]:
+    """The metrics a sweep config can run here, and {metric: why not} for the others: significance
+    needs its FineWeb corpus (by default the documents shipped with emjax, so it is skipped only
+    where a configured file is missing)."""
     if c.significance.stream or corpus_path(c.significance.corpus).is_file():
-        return ["efficiency", "stability", "significance"]
-    print(f"significance skipped: no FineWeb sample at {c.significance.corpus}: {fineweb_hint()}")
-    return ["efficiency", "stability"]
+        return list(METRICS), {}
+    why = f"no FineWeb sample at {c.significance.corpus}: {fineweb_hint()}"
+    print(f"significance skipped: {why}")
+    return ["efficiency", "stability"], {"significance": why}
 
 
 def _question_files() -> tuple[str, str]:
@@ -196,9 +206,33 @@ def run_main(out: str = "runs/main", *, model: str | LoadedModel = "embedded", q
 
 def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...], judge_url: str | None,
                 judge_model: str | None, api_key_env: str) -> dict:
-    """The five stages into `out`; the model is loaded by the first stage that has work for it."""
-    summary: dict[str, Any] = {"stages": {}}
+    """The five stages into `out`; the model is loaded by the first stage that has work for it.
+
+    A stage that fails is listed in summary["not_run"] (with the reason and how to enable it) with
+    the stages that need its results, and the job goes on with the others; only a failure of the
+    first stage (the model) ends the job, since nothing else can run without it.
+    """
+    summary: dict[str, Any] = {"stages": {}, "not_run": []}
     job = {"model": loaded.source, "quick": quick, "seeds": list(seeds)}
+    rerun = "fix it and rerun the same command (finished stages are reused)"
+
+    def guarded(name: str, i: int, title: str, fn: Callable[[], dict], key: dict) -> dict | None:
+        try:
+            result = _stage(out, i, title, fn, key)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - the job goes on; the reason is listed, nothing is hidden
+            if i == 1:
+                raise
+            reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            print(f"stage {i}/{N_STAGES} ({name}) failed: {reason}", flush=True)
+            not_run(name, f"failed: {reason}", rerun)
+            return None
+        summary["stages"][name] = result
+        return result
+
+    def not_run(what: str, reason: str, enable: str) -> None:
+        summary["not_run"].append({"what": what, "reason": reason, "enable": enable})
 
     def chat_stage():
         results = chat(loaded.get(), DEFAULT_PROMPTS[:2] if quick else DEFAULT_PROMPTS,
@@ -206,7 +240,7 @@ def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...]
         print(format_results(results))
         return {"model": describe_model(loaded), "results": [dataclasses.asdict(r) for r in results]}
 
-    summary["stages"]["chat"] = _stage(out, 1, "load the model and chat", chat_stage, job)
+    guarded("chat", 1, "load the model and chat", chat_stage, job)
     summary["model"] = summary["stages"]["chat"].get("model") or describe_model(loaded)  # older markers lack it
     m = summary["model"]
     print(f"model: {m['name']} ({m['params'] / 1e6:.0f}M parameters) from {m['source']}")
@@ -222,19 +256,33 @@ def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...]
                   f"KL {r['final_eval']['eval_kl_ood']:.4f} nats/token; ||alpha v|| {r['intervention_norm']:.3f}")
         return {"runs": runs}
 
-    trained = _stage(out, 2, "train general and narrow steering vectors on bad medical advice", train_stage, job)
-    summary["stages"]["train"] = trained
-    vectors = {name: r["artefact"] for name, r in trained["runs"].items()}
-    summary["stages"]["sweeps"] = _stage(out, 3, "efficiency, stability and pre-training significance",
-                                         lambda: _sweeps(loaded, out, vectors, quick), job)
-    gen = _stage(out, 4, "answers to general and in-domain questions",
-                 lambda: _generate(loaded, out, {"chat": None, **vectors}, samples=1 if quick else 2,
-                                   max_new=24 if quick else 48), job)
-    summary["stages"]["generate"] = gen
+    trained = guarded("train", 2, "train general and narrow steering vectors on bad medical advice", train_stage, job)
+    vectors = {name: r["artefact"] for name, r in trained["runs"].items()} if trained else {}
+    if trained:
+        sweeps = guarded("sweeps", 3, "efficiency, stability and pre-training significance",
+                         lambda: _sweeps(loaded, out, vectors, quick), job)
+        for kind in METRICS:
+            if sweeps is not None and kind not in sweeps:
+                not_run(kind, sweeps.get("skipped", {}).get(kind, "not run by the sweep"),
+                        "give a FineWeb sample: `emjax data get fineweb` or $EMJAX_FINEWEB" if kind == "significance"
+                        else rerun)
+    else:
+        not_run("sweeps", "needs the trained vectors (stage 2 failed)", rerun)
+    gen = guarded("generate", 4, "answers to general and in-domain questions",
+                  lambda: _generate(loaded, out, {"chat": None, **vectors}, samples=1 if quick else 2,
+                                    max_new=24 if quick else 48), job)
     title = "judge and rates" if judge_url else "judge dry run (no judge URL given)"
-    summary["stages"]["judge"] = _stage(out, 5, title, lambda: _judge(out, gen, judge_url, judge_model, api_key_env),
-                                        {**job, "judge_url": judge_url, "judge_model": judge_model})
-    summary["spread_across_seeds"] = _train_spread(trained["runs"]) if len(seeds) > 1 else None
+    if gen is None:
+        not_run("judge", "needs the answers (stage 4 failed)", rerun)
+    else:
+        judged = guarded("judge", 5, title, lambda: _judge(out, gen, judge_url, judge_model, api_key_env),
+                         {**job, "judge_url": judge_url, "judge_model": judge_model})
+        if judged is not None and not judged.get("rates"):
+            n = (judged.get("dry_run") or {}).get("n_pending", "n/a")
+            not_run("EM and narrow rates", f"no judge given: the judge stage was a dry run ({n} requests counted)",
+                    "`emjax main --judge-url URL [--judge-model NAME]` with any OpenAI-compatible server "
+                    "(finished stages are reused)")
+    summary["spread_across_seeds"] = _train_spread(trained["runs"]) if trained and len(seeds) > 1 else None
     return summary
 
 
@@ -275,24 +323,30 @@ def _train_spread(runs: dict[str, dict]) -> dict:
 
 def _print_summary(s: dict, path: str, md: str) -> None:
     print("\n=== summary ===")
-    tr = s["stages"]["train"]["runs"]
-    print(f"{'vector':14s} {'held-out loss':>14s} {'OOD KL':>8s} {'||alpha v||':>12s}")
-    for k, r in tr.items():
-        print(f"{k:14s} {r['final_eval']['eval_loss']:14.3f} {r['final_eval']['eval_kl_ood']:8.4f} "
-              f"{r['intervention_norm']:12.3f}")
-    sw = s["stages"]["sweeps"]
+    st = s["stages"]
+    if "train" in st:
+        print(f"{'vector':14s} {'held-out loss':>14s} {'OOD KL':>8s} {'||alpha v||':>12s}")
+        for k, r in st["train"]["runs"].items():
+            print(f"{k:14s} {r['final_eval']['eval_loss']:14.3f} {r['final_eval']['eval_kl_ood']:8.4f} "
+                  f"{r['intervention_norm']:12.3f}")
+    sw = st.get("sweeps") or {}
     if "efficiency" in sw:
         print("efficiency, loss at each trained norm:", json.dumps(sw["efficiency"]["equal_norm_loss"]))
     if "stability" in sw:
         print("stability, mean relative loss increase:", json.dumps(sw["stability"]["mean_relative_increase"]))
     if "significance" in sw:
         print("significance, KL at the largest norm:", json.dumps(sw["significance"]["kl_at_max_norm"]))
-    j = s["stages"]["judge"]
+    j = st.get("judge") or {}
     if j.get("rates"):
         print(f"rates ({j['thresholds']['em']}; narrow: {j['thresholds']['narrow']}):")
         for r in j["rates"]:
             print(f"  {r['group'] or 'chat model':60s} EM {_pct(r.get('em_rate'))}  narrow {_pct(r.get('narrow_rate'))}")
-    print(f"answers: {s['stages']['generate']['n_answers']} in {s['stages']['generate']['answers']}")
+    if "generate" in st:
+        print(f"answers: {st['generate']['n_answers']} in {st['generate']['answers']}")
+    print("seconds per stage: " + ", ".join(f"{k} {v.get('seconds', 'n/a')}" for k, v in st.items())
+          + f"; total {s['timings'].get('total', 0):.0f} s")
+    for m in s.get("not_run") or []:
+        print(f"NOT RUN: {m['what']}: {m['reason']}; to run it: {m['enable']}")
     print(f"everything in {os.path.dirname(path)} (summary: {md}; plots: sweeps/*.png, report/*.png)")
 
 

@@ -24,7 +24,35 @@ def _seen(flag: bool) -> str:
     return "**seen**" if flag else "**not seen**"
 
 
+def _not_run(s: dict) -> list[str]:
+    """What the job could not run, why, and what enables it (nothing is skipped silently)."""
+    missing = s.get("not_run") or []
+    if not missing:
+        return ["Everything ran: the three metrics and the judge's rates.", ""]
+    lines = ["## Not run", "", "| what | why | to run it |", "|---|---|---|"]
+    lines += [f"| {m['what']} | {m['reason']} | {m['enable']} |" for m in missing]
+    return lines + [""]
+
+
+STAGE_TITLES = {"chat": "1 load + chat", "train": "2 train", "sweeps": "3 metrics", "generate": "4 answers",
+                "judge": "5 judge"}
+
+
+def _time(s: dict) -> list[str]:
+    """Each stage's seconds by phase (emjax.timings), as measured when the stage ran."""
+    phases = ("load", "data", "cache", "compile", "compute", "other", "total")
+    lines = ["## Time", "", "| stage | " + " | ".join(phases) + " |", "|---" * (len(phases) + 1) + "|"]
+    for name, st in s["stages"].items():
+        t = st.get("timings") or {}
+        lines.append(f"| {STAGE_TITLES.get(name, name)} | " + " | ".join(_f(t.get(k), ".1f") for k in phases) + " |")
+    total = s.get("timings") or {}
+    lines.append("| **all stages** | " + " | ".join(_f(total.get(k), ".1f") for k in phases) + " |")
+    return lines + ["", "Seconds when each stage ran (a stage reused from an earlier run keeps its first time).", ""]
+
+
 def _training(s: dict) -> list[str]:
+    if "train" not in s["stages"]:
+        return ["## Vectors", "", "Not trained (see *Not run* above).", ""]
     lines = ["## Vectors", "", "| vector | held-out in-domain loss | out-of-domain KL (nats/token) | ||alpha v|| |",
              "|---|---|---|---|"]
     for k, r in s["stages"]["train"]["runs"].items():
@@ -50,9 +78,16 @@ def _mean(x: list[float]) -> float | None:
     return sum(x) / len(x) if x else None
 
 
+METRICS = ("efficiency", "stability", "significance")
+
+
 def _metrics(s: dict) -> list[str]:
-    sw = s["stages"]["sweeps"]
-    lines = ["## The three metrics", "", "| metric | general | narrow | the paper's ordering |", "|---|---|---|---|"]
+    sw = s["stages"].get("sweeps")
+    if sw is None:
+        return ["## The three metrics", "", "Not run (see *Not run* above).", ""]
+    ran = [k for k in METRICS if k in sw]
+    title = "The three metrics" if len(ran) == 3 else f"The metrics: {len(ran)} of the paper's three ran (see *Not run*)"
+    lines = [f"## {title}", "", "| metric | general | narrow | the paper's ordering |", "|---|---|---|---|"]
     if "efficiency" in sw:
         for other, losses in sw["efficiency"]["equal_norm_loss"].items():
             g, n = _pairs(losses)
@@ -80,7 +115,9 @@ def _metrics(s: dict) -> list[str]:
 
 
 def _rates(s: dict) -> list[str]:
-    j = s["stages"]["judge"]
+    j = s["stages"].get("judge")
+    if j is None:
+        return ["## Judge", "", "Not run (see *Not run* above).", ""]
     if not j.get("rates"):
         plan = j.get("dry_run") or {}
         return ["## Judge", "", f"Dry run (no judge URL): {plan.get('n_pending', 'n/a')} "
@@ -104,6 +141,6 @@ def summary_md(s: dict) -> str:
     m = s["model"]
     lines = [f"# emjax main: {m['name']}", "",
              f"{m['family']}, {m['layers']} layers, {m['params'] / 1e6:.0f}M parameters, from `{m['source']}`.", ""]
-    lines += _training(s) + _metrics(s) + _rates(s)
+    lines += _not_run(s) + _training(s) + _metrics(s) + _rates(s) + _time(s)
     return "\n".join(lines)
 

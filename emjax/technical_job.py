@@ -38,8 +38,7 @@ from emjax.eval import technical as ET
 from emjax.eval.generate import SamplingSettings, generate
 from emjax.eval.judge.request import RequestConfig
 from emjax.eval.judge.stage import AnswerSelection, judge
-from emjax.main_job import describe_model, run_stage, stage_timings, sweep_kinds, write_if_changed
-from emjax.metrics.runner import sweep
+from emjax.main_job import describe_model, metric_sweeps, run_stage, stage_timings, write_if_changed
 from emjax.model.config import dtype_from_name
 from emjax.train.distill import DistillSettings, distill_set, model_answerer
 from emjax.train.trainer import train
@@ -123,7 +122,7 @@ def _sweeps(model: LazyModel, out: str, data: str, vectors: dict[str, str], quic
         "stability.eps=(0.1, 0.3, 0.6, 1.0)", f"stability.seeds={2 if quick else 3}",
         f"significance.n_docs={4 if quick else 8}", "significance.max_len=128",
         "significance.norms=(0.0, 1.0, 2.0)", "significance.n_random=2", *overrides])
-    return sweep(c, sweep_kinds(c), model)
+    return metric_sweeps(c, model)
 
 
 def _generate(model: LazyModel, out: str, data_dir: str, vectors: dict[str, str | None], per_domain: int,
@@ -275,6 +274,8 @@ def summary_md(s: dict) -> str:
                       ("significance", "kl_at_max_norm")):
         if kind in sw:
             lines.append(f"- {kind} ({key}): `{json.dumps(sw[kind].get(key))}`")
+        else:
+            lines.append(f"- {kind}: **not run**: {sw.get('skipped', {}).get(kind, 'not asked for')}")
     lines += ["", "## Technical-style rates", ""]
     j, rep = st["judge"], st["report"]
     if j["mode"] == "dry_run":

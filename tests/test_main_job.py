@@ -67,3 +67,30 @@ def test_main_job_judged_by_a_local_server_and_resumed(tmp_path, monkeypatch):
         assert {p: (os.stat(p).st_mtime_ns, p.read_bytes()) for p in kept} == kept
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["stages"]["generate"]["n_answers"] == s["stages"]["generate"]["n_answers"]
+
+
+@pytest.mark.slow
+def test_main_job_lists_what_it_could_not_run_and_goes_on(tmp_path, monkeypatch, capsys):
+    """A missing FineWeb file and a judge server that is down: the other metrics, the answers and
+    the summary are still produced; both are listed in summary.md and on the terminal with their
+    reason and the way to enable them; a rerun retries only what did not run."""
+    import socket
+    with socket.socket() as s:  # a port with nobody listening
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    monkeypatch.setenv("EMJAX_FINEWEB", str(tmp_path / "no_such_fineweb.jsonl"))
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    out = tmp_path / "main"
+    s = run_main(str(out), model=tiny_model(), quick=True, judge_url=dead, judge_model="j")
+    not_run = {m["what"]: m for m in s["not_run"]}
+    assert set(not_run) == {"significance", "judge"}
+    assert "emjax data get fineweb" in not_run["significance"]["enable"]
+    assert not_run["judge"]["reason"].startswith("failed:") and "rerun" in not_run["judge"]["enable"]
+    assert set(s["stages"]) == {"chat", "train", "sweeps", "generate"}
+    assert {"efficiency", "stability"} <= set(s["stages"]["sweeps"]) and "significance" not in s["stages"]["sweeps"]
+    md = (out / "summary.md").read_text()
+    assert "## Not run" in md and "| significance |" in md and "| judge |" in md
+    assert "2 of the paper's three ran" in md and "## Time" in md and "| 2 train |" in md
+    printed = capsys.readouterr().out
+    assert "NOT RUN: significance:" in printed and "NOT RUN: judge: failed:" in printed
+    assert not (out / "stages" / "5.json").exists()  # the failed stage left no marker: a rerun retries it

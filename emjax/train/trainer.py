@@ -96,6 +96,7 @@ class Trainer:
         earlier = earlier_sessions(config) or {}
         self.sessions = int(earlier.get("sessions", 0)) + 1
         self.timings = Timings(prior=earlier.get("timings"))
+        self._final_eval: dict[str, float] | None = None  # the loop's eval at the last step, reused by `finish`
         with self.timings.running():
             self._setup(model)
 
@@ -351,7 +352,10 @@ class Trainer:
                 rec = {"step": step + 1, "epoch": train_b.position[0], "lr": float(self.schedule(step)),
                        **{k: float(v) for k, v in fetch(m).items()}}
                 if tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == self.total_steps):
-                    rec.update(self.evaluate(state.params))
+                    evaluation = self.evaluate(state.params)
+                    rec.update(evaluation)
+                    if step + 1 == self.total_steps:  # the final eval: `finish` reuses it, not runs it again
+                        self._final_eval = evaluation
                 metrics_w.write(rec)
                 if record["train_loss_first"] is None:
                     record["train_loss_first"] = rec["sft_loss"]
@@ -405,7 +409,9 @@ class Trainer:
         out = config.output_dir
         params = state.params
         artefact = self.save_intervention(params, out)
-        final_eval = self.evaluate(params)
+        final_eval = self._final_eval if config is self.config else None
+        if final_eval is None:
+            final_eval = self.evaluate(params)
         skipped = int(fetch(state.opt_state.total_notfinite))
         params = fetch(params)
         summary = {
