@@ -198,7 +198,8 @@ def _cheap_cfg(model: str | LoadedModel | LazyModel) -> ModelConfig | None:
     source = model if isinstance(model, str) else model.source
     if isinstance(model, LazyModel) and model.loaded:
         return model.cfg
-    return ModelConfig.from_hf(source) if os.path.isdir(source) else None
+    # a folder's config.json (its absence is reported by the load, when one is needed)
+    return ModelConfig.from_hf(source) if os.path.isfile(os.path.join(source, "config.json")) else None
 
 
 def check_intervention(path: str, cfg: ModelConfig | None) -> None:
