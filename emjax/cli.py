@@ -8,6 +8,7 @@ library (emjax.main_job, emjax.train, emjax.metrics, emjax.eval).
     emjax sweep efficiency --config=configs/sweep_embedded.py
     emjax generate --questions Q.yaml --intervention V --out answers.jsonl
     emjax judge / emjax report      # the accelerator-free judge stage and the rates
+    emjax judge ... --wait          # one writer per --out (lock <out>.lock): wait instead of refusing
     emjax directions mean-diff|compare|gradient|drift   # the direction analyses
     emjax technical run OUT         # the technical-prose example end to end (build-data, rates, check)
     emjax data get em --from-clone PATH | data get fineweb | data status   # data emjax does not ship
@@ -18,7 +19,9 @@ emjax's own errors (a bad config key, a missing file, an unknown model source, a
 line) are printed as one line on stderr with exit status 2; `emjax --debug ...` shows the
 traceback instead. `emjax judge` exits 3 when some selected answers are still recorded as failed
 after the run: a plain rerun re-sends the unpaid failures (connection errors, 5xx, 429), and
-`--retry-failed` also the paid ones (a 200 without logprobs).
+`--retry-failed` also the paid ones (a 200 without logprobs). `emjax judge` and `emjax generate` check
+every input before the first paid request or model load, and refuse an --out another run is
+writing (its PID named; `--wait` waits for it).
 """
 
 from __future__ import annotations
