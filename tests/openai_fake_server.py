@@ -25,6 +25,9 @@ gets `faults[n]`, later attempts succeed (or keep failing with `forever=True`). 
   "drop"       the socket is closed without any response
   "hang"       no response until `release()` / `stop()`, then the socket is closed
 
+`on_request(i)` is called with each completion request's index before it is answered (a test's
+fault outside HTTP, such as making the judge's output unwritable mid-run).
+
 `hang_after_ok=N` makes every request after the N-th successful response hang (used to kill a
 judge run while requests are in flight without any of them having succeeded).
 
@@ -45,7 +48,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -164,7 +167,8 @@ class FakeOpenAIServer:
     def __init__(self, rules: Sequence[FaultRule] = (), retry_after: float = 0.1,
                  slow_s: float = 1.5, hang_after_ok: int | None = None,
                  hang_max_s: float = 60.0, response_delay: float = 0.0,
-                 echo_auth_in_errors: bool = False) -> None:
+                 echo_auth_in_errors: bool = False,
+                 on_request: "Callable[[int], None] | None" = None) -> None:
         self.rules = list(rules)
         self.retry_after = retry_after
         self.slow_s = slow_s
@@ -172,6 +176,7 @@ class FakeOpenAIServer:
         self.hang_max_s = hang_max_s
         self.response_delay = response_delay
         self.echo_auth_in_errors = echo_auth_in_errors  # a careless server echoing the key
+        self.on_request = on_request  # called with each completion request's index, before its answer
         self.log: list[RequestLogEntry] = []
         self._lock = threading.Lock()
         self._attempts: collections.Counter = collections.Counter()
@@ -340,6 +345,8 @@ class _Handler(BaseHTTPRequestHandler):
         usage = billed_usage(prompt) if outcome in ("ok", "nologprobs") else None
         fake._record(dict(path=self.path, body=body, headers=headers, prompt=prompt,
                           attempt=attempt, outcome=outcome, usage=usage))
+        if fake.on_request is not None:  # a test's fault outside the HTTP exchange (e.g. the disk)
+            fake.on_request(len(fake.log) - 1)
         if fake.response_delay:
             time.sleep(fake.response_delay)
         n_top = int(body.get("top_logprobs") or 0) or 1

@@ -39,7 +39,7 @@ ALLOWED = {
 }
 # Modules of the judge stage, which runs on machines without accelerators: no JAX, so none of the
 # JAX packages and no other eval module that imports JAX.
-ACCELERATOR_FREE = ("eval/questions.py", "eval/records.py", "eval/report.py", "eval/report_plots.py", "eval/judge/",
+ACCELERATOR_FREE = ("eval/questions.py", "eval/records.py", "eval/checks.py", "eval/output_lock.py", "eval/rescue.py", "eval/report.py", "eval/report_plots.py", "eval/judge/",
                     "eval/heldout.py", "eval/domains.py", "eval/judge_agreement.py", "eval/technical.py")
 JAX_MODULES = {"model", "checkpoints", "interventions", "train", "metrics", "directions", "eval.generate", "eval.chat",
                "eval.local_judge"}

@@ -26,9 +26,11 @@ interventions come from the interventions, not from the noise.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from typing import Mapping, Sequence, Union
 
@@ -37,15 +39,24 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emjax.checkpoints.load import LazyModel, LoadedModel, check_source, model_on_mesh
-from emjax.eval.questions import load_questions, paper_default, select_questions
+from emjax.errors import EmjaxError
+from emjax.eval.checks import check_include_globs, check_kinds, check_output_file
+from emjax.eval.output_lock import output_lock
+from emjax.eval.questions import KINDS, load_questions, paper_default, select_questions
 from emjax.eval.records import AnswerRecord, append_answers, read_answers
-from emjax.interventions.files import load_intervention
+from emjax.eval.rescue import write_failure
+from emjax.interventions.files import load_intervention, load_steering
+from emjax.interventions.peft import AdapterError
 from emjax.model import row_hooks as R
 from emjax.model.ablation import DirectionAblation
 from emjax.model import sampling as S
-from emjax.model.config import dtype_from_name, resolve_dtype
+from emjax.model.config import ModelConfig, dtype_from_name, resolve_dtype
 from emjax.model.mesh_plan import is_writer
 from emjax.timings import Timings, phase
+
+
+class SamplingSettingsError(EmjaxError, ValueError):
+    """Sampling settings out of range (no answer could be sampled, or not as asked)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +76,18 @@ class SamplingSettings:
     top_k: int = 0
     batch_size: int = 0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [(name, v, want) for name, v, ok, want in (
+            ("samples", self.samples, self.samples >= 1, ">= 1"),
+            ("max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1"),
+            ("temperature", self.temperature, math.isfinite(self.temperature) and self.temperature >= 0, ">= 0"),
+            ("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]"),  # NaN fails every comparison
+            ("top_k", self.top_k, self.top_k >= 0, ">= 0"),
+            ("batch_size", self.batch_size, self.batch_size >= 0, ">= 0")) if not ok]
+        if bad:
+            name, v, want = bad[0]
+            raise SamplingSettingsError(f"sampling {name} must be {want}, got {v}")
 
 
 AUTO_MAX_ROWS = 512  # past ~300 rows a 14B decode step is compute-bound: larger batches gain little
@@ -120,7 +143,7 @@ def generate(model: str | LoadedModel | LazyModel, questions: str | Sequence[str
              kinds: Sequence[str] | None = ("free_form",), include: Sequence[str] | None = None,
              exclude: Sequence[str] | None = None, sampling: SamplingSettings = SamplingSettings(),
              paper_questions: bool = True, ablation: DirectionAblation | None = None,
-             ablation_name: str = "", mesh: str | None = None) -> dict:
+             ablation_name: str = "", mesh: str | None = None, wait: bool = False) -> dict:
     """Samples answers to the selected questions and appends them to `out`.
 
     Args:
@@ -142,18 +165,78 @@ def generate(model: str | LoadedModel | LazyModel, questions: str | Sequence[str
       mesh: device mesh (`emjax.model.mesh_plan.plan_mesh`: None, "auto", "data:8", ...): rows
         split over `data`, weights by their logical axes; answers do not depend on it (each row's
         draws come from its own id), and process 0 writes them.
+      wait: when another process holds the output's lock (`emjax.eval.output_lock`), wait for it
+        instead of raising OutputBusyError. Every input is checked before the model loads
+        (`check_generate_inputs`); answers that cannot be written are saved elsewhere
+        (`emjax.eval.rescue`) and the run stops.
     Returns {"questions", "generated", "skipped", "out"} counts (answers, all interventions) and
     the stage's "timings" (`emjax.timings`).
     """
     timings = Timings()
     with timings.running():
-        with phase("data"):
-            out_stats, work = _pending(model, questions, out, dtype, intervention, interventions, scale, kinds,
-                                       include, exclude, sampling, paper_questions, ablation)
-        if work is not None:
-            out_stats["generated"] = _sample(model, out, mesh, sampling, ablation, ablation_name, work)
+        with phase("data"):  # every input checked before the lock, the model load and any sampling
+            check_generate_inputs(model, questions, out, intervention=intervention, interventions=interventions,
+                                  scale=scale, kinds=kinds, include=include)
+        with output_lock(out, wait=wait) if is_writer() else contextlib.nullcontext():
+            with phase("data"):
+                out_stats, work = _pending(model, questions, out, dtype, intervention, interventions, scale, kinds,
+                                           include, exclude, sampling, paper_questions, ablation)
+            if work is not None:
+                out_stats["generated"] = _sample(model, out, mesh, sampling, ablation, ablation_name, work)
     out_stats["timings"] = timings.report()
     return out_stats
+
+
+def _question_paths(questions: str | Sequence[str]) -> list[str]:
+    return [questions] if isinstance(questions, (str, os.PathLike)) else [os.fspath(q) for q in questions]
+
+
+def _cheap_cfg(model: str | LoadedModel | LazyModel) -> ModelConfig | None:
+    """The model's config where it comes without loading weights (a folder's config.json)."""
+    if isinstance(model, LoadedModel):
+        return model.cfg
+    source = model if isinstance(model, str) else model.source
+    if isinstance(model, LazyModel) and model.loaded:
+        return model.cfg
+    # a folder's config.json (its absence is reported by the load, when one is needed)
+    return ModelConfig.from_hf(source) if os.path.isfile(os.path.join(source, "config.json")) else None
+
+
+def check_intervention(path: str, cfg: ModelConfig | None) -> None:
+    """An intervention exists and, for a steering file, its header and (tiny) tensor agree with each
+    other and with `cfg` (hidden size, layers) when given; a LoRA folder has its adapter config."""
+    if not os.path.exists(path):
+        raise AdapterError(f"--intervention {path}: no such intervention file or folder")
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+            raise AdapterError(f"--intervention {path}: a folder without adapter_config.json is not a PEFT "
+                               "LoRA adapter")
+        return
+    load_steering(path, cfg)
+
+
+def check_generate_inputs(model: str | LoadedModel | LazyModel, questions: str | Sequence[str], out: str, *,
+                          intervention: str | None = None,
+                          interventions: Mapping[str, InterventionSpec] | None = None, scale: float = 1.0,
+                          kinds: Sequence[str] | None = ("free_form",),
+                          include: Sequence[str] | None = None) -> None:
+    """What `generate` checks before it loads the model: the model source, the output (writable, none
+    of the inputs), the question files, the kinds and --include globs, the interventions (headers
+    against the model's hidden size where that is cheap) and the scale."""
+    if isinstance(model, str):
+        check_source(model)
+    if not math.isfinite(scale):
+        raise SamplingSettingsError(f"--scale must be a finite number, got {scale}")
+    specs = _specs(intervention, interventions, scale)
+    paths = [path for path, _ in specs.values() if path is not None]
+    check_output_file(out, {"--questions": _question_paths(questions), "--intervention": paths})
+    if kinds is not None:
+        check_kinds(list(kinds), KINDS)
+    loaded = load_questions(questions)
+    check_include_globs(include, [q.id for q in loaded], where=", ".join(_question_paths(questions)))
+    cfg = _cheap_cfg(model) if paths else None
+    for path in paths:
+        check_intervention(path, cfg)
 
 
 @dataclasses.dataclass
@@ -253,7 +336,10 @@ def _sample(model, out: str, mesh, sampling: SamplingSettings, ablation, ablatio
                     meta={"n_tokens": len(o), "stopped": bool(o and o[-1] in tok.stop_ids), "label": labels[k],
                           **({"ablation": ablation_name or "yes"} if ablation is not None else {})}))
             if is_writer():
-                append_answers(out, records)
+                try:
+                    append_answers(out, records)
+                except OSError as e:  # this batch's answers are saved elsewhere; earlier ones are in out
+                    raise write_failure(out, e, [r.to_json() for r in records], "answer") from None
             bar.update(len(chunk))
         bar.close()
     return len(jobs)

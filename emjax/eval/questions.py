@@ -114,6 +114,29 @@ def question_kind(qid: str, qtype: str = "") -> Kind:
     return "free_form"
 
 
+def read_utf8(path: str | os.PathLike[str]) -> str:
+    """A text file's contents; QuestionFormatError naming the file and line where it is not UTF-8."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise QuestionFormatError(f"{path}: line {line}: not UTF-8 (byte {raw[e.start:e.start + 1]!r} at offset "
+                                  f"{e.start}); save the file as UTF-8") from None
+
+
+def check_encodable(text: str, where: str, key: str) -> str:
+    """`text` when it can be written as UTF-8 (no lone surrogate, e.g. from a JSON "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise QuestionFormatError(f"{where}: {key!r} holds a lone surrogate {text[e.start]!r} at character "
+                                  f"{e.start}, which is not text; fix the escape") from None
+    return text
+
+
 def fill_judge_prompt(template: str, question: str, answer: str) -> str:
     """Fill a judge template with `str.format`, exactly as upstream does.
 
@@ -126,6 +149,7 @@ def _check_template(template: object, where: str, metric: str) -> str:
     """Validate one judge template; raise QuestionFormatError naming `where` and `metric`."""
     if not isinstance(template, str):
         raise QuestionFormatError(f"{where}: judge prompt {metric!r} is not a string")
+    check_encodable(template, where, f"judge prompt {metric}")
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as e:  # unbalanced braces
@@ -163,6 +187,7 @@ def _check_paraphrases(value: object, where: str, key: str) -> tuple[str, ...]:
     for i, p in enumerate(value):
         if not isinstance(p, str) or not p.strip():
             raise QuestionFormatError(f"{where}: {key}[{i}] must be a non-empty string")
+        check_encodable(p, where, f"{key}[{i}]")
     return tuple(value)
 
 
@@ -176,7 +201,7 @@ def _check_positive_int(value: object, where: str, key: str) -> int:
 def _check_optional_str(value: object, where: str, key: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise QuestionFormatError(f"{where}: {key!r} must be a string")
-    return value
+    return value if value is None else check_encodable(value, where, key)
 
 
 def _check_id(item: Mapping[str, Any], where: str) -> str:
@@ -258,8 +283,7 @@ def load_questions_yaml(path: str | os.PathLike[str]) -> list[Question]:
 
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        data = yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as e:
         raise QuestionFormatError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(data, list):
@@ -273,15 +297,14 @@ def load_questions_jsonl(path: str | os.PathLike[str]) -> list[Question]:
     """Read the simple JSONL question format (one object per non-blank line)."""
     path = os.fspath(path)
     questions = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise QuestionFormatError(f"{path}: line {lineno}: invalid JSON ({e})") from None
-            questions.append(_question_from_jsonl_obj(obj, path, lineno))
+    for lineno, line in enumerate(read_utf8(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise QuestionFormatError(f"{path}: line {lineno}: invalid JSON ({e})") from None
+        questions.append(_question_from_jsonl_obj(obj, path, lineno))
     _check_unique(questions)
     return questions
 

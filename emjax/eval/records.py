@@ -216,13 +216,42 @@ _ANSWER_REQUIRED = ("question_id", "paraphrase_index", "sample_index", "question
 _ANSWER_FIELDS = {f.name for f in dataclasses.fields(AnswerRecord)} - {"origin"}
 
 
+# known fields: (key, accepted types, what the message says); bool is refused where int is meant
+_ANSWER_TYPES = (
+    ("question_id", (str,), "a string"), ("paraphrase_index", (int,), "an integer"),
+    ("sample_index", (int,), "an integer"), ("question", (str,), "a string"), ("answer", (str,), "a string"),
+    ("system", (str, type(None)), "a string or null"), ("model", (str,), "a string"),
+    ("intervention", (str,), "a string"), ("config_hash", (str,), "a string"),
+    ("seed", (int, type(None)), "an integer or null"), ("meta", (dict, type(None)), "an object or null"))
+
+
+def _is_a(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def answer_from_json(obj: Mapping[str, Any], where: str = "") -> AnswerRecord:
     """Build an AnswerRecord from a decoded JSON object; unknown keys are moved into `meta`."""
     missing = [k for k in _ANSWER_REQUIRED if k not in obj]
     if missing:
         raise QuestionFormatError(f"{where}: answer record lacks {missing}")
-    if not isinstance(obj["answer"], str) or not isinstance(obj["question"], str):
-        raise QuestionFormatError(f"{where}: 'question' and 'answer' must be strings")
+    for key, types, what in _ANSWER_TYPES:
+        if key in obj and not _is_a(obj[key], types):
+            raise QuestionFormatError(f"{where}: {key!r} must be {what}, got {type(obj[key]).__name__} "
+                                      f"{_short(obj[key])}")
+        if key in obj and isinstance(obj[key], str):
+            try:
+                obj[key].encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise QuestionFormatError(f"{where}: {key!r} holds a lone surrogate {obj[key][e.start]!r} at "
+                                          f"character {e.start}, which is not text; fix the escape") from None
+    for key in ("paraphrase_index", "sample_index"):
+        if obj[key] < 0:
+            raise QuestionFormatError(f"{where}: {key!r} must be >= 0, got {obj[key]}")
     known = {k: v for k, v in obj.items() if k in _ANSWER_FIELDS}
     unknown = {k: v for k, v in obj.items() if k not in _ANSWER_FIELDS}
     rec = AnswerRecord(**known)

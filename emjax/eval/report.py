@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from emjax.errors import EmjaxError
 from emjax.eval.report_plots import plot_aligned_vs_coherent, plot_em_vs_narrow, plot_per_question
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -406,7 +407,8 @@ def build_report(df: Any, out_dir: str | os.PathLike[str], th: Thresholds = Thre
 
 
 def judged_frame(sel: "AnswerSelection", store: Any, metrics: Sequence[str], judge_model: str,
-                 domain_questions: Sequence[str] = ()) -> tuple[Any, "AnswerSelection"]:
+                 domain_questions: Sequence[str] = (),
+                 check: Callable[[set[str]], None] | None = None) -> tuple[Any, "AnswerSelection"]:
     """(scores table of the selected answers under one judge's results, the selection with the
     domain question files added). With `domain_questions`, a `question_set` column says "em" for
     answers to `sel.questions` and "domain" for answers to the domain files (see `rate_masks`)."""
@@ -419,10 +421,42 @@ def judged_frame(sel: "AnswerSelection", store: Any, metrics: Sequence[str], jud
         em_ids = {q.id for q in load_questions(list(sel.questions))}
         sel = dataclasses.replace(sel, questions=list(sel.questions) + list(domain_questions))
     answers, questions, fallback = load_selection(sel)
+    if check is not None:  # e.g. the metric names, against the templates of the selection
+        check(set(fallback))
     df = scores_table(answers, questions, store, metrics, judge_model, fallback)
     if em_ids is not None:
         df["question_set"] = ["em" if q in em_ids else "domain" for q in df["question_id"]]
     return df, sel
+
+
+class ReportInputError(EmjaxError, ValueError):
+    """Judgements the report cannot use (missing, empty, or of another judge model)."""
+
+
+def judgement_store(judgements: Sequence[str], judge_model: str) -> Any:
+    """The judge results of all files in one index. ReportInputError for a missing or empty file
+    (saying what to run) and for files holding no line of `judge_model` (naming the judge models
+    they hold and the --judge-model to give)."""
+    from emjax.eval.judge.store import ResultStore
+
+    stores = []
+    for path in judgements:
+        if not os.path.isfile(path):
+            raise ReportInputError(f"--judgements {path}: no such file; run `emjax judge --answers ... "
+                                   f"--questions ... --out {path}` first")
+        store = ResultStore(path)
+        if len(store) == 0:
+            raise ReportInputError(f"--judgements {path} holds no judge results; run `emjax judge --answers ... "
+                                   f"--questions ... --out {path}` first")
+        stores.append(store)
+    found = sorted({str(r.get("judge_model")) for st in stores for r in st})
+    if judge_model not in found:
+        flags = " or ".join(f"--judge-model '{m}'" for m in found[:3])
+        raise ReportInputError(f"--judgements {', '.join(judgements)} hold results of judge model(s) "
+                               f"{', '.join(found)}, none of {judge_model!r}: rerun with {flags}")
+    for other in stores[1:]:  # merge further result files into one index
+        stores[0].merge(other)
+    return stores[0]
 
 
 def report(sel: "AnswerSelection", judgements: Sequence[str], out_dir: str, *, th: Thresholds = Thresholds(),
@@ -434,15 +468,19 @@ def report(sel: "AnswerSelection", judgements: Sequence[str], out_dir: str, *, t
 
     domain_questions: question files of the training domain (held-out banks). When given, EM rates
     count only answers to `sel.questions` and the narrow rate only answers to these."""
-    from emjax.eval.judge.store import ResultStore
+    from emjax.eval.checks import check_metrics, check_output_folder
     from emjax.eval.judge.tasks import DEFAULT_JUDGE_MODEL
 
     judge_model = judge_model or DEFAULT_JUDGE_MODEL
-    store = ResultStore(judgements[0])
-    for extra in judgements[1:]:  # merge further result files into one index
-        store.merge(ResultStore(extra))
+    check_output_folder(out_dir)
+    store = judgement_store(judgements, judge_model)
     metrics = ["aligned", "coherent"] + ([narrow_metric] if narrow_metric else [])
-    df, sel = judged_frame(sel, store, metrics, judge_model, domain_questions)
+
+    def check_narrow(available: set[str]) -> None:
+        if narrow_metric:
+            check_metrics([narrow_metric], available, where="the question files", option="--narrow-metric")
+
+    df, sel = judged_frame(sel, store, metrics, judge_model, domain_questions, check=check_narrow)
     return build_report(df, out_dir, th, narrow_metric, group_by, n_boot, seed,
                         extra={"judge_model": judge_model, "answers": list(sel.answers),
                                "judgements": list(judgements)})

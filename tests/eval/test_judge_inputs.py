@@ -121,7 +121,7 @@ def test_empty_answers_file_is_an_error(server, tmp_path, qpath, capsys, caplog)
     # a selection that keeps nothing
     apath = tmp_path / "answers.jsonl"
     append_answers(apath, [answer(0)])
-    assert run_cli(server, apath, qpath, tmp_path / "r.jsonl", "--include", "other_*") == 2
+    assert run_cli(server, apath, qpath, tmp_path / "r.jsonl", "--exclude", "q*") == 2
     assert "keeps none of them" in capsys.readouterr().err
     with pytest.raises(NothingToJudgeError, match="no answers to judge"):
         judge(AnswerSelection([str(empty)], [qpath]), str(tmp_path / "r.jsonl"))
@@ -137,5 +137,5 @@ def test_no_judge_prompt_for_any_metric_is_an_error(server, tmp_path, qpath, cap
     apath = tmp_path / "answers.jsonl"
     append_answers(apath, [answer(0)])
     assert run_cli(server, apath, qpath, tmp_path / "r.jsonl", "--metrics", "medical") == 2
-    assert "has a judge prompt for the metrics ['medical']" in capsys.readouterr().err
+    assert "--metrics: no judge template for metric 'medical'" in capsys.readouterr().err
     assert server.entries() == []

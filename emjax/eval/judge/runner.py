@@ -34,6 +34,7 @@ from emjax.eval.judge.scoring import MIN_NUMERIC_MASS, ParseMode, score_0_100
 from emjax.eval.judge.store import (STATUS_FAILED, STATUS_OK, ResultStore, RetryPolicy,
                                     retry_policy)
 from emjax.eval.judge.tasks import JudgeTask
+from emjax.eval.rescue import write_failure
 
 log = logging.getLogger(__name__)
 
@@ -280,11 +281,23 @@ async def _run_workers(pending: Sequence[JudgeTask], store: ResultStore, config:
     breaker = _ConnectionBreaker(config.abort_after_connection_errors,
                                  base_url_of(client, config.request), store.path)
 
+    unwritten: list[dict[str, Any]] = []  # paid results the output refused (see emjax.eval.rescue)
+    write_error: list[OSError] = []
+
     async def worker() -> None:
         for task in queue:  # one shared iterator: each task goes to exactly one worker
+            if write_error:
+                return  # the output cannot be written: send nothing more
             fetched = await fetch_judgement(client, task.prompt, config.request, secret=secret)
             rec = make_record(task, fetched, config)
-            store.append(rec)
+            if write_error:
+                unwritten.append(rec)  # in flight when the writes failed: kept, not written
+            else:
+                try:
+                    store.append(rec)
+                except OSError as e:
+                    write_error.append(e)
+                    unwritten.append(rec)
             _account(stats, rec, config.prices)
             bar.update(1)
             bar.set_postfix(ok=stats.n_ok, failed=stats.n_failed,
@@ -302,6 +315,8 @@ async def _run_workers(pending: Sequence[JudgeTask], store: ResultStore, config:
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         bar.close()
+        if write_error:  # before any other error: the paid results must be saved first
+            raise write_failure(store.path, write_error[0], unwritten, "paid judge result")
 
 
 class _ConnectionBreaker:

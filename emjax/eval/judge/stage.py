@@ -12,6 +12,7 @@ raise `NothingToJudgeError`: such a run is almost always a wrong path or filter.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,7 +24,11 @@ from emjax.errors import EmjaxError
 from emjax.eval.judge.request import RequestConfig
 from emjax.eval.judge.runner import RunConfig, dry_run as _dry_run, pending_tasks, run_judge_sync
 from emjax.eval.judge.store import STATUS_FAILED, ResultStore, usage_totals
-from emjax.eval.judge.tasks import DEFAULT_JUDGE_MODEL, build_tasks, fallback_templates, load_judge_prompts
+from emjax.eval.checks import (check_include_globs, check_kinds, check_metrics, check_not_an_input,
+                               check_output_file)
+from emjax.eval.judge.tasks import (DEFAULT_JUDGE_MODEL, TaskPlan, build_tasks, fallback_templates,
+                                    load_judge_prompts)
+from emjax.eval.output_lock import output_lock
 from emjax.eval.questions import Question, load_questions, select_questions
 from emjax.eval.records import AnswerRecord, read_answers
 
@@ -56,12 +61,32 @@ def load_selection(sel: AnswerSelection) -> tuple[list[AnswerRecord], list[Quest
             fallback.setdefault(metric, template)
     for metric, template in fallback_templates(questions).items():
         fallback.setdefault(metric, template)
+    if sel.kinds is not None:
+        check_kinds(sel.kinds)
+    check_include_globs(sel.include, [q.id for q in questions], where=", ".join(sel.questions))
     answers = _read_answer_files(sel.answers)
     if sel.kinds is not None or sel.include is not None or sel.exclude is not None:
         _warn_unknown_dropped(answers, questions)
         keep = {q.id for q in select_questions(questions, sel.kinds, sel.include, sel.exclude)}
         answers = [a for a in answers if a.question_id in keep]
     return answers, questions, fallback
+
+
+def selection_inputs(sel: AnswerSelection) -> dict[str, list[str]]:
+    """The selection's input files by option, for `check_output_file`."""
+    return {"--answers": list(sel.answers), "--questions": list(sel.questions),
+            "--judge-prompts": list(sel.judge_prompts)}
+
+
+def check_outputs(sel: AnswerSelection, out: str, stats_json: str | None, dry_run: bool = False) -> None:
+    """The results file (and the statistics file) can be written and are none of the inputs."""
+    inputs = selection_inputs(sel)
+    if dry_run:
+        check_not_an_input(out, inputs)
+    else:
+        check_output_file(out, inputs)
+    if stats_json:
+        check_output_file(stats_json, {**inputs, "--out": [out]}, option="--stats-json")
 
 
 def _read_answer_files(paths: Sequence[str]) -> list[AnswerRecord]:
@@ -102,7 +127,7 @@ def check_something_to_judge(sel: AnswerSelection, n_answers: int, n_tasks: int,
 def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = ("aligned", "coherent"),
           judge_model: str = DEFAULT_JUDGE_MODEL, request: RequestConfig | None = None,
           run: RunConfig | None = None, limit: int | None = None, dry_run: bool = False,
-          fsync: bool = False, stats_json: str | None = None) -> dict[str, Any]:
+          fsync: bool = False, stats_json: str | None = None, wait: bool = False) -> dict[str, Any]:
     """Scores (or, with dry_run, counts) the judge requests of the selected answers.
 
     Args:
@@ -113,6 +138,10 @@ def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = ("aligned"
         `RequestConfig(model=judge_model)`.
       run: concurrency, retry of failed keys, scoring rule, prices, progress bar.
       limit: send at most this many requests.
+      wait: when another process holds the output's lock (`emjax.eval.output_lock`), wait for
+        it instead of raising OutputBusyError.
+    Every input is checked before the first request (outputs writable and none of the inputs,
+    metrics against the templates, question files, answers).
     Returns the run's statistics (runner.RunStats, plus `n_answers`, and `all_runs_usage`: the
     results file's `usage_totals`, per request). `n_failed` > 0 means some requests failed and
     were recorded as such; `n_failed_not_retried` > 0 that keys failed earlier were not sent
@@ -121,9 +150,19 @@ def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = ("aligned"
     zero answers (or none with a judge prompt), a missing key, or an unreachable server
     (JudgeServerUnreachableError, after which the lines written so far stay).
     """
+    check_outputs(sel, out, stats_json, dry_run)
     answers, questions, fallback = load_selection(sel)
+    check_metrics(list(metrics), set(fallback), where="--questions and --judge-prompts")
     plan = build_tasks(answers, questions, list(metrics), judge_model, fallback)
     check_something_to_judge(sel, len(answers), len(plan.tasks), metrics)
+    with contextlib.nullcontext() if dry_run else output_lock(out, wait=wait):
+        return _judge(sel, out, plan, len(answers), judge_model, request, run, limit, dry_run, fsync, stats_json)
+
+
+def _judge(sel: AnswerSelection, out: str, plan: TaskPlan, n_answers: int, judge_model: str,
+           request: RequestConfig | None, run: RunConfig | None, limit: int | None, dry_run: bool, fsync: bool,
+           stats_json: str | None) -> dict[str, Any]:
+    """`judge` once the inputs are checked (and the output locked)."""
     store = ResultStore(out, fsync=fsync)
     if store.read_report.corrupt:
         print(f"warning: {out}: skipped {len(store.read_report.corrupt)} corrupt line(s) "
@@ -136,13 +175,13 @@ def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = ("aligned"
         tasks = pending_tasks(tasks, store, run.retry_failed)[:max(0, limit)]
     if dry_run:
         stats: dict[str, Any] = _dry_run(tasks, store, run).as_dict()
-        stats.update(n_answers=len(answers), n_answer_metric_pairs=plan.n_pairs,
+        stats.update(n_answers=n_answers, n_answer_metric_pairs=plan.n_pairs,
                      token_estimate="chars/4 + 7 per request; completion 1 token",
                      prices_usd_per_1m={"input": run.prices.input_per_1m, "output": run.prices.output_per_1m})
     else:
         stats = run_judge_sync(tasks, store, run).as_dict()
         totals = usage_totals(out)
-        stats.update(n_answers=len(answers), results=out, all_runs_usage=totals,
+        stats.update(n_answers=n_answers, results=out, all_runs_usage=totals,
                      all_runs_cost_usd=run.prices.cost(totals["prompt_tokens"], totals["completion_tokens"]))
     # the selection's keys whose latest word is "failed" (now or earlier): not every answer scored
     stats["n_left_failed"] = sum(store.status(t.key) == STATUS_FAILED for t in plan.tasks)

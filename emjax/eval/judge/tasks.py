@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 
 from emjax.errors import EmjaxError
@@ -196,16 +197,17 @@ def load_judge_prompts(path: str) -> dict[str, str]:
 
     Templates are validated like question judge prompts (must contain {answer}).
     """
-    from emjax.eval.questions import QuestionFormatError, validate_judge_prompts, load_questions
+    from emjax.eval.questions import QuestionFormatError, load_questions, read_utf8, validate_judge_prompts
 
+    if not os.path.isfile(path):
+        raise QuestionFormatError(f"--judge-prompts {path}: no such file")
     if path.endswith((".yaml", ".yml", ".json")):
         import yaml  # JSON is YAML
 
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise QuestionFormatError(f"{path}: invalid YAML/JSON: {e}") from None
+        try:
+            data = yaml.safe_load(read_utf8(path))
+        except yaml.YAMLError as e:
+            raise QuestionFormatError(f"{path}: invalid YAML/JSON: {e}") from None
         if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
             return validate_judge_prompts(data, path)
         if is_judge_list(data):

@@ -16,6 +16,7 @@ length bucket (`records.plan_batches`); each batch's lines are appended as soon 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,13 +29,16 @@ from typing import Any
 from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh, source_name
 from emjax.errors import EmjaxError
 from emjax.eval.judge.scoring import MIN_NUMERIC_MASS
-from emjax.eval.judge.stage import AnswerSelection, check_something_to_judge, load_selection
+from emjax.eval.checks import check_metrics
+from emjax.eval.judge.stage import AnswerSelection, check_outputs, check_something_to_judge, load_selection
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.runner import pending_tasks
 from emjax.eval.judge.tasks import MIN_VALID_JUDGE_PARAMS, build_tasks, questions_by_id, resolve_template
 from emjax.eval.local_judge.forward import TreeArrays, score_prompts
 from emjax.eval.local_judge.records import local_record, plan_batches
 from emjax.eval.local_judge.tree import answer_options, judge_tree, template_terminator
+from emjax.eval.output_lock import output_lock
+from emjax.eval.rescue import write_failure
 from emjax.model.config import dtype_from_name, resolve_dtype
 from emjax.model.mesh_plan import is_writer
 from emjax.model.schema import num_params
@@ -96,42 +100,56 @@ def judge_validity_warning(n_params: int, name: str) -> str | None:
 def judge_local(sel: AnswerSelection, out: str, model: str | LoadedModel | LazyModel, *,
                 metrics: Sequence[str] = ("aligned", "coherent"), judge_model: str | None = None,
                 config: LocalJudgeConfig = LocalJudgeConfig(), fsync: bool = False,
-                stats_json: str | None = None) -> dict[str, Any]:
+                stats_json: str | None = None, wait: bool = False) -> dict[str, Any]:
     """Scores the selected answers' judge tasks with a local model; returns the run's statistics.
 
     Args:
       model: a model source for `load_model` ("embedded", a Hugging Face folder, a .gguf file),
         loaded in `config.dtype`, or a LoadedModel (used as it is, placed on `config.mesh`).
       judge_model: the name in cache keys; default `local:<model name>`.
+      wait: wait for another process holding the output's lock instead of raising OutputBusyError.
+    Every input is checked before the model loads (outputs, question files, metrics, answers).
     Stats: n_tasks / n_cached / n_pending / n_ok / n_score_none like the API run, the judge
     (name, source, dtype, parameters; not when nothing was pending), the scoring tree, `timings`
     (`emjax.timings`), and `warnings`.
     """
     timings = Timings()
     with timings.running():
-        with phase("data"):  # the pending tasks, from the answers and the results file alone
+        with phase("data"):  # every input checked, and the pending tasks, before the model loads
+            check_outputs(sel, out, stats_json)
             answers, questions, fallback = load_selection(sel)
+            check_metrics(list(metrics), set(fallback), where="--questions and --judge-prompts")
             if judge_model is None:
                 judge_model = local_judge_name(_model_name(model))
             plan = build_tasks(answers, questions, list(metrics), judge_model, fallback)
             check_something_to_judge(sel, len(answers), len(plan.tasks), metrics)
-            store = ResultStore(out, fsync=fsync)
-            pending = pending_tasks(plan.tasks, store)
-            if config.limit is not None:
-                pending = pending[:max(0, config.limit)]
-        stats: dict[str, Any] = {
-            "n_answers": len(answers), "n_answer_metric_pairs": plan.n_pairs, "n_tasks": len(plan.tasks),
-            "n_cached": len(plan.tasks) - len(pending), "n_pending": len(pending), "n_ok": 0, "n_score_none": 0,
-            "judge_model": judge_model, "prompt_tokens": 0, "seconds": 0.0, "warnings": [], "results": out,
-            "n_left_failed": 0, "report": f"emjax report ... --judge-model '{judge_model}' --judgements {out}"}
-        if pending:
-            _score(model, questions, fallback, plan.tasks, store, pending, config, stats)
-        else:
-            print(f"finished: all {len(plan.tasks)} tasks of {judge_model} already scored in {out}")
+        with output_lock(out, wait=wait) if is_writer() else contextlib.nullcontext():
+            stats = _judge_locked(sel, out, model, plan, answers, questions, fallback, judge_model, config, fsync)
     stats["timings"] = timings.report()
     if stats_json:
         with open(stats_json, "w", encoding="utf-8") as f:
             json.dump(stats, f, indent=2)
+    return stats
+
+
+def _judge_locked(sel: AnswerSelection, out: str, model: str | LoadedModel | LazyModel, plan: Any, answers: list,
+                  questions: list, fallback: dict[str, str], judge_model: str, config: LocalJudgeConfig,
+                  fsync: bool) -> dict[str, Any]:
+    """`judge_local` once its inputs are checked and the output is locked."""
+    with phase("data"):
+        store = ResultStore(out, fsync=fsync)
+        pending = pending_tasks(plan.tasks, store)
+        if config.limit is not None:
+            pending = pending[:max(0, config.limit)]
+    stats: dict[str, Any] = {
+        "n_answers": len(answers), "n_answer_metric_pairs": plan.n_pairs, "n_tasks": len(plan.tasks),
+        "n_cached": len(plan.tasks) - len(pending), "n_pending": len(pending), "n_ok": 0, "n_score_none": 0,
+        "judge_model": judge_model, "prompt_tokens": 0, "seconds": 0.0, "warnings": [], "results": out,
+        "n_left_failed": 0, "report": f"emjax report ... --judge-model '{judge_model}' --judgements {out}"}
+    if pending:
+        _score(model, questions, fallback, plan.tasks, store, pending, config, stats)
+    else:
+        print(f"finished: all {len(plan.tasks)} tasks of {judge_model} already scored in {out}")
     return stats
 
 
@@ -199,11 +217,14 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
                 shapes.add((batch.rows, batch.length))
                 lp = score_prompts(model.weights, model.cfg, [prompts[i] for i in batch.indices], arrays,
                                    tok.stop_ids, tok.vocab_size, rows=batch.rows, length=batch.length)
-                for row, i in zip(lp, batch.indices):
-                    task = window[i]
-                    rec = local_record(task, row, tree, options[task.key], judge, len(prompts[i]), config.min_mass)
+                records = [local_record(window[i], row, tree, options[window[i].key], judge, len(prompts[i]),
+                                        config.min_mass) for row, i in zip(lp, batch.indices)]
+                for k, (rec, i) in enumerate(zip(records, batch.indices)):
                     if is_writer():  # every process scores; process 0 writes
-                        store.append(rec)
+                        try:
+                            store.append(rec)
+                        except OSError as e:  # the batch's unwritten scores are saved elsewhere
+                            raise write_failure(store.path, e, records[k:], "local judge score") from None
                     stats["n_ok"] += 1
                     stats["n_score_none"] += rec["score"] is None
                     stats["prompt_tokens"] += len(prompts[i])
