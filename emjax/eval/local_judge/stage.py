@@ -32,7 +32,7 @@ from emjax.eval.judge.stage import AnswerSelection, check_something_to_judge, lo
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.runner import pending_tasks
 from emjax.eval.judge.tasks import MIN_VALID_JUDGE_PARAMS, build_tasks, questions_by_id, resolve_template
-from emjax.eval.local_judge.forward import TreeArrays, score_prompts
+from emjax.eval.local_judge.forward import JUDGE_ATTENTION, TreeArrays, score_prompts
 from emjax.eval.local_judge.records import local_record, plan_batches
 from emjax.eval.local_judge.tree import answer_options, judge_tree, template_terminator
 from emjax.model.config import dtype_from_name, resolve_dtype
@@ -60,6 +60,8 @@ class LocalJudgeConfig:
       window: pending tasks tokenised and sorted at a time (bounds host memory).
       min_mass: upstream's 0.25: no score below this numeric mass.
       limit: score at most this many pending tasks.
+      attention: the prompt's attention, "auto" (cuDNN's flash kernel on GPUs where it applies, else
+        XLA), "xla", "cudnn", or "joint" (one XLA attention over prompt + tree; `forward.judge_attention`).
       mesh: device mesh (`emjax.model.mesh_plan.plan_mesh`: None, "auto", "data:8"): prompt rows
         split over `data`, weights by their logical axes; process 0 writes the results.
     """
@@ -73,8 +75,12 @@ class LocalJudgeConfig:
     progress: bool = True
     limit: int | None = None
     mesh: str | None = None
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.attention not in JUDGE_ATTENTION:
+            raise LocalJudgeError(f"local judge attention must be one of {', '.join(JUDGE_ATTENTION)}, "
+                                  f"got {self.attention!r}")
         for name in ("batch_size", "pad_to", "max_batch_tokens", "window"):
             if getattr(self, name) < 1:
                 raise LocalJudgeError(f"local judge {name} must be >= 1, got {getattr(self, name)}")
@@ -198,7 +204,8 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
                                       n_nodes=tree.n_nodes):
                 shapes.add((batch.rows, batch.length))
                 lp = score_prompts(model.weights, model.cfg, [prompts[i] for i in batch.indices], arrays,
-                                   tok.stop_ids, tok.vocab_size, rows=batch.rows, length=batch.length)
+                                   tok.stop_ids, tok.vocab_size, rows=batch.rows, length=batch.length,
+                                   attention=config.attention)
                 for row, i in zip(lp, batch.indices):
                     task = window[i]
                     rec = local_record(task, row, tree, options[task.key], judge, len(prompts[i]), config.min_mass)
