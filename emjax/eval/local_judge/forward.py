@@ -25,7 +25,7 @@ are the decoder's own (`emjax.model.decoder.block`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import flax.struct
 import jax
@@ -164,12 +164,9 @@ def pack_prompts(prompts: Sequence[Sequence[int]], rows: int, length: int) -> tu
     return tokens, mask
 
 
-def score_prompts(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], tree: TreeArrays,
-                  stop_ids: Sequence[int], vocab_limit: int, *, rows: int, length: int,
-                  attention: str = "auto") -> np.ndarray:
-    """[len(prompts), S] float64 answer log-probabilities for up to `rows` prompts of at most
-    `length` tokens, padded to exactly [rows, length] (one compiled program per shape);
-    attention: see `judge_attention`."""
+def _dispatch(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], tree: TreeArrays,
+              stop_ids: Sequence[int], vocab_limit: int, rows: int, length: int, attention: str) -> jax.Array:
+    """Starts one batch on the device (asynchronously); [rows, S] log-probabilities."""
     if not prompts or len(prompts) > rows or max(map(len, prompts)) > length or min(map(len, prompts)) == 0:
         raise ValueError(f"need 1..{rows} non-empty prompts of at most {length} tokens")
     mesh = mesh_of(weights)  # on a mesh: prompt rows split over `data` where they divide
@@ -177,6 +174,31 @@ def score_prompts(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence
     tree, stops, limit = replicate((tree, np.asarray(list(stop_ids), np.int32), np.asarray(vocab_limit, np.int32)),
                                    mesh)
     with mesh_context(mesh):
-        out = fetch(answer_logprobs(weights, cfg, tokens, mask, tree, stops, limit,
-                                    attention=judge_attention(attention, cfg, weights.embed.dtype)))
-    return np.asarray(out, np.float64)[:len(prompts)]
+        return answer_logprobs(weights, cfg, tokens, mask, tree, stops, limit,
+                               attention=judge_attention(attention, cfg, weights.embed.dtype))
+
+
+def score_batches(weights: Weights, cfg: ModelConfig, batches: Iterable[tuple[Sequence[Sequence[int]], int, int]],
+                  tree: TreeArrays, stop_ids: Sequence[int], vocab_limit: int, *,
+                  attention: str = "auto") -> Iterator[np.ndarray]:
+    """`score_prompts` of each (prompts, rows, length) in order, with the next batch started before
+    the previous one is read back: the host packs and dispatches while the device computes (ours:
+    a synchronised call per batch leaves the device idle for the host's share of every batch)."""
+    in_flight: tuple[jax.Array, int] | None = None
+    for prompts, rows, length in batches:
+        started = (_dispatch(weights, cfg, prompts, tree, stop_ids, vocab_limit, rows, length, attention), len(prompts))
+        if in_flight is not None:
+            yield np.asarray(fetch(in_flight[0]), np.float64)[:in_flight[1]]
+        in_flight = started
+    if in_flight is not None:
+        yield np.asarray(fetch(in_flight[0]), np.float64)[:in_flight[1]]
+
+
+def score_prompts(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], tree: TreeArrays,
+                  stop_ids: Sequence[int], vocab_limit: int, *, rows: int, length: int,
+                  attention: str = "auto") -> np.ndarray:
+    """[len(prompts), S] float64 answer log-probabilities for up to `rows` prompts of at most
+    `length` tokens, padded to exactly [rows, length] (one compiled program per shape);
+    attention: see `judge_attention`."""
+    return next(score_batches(weights, cfg, [(prompts, rows, length)], tree, stop_ids, vocab_limit,
+                              attention=attention))

@@ -32,7 +32,7 @@ from emjax.eval.judge.stage import AnswerSelection, check_something_to_judge, lo
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.runner import pending_tasks
 from emjax.eval.judge.tasks import MIN_VALID_JUDGE_PARAMS, build_tasks, questions_by_id, resolve_template
-from emjax.eval.local_judge.forward import JUDGE_ATTENTION, TreeArrays, score_prompts
+from emjax.eval.local_judge.forward import JUDGE_ATTENTION, TreeArrays, score_batches
 from emjax.eval.local_judge.records import local_record, plan_batches
 from emjax.eval.local_judge.tree import answer_options, judge_tree, template_terminator
 from emjax.model.config import dtype_from_name, resolve_dtype
@@ -199,13 +199,14 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
             with phase("data"):
                 prompts = [tok.encode_chat([{"role": "user", "content": t.prompt}], add_generation_prompt=True)
                            for t in window]
-            for batch in plan_batches([len(p) for p in prompts], batch_size=config.batch_size,
-                                      pad_to=config.pad_to, max_batch_tokens=config.max_batch_tokens,
-                                      n_nodes=tree.n_nodes):
-                shapes.add((batch.rows, batch.length))
-                lp = score_prompts(model.weights, model.cfg, [prompts[i] for i in batch.indices], arrays,
-                                   tok.stop_ids, tok.vocab_size, rows=batch.rows, length=batch.length,
-                                   attention=config.attention)
+            batches = plan_batches([len(p) for p in prompts], batch_size=config.batch_size, pad_to=config.pad_to,
+                                   max_batch_tokens=config.max_batch_tokens, n_nodes=tree.n_nodes)
+            shapes.update((b.rows, b.length) for b in batches)
+            # one batch in flight while the previous one's lines are written
+            scored = score_batches(model.weights, model.cfg,
+                                   (([prompts[i] for i in b.indices], b.rows, b.length) for b in batches), arrays,
+                                   tok.stop_ids, tok.vocab_size, attention=config.attention)
+            for batch, lp in zip(batches, scored):
                 for row, i in zip(lp, batch.indices):
                     task = window[i]
                     rec = local_record(task, row, tree, options[task.key], judge, len(prompts[i]), config.min_mass)
