@@ -20,7 +20,13 @@ Evaluation scale (hundreds of rows, many samples per question, several intervent
     one in-place slice per layer) and a prefill inside the loop, which is the hot path.
   * Memory: the KV cache and the other decode buffers are estimated before anything is
     allocated (`decode_memory`); over the budget a `SamplingMemoryError` names the numbers and
-    the largest batch that fits (`max_rows`).
+    the largest batch that fits (`max_rows`). The cache holds P + N slots from the start, but the
+    Pallas decode attention reads each row's filled blocks only (issue 24), so the time per step
+    follows the filled length. The memory does not, and a cache allocated block by block would
+    not change that here: rows decode in lock-step, so every row's filled length is P + t and the
+    last step needs all P + N slots of every row; one jitted program's buffers are assigned
+    statically at their largest, so a loop run in segments over growing caches peaks the same
+    (plus a copy between segments). Paged blocks pay only with continuous batching (see above).
 
 Reproducibility: row b draws its token at step t with the key fold_in(fold_in(key(seed),
 row_ids[b]), t), so its answer is a function of its prompt, its intervention, the seed, its row id
