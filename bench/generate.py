@@ -52,7 +52,8 @@ p.add_argument("--no-share", action="store_true", help="eval: prefill every row 
 p.add_argument("--n-interventions", type=int, default=10, help="multi: interventions in the call")
 p.add_argument("--multi-kind", default="mixed", choices=["mixed", "steer", "lora"])
 p.add_argument("--unroll", type=int, default=1, help="layer-scan unroll factor in decode")
-p.add_argument("--decode-attention", default="auto", choices=["auto", "xla", "pallas"])
+p.add_argument("--decode-attention", default="auto", choices=["auto", "xla", "pallas", "pallas_full"],
+               help="pallas_full: the decode kernel reading every cache block (before issue 24)")
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
 rows, plen, new, reps = CASES[a.case]

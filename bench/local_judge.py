@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 
 from bench.common import bench_config, random_weights, report  # noqa: E402
 from emjax.model.schema import num_params  # noqa: E402
-from emjax.eval.local_judge import NUMBERS, TreeArrays, build_tree, plan_batches, score_prompts  # noqa: E402
+from emjax.eval.local_judge import (NUMBERS, TreeArrays, build_tree, plan_batches, score_batches,  # noqa: E402
+                                  score_prompts)  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--prompts", type=int, default=1600)
@@ -28,6 +29,10 @@ p.add_argument("--max", type=int, default=500)
 p.add_argument("--batch", type=int, default=16)
 p.add_argument("--pad-to", type=int, default=128)
 p.add_argument("--max-batch-tokens", type=int, default=1 << 20)
+p.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn", "joint"],
+               help="prompt attention: cudnn (auto on GPU) / xla, the tree's by XLA; joint: one XLA attention "
+                    "over prompt + tree (before issue 24)")
+p.add_argument("--sync", action="store_true", help="one synchronised call per batch (before issue 24)")
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
 
@@ -46,8 +51,14 @@ arrays = TreeArrays.of(tree)
 
 def run_all() -> float:
     t = time.perf_counter()
-    for b in batches:  # score_prompts returns host arrays: each call is synchronised
-        score_prompts(w, cfg, [prompts[i] for i in b.indices], arrays, stops, limit, rows=b.rows, length=b.length)
+    if a.sync:  # score_prompts returns host arrays: each call is synchronised (before issue 24)
+        for b in batches:
+            score_prompts(w, cfg, [prompts[i] for i in b.indices], arrays, stops, limit, rows=b.rows,
+                          length=b.length, attention=a.attention)
+    else:  # one batch in flight while the host packs the next (what the stage does)
+        for _ in score_batches(w, cfg, (([prompts[i] for i in b.indices], b.rows, b.length) for b in batches),
+                               arrays, stops, limit, attention=a.attention):
+            pass
     return time.perf_counter() - t
 
 
@@ -56,5 +67,5 @@ warm = run_all()
 tokens = sum(b.rows * (b.length + tree.n_nodes) for b in batches)  # padded tokens the device ran
 flops = 2 * num_params(cfg) * tokens  # matmuls only; the unembedding runs on the 1 + N tree rows alone
 report("qwen14b_local_judge", warm, tokens, flops, GB=a.batch, prompts=a.prompts, prompt_len=[a.min, a.max],
-       pad_to=a.pad_to, shapes=sorted({(b.rows, b.length) for b in batches}), first_pass_s=round(first, 2),
+       pad_to=a.pad_to, attention=a.attention, sync=a.sync, shapes=sorted({(b.rows, b.length) for b in batches}), first_pass_s=round(first, 2),
        device_tokens=tokens, prompts_per_s=round(a.prompts / warm, 1))

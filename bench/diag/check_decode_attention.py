@@ -1,7 +1,9 @@
 """GPU check of the Pallas decode attention (compiled, not interpreted) against `model.attend`:
-fresh random caches and masks, float32 and bfloat16, Qwen2.5-14B heads and Gemma-2 heads with
-soft-capping; then greedy sampling with the kernel equals sampling with XLA attention on small
-random float32 models of both families.
+fresh random caches and masks (random holes, and ragged rows whose blocks outside their bounds hold
+NaN, which the kernel must not read), float32 and bfloat16, Qwen2.5-14B heads and Gemma-2 heads
+with soft-capping, the bounded kernel and the one reading every block ("pallas_full"); then greedy
+sampling with either kernel equals sampling with XLA attention on small random float32 models of
+both families, ragged prompts decoding across block boundaries.
 
 Usage: python bench/diag/check_decode_attention.py
 """
@@ -22,26 +24,49 @@ from emjax.model import sampling as S  # noqa: E402
 from emjax.model.config import preset  # noqa: E402
 
 ok = True
+INTERPRET = jax.default_backend() != "gpu"  # off GPU (a dry run) the kernel is interpreted
+print(f"backend {jax.default_backend()}, devices {jax.devices()}")
 for name in ("qwen2.5-14b-instruct", "gemma-2-9b-it"):
     cfg = preset(name)
     for dtype, tol in ((jnp.float32, 1e-5), (jnp.bfloat16, 1e-2)):
         for seed in range(3):
             rng = np.random.default_rng(seed)
-            b, s, layers = 8, DA.BLOCK_S * (1 + seed), 4
+            b, s, layers = 8, DA.BLOCK_S * (2 + seed), 4
             shape = (layers, b, s, cfg.n_kv_heads, cfg.head_dim)
             k_all = jnp.asarray(rng.normal(size=shape) * 2, dtype)
             v_all = jnp.asarray(rng.normal(size=shape), dtype)
             q = jnp.asarray(rng.normal(size=(b, 1, cfg.n_heads, cfg.head_dim)) * 2, dtype)
-            mask = jnp.asarray(rng.random((b, 1, s)) < 0.7).at[0].set(False)
-            layer = int(rng.integers(layers))
-            got = DA.attend_one_query(q, k_all, v_all, jnp.int32(layer), mask, cfg).astype(jnp.float32)
-            with jax.default_matmul_precision("highest"):  # a float32 reference, not tf32
-                want = M.attend(q.astype(jnp.float32), k_all[layer].astype(jnp.float32),
-                                v_all[layer].astype(jnp.float32), mask, cfg)
-            rel = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
-            finite = bool(jnp.all(jnp.isfinite(got)))
-            ok &= finite and rel < tol
-            print(f"{name} {jnp.dtype(dtype).name} seed {seed} S={s}: rel err {rel:.2e} (tol {tol:g}), finite {finite}")
+            holes = jnp.asarray(rng.random((b, 1, s)) < 0.7).at[0].set(False)
+            # ragged decode masks: row r attends to [lo, hi) (left padding, lengths inside a block,
+            # at a block boundary, one block, everything), NaN values outside its blocks
+            lo = rng.integers(0, s, b)
+            lo[:4] = [0, 5, DA.BLOCK_S, 0]
+            hi = np.minimum(s, lo + 1 + rng.integers(0, s, b))
+            hi[:4] = [1, DA.BLOCK_S, 2 * DA.BLOCK_S, s]
+            slots = np.arange(s)
+            ragged = jnp.asarray((slots >= lo[:, None]) & (slots < hi[:, None]))[:, None]
+            for kind, mask in (("holes", holes), ("ragged", ragged)):
+                layer = int(rng.integers(layers))
+                bounds = np.asarray(DA.block_bounds(mask[:, 0]))
+                block = np.arange(s) // DA.BLOCK_S
+                outside = jnp.asarray((block < bounds[:, :1]) | (block >= bounds[:, 1:]))[None, :, :, None, None]
+                with jax.default_matmul_precision("highest"):  # a float32 reference, not tf32
+                    want = M.attend(q.astype(jnp.float32), jnp.where(outside, 0, k_all)[layer].astype(jnp.float32),
+                                    jnp.where(outside, 0, v_all)[layer].astype(jnp.float32), mask, cfg)
+                for full in (False, True):
+                    kv = (k_all, v_all) if full else (jnp.where(outside, jnp.nan, k_all),
+                                                       jnp.where(outside, jnp.nan, v_all))
+                    got = DA.attend_one_query(q, *kv, jnp.int32(layer), mask, cfg, INTERPRET, full=full).astype(jnp.float32)
+                    if full:  # the old kernel reads everything: compare with the cache as it is
+                        with jax.default_matmul_precision("highest"):
+                            want_full = M.attend(q.astype(jnp.float32), k_all[layer].astype(jnp.float32),
+                                                 v_all[layer].astype(jnp.float32), mask, cfg)
+                    ref = want_full if full else want
+                    rel = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
+                    finite = bool(jnp.all(jnp.isfinite(got)))
+                    ok &= finite and rel < tol
+                    print(f"{name} {jnp.dtype(dtype).name} seed {seed} S={s} {kind} "
+                          f"{'full' if full else 'bounded'}: rel err {rel:.2e} (tol {tol:g}), finite {finite}")
 
 for name in ("qwen2.5-0.5b-instruct", "gemma-2-9b-it"):
     cfg = preset(name).replace(n_layers=3, vocab_size=512)
@@ -51,10 +76,11 @@ for name in ("qwen2.5-0.5b-instruct", "gemma-2-9b-it"):
     w = jax.tree.map(lambda x: x * 5, w)  # larger logits: sharper, less tie-prone argmax
     prompts = np.random.default_rng(2).integers(1, cfg.vocab_size, (4, 12)).tolist()
     prompts[1] = prompts[1][:5]
-    kw = dict(max_new_tokens=40, temperature=0.0)
+    prompts[2] = prompts[2] * 7  # 84 tokens: the others carry more than a block of left padding
+    kw = dict(max_new_tokens=100, temperature=0.0)
     a = S.generate(w, cfg, prompts, decode_attention="xla", **kw)
-    b = S.generate(w, cfg, prompts, decode_attention="pallas", **kw)
-    same = a == b
-    ok &= same
-    print(f"greedy {name} (3 layers, fp32): pallas == xla for 4 rows x 40 tokens: {same}")
+    for kernel in ("pallas", "pallas_full"):
+        same = S.generate(w, cfg, prompts, decode_attention=kernel, **kw) == a
+        ok &= same
+        print(f"greedy {name} (3 layers, fp32): {kernel} == xla for 4 ragged rows x 100 tokens: {same}")
 print("ALL OK" if ok else "FAILED")

@@ -20,7 +20,13 @@ Evaluation scale (hundreds of rows, many samples per question, several intervent
     one in-place slice per layer) and a prefill inside the loop, which is the hot path.
   * Memory: the KV cache and the other decode buffers are estimated before anything is
     allocated (`decode_memory`); over the budget a `SamplingMemoryError` names the numbers and
-    the largest batch that fits (`max_rows`).
+    the largest batch that fits (`max_rows`). The cache holds P + N slots from the start, but the
+    Pallas decode attention reads each row's filled blocks only (issue 24), so the time per step
+    follows the filled length. The memory does not, and a cache allocated block by block would
+    not change that here: rows decode in lock-step, so every row's filled length is P + t and the
+    last step needs all P + N slots of every row; one jitted program's buffers are assigned
+    statically at their largest, so a loop run in segments over growing caches peaks the same
+    (plus a copy between segments). Paged blocks pay only with continuous batching (see above).
 
 Reproducibility: row b draws its token at step t with the key fold_in(fold_in(key(seed),
 row_ids[b]), t), so its answer is a function of its prompt, its intervention, the seed, its row id
@@ -76,12 +82,17 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
     layer stack. The whole [L, ...] cache is carried through the layer scan and each layer writes
     its T new slots in place: scanning it as `xs` / `ys` instead copies every layer's cache twice
     per token. kernel: one-query attention by "xla" (`attend`), or the Pallas kernel of
-    `emjax.model.decode_attention` compiled ("pallas") or interpreted ("pallas_interpret").
+    `emjax.model.decode_attention` compiled ("pallas") or interpreted ("pallas_interpret"), reading
+    each row's attended blocks only; "pallas_full" / "pallas_full_interpret" read every block.
     """
     cos, sin = rope_tables(q_pos, cfg.head_dim, cfg.rope_theta, x.dtype)
     full = attention_mask(q_pos, cache.pos, cache.valid, None)
     window = attention_mask(q_pos, cache.pos, cache.valid, cfg.sliding_window) if cfg.sliding_window else full
     hooks = hooks_for(iv, 0, cfg.n_layers)
+    pallas = x.shape[1] == 1 and kernel != "xla"
+    if pallas:  # the blocks each row reads, once per step for all layers (the masks do not change)
+        bounds_full = DA.block_bounds(full[:, 0])
+        bounds_window = DA.block_bounds(window[:, 0]) if cfg.sliding_window else bounds_full
 
     def body(carry, inp):
         h, k_all, v_all = carry
@@ -94,8 +105,10 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
         # XLA build each layer's [B, S, K, Dh] operand in a slower combined kernel (5% of decode)
         k_all, v_all = jax.lax.optimization_barrier((k_all, v_all))
         mask = jnp.where(is_sliding, window, full)
-        if x.shape[1] == 1 and kernel != "xla":  # decode: read layer i of the stack in place
-            o = DA.attend_one_query_on_rows(q, k_all, v_all, i, mask, cfg, interpret=kernel == "pallas_interpret")
+        if pallas:  # decode: read layer i of the stack in place
+            o = DA.attend_one_query_on_rows(q, k_all, v_all, i, mask, cfg, interpret=kernel.endswith("_interpret"),
+                                            bounds=jnp.where(is_sliding, bounds_window, bounds_full),
+                                            full=kernel.startswith("pallas_full"))
         else:
             o = attend(q, k_all[i], v_all[i], mask, cfg)
         h = h + M.attn_out(w, o, cfg, layer_hooks)
@@ -218,23 +231,29 @@ def _generate(weights, cfg, tokens, mask, expand, interventions, key, row_ids, s
     return toks.T, lengths, t
 
 
+# "pallas_full": the kernel reading every cache block at every step (before issue 24), for benchmarks.
+DECODE_ATTENTION_CHOICES = ("auto", "xla", "pallas", "pallas_full")
+
+
 def _decode_kernel(choice: str, cfg: ModelConfig, n_tokens: int, n_devices: int, rows_only: bool = False) -> str:
     """The `kernel` of `_layers_with_cache` for a `decode_attention` choice. The Pallas kernel is not
     partitioned: on several devices "auto" takes it only when the mesh splits nothing but the rows
     (`rows_only`: weights replicated, decode rows dividing `data`; each device then runs it on its
     rows, `decode_attention.attend_one_query_on_rows`), and keeps XLA attention otherwise."""
-    if choice not in ("auto", "xla", "pallas"):
-        raise ValueError(f"decode_attention must be 'auto', 'xla' or 'pallas', got {choice!r}")
-    if choice == "pallas" and not DA.AVAILABLE:
-        raise ValueError("decode_attention='pallas': this JAX has no Pallas Triton API")
+    if choice not in DECODE_ATTENTION_CHOICES:
+        raise ValueError(f"decode_attention must be one of {', '.join(map(repr, DECODE_ATTENTION_CHOICES))}, "
+                         f"got {choice!r}")
+    if choice.startswith("pallas") and not DA.AVAILABLE:
+        raise ValueError(f"decode_attention={choice!r}: this JAX has no Pallas Triton API")
     gpu = jax.default_backend() == "gpu"
     supported = DA.supported(cfg, DA.cache_length(n_tokens))
-    if choice == "pallas" and not supported:
+    if choice.startswith("pallas") and not supported:
         raise ValueError(f"the Pallas decode attention does not support this model's heads "
                          f"({cfg.n_heads} query / {cfg.n_kv_heads} kv heads of size {cfg.head_dim})")
     if choice == "xla" or not supported or (choice == "auto" and not (gpu and (n_devices == 1 or rows_only))):
         return "xla"
-    return "pallas" if gpu else "pallas_interpret"
+    name = "pallas_full" if choice == "pallas_full" else "pallas"
+    return name if gpu else name + "_interpret"
 
 
 def _rows_only(mesh, rows: int) -> bool:
@@ -479,7 +498,8 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
         weight-slice matmuls).
       decode_attention: "auto" (the Pallas kernel of `emjax.model.decode_attention` on one GPU or on
         a data-only mesh whose rows divide it, XLA elsewhere and for sharded weights), "xla", or "pallas"
-        (interpreted off GPU: slow, for checking the kernel).
+        (interpreted off GPU: slow, for checking the kernel); the kernel reads each row's cache only up
+        to its last filled block; "pallas_full" is the kernel reading every block (for benchmarks).
       stop_check: with stop ids, decode steps between checks whether every row stopped (the loop
         ends after the first chunk in which all have); 0 always runs max_new_tokens steps.
       ablation: directions projected out of the residual stream (`emjax.model.ablation`) on

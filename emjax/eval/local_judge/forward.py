@@ -1,26 +1,31 @@
 """The scoring forward: log P(answer + terminator | prompt) for every candidate answer, one prefill.
 
-Each row of a batch is one left-padded judge prompt [P] followed by the N nodes of the
+Each row of a batch is one right-padded judge prompt [P] followed by the N nodes of the
 `ScoringTree` (the distinct prefixes of all candidate answers). Both run through every block in one
-sequence of P + N tokens, under a mask that makes it a prefill plus a tree of short continuations
-sharing its KV cache:
+sequence of P + N tokens, a prefill plus a tree of short continuations sharing its KV cache:
 
 * prompt tokens attend causally to the prompt (as in any prefill);
 * a tree node attends to all real prompt tokens and to its own ancestors and itself, at position
   n_prompt + depth - 1, so its hidden state is exactly that of the last token of
   prompt + prefix in a plain forward pass (RoPE, sliding windows and soft-caps by position).
 
-The prompt's keys and values are computed once per layer and read by all N nodes; no cache is
-materialised across layers (memory is one layer's activations). Logits are taken only at the last
-prompt token and the nodes ([B, N + 1, V] float32), normalised over the tokenizer's vocabulary
-(padded embedding rows are excluded, as the sampler excludes them) and gathered into [B, S]
-sequence log-probabilities. Blocks are the decoder's own (`emjax.model.decoder.block`).
+The matmuls run once over all P + N tokens of a layer; the attention is split (issue 24): the
+prompt's P queries by causal attention over the prompt alone (cuDNN's fused flash attention on
+GPUs, `attention="cudnn"`, or XLA with a mask), and only the N tree queries by an XLA attention
+against the prompt's keys and values plus the tree's, under the tree mask ([B, N, P + N], not the
+[B, P + N, P + N] mask and float32 logits of one XLA attention over everything, which is
+`attention="joint"`, the layout before issue 24, kept to benchmark against). The prompt's keys and
+values are computed once per layer and read by all N nodes; no cache is materialised across layers
+(memory is one layer's activations). Logits are taken only at the last prompt token and the nodes
+([B, N + 1, V] float32), normalised over the tokenizer's vocabulary (padded embedding rows are
+excluded, as the sampler excludes them) and gathered into [B, S] sequence log-probabilities. Blocks
+are the decoder's own (`emjax.model.decoder.block`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import flax.struct
 import jax
@@ -29,7 +34,7 @@ import numpy as np
 
 from emjax.eval.local_judge.tree import ScoringTree
 from emjax.model import decoder as M
-from emjax.model.attention import attend, attention_mask
+from emjax.model.attention import attend, attention_mask, cudnn_attend, resolve_attention
 from emjax.model.config import ModelConfig
 from emjax.model.layers import CUBLAS_GEMMS, default_positions, layer_view, rope_tables
 from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, put_rows, replicate
@@ -56,48 +61,90 @@ class TreeArrays:
 
 
 def tree_masks(prompt_pos: jax.Array, prompt_mask: jax.Array, node_pos: jax.Array, ancestors: jax.Array,
-               window: int | None) -> jax.Array:
-    """[B, P + N, P + N] bool attention mask of prompt + tree (see the module docstring).
+               window: int | None) -> tuple[jax.Array, jax.Array]:
+    """(prompt [B, P, P], tree [B, N, P + N]) bool attention masks (see the module docstring).
 
     prompt_pos, prompt_mask: [B, P]; node_pos: [B, N]; ancestors: [N, N].
     """
     b, n = node_pos.shape
     pp = attention_mask(prompt_pos, prompt_pos, prompt_mask, window)  # [B, P, P]
-    pt = jnp.zeros((b, prompt_pos.shape[1], n), bool)                 # the prompt never sees the tree
     tp = attention_mask(node_pos, prompt_pos, prompt_mask, window)     # [B, N, P]
     tt = attention_mask(node_pos, node_pos, jnp.ones((b, n), bool), window) & ancestors[None]
-    return jnp.concatenate([jnp.concatenate([pp, pt], 2), jnp.concatenate([tp, tt], 2)], 1)
+    return pp, jnp.concatenate([tp, tt], 2)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), compiler_options=CUBLAS_GEMMS)
+# "joint": one XLA attention over prompt + tree (before issue 24); "xla" / "cudnn": the prompt's
+# own attention by XLA / by cuDNN's flash kernel, the tree's by XLA; "auto": cudnn where it applies
+JUDGE_ATTENTION = ("auto", "xla", "cudnn", "joint")
+
+
+def judge_attention(choice: str, cfg: ModelConfig, dtype) -> str:
+    """The prompt attention `answer_logprobs` runs: "auto" takes cuDNN on GPUs for configs and
+    dtypes it supports (no soft-cap or window, head_dim <= 128, 16-bit weights), XLA otherwise."""
+    if choice not in JUDGE_ATTENTION:
+        raise ValueError(f"judge attention must be one of {JUDGE_ATTENTION}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    sixteen = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if resolve_attention("auto", cfg) == "cudnn" and sixteen else "xla"
+
+
+def _split_attention(q: jax.Array, k: jax.Array, v: jax.Array, p: int, lengths: jax.Array, prompt_mask: jax.Array,
+                     tree_mask: jax.Array, cfg: ModelConfig, impl: str) -> jax.Array:
+    """q, k, v: [B, P + N, ., Dh] of right-padded prompts of `lengths` then the tree; masks of
+    `tree_masks`. Returns [B, P + N, H, Dh]."""
+    if impl == "cudnn":
+        # padded query rows come out as anything: zeroed, so no NaN reaches the next layer's keys
+        out = cudnn_attend(q[:, :p], k[:, :p], v[:, :p], lengths, cfg)
+        real = (jnp.arange(p)[None, :] < lengths[:, None])[:, :, None, None]
+        prompt_out = jnp.where(real, out, jnp.zeros_like(out))
+    else:
+        prompt_out = attend(q[:, :p], k[:, :p], v[:, :p], prompt_mask, cfg)
+    return jnp.concatenate([prompt_out, attend(q[:, p:], k, v, tree_mask, cfg)], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "attention"), compiler_options=CUBLAS_GEMMS)
 def answer_logprobs(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask: jax.Array,
-                    tree: TreeArrays, stop_ids: jax.Array, vocab_limit: jax.Array) -> jax.Array:
+                    tree: TreeArrays, stop_ids: jax.Array, vocab_limit: jax.Array,
+                    attention: str = "xla") -> jax.Array:
     """log P(answer s, then a stop token | prompt b): [B, S] float32.
 
-    tokens, mask: [B, P] left-padded prompts (mask True for real tokens; an all-False row is a
-    filler whose output is meaningless). stop_ids: [E] int32 terminator tokens. vocab_limit:
-    int32 scalar, tokens >= it are excluded from every softmax.
+    tokens, mask: [B, P] right-padded prompts (mask True for the real tokens, first; an all-False
+    row is a filler whose output is meaningless). stop_ids: [E] int32 terminator tokens.
+    vocab_limit: int32 scalar, tokens >= it are excluded from every softmax. attention: "xla",
+    "cudnn" or "joint" (`judge_attention`).
     """
     b, p = tokens.shape
     n = tree.node_tokens.shape[0]
+    lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
     prompt_pos = default_positions(mask)
-    node_pos = jnp.sum(mask, axis=1, dtype=jnp.int32)[:, None] + tree.node_depth[None, :] - 1
+    node_pos = lengths[:, None] + tree.node_depth[None, :] - 1
     positions = jnp.concatenate([prompt_pos, node_pos], axis=1)  # [B, P + N]
-    full = tree_masks(prompt_pos, mask, node_pos, tree.ancestors, None)
-    window = (tree_masks(prompt_pos, mask, node_pos, tree.ancestors, cfg.sliding_window)
-              if cfg.sliding_window else full)
+    masks = tree_masks(prompt_pos, mask, node_pos, tree.ancestors, None)
+    window = tree_masks(prompt_pos, mask, node_pos, tree.ancestors, cfg.sliding_window) if cfg.sliding_window \
+        else masks
+    if attention == "joint":  # one [B, P + N, P + N] mask; the prompt never sees the tree
+        joint = lambda m: jnp.concatenate([jnp.concatenate([m[0], jnp.zeros((b, p, n), bool)], 2), m[1]], 1)
+        masks, window = (joint(masks),), (joint(window),)
     cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, weights.embed.dtype)
     x = M.embed(weights, cfg, jnp.concatenate([tokens, jnp.broadcast_to(tree.node_tokens, (b, n))], axis=1))
+    cudnn_lengths = jnp.maximum(lengths, 1)  # filler rows: one (meaningless) token, no empty sequence
+
+    def attn(m):
+        if attention == "joint":
+            return lambda q, k, v: attend(q, k, v, m[0], cfg)
+        return lambda q, k, v: _split_attention(q, k, v, p, cudnn_lengths, m[0], m[1], cfg, attention)
 
     def body(h, inp):
         i, is_sliding = inp
-        m = jnp.where(is_sliding, window, full)
-        h = constrain_rows(M.block(layer_view(weights.layers, i), h, cos, sin,
-                                   lambda q, k, v: attend(q, k, v, m, cfg), cfg, None))
+        m = jax.tree.map(lambda f, w: jnp.where(is_sliding, w, f), masks, window)
+        h = constrain_rows(M.block(layer_view(weights.layers, i), h, cos, sin, attn(m), cfg, None))
         return h, None
 
     x, _ = jax.lax.scan(body, x, (jnp.arange(cfg.n_layers), jnp.asarray(cfg.sliding_layers)))
-    logits = M.unembed(weights, cfg, x[:, p - 1:])  # rows: last prompt token, then the N nodes
+    # rows of the logits: the last prompt token, then the N nodes
+    last = jnp.take_along_axis(x[:, :p], jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
+    logits = M.unembed(weights, cfg, jnp.concatenate([last, x[:, p:]], axis=1))
     logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
     logp = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)  # [B, N + 1, V]
     token_lp = logp[:, tree.seq_rows, tree.seq_tokens]  # [B, S, K]
@@ -107,19 +154,19 @@ def answer_logprobs(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask:
 
 
 def pack_prompts(prompts: Sequence[Sequence[int]], rows: int, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """tokens, mask [rows, length]: the prompts left-padded, filler rows all masked."""
+    """tokens, mask [rows, length]: the prompts right-padded (real tokens first, as cuDNN's
+    lengths need), filler rows all masked."""
     tokens = np.zeros((rows, length), np.int32)
     mask = np.zeros((rows, length), bool)
     for i, ids in enumerate(prompts):
-        tokens[i, length - len(ids):] = ids
-        mask[i, length - len(ids):] = True
+        tokens[i, :len(ids)] = ids
+        mask[i, :len(ids)] = True
     return tokens, mask
 
 
-def score_prompts(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], tree: TreeArrays,
-                  stop_ids: Sequence[int], vocab_limit: int, *, rows: int, length: int) -> np.ndarray:
-    """[len(prompts), S] float64 answer log-probabilities for up to `rows` prompts of at most
-    `length` tokens, padded to exactly [rows, length] (one compiled program per shape)."""
+def _dispatch(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], tree: TreeArrays,
+              stop_ids: Sequence[int], vocab_limit: int, rows: int, length: int, attention: str) -> jax.Array:
+    """Starts one batch on the device (asynchronously); [rows, S] log-probabilities."""
     if not prompts or len(prompts) > rows or max(map(len, prompts)) > length or min(map(len, prompts)) == 0:
         raise ValueError(f"need 1..{rows} non-empty prompts of at most {length} tokens")
     mesh = mesh_of(weights)  # on a mesh: prompt rows split over `data` where they divide
@@ -127,5 +174,31 @@ def score_prompts(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence
     tree, stops, limit = replicate((tree, np.asarray(list(stop_ids), np.int32), np.asarray(vocab_limit, np.int32)),
                                    mesh)
     with mesh_context(mesh):
-        out = fetch(answer_logprobs(weights, cfg, tokens, mask, tree, stops, limit))
-    return np.asarray(out, np.float64)[:len(prompts)]
+        return answer_logprobs(weights, cfg, tokens, mask, tree, stops, limit,
+                               attention=judge_attention(attention, cfg, weights.embed.dtype))
+
+
+def score_batches(weights: Weights, cfg: ModelConfig, batches: Iterable[tuple[Sequence[Sequence[int]], int, int]],
+                  tree: TreeArrays, stop_ids: Sequence[int], vocab_limit: int, *,
+                  attention: str = "auto") -> Iterator[np.ndarray]:
+    """`score_prompts` of each (prompts, rows, length) in order, with the next batch started before
+    the previous one is read back: the host packs and dispatches while the device computes (ours:
+    a synchronised call per batch leaves the device idle for the host's share of every batch)."""
+    in_flight: tuple[jax.Array, int] | None = None
+    for prompts, rows, length in batches:
+        started = (_dispatch(weights, cfg, prompts, tree, stop_ids, vocab_limit, rows, length, attention), len(prompts))
+        if in_flight is not None:
+            yield np.asarray(fetch(in_flight[0]), np.float64)[:in_flight[1]]
+        in_flight = started
+    if in_flight is not None:
+        yield np.asarray(fetch(in_flight[0]), np.float64)[:in_flight[1]]
+
+
+def score_prompts(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], tree: TreeArrays,
+                  stop_ids: Sequence[int], vocab_limit: int, *, rows: int, length: int,
+                  attention: str = "auto") -> np.ndarray:
+    """[len(prompts), S] float64 answer log-probabilities for up to `rows` prompts of at most
+    `length` tokens, padded to exactly [rows, length] (one compiled program per shape);
+    attention: see `judge_attention`."""
+    return next(score_batches(weights, cfg, [(prompts, rows, length)], tree, stop_ids, vocab_limit,
+                              attention=attention))

@@ -34,7 +34,7 @@ from emjax.eval.judge.stage import AnswerSelection, check_outputs, check_somethi
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.runner import pending_tasks
 from emjax.eval.judge.tasks import MIN_VALID_JUDGE_PARAMS, build_tasks, questions_by_id, resolve_template
-from emjax.eval.local_judge.forward import TreeArrays, score_prompts
+from emjax.eval.local_judge.forward import JUDGE_ATTENTION, TreeArrays, score_batches
 from emjax.eval.local_judge.records import local_record, plan_batches
 from emjax.eval.local_judge.tree import answer_options, judge_tree, template_terminator
 from emjax.eval.output_lock import output_lock
@@ -64,6 +64,8 @@ class LocalJudgeConfig:
       window: pending tasks tokenised and sorted at a time (bounds host memory).
       min_mass: upstream's 0.25: no score below this numeric mass.
       limit: score at most this many pending tasks.
+      attention: the prompt's attention, "auto" (cuDNN's flash kernel on GPUs where it applies, else
+        XLA), "xla", "cudnn", or "joint" (one XLA attention over prompt + tree; `forward.judge_attention`).
       mesh: device mesh (`emjax.model.mesh_plan.plan_mesh`: None, "auto", "data:8"): prompt rows
         split over `data`, weights by their logical axes; process 0 writes the results.
     """
@@ -77,8 +79,12 @@ class LocalJudgeConfig:
     progress: bool = True
     limit: int | None = None
     mesh: str | None = None
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.attention not in JUDGE_ATTENTION:
+            raise LocalJudgeError(f"local judge attention must be one of {', '.join(JUDGE_ATTENTION)}, "
+                                  f"got {self.attention!r}")
         for name in ("batch_size", "pad_to", "max_batch_tokens", "window"):
             if getattr(self, name) < 1:
                 raise LocalJudgeError(f"local judge {name} must be >= 1, got {getattr(self, name)}")
@@ -211,12 +217,14 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
             with phase("data"):
                 prompts = [tok.encode_chat([{"role": "user", "content": t.prompt}], add_generation_prompt=True)
                            for t in window]
-            for batch in plan_batches([len(p) for p in prompts], batch_size=config.batch_size,
-                                      pad_to=config.pad_to, max_batch_tokens=config.max_batch_tokens,
-                                      n_nodes=tree.n_nodes):
-                shapes.add((batch.rows, batch.length))
-                lp = score_prompts(model.weights, model.cfg, [prompts[i] for i in batch.indices], arrays,
-                                   tok.stop_ids, tok.vocab_size, rows=batch.rows, length=batch.length)
+            batches = plan_batches([len(p) for p in prompts], batch_size=config.batch_size, pad_to=config.pad_to,
+                                   max_batch_tokens=config.max_batch_tokens, n_nodes=tree.n_nodes)
+            shapes.update((b.rows, b.length) for b in batches)
+            # one batch in flight while the previous one's lines are written
+            scored = score_batches(model.weights, model.cfg,
+                                   (([prompts[i] for i in b.indices], b.rows, b.length) for b in batches), arrays,
+                                   tok.stop_ids, tok.vocab_size, attention=config.attention)
+            for batch, lp in zip(batches, scored):
                 records = [local_record(window[i], row, tree, options[window[i].key], judge, len(prompts[i]),
                                         config.min_mass) for row, i in zip(lp, batch.indices)]
                 for k, (rec, i) in enumerate(zip(records, batch.indices)):
