@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Literal, Mapping, Optional
+from typing import Callable, Literal, Optional
 
 import flax.struct
 import jax

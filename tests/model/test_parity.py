@@ -90,7 +90,7 @@ def test_softcaps_are_active():
 
 
 def test_llama3_rope_scaling_is_active():
-    """Without its llama3 scaling the tiny Llama's logits move well past the tolerance, so the parity
+    """Without its llama3 scaling the tiny Llama's logits move hundreds of tolerances away, so the parity
     above tests the scaled frequencies (all three bands: see hf_reference.llama3_config)."""
     hf = CASES["llama3_untied"]()
     cfg, w = to_emjax(hf)
@@ -100,7 +100,7 @@ def test_llama3_rope_scaling_is_active():
     ours = np.asarray(M.forward(w, cfg, jnp.asarray(tokens)))
     plain = np.asarray(M.forward(w, cfg.replace(rope_scaling=None), jnp.asarray(tokens)))
     np.testing.assert_allclose(ours, ref, atol=TOLS["llama3_untied"], rtol=0)
-    assert np.abs(plain - ref).max() > 1e-2
+    assert np.abs(plain - ref).max() > 100 * TOLS["llama3_untied"]  # measured 3.7e-3
 
 
 def test_layer_ranges_compose(pair):
