@@ -9,9 +9,10 @@ functions here, which the block calls and nothing else does:
                    Gemma-2's post-feed-forward norm);
       "block_out": added to the residual stream after the whole block.
     Without a post-MLP norm (Llama, Qwen2) the two sites are the same function; with one
-    (Gemma-2) they are not. This is the only place a steering vector is added to the model's activations. Every row
-    of the batch is steered, unless the hooks come from `FirstRowSteering` (row 0 only: upstream's
-    training defect, reproduced on request by the training step).
+    (Gemma-2) they are not. This is the only place a steering vector is added to the model's
+    activations. Every row of the batch is steered, unless the hooks come from
+    `FirstRowSteering` (row 0 only: upstream's training defect, reproduced on request by the
+    training step).
   * `add_lora(hooks, module, x, y)`: the unmerged LoRA delta `(x @ A) @ B` of a projection.
   * `ablate(hooks, x)`: directional ablation, `x - (x . u) u` with a unit direction u, applied to
     the residual stream after the block (after the "block_out" vector, so a steered component

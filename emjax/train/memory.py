@@ -47,7 +47,7 @@ Terms:
                            and base hidden)
 
 S, bytes per token per trained block, as JAX saves them (counted with
-`jax.ad_checkpoint.saved_residuals` on Qwen2 and Gemma-2 blocks, JAX 0.10; tests/train/test_memory.py
+`jax.ad_checkpoint.saved_residuals` on Qwen2, Gemma-2 and Llama blocks, JAX 0.10; tests/train/test_memory.py
 holds the formulas to those counts). N = the block's norms, counted in the weight schema (2, or 4
 with post-attention and post-MLP norms as in Gemma-2); the MLP keeps M = 5 F-wide
 arrays (SiLU: gate, up and three of the activation's intermediates) or 7 (tanh-GELU); the
