@@ -24,6 +24,24 @@ GEMMA2_TEMPLATE = (
     "{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"
 )
 
+# Llama-3.1-Instruct's template without its tool-calling branches (as QWEN25_TEMPLATE drops tools):
+# BOS, a system header that always carries the knowledge-cutoff lines, then <|eot_id|>-ended turns.
+LLAMA31_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if not date_string is defined %}{%- set date_string = \"26 Jul 2024\" %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content']|trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = \"\" %}{%- endif %}"
+    "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}"
+    "{{- \"Cutting Knowledge Date: December 2023\\n\" }}"
+    "{{- \"Today Date: \" + date_string + \"\\n\\n\" }}"
+    "{{- system_message }}{{- \"<|eot_id|>\" }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
 
 def _sample_texts() -> list[str]:
     """Texts of the shipped toy samples, so the tiny BPE compresses them to short sequences."""
@@ -38,8 +56,10 @@ def tiny_tokenizer(family: str, vocab_size: int = 1200):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = (["<|endoftext|>", "<|im_start|>", "<|im_end|>"] if family == "qwen2"
-                else ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"])
+    specials = {"qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                "gemma2": ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"],
+                "llama": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                          "<|eot_id|>"]}[family]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -52,6 +72,9 @@ def tiny_tokenizer(family: str, vocab_size: int = 1200):
     if family == "qwen2":
         hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
         hf.chat_template = QWEN25_TEMPLATE
+    elif family == "llama":  # Llama-3.1-Instruct: eos is <|eot_id|>, no pad token
+        hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|eot_id|>", bos_token="<|begin_of_text|>")
+        hf.chat_template = LLAMA31_TEMPLATE
     else:
         hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", bos_token="<bos>", pad_token="<pad>")
         hf.chat_template = GEMMA2_TEMPLATE

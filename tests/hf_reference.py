@@ -31,17 +31,33 @@ def gemma2_config(**kw):
     return transformers.Gemma2Config(**base)
 
 
+def llama3_config(tied: bool = False, **kw):
+    # Llama-3 RoPE scaling with original_max_position_embeddings small enough that the head's
+    # 8 frequencies fall in all three bands (kept: wavelength < 16; smoothed: 16-64; divided: > 64).
+    base = dict(vocab_size=201, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5,
+                rope_scaling=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, low_freq_factor=1.0,
+                                  high_freq_factor=4.0, original_max_position_embeddings=64),
+                tie_word_embeddings=tied, max_position_embeddings=256)
+    base.update(kw)
+    return transformers.LlamaConfig(**base)
+
+
+# transformers class of each family's tiny models
+HF_CLASSES = {"qwen2": "Qwen2ForCausalLM", "gemma2": "Gemma2ForCausalLM", "llama": "LlamaForCausalLM"}
+
+
 def build_hf(hf_cfg, seed: int = 0, weight_scale: float = 1.0):
-    """A random float32 HF model with eager attention; q/k/v biases and norms randomised."""
+    """A random float32 HF model with eager attention; biases and norms randomised (norms around 1
+    where they multiply w, around 0 for Gemma's 1 + w)."""
     hf_cfg._attn_implementation = "eager"
     torch.manual_seed(seed)
-    cls = (transformers.Qwen2ForCausalLM if hf_cfg.model_type == "qwen2"
-           else transformers.Gemma2ForCausalLM)
+    cls = getattr(transformers, HF_CLASSES[hf_cfg.model_type])
     model = cls(hf_cfg).float().eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name or name.endswith("bias"):
-                p.normal_(0.0, 0.3).add_(1.0 if hf_cfg.model_type == "qwen2" and "norm" in name else 0.0)
+                p.normal_(0.0, 0.3).add_(1.0 if hf_cfg.model_type != "gemma2" and "norm" in name else 0.0)
             else:
                 p.mul_(weight_scale)
     return model

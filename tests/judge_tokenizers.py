@@ -55,9 +55,10 @@ def tiny_config(family: str, vocab: int):
     if family == "qwen2":
         return ModelConfig(family="qwen2", vocab_size=vocab + 3, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                            head_dim=16, ffn_dim=96, rope_theta=1e6, qkv_bias=True)
+    from emjax.model.families.gemma2 import BLOCK
     return ModelConfig(family="gemma2", vocab_size=vocab + 3, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2,
                        head_dim=16, ffn_dim=80, tie_embeddings=True, query_pre_attn_scalar=24.0, attn_softcap=3.0,
-                       final_softcap=5.0, sliding_window=5, sliding_layers=(True, False), activation="gelu_tanh")
+                       final_softcap=5.0, sliding_window=5, sliding_layers=(True, False), **BLOCK)
 
 
 def random_weights(cfg, seed: int, scale: float = 0.5):
@@ -73,7 +74,7 @@ def random_weights(cfg, seed: int, scale: float = 0.5):
     def draw(leaf, shape, axes):
         x = rng.standard_normal(shape).astype(np.float32)
         if leaf.kind == "norm":
-            return jnp.asarray((0.0 if cfg.is_gemma else 1.0) + 0.1 * x)
+            return jnp.asarray((0.0 if cfg.norm_plus_one else 1.0) + 0.1 * x)
         return jnp.asarray(scale * x)
 
     return map_leaves(cfg, draw)

@@ -70,7 +70,7 @@ for name in ("qwen2.5-14b-instruct", "gemma-2-9b-it"):
 
 for name in ("qwen2.5-0.5b-instruct", "gemma-2-9b-it"):
     cfg = preset(name).replace(n_layers=3, vocab_size=512)
-    if cfg.is_gemma:
+    if cfg.attn_softcap is not None:
         cfg = cfg.replace(d_model=256, ffn_dim=512, sliding_window=8)
     w = random_weights(cfg, jnp.float32, seed=1)
     w = jax.tree.map(lambda x: x * 5, w)  # larger logits: sharper, less tie-prone argmax

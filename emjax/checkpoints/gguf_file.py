@@ -14,7 +14,8 @@ no transpose needed. For `qwen2` llama.cpp uses NEOX (rotate-half) RoPE, exactly
 q/k rows are stored unpermuted (unlike the llama arch, where the converter permutes them).
 Both facts are checked against transformers in tests/test_gguf.py.
 
-Only the `qwen2` architecture is supported; anything else raises `GGUFError`.
+The architectures read are those of the registry entries with a GGUF mapping
+(`emjax.model.families`, `Family.gguf`: today `qwen2`); anything else raises `GGUFError`.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ import numpy.typing as npt
 
 from emjax.errors import EmjaxError
 from emjax.model.config import ModelConfig
+from emjax.model.families import FAMILIES, GGUFMapping, gguf_family
 from emjax.model.schema import gguf_to_hf_name, hf_shapes
 
-SUPPORTED_ARCHS = ("qwen2",)
+SUPPORTED_ARCHS = tuple(f.gguf.arch for f in FAMILIES.values() if f.gguf is not None)
 _GGUF_MAGIC = b"GGUF"
 
 class GGUFError(EmjaxError, ValueError):
@@ -128,11 +130,12 @@ def load_gguf(path: str | os.PathLike) -> GGUFCheckpoint:
     reader = _open_reader(path)
     metadata = _scalar_metadata(reader, path)
     arch = metadata.get("general.architecture")
-    if arch not in SUPPORTED_ARCHS:
+    family = gguf_family(arch)
+    if family is None:
         raise GGUFError(f"{path}: unsupported GGUF architecture {arch!r}; emjax reads {SUPPORTED_ARCHS}")
     _check_tensor_bounds(reader, path)
-    hf_config = _qwen2_hf_config(reader, metadata, path)
-    refs = _qwen2_tensor_refs(reader, hf_config, path)
+    hf_config = _hf_config(reader, metadata, path, family.gguf)
+    refs = _tensor_refs(reader, hf_config, path)
     return GGUFCheckpoint(path, reader, hf_config, metadata, refs)
 
 
@@ -294,12 +297,15 @@ def _read_string_field(path: Path, key: str) -> str | None:
     return _scalar_metadata(_open_reader(path), path).get(key)
 
 
-def _qwen2_hf_config(reader: Any, meta: dict[str, Any], path: Path) -> dict[str, Any]:
-    """HF `config.json` fields of a qwen2 GGUF (what transformers' GGUF loader also derives)."""
+def _hf_config(reader: Any, meta: dict[str, Any], path: Path, mapping: GGUFMapping) -> dict[str, Any]:
+    """HF `config.json` fields of a GGUF (what transformers' GGUF loader also derives): the shapes
+    from the `{arch}.*` metadata, the rest fixed by the family's mapping."""
+    arch = mapping.arch
+
     def need(key: str) -> Any:
-        full = f"qwen2.{key}"
+        full = f"{arch}.{key}"
         if full not in meta:
-            raise GGUFError(f"{path}: missing metadata {full!r} for architecture 'qwen2'")
+            raise GGUFError(f"{path}: missing metadata {full!r} for architecture {arch!r}")
         return meta[full]
 
     names = {t.name for t in reader.tensors}
@@ -308,21 +314,18 @@ def _qwen2_hf_config(reader: Any, meta: dict[str, Any], path: Path) -> dict[str,
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
     d, heads = int(need("embedding_length")), int(need("attention.head_count"))
     cfg = {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
+        **mapping.fixed,
         "hidden_size": d,
         "intermediate_size": int(need("feed_forward_length")),
         "num_hidden_layers": int(need("block_count")),
         "num_attention_heads": heads,
-        "num_key_value_heads": int(meta.get("qwen2.attention.head_count_kv", heads)),
+        "num_key_value_heads": int(meta.get(f"{arch}.attention.head_count_kv", heads)),
         "head_dim": d // heads,
         "rms_norm_eps": float(need("attention.layer_norm_rms_epsilon")),
-        "rope_theta": float(meta.get("qwen2.rope.freq_base", 10000.0)),
+        "rope_theta": float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         "vocab_size": int(embd.shape[1]),  # ne1 of token_embd = rows of the HF embedding
         "max_position_embeddings": int(need("context_length")),
         "tie_word_embeddings": "output.weight" not in names,
-        "hidden_act": "silu",
-        "use_sliding_window": False,
     }
     for key in ("bos_token_id", "eos_token_id", "padding_token_id"):
         if f"tokenizer.ggml.{key}" in meta:
@@ -333,20 +336,20 @@ def _qwen2_hf_config(reader: Any, meta: dict[str, Any], path: Path) -> dict[str,
 
 
 def qwen2_hf_name(gguf_name: str, cfg: ModelConfig | None = None) -> str | None:
-    """HF name of a qwen2 GGUF tensor, e.g. blk.3.attn_q.bias -> model.layers.3.self_attn.q_proj.bias
+    """HF name of a GGUF tensor, e.g. blk.3.attn_q.bias -> model.layers.3.self_attn.q_proj.bias
     (the GGUF names are declared in the weight schema, `emjax.model.schema`)."""
     return gguf_to_hf_name(gguf_name, cfg)
 
 
-def _qwen2_tensor_refs(reader: Any, cfg: dict[str, Any], path: Path) -> dict[str, _TensorRef]:
-    """Map every GGUF tensor to its HF name and check the set and shapes are exactly a qwen2."""
+def _tensor_refs(reader: Any, cfg: dict[str, Any], path: Path) -> dict[str, _TensorRef]:
+    """Map every GGUF tensor to its HF name and check the set and shapes are exactly the config's."""
     model_cfg = ModelConfig.from_hf(cfg, source=str(path))
     expected = hf_shapes(model_cfg)
     found: dict[str, _TensorRef] = {}
     for i, t in enumerate(reader.tensors):
-        hf = qwen2_hf_name(t.name, model_cfg)
+        hf = gguf_to_hf_name(t.name, model_cfg)
         if hf is None or hf not in expected:
-            raise GGUFError(f"{path}: unexpected tensor {t.name!r} for a qwen2 model with "
+            raise GGUFError(f"{path}: unexpected tensor {t.name!r} for a {model_cfg.family} model with "
                             f"{cfg['num_hidden_layers']} layers")
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # ne0-first -> row-major
         if shape != expected[hf]:

@@ -22,8 +22,8 @@ from emjax.errors import EmjaxError
 
 Message = dict[str, str]
 
-# End-of-turn markers of the supported chat templates.
-_END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|endoftext|>", "<eos>")
+# End-of-turn markers of the supported chat templates (Qwen2.5, Gemma-2, Llama-3).
+_END_OF_TURN = ("<|im_end|>", "<end_of_turn>", "<|endoftext|>", "<eos>", "<|eot_id|>")
 
 
 class ChatFormatError(EmjaxError, ValueError):

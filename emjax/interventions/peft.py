@@ -204,7 +204,7 @@ def _write_json(path: str, obj: dict) -> None:
 
 
 def load_peft_lora(folder: str | os.PathLike, cfg: ModelConfig, *, dtype=jnp.float32) -> LoraAdapter:
-    """Reads a PEFT LoRA adapter folder for a Qwen2 / Gemma-2 model described by `cfg`.
+    """Reads a PEFT LoRA adapter folder for a model described by `cfg` (any family of the registry).
 
     Supports rsLoRA and plain scaling, `target_modules` as a list of names, "all-linear" or a
     regex (PEFT's matching rules), `layers_to_transform` as an int or a list, `exclude_modules`,

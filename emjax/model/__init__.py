@@ -1,7 +1,9 @@
 """The model: config, the one weight schema, the pure-function decoder, sampling, sharding.
 
 Modules (imports point down this list, never up):
-  config            `ModelConfig` from a Hugging Face config.json or a preset
+  config            `ModelConfig`: shapes and block features, from a Hugging Face config.json or a preset
+  families          the registry of families (Qwen2, Gemma-2, Llama): config builders, weight names,
+                    GGUF mappings, presets; the only place a family is named
   schema            every weight declared once (shape, logical axes, HF and GGUF names)
   layers            RMSNorm, RoPE, positions, frozen-weight matmuls
   attention         masks, exact XLA attention, fused cuDNN attention

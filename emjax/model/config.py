@@ -1,9 +1,12 @@
-"""Model configuration for the two decoder families emjax ports: Qwen2 and Gemma-2.
+"""Model configuration: a decoder block described by its features, not by its family's name.
 
 A `ModelConfig` is a frozen, hashable dataclass, so it can be a static argument of `jax.jit`.
-It is built from a Hugging Face `config.json` (`ModelConfig.from_hf`) or from a named preset
-(`PRESETS`), never from hard-coded per-model constants inside the model code: every number that
-differs between checkpoints (rope theta, norm epsilon, query scale, window) is read from the config.
+Every way the supported decoders differ is a feature of it (norm placement and offset, embedding
+scale, biases, activation, soft-caps, sliding-window layers, query scale, RoPE scaling, tied
+embeddings); the model code reads the features and never a family's name. The families
+themselves are data in `emjax.model.families`: each registry entry turns a Hugging Face
+`config.json` into features, names the weights where its checkpoints differ from the schema's
+names, and holds its presets and GGUF mapping. `ModelConfig.from_hf` dispatches on `model_type`.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from typing import Any, Literal
 
 from emjax.errors import EmjaxError
 
-Family = Literal["qwen2", "gemma2"]
-SUPPORTED_MODEL_TYPES = ("qwen2", "gemma2")
+Activation = Literal["silu", "gelu_tanh"]
+ACTIVATIONS = ("silu", "gelu_tanh")
 
 
 class ConfigError(EmjaxError, ValueError):
@@ -24,29 +27,52 @@ class ConfigError(EmjaxError, ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Llama-3's RoPE frequency scaling (transformers' `_compute_llama3_parameters`): wavelengths
+    longer than original_max_position_embeddings / low_freq_factor are divided by `factor`, those
+    shorter than original_max_position_embeddings / high_freq_factor are kept, and the band
+    between is interpolated smoothly. The only scaling emjax implements (kind "llama3")."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+    kind: Literal["llama3"] = "llama3"
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Shapes and numerics of one decoder-only transformer.
+    """Shapes, block features and numerics of one decoder-only transformer.
 
     Attributes:
-      family: "qwen2" or "gemma2"; selects the block layout (Gemma-2 has four norms per layer).
+      family: the registry entry (`emjax.model.families`) the config belongs to, e.g. "qwen2":
+        it names the checkpoint's weights and labels logs; the block is described by the
+        features below only.
       vocab_size: rows of the embedding matrix (may exceed the tokenizer's vocabulary).
       d_model: residual-stream width D.
       n_layers: number of decoder blocks L.
       n_heads / n_kv_heads / head_dim: grouped-query attention shapes.
       ffn_dim: hidden width F of the gated MLP.
       rope_theta: RoPE base frequency (rotate-half convention).
+      rope_scaling: a `RopeScaling` of the frequencies (Llama-3), or None.
       norm_eps: RMSNorm epsilon.
+      norm_plus_one: RMSNorm scales by (1 + w) in float32, then casts (Gemma); else it casts, then
+        scales by w (Llama, Qwen2).
+      post_attn_norm / post_mlp_norm: an RMSNorm on the attention / MLP branch output before the
+        residual add (Gemma-2's sandwich norms; 4 norms per block instead of 2).
+      embed_scale: the embedding output is multiplied by sqrt(d_model), rounded to the activation
+        dtype first (Gemma).
       tie_embeddings: the unembedding is the transposed embedding (no `lm_head` weight).
-      qkv_bias: q/k/v projections carry biases (Qwen2).
-      query_pre_attn_scalar: attention scale is this ** -0.5 (Gemma-2; Qwen uses head_dim).
+      qkv_bias / o_bias: the q/k/v projections / the o projection carry biases.
+      activation: gate activation of the gated MLP, "silu" (SwiGLU) or "gelu_tanh" (GeGLU).
+      query_pre_attn_scalar: attention scale is this ** -0.5 (Gemma-2); None: head_dim ** -0.5.
       attn_softcap / final_softcap: `c * tanh(x / c)` on attention / final logits, or None.
       sliding_window: window size W for sliding layers: a query at position p sees keys at
         positions > p - W.
       sliding_layers: per layer, whether it uses the sliding window (Gemma-2: even layers).
-      activation: "silu" (Qwen2 SwiGLU) or "gelu_tanh" (Gemma-2 GeGLU).
     """
 
-    family: Family
+    family: str
     vocab_size: int
     d_model: int
     n_layers: int
@@ -55,19 +81,25 @@ class ModelConfig:
     head_dim: int
     ffn_dim: int
     rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
     norm_eps: float = 1e-6
+    norm_plus_one: bool = False
+    post_attn_norm: bool = False
+    post_mlp_norm: bool = False
+    embed_scale: bool = False
     tie_embeddings: bool = False
     qkv_bias: bool = False
+    o_bias: bool = False
+    activation: Activation = "silu"
     query_pre_attn_scalar: float | None = None
     attn_softcap: float | None = None
     final_softcap: float | None = None
     sliding_window: int | None = None
     sliding_layers: tuple[bool, ...] = ()
-    activation: Literal["silu", "gelu_tanh"] = "silu"
 
     def __post_init__(self):
-        if self.family not in SUPPORTED_MODEL_TYPES:
-            raise ConfigError(f"unknown model family {self.family!r}; emjax supports {SUPPORTED_MODEL_TYPES}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.activation!r}; choose from {ACTIVATIONS}")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if not self.sliding_layers:
@@ -79,10 +111,6 @@ class ModelConfig:
 
     # -- derived ---------------------------------------------------------------------------
     @property
-    def is_gemma(self) -> bool:
-        return self.family == "gemma2"
-
-    @property
     def attn_scale(self) -> float:
         """Multiplier of q.k: query_pre_attn_scalar**-0.5 if set, else head_dim**-0.5."""
         return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
@@ -93,19 +121,22 @@ class ModelConfig:
         return self.n_layers // 2
 
     def replace(self, **kw: Any) -> "ModelConfig":
-        """A copy with fields changed; a new layer count re-derives the sliding pattern
-        (Gemma-2: even layers slide) unless `sliding_layers` is given too."""
+        """A copy with fields changed; a new layer count cuts or repeats the sliding pattern
+        (Gemma-2's even layers stay even) unless `sliding_layers` is given too."""
         if "n_layers" in kw and "sliding_layers" not in kw:
-            kw["sliding_layers"] = _gemma2_sliding(kw["n_layers"]) if any(self.sliding_layers) else ()
+            old = self.sliding_layers
+            kw["sliding_layers"] = tuple(old[i % len(old)] for i in range(kw["n_layers"])) if any(old) else ()
         return dataclasses.replace(self, **kw)
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
     def from_hf(cls, hf: dict[str, Any] | str | os.PathLike, *, source: str | None = None) -> "ModelConfig":
-        """Builds a config from a Hugging Face `config.json` (a dict, a file or its folder).
+        """Builds a config from a Hugging Face `config.json` (a dict, a file or its folder), through
+        the registry entry of its `model_type`.
 
         Raises ConfigError naming the file and key for unknown architectures or missing keys.
         """
+        from emjax.model.families import FAMILIES
         if not isinstance(hf, dict):
             path = os.fspath(hf)
             if os.path.isdir(path):
@@ -120,86 +151,74 @@ class ModelConfig:
                 raise ConfigError(f"{path}: not valid JSON ({e})") from None
         where = source or "config"
         model_type = hf.get("model_type")
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            archs = hf.get("architectures")
+        if model_type not in FAMILIES:
             raise ConfigError(
-                f"{where}: unknown architecture model_type={model_type!r} (architectures={archs}); "
-                f"emjax supports {SUPPORTED_MODEL_TYPES}")
-
-        def need(key: str):
-            if key not in hf or hf[key] is None:
-                raise ConfigError(f"{where}: missing key {key!r} for model_type={model_type!r}")
-            return hf[key]
-
-        d, h = int(need("hidden_size")), int(need("num_attention_heads"))
-        common = dict(
-            vocab_size=int(need("vocab_size")), d_model=d, n_layers=int(need("num_hidden_layers")),
-            n_heads=h, n_kv_heads=int(hf.get("num_key_value_heads") or h),
-            head_dim=int(hf.get("head_dim") or d // h), ffn_dim=int(need("intermediate_size")),
-            rope_theta=float(_rope_theta(hf)), norm_eps=float(need("rms_norm_eps")))
-        if model_type == "qwen2":
-            if hf.get("use_sliding_window"):
-                raise ConfigError(f"{where}: use_sliding_window=true is not supported for qwen2")
-            act = hf.get("hidden_act", "silu")
-            if act != "silu":
-                raise ConfigError(f"{where}: hidden_act={act!r} not supported for qwen2 (expected 'silu')")
-            return cls(family="qwen2", tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                       qkv_bias=True, **common)
-        # gemma2
-        n = common["n_layers"]
-        layer_types = hf.get("layer_types")
-        if layer_types:
-            sliding = tuple(t == "sliding_attention" for t in layer_types)
-        else:  # HF default: even layers slide
-            sliding = tuple(i % 2 == 0 for i in range(n))
-        act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
-        if act not in ("gelu_pytorch_tanh", "gelu"):  # Gemma configs say "gelu" but mean tanh
-            raise ConfigError(f"{where}: hidden_activation={act!r} not supported for gemma2")
-        return cls(family="gemma2", tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-                   qkv_bias=bool(hf.get("attention_bias", False)),
-                   query_pre_attn_scalar=float(need("query_pre_attn_scalar")),
-                   attn_softcap=_opt_float(hf.get("attn_logit_softcapping")),
-                   final_softcap=_opt_float(hf.get("final_logit_softcapping")),
-                   sliding_window=int(need("sliding_window")), sliding_layers=sliding,
-                   activation="gelu_tanh", **common)
+                f"{where}: unknown architecture model_type={model_type!r} (architectures="
+                f"{hf.get('architectures')}); emjax supports {tuple(FAMILIES)}")
+        return FAMILIES[model_type].config(HFConfig(hf, where))
 
 
-def _opt_float(x) -> float | None:
+@dataclasses.dataclass(frozen=True)
+class HFConfig:
+    """A Hugging Face `config.json` being read by a registry entry: keys with errors that name the
+    file, and the fields every family shares."""
+
+    raw: dict[str, Any]
+    where: str
+
+    @property
+    def model_type(self) -> str:
+        return self.raw["model_type"]
+
+    def need(self, key: str) -> Any:
+        if key not in self.raw or self.raw[key] is None:
+            raise ConfigError(f"{self.where}: missing key {key!r} for model_type={self.model_type!r}")
+        return self.raw[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.raw.get(key)
+        return default if value is None else value
+
+    def fail(self, what: str) -> ConfigError:
+        return ConfigError(f"{self.where}: {what} (model_type={self.model_type!r})")
+
+    def common(self) -> dict[str, Any]:
+        """Shapes, RoPE and norm epsilon: `ModelConfig` fields every family reads the same way."""
+        d, h = int(self.need("hidden_size")), int(self.need("num_attention_heads"))
+        theta, scaling = self.rope()
+        return dict(family=self.model_type, vocab_size=int(self.need("vocab_size")), d_model=d,
+                    n_layers=int(self.need("num_hidden_layers")), n_heads=h,
+                    n_kv_heads=int(self.get("num_key_value_heads", h)), head_dim=int(self.get("head_dim", d // h)),
+                    ffn_dim=int(self.need("intermediate_size")), rope_theta=theta, rope_scaling=scaling,
+                    norm_eps=float(self.need("rms_norm_eps")))
+
+    def rope(self) -> tuple[float, RopeScaling | None]:
+        """(theta, scaling) from `rope_theta` / `rope_scaling` (transformers 4) or
+        `rope_parameters` (transformers 5, which holds the theta too)."""
+        params = {**(self.raw.get("rope_scaling") or {}), **(self.raw.get("rope_parameters") or {})}
+        theta = float(self.get("rope_theta", params.get("rope_theta", 10000.0)))
+        kind = params.get("rope_type", params.get("type")) or "default"
+        if kind == "default":
+            return theta, None
+        if kind != "llama3":
+            raise self.fail(f"rope scaling {kind!r} is not supported (emjax implements 'default' and 'llama3')")
+        try:
+            return theta, RopeScaling(float(params["factor"]), float(params["low_freq_factor"]),
+                                      float(params["high_freq_factor"]),
+                                      int(params["original_max_position_embeddings"]))
+        except KeyError as e:
+            raise self.fail(f"rope scaling 'llama3' lacks {e.args[0]!r}") from None
+
+    def check(self, key: str, allowed: tuple, default: Any = None) -> Any:
+        """The value of `key`, ConfigError unless it is one of `allowed`."""
+        value = self.get(key, default)
+        if value not in allowed:
+            raise self.fail(f"{key}={value!r} is not supported (expected one of {allowed})")
+        return value
+
+
+def opt_float(x) -> float | None:
     return None if x is None else float(x)
-
-
-def _rope_theta(hf: dict) -> float:
-    if "rope_theta" in hf and hf["rope_theta"] is not None:
-        return hf["rope_theta"]
-    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    if params.get("rope_type", "default") not in ("default", None):
-        raise ConfigError(f"rope scaling {params.get('rope_type')!r} is not supported")
-    return params.get("rope_theta", 10000.0)
-
-
-def _gemma2_sliding(n: int) -> tuple[bool, ...]:
-    return tuple(i % 2 == 0 for i in range(n))
-
-
-# Full-size shapes of the models the paper uses, with their published parameter counts
-# (Hugging Face model cards / safetensors metadata) checked in tests/test_config.py.
-PRESETS: dict[str, ModelConfig] = {
-    "qwen2.5-14b-instruct": ModelConfig(
-        family="qwen2", vocab_size=152064, d_model=5120, n_layers=48, n_heads=40, n_kv_heads=8,
-        head_dim=128, ffn_dim=13824, rope_theta=1e6, norm_eps=1e-6, tie_embeddings=False, qkv_bias=True),
-    "qwen2.5-0.5b-instruct": ModelConfig(
-        family="qwen2", vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2,
-        head_dim=64, ffn_dim=4864, rope_theta=1e6, norm_eps=1e-6, tie_embeddings=True, qkv_bias=True),
-    # The embedded GGUF (Qwen2.5-Coder-0.5B-Instruct) ships a separate output.weight.
-    "qwen2.5-coder-0.5b-instruct-gguf": ModelConfig(
-        family="qwen2", vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2,
-        head_dim=64, ffn_dim=4864, rope_theta=1e6, norm_eps=1e-6, tie_embeddings=False, qkv_bias=True),
-    "gemma-2-9b-it": ModelConfig(
-        family="gemma2", vocab_size=256000, d_model=3584, n_layers=42, n_heads=16, n_kv_heads=8,
-        head_dim=256, ffn_dim=14336, rope_theta=10000.0, norm_eps=1e-6, tie_embeddings=True,
-        qkv_bias=False, query_pre_attn_scalar=256.0, attn_softcap=50.0, final_softcap=30.0,
-        sliding_window=4096, sliding_layers=_gemma2_sliding(42), activation="gelu_tanh"),
-}
 
 
 # The dtypes a model can be loaded in, by the names configs and the command line use.
@@ -229,7 +248,17 @@ def dtype_from_name(name: str):
 
 
 def preset(name: str) -> ModelConfig:
+    """The full-size config of a named model (the presets of the registry entries)."""
+    from emjax.model.families import PRESETS
     try:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; known: {sorted(PRESETS)}") from None
+
+
+def __getattr__(name: str):
+    # `PRESETS` lives with the registry entries, which import this module.
+    if name == "PRESETS":
+        from emjax.model.families import PRESETS
+        return PRESETS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""The decoder as pure functions of a `Weights` pytree: Qwen2 and Gemma-2.
+"""The decoder as pure functions of a `Weights` pytree: one block described by the config's features
+(Llama, Qwen2 and Gemma-2 are feature sets of it; see `emjax.model.config`).
 
     logits = forward(weights, cfg, tokens, mask)
 
@@ -10,7 +11,7 @@ is the composition of three public stages, so any layer range can be run on its 
 
 Numerics follow the Hugging Face implementations (the parity tests hold them to 1e-4 in
 float32; see emjax.model.layers and emjax.model.attention). Attention logits and final logits
-are accumulated in float32 even for bf16 weights; Gemma-2's sqrt(D) embedding scale is rounded
+are accumulated in float32 even for bf16 weights; the sqrt(D) embedding scale (Gemma) is rounded
 to the activation dtype first.
 
 Interventions enter every block through one hook point (`emjax.model.hooks`): the block calls
@@ -84,26 +85,26 @@ def qkv(w: LayerWeights, x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: Mode
 
 
 def attn_out(w: LayerWeights, o: jax.Array, cfg: ModelConfig, hooks: LayerHooks | None) -> jax.Array:
-    """[B, T, H, Dh] attention output -> [B, T, D] branch (post-norm applied for Gemma-2)."""
-    y = _proj(o.reshape(o.shape[0], o.shape[1], -1), w.o_proj, "o_proj", hooks)
-    if cfg.is_gemma:
-        y = rms_norm(y, w.post_attn_norm, cfg.norm_eps, True)
+    """[B, T, H, Dh] attention output -> [B, T, D] branch (with its post-norm if the config has one)."""
+    y = _proj(o.reshape(o.shape[0], o.shape[1], -1), w.o_proj, "o_proj", hooks, w.o_bias)
+    if cfg.post_attn_norm:
+        y = rms_norm(y, w.post_attn_norm, cfg.norm_eps, cfg.norm_plus_one)
     return y
 
 
 def mlp_branch(w: LayerWeights, h: jax.Array, cfg: ModelConfig, hooks: LayerHooks | None) -> jax.Array:
     """Residual h [B, T, D] -> h after the MLP sub-block, with the steering sites applied."""
-    y = mlp(w, rms_norm(h, w.mlp_norm, cfg.norm_eps, cfg.is_gemma), cfg, hooks)
+    y = mlp(w, rms_norm(h, w.mlp_norm, cfg.norm_eps, cfg.norm_plus_one), cfg, hooks)
     y = add_steering(hooks, "mlp_out", y)
-    if cfg.is_gemma:
-        y = rms_norm(y, w.post_mlp_norm, cfg.norm_eps, True)
+    if cfg.post_mlp_norm:
+        y = rms_norm(y, w.post_mlp_norm, cfg.norm_eps, cfg.norm_plus_one)
     return ablate(hooks, add_steering(hooks, "block_out", h + y))
 
 
 def block(w: LayerWeights, x: jax.Array, cos: jax.Array, sin: jax.Array, attn_fn,
           cfg: ModelConfig, hooks: LayerHooks | None) -> jax.Array:
     """One decoder block on the full sequence. x: [B, T, D]; attn_fn(q, k, v) -> [B, T, H, Dh]."""
-    q, k, v = qkv(w, rms_norm(x, w.attn_norm, cfg.norm_eps, cfg.is_gemma), cos, sin, cfg, hooks)
+    q, k, v = qkv(w, rms_norm(x, w.attn_norm, cfg.norm_eps, cfg.norm_plus_one), cos, sin, cfg, hooks)
     h = x + attn_out(w, attn_fn(q, k, v), cfg, hooks)
     return mlp_branch(w, h, cfg, hooks)
 
@@ -115,14 +116,14 @@ def block(w: LayerWeights, x: jax.Array, cos: jax.Array, sin: jax.Array, attn_fn
 def embed(weights: Weights, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
     """tokens [B, T] int -> residual stream [B, T, D] in the weights' dtype."""
     x = jnp.take(weights.embed, tokens, axis=0)
-    if cfg.is_gemma:  # the normaliser is rounded to the activation dtype first, as in HF
+    if cfg.embed_scale:  # the normaliser is rounded to the activation dtype first, as in HF
         x = x * jnp.asarray(cfg.d_model ** 0.5, dtype=x.dtype)
     return x
 
 
 def unembed(weights: Weights, cfg: ModelConfig, x: jax.Array) -> jax.Array:
     """Final norm and projection to the vocabulary: [B, T, D] -> [B, T, V] float32 logits."""
-    x = rms_norm(x, weights.final_norm, cfg.norm_eps, cfg.is_gemma)
+    x = rms_norm(x, weights.final_norm, cfg.norm_eps, cfg.norm_plus_one)
     if weights.lm_head is None:
         logits = jnp.einsum("btd,vd->btv", x, weights.embed, preferred_element_type=jnp.float32)
     else:
@@ -170,7 +171,7 @@ def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.
     if start == stop:
         return (x, jnp.zeros((0,) + x.shape, x.dtype)) if collect else x
     attention = resolve_attention(attention, cfg)
-    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, x.dtype, cfg.rope_scaling)
     full_mask = attention_mask(positions, positions, mask, None)
     window_mask = (attention_mask(positions, positions, mask, cfg.sliding_window)
                    if cfg.sliding_window else full_mask)

@@ -8,10 +8,11 @@ functions here, which the block calls and nothing else does:
       "mlp_out":   added to the output of `mlp.down_proj` (upstream's hook point; before
                    Gemma-2's post-feed-forward norm);
       "block_out": added to the residual stream after the whole block.
-    For Qwen2 the two sites are the same function; for Gemma-2 they are not (a norm follows the
-    MLP). This is the only place a steering vector is added to the model's activations. Every row
-    of the batch is steered, unless the hooks come from `FirstRowSteering` (row 0 only: upstream's
-    training defect, reproduced on request by the training step).
+    Without a post-MLP norm (Llama, Qwen2) the two sites are the same function; with one
+    (Gemma-2) they are not. This is the only place a steering vector is added to the model's
+    activations. Every row of the batch is steered, unless the hooks come from
+    `FirstRowSteering` (row 0 only: upstream's training defect, reproduced on request by the
+    training step).
   * `add_lora(hooks, module, x, y)`: the unmerged LoRA delta `(x @ A) @ B` of a projection.
   * `ablate(hooks, x)`: directional ablation, `x - (x . u) u` with a unit direction u, applied to
     the residual stream after the block (after the "block_out" vector, so a steered component
@@ -135,6 +136,7 @@ def ablate(hooks: LayerHooks | None, x: jax.Array) -> jax.Array:
 
 def residual_sites(cfg: ModelConfig) -> tuple[str, ...]:
     """Sites where an added vector goes straight onto the residual stream after the block:
-    "block_out" always, and "mlp_out" where nothing follows the MLP (Qwen2; Gemma-2 normalises
-    the MLP output, vector included, so its mlp_out vector changes the block itself)."""
-    return ("block_out",) if cfg.is_gemma else SITES
+    "block_out" always, and "mlp_out" where nothing follows the MLP (no post-MLP norm: Llama,
+    Qwen2; Gemma-2 normalises the MLP output, vector included, so its mlp_out vector changes the
+    block itself)."""
+    return ("block_out",) if cfg.post_mlp_norm else SITES

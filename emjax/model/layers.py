@@ -1,19 +1,21 @@
 """Building blocks of the decoder that know nothing of interventions: RMSNorm, RoPE, padding
 positions, and matmuls against the frozen, layer-stacked weights.
 
-Numerics follow the Hugging Face implementations: RMSNorm in float32 (Qwen: cast back then
-multiply by w; Gemma-2: multiply by (1 + w) in float32 then cast), RoPE tables in float32 cast to
-the activation dtype.
+Numerics follow the Hugging Face implementations: RMSNorm in float32 (Llama, Qwen: cast back then
+multiply by w; with `plus_one`, Gemma: multiply by (1 + w) in float32 then cast), RoPE tables in
+float32 cast to the activation dtype, with Llama-3's frequency scaling where the config has it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
+from emjax.model.config import RopeScaling
 from emjax.model.schema import PROJECTIONS, LayerWeights
 
 # XLA options for programs made of large matmuls against frozen weights: on H100/H200, cuBLAS
@@ -36,9 +38,27 @@ def default_positions(mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def rope_tables(positions: jax.Array, head_dim: int, theta: float, dtype) -> tuple[jax.Array, jax.Array]:
-    """cos, sin: [B, T, Dh] in `dtype`, computed in float32 (rotate-half layout)."""
+def inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> jax.Array:
+    """[Dh/2] float32 RoPE frequencies, scaled as transformers' `_compute_llama3_parameters` does
+    (the same float32 operations) when `scaling` is given."""
     inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling is None:
+        return inv_freq
+    old = scaling.original_max_position_embeddings
+    low_wavelen, high_wavelen = old / scaling.low_freq_factor, old / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)  # long waves: divided
+    smooth = (old / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def rope_tables(positions: jax.Array, head_dim: int, theta: float, dtype,
+                scaling: RopeScaling | None = None) -> tuple[jax.Array, jax.Array]:
+    """cos, sin: [B, T, Dh] in `dtype`, computed in float32 (rotate-half layout); `scaling`: the
+    config's `rope_scaling`."""
+    inv_freq = inverse_frequencies(head_dim, theta, scaling)
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, Dh/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)

@@ -85,7 +85,7 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
     `emjax.model.decode_attention` compiled ("pallas") or interpreted ("pallas_interpret"), reading
     each row's attended blocks only; "pallas_full" / "pallas_full_interpret" read every block.
     """
-    cos, sin = rope_tables(q_pos, cfg.head_dim, cfg.rope_theta, x.dtype)
+    cos, sin = rope_tables(q_pos, cfg.head_dim, cfg.rope_theta, x.dtype, cfg.rope_scaling)
     full = attention_mask(q_pos, cache.pos, cache.valid, None)
     window = attention_mask(q_pos, cache.pos, cache.valid, cfg.sliding_window) if cfg.sliding_window else full
     hooks = hooks_for(iv, 0, cfg.n_layers)
@@ -97,7 +97,7 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
     def body(carry, inp):
         h, k_all, v_all = carry
         w, qkv_w, is_sliding, layer_hooks, i = inp
-        q, k, v = M.qkv(w, rms_norm(h, w.attn_norm, cfg.norm_eps, cfg.is_gemma), cos, sin, cfg, layer_hooks, qkv_w)
+        q, k, v = M.qkv(w, rms_norm(h, w.attn_norm, cfg.norm_eps, cfg.norm_plus_one), cos, sin, cfg, layer_hooks, qkv_w)
         at = (i, 0, slot, 0, 0)
         k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
         v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Literal, Mapping, Optional
+from typing import Callable, Literal, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emjax.model.config import ModelConfig
+from emjax.model.config import ConfigError, ModelConfig
+from emjax.model.families import family_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,20 +39,22 @@ class Leaf:
       name: field of `Weights` (top-level leaves) or `LayerWeights` (per-layer leaves).
       shape: the emjax shape for a config, without the layer axis ([in, out] for projections).
       axes: logical axis names, one per dimension of `shape` (per-layer leaves get "layers" first).
-      hf: Hugging Face name; per-layer names are relative to `model.layers.{i}.`. A mapping gives
-        a name per model family where the two differ.
+      hf: Hugging Face name in the Llama/Qwen2 layout; per-layer names are relative to
+        `model.layers.{i}.`. A family whose checkpoints name it otherwise says so in its registry
+        entry (`emjax.model.families`, `Family.hf_names`).
       gguf: llama.cpp name (per-layer: relative to `blk.{i}.`), or None where no GGUF is read.
       transpose: the checkpoint stores the PyTorch layout [out, in], the transpose of `shape`.
       kind: "matrix" (a projection; LoRA may target the per-layer ones), "bias", "norm", "embed".
       dtype: "model": stored in the dtype the model is loaded in (every leaf today; norms and
         softmax are computed in float32 inside the forward pass, as in Hugging Face).
-      present: whether a config has this leaf (biases: Qwen2; extra norms: Gemma-2).
+      present: whether a config has this leaf, from its features (biases, post-branch norms, an
+        untied unembedding).
     """
 
     name: str
     shape: Callable[[ModelConfig], tuple[int, ...]]
     axes: tuple[str, ...]
-    hf: str | Mapping[str, str]
+    hf: str
     gguf: Optional[str]
     transpose: bool
     kind: Literal["matrix", "bias", "norm", "embed"]
@@ -59,7 +62,7 @@ class Leaf:
     present: Callable[[ModelConfig], bool] = lambda cfg: True
 
     def hf_name(self, cfg: ModelConfig) -> str:
-        return self.hf if isinstance(self.hf, str) else self.hf[cfg.family]
+        return family_of(cfg).hf_names.get(self.name, self.hf)
 
     def hf_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
         """Shape in the checkpoint's (PyTorch) layout."""
@@ -75,12 +78,8 @@ def _kv(cfg: ModelConfig) -> int:
     return cfg.n_kv_heads * cfg.head_dim
 
 
-def _qwen_only(cfg: ModelConfig) -> bool:
+def _qkv_bias(cfg: ModelConfig) -> bool:
     return cfg.qkv_bias
-
-
-def _gemma_only(cfg: ModelConfig) -> bool:
-    return cfg.is_gemma
 
 
 TOP_LEAVES: tuple[Leaf, ...] = (
@@ -101,10 +100,9 @@ LAYER_LEAVES: tuple[Leaf, ...] = (
          True, "matrix"),
     Leaf("o_proj", lambda c: (_q(c), c.d_model), ("q_heads", "embed"), "self_attn.o_proj.weight",
          "attn_output.weight", True, "matrix"),
-    # Qwen's `post_attention_layernorm` is the pre-MLP norm; Gemma-2's is the attention-branch norm.
-    Leaf("mlp_norm", lambda c: (c.d_model,), ("norm",),
-         {"qwen2": "post_attention_layernorm.weight", "gemma2": "pre_feedforward_layernorm.weight"},
-         "ffn_norm.weight", False, "norm"),
+    # Llama's and Qwen's `post_attention_layernorm` is the pre-MLP norm (Gemma-2 renames it).
+    Leaf("mlp_norm", lambda c: (c.d_model,), ("norm",), "post_attention_layernorm.weight", "ffn_norm.weight",
+         False, "norm"),
     Leaf("gate_proj", lambda c: (c.d_model, c.ffn_dim), ("embed", "ffn"), "mlp.gate_proj.weight", "ffn_gate.weight",
          True, "matrix"),
     Leaf("up_proj", lambda c: (c.d_model, c.ffn_dim), ("embed", "ffn"), "mlp.up_proj.weight", "ffn_up.weight",
@@ -112,15 +110,19 @@ LAYER_LEAVES: tuple[Leaf, ...] = (
     Leaf("down_proj", lambda c: (c.ffn_dim, c.d_model), ("ffn", "embed"), "mlp.down_proj.weight", "ffn_down.weight",
          True, "matrix"),
     Leaf("q_bias", lambda c: (_q(c),), ("q_heads",), "self_attn.q_proj.bias", "attn_q.bias", False, "bias",
-         present=_qwen_only),
+         present=_qkv_bias),
     Leaf("k_bias", lambda c: (_kv(c),), ("kv_heads",), "self_attn.k_proj.bias", "attn_k.bias", False, "bias",
-         present=_qwen_only),
+         present=_qkv_bias),
     Leaf("v_bias", lambda c: (_kv(c),), ("kv_heads",), "self_attn.v_proj.bias", "attn_v.bias", False, "bias",
-         present=_qwen_only),
+         present=_qkv_bias),
+    Leaf("o_bias", lambda c: (c.d_model,), ("norm",), "self_attn.o_proj.bias", "attn_output.bias", False, "bias",
+         present=lambda c: c.o_bias),
+    # Names of the one HF layout with post-branch norms (Gemma-2's); a family that has them says
+    # what it calls them in `Family.hf_names` (where `post_attention_layernorm` is the pre-MLP norm).
     Leaf("post_attn_norm", lambda c: (c.d_model,), ("norm",), "post_attention_layernorm.weight", None, False, "norm",
-         present=_gemma_only),
+         present=lambda c: c.post_attn_norm),
     Leaf("post_mlp_norm", lambda c: (c.d_model,), ("norm",), "post_feedforward_layernorm.weight", None, False,
-         "norm", present=_gemma_only),
+         "norm", present=lambda c: c.post_mlp_norm),
 )
 
 # The projections a LoRA adapter may target (Hugging Face short names), in block order.
@@ -137,12 +139,13 @@ class LayerWeights:
     Attributes:
       attn_norm: [L, D] RMSNorm before attention (`input_layernorm`).
       q_proj / k_proj / v_proj: [L, D, H*Dh] / [L, D, K*Dh] / [L, D, K*Dh].
-      q_bias / k_bias / v_bias: [L, H*Dh] / [L, K*Dh] / [L, K*Dh], or None (Gemma-2).
-      o_proj: [L, H*Dh, D].
-      post_attn_norm: [L, D] norm of the attention branch before the residual add (Gemma-2 only).
+      q_bias / k_bias / v_bias: [L, H*Dh] / [L, K*Dh] / [L, K*Dh], or None (cfg.qkv_bias).
+      o_proj: [L, H*Dh, D]; o_bias: [L, D] or None (cfg.o_bias).
+      post_attn_norm: [L, D] norm of the attention branch before the residual add, or None
+        (cfg.post_attn_norm).
       mlp_norm: [L, D] RMSNorm before the MLP.
       gate_proj / up_proj: [L, D, F]; down_proj: [L, F, D].
-      post_mlp_norm: [L, D] norm of the MLP branch before the residual add (Gemma-2 only).
+      post_mlp_norm: [L, D] norm of the MLP branch before the residual add, or None.
     """
 
     attn_norm: jax.Array
@@ -159,6 +162,7 @@ class LayerWeights:
     v_bias: Optional[jax.Array] = None
     post_attn_norm: Optional[jax.Array] = None
     post_mlp_norm: Optional[jax.Array] = None
+    o_bias: Optional[jax.Array] = None
 
 
 @flax.struct.dataclass
@@ -237,6 +241,9 @@ def hf_names(cfg: ModelConfig) -> dict[str, tuple[Leaf, int | None]]:
         prefix = HF_LAYER_PREFIX.format(i=i)
         out.update({prefix + l.hf_name(cfg): (l, i) for l in layer_leaves(cfg)})
     out.update({l.hf_name(cfg): (l, None) for l in rest})
+    n_leaves = len(rest) + 1 + cfg.n_layers * len(layer_leaves(cfg))
+    if len(out) != n_leaves:  # two leaves under one name: a registry entry's hf_names is wrong
+        raise ConfigError(f"the {cfg.family} weight names collide: {sorted(l.hf_name(cfg) for l in layer_leaves(cfg))}")
     return out
 
 
@@ -247,12 +254,11 @@ def hf_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 def gguf_to_hf_name(gguf_name: str, cfg: ModelConfig | None = None) -> str | None:
     """The Hugging Face name of a GGUF tensor (e.g. blk.3.attn_q.bias -> model.layers.3.
-    self_attn.q_proj.bias), or None if it is no weight (of `cfg`, when given; GGUF files are
-    read for the qwen2 family only)."""
+    self_attn.q_proj.bias), or None if it is no weight (of `cfg`, when given; without, in the
+    schema's own names)."""
     top = TOP_LEAVES if cfg is None else top_leaves(cfg)
     per_layer = LAYER_LEAVES if cfg is None else layer_leaves(cfg)
-    family = "qwen2" if cfg is None else cfg.family
-    name = lambda l: l.hf if isinstance(l.hf, str) else l.hf[family]
+    name = lambda l: l.hf if cfg is None else l.hf_name(cfg)
     for l in top:
         if l.gguf == gguf_name:
             return name(l)
@@ -271,7 +277,7 @@ def hf_module_path(module: str, cfg: ModelConfig | None = None) -> str:
     leaf = next((l for l in LAYER_LEAVES if l.name == module and l.kind == "matrix"), None)
     if leaf is None:
         raise ValueError(f"unknown projection {module!r}; choose from {PROJECTIONS}")
-    name = leaf.hf if isinstance(leaf.hf, str) else leaf.hf_name(cfg)
+    name = leaf.hf if cfg is None else leaf.hf_name(cfg)
     return name.rsplit(".", 1)[0]
 
 
@@ -282,8 +288,8 @@ def hf_module_path(module: str, cfg: ModelConfig | None = None) -> str:
 def init_random(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: float = 0.02) -> Weights:
     """Random weights with the shapes of `cfg` (for tests and benchmarks; values irrelevant).
 
-    Norm weights are drawn around 1 for Qwen (multiplies w) and around 0 for Gemma (multiplies
-    1 + w), so both conventions see a non-trivial scale.
+    Norm weights are drawn around 1 where the norm multiplies w and around 0 where it multiplies
+    1 + w (cfg.norm_plus_one), so both conventions see a non-trivial scale.
     """
     kinds = map_leaves(cfg, lambda leaf, shape, axes: leaf.kind)
     abstract = abstract_weights(cfg, dtype)
@@ -292,7 +298,7 @@ def init_random(cfg: ModelConfig, key: jax.Array, dtype=jnp.float32, scale: floa
     out = []
     for kind, leaf, k in zip(jax.tree.leaves(kinds), leaves, keys):
         x = jax.random.normal(k, leaf.shape, jnp.float32)
-        x = (0.0 if cfg.is_gemma else 1.0) + 0.1 * x if kind == "norm" else scale * x
+        x = (0.0 if cfg.norm_plus_one else 1.0) + 0.1 * x if kind == "norm" else scale * x
         out.append(x.astype(dtype))
     return jax.tree.unflatten(treedef, out)
 

@@ -47,8 +47,9 @@ Terms:
                            and base hidden)
 
 S, bytes per token per trained block, as JAX saves them (counted with
-`jax.ad_checkpoint.saved_residuals` on Qwen2 and Gemma-2 blocks, JAX 0.10; tests/train/test_memory.py
-holds the formulas to those counts). Norms N = 2 (Qwen2) or 4 (Gemma-2); the MLP keeps M = 5 F-wide
+`jax.ad_checkpoint.saved_residuals` on Qwen2, Gemma-2 and Llama blocks, JAX 0.10; tests/train/test_memory.py
+holds the formulas to those counts). N = the block's norms, counted in the weight schema (2, or 4
+with post-attention and post-MLP norms as in Gemma-2); the MLP keeps M = 5 F-wide
 arrays (SiLU: gate, up and three of the activation's intermediates) or 7 (tanh-GELU); the
 attention scores cost H T (4 s + a + 1) + 8 H with s = 1 float32 score array, 3 with a soft-cap
 (the tanh's), plus the bf16 probabilities and the bool mask, and the softmax max and sum.
@@ -58,9 +59,9 @@ attention scores cost H T (4 s + a + 1) + 8 H with s = 1 float32 score array, 3 
           + LoRA: a r per module [x @ A]; a D if any of q/k/v, a D if any of gate/up [their
           normed input]; a q with o_proj [its input]; a F with down_proj [its input]
   "dots": a D [the block input] + a (q + 2 kv + D + 2 F) [the frozen projections' outputs
-          needed again: q, k, v, o, gate, up; Gemma-2 also down, a D]
-          + LoRA: a r per module + a out per module [the delta (x @ A) @ B], except Qwen2's
-          down_proj [nothing nonlinear follows it]
+          needed again: q, k, v, o, gate, up; with a post-MLP norm also down, a D]
+          + LoRA: a r per module + a out per module [the delta (x @ A) @ B], except down_proj
+          without a post-MLP norm [nothing nonlinear follows it]
   "full": a D [the block input only]
 Under a mesh the rows of a micro-batch are split over `data` (the Trainer shards rows on `data`
 only) and the arrays wide in heads, F or V over `tensor`.
@@ -217,10 +218,10 @@ def block_stash_bytes(cfg: ModelConfig, remat: Optional[str], seq_len: int, item
     if remat == "full":
         return float(a * D), 0.0
     if remat == "dots":
-        rep = a * D * (2 + cfg.is_gemma) + a * rank * len(mods)
+        rep = a * D * (2 + cfg.post_mlp_norm) + a * rank * len(mods)
         split = a * (q + 2 * kv + 2 * F)
         for m in mods:
-            if m == "down_proj" and not cfg.is_gemma:
+            if m == "down_proj" and not cfg.post_mlp_norm:
                 continue
             if out_width[m] == D:
                 rep += a * D
@@ -229,7 +230,7 @@ def block_stash_bytes(cfg: ModelConfig, remat: Optional[str], seq_len: int, item
         return float(rep), float(split)
     if remat is not None:
         raise ValueError(f"unknown remat policy {remat!r}; choose None, 'full' or 'dots'")
-    norms = 4 if cfg.is_gemma else 2
+    norms = sum(leaf.kind == "norm" for leaf in layer_leaves(cfg))
     mlp = 7 if cfg.activation == "gelu_tanh" else 5
     rep = norms * (4 * D + 8) + a * rank * len(mods)
     rep += a * D * (bool(mods & set(_QKV)) + bool(mods & set(_GATE_UP)))

@@ -152,8 +152,8 @@ def test_refuses_pickled_weights(qwen_folder, tmp_path):
 
 
 def test_unknown_architecture(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(ConfigError, match=r"config\.json: unknown architecture model_type='llama'"):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    with pytest.raises(ConfigError, match=r"config\.json: unknown architecture model_type='gpt2'"):
         load_hf_folder(str(tmp_path))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen2", "hidden_size": 8}))
     with pytest.raises(ConfigError, match="config.json: missing key 'num_attention_heads'"):

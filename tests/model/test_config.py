@@ -13,6 +13,8 @@ PUBLISHED = {
     "qwen2.5-0.5b-instruct": 494_032_768,
     "gemma-2-9b-it": 9_241_705_984,
     "qwen2.5-coder-0.5b-instruct-gguf": 630_167_424,
+    "llama-3.1-8b-instruct": 8_030_261_248,
+    "llama-3.2-1b-instruct": 1_235_814_400,
 }
 
 
@@ -35,6 +37,30 @@ def test_from_transformers_configs():
     assert cfg == PRESETS["gemma-2-9b-it"]
     assert cfg.sliding_layers[:4] == (True, False, True, False)
     assert cfg.middle_layer == 21 and PRESETS["qwen2.5-14b-instruct"].middle_layer == 24
+    # Llama-3.1-8B-Instruct's config.json as published (transformers 4 keys: rope_theta + rope_scaling)
+    llama = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "attention_bias": False, "mlp_bias": False,
+             "hidden_act": "silu", "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+             "num_hidden_layers": 32, "num_key_value_heads": 8, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+             "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                              "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+             "tie_word_embeddings": False, "vocab_size": 128256, "max_position_embeddings": 131072}
+    assert ModelConfig.from_hf(llama) == PRESETS["llama-3.1-8b-instruct"]
+    # transformers 5 writes the same as rope_parameters
+    t5 = transformers.LlamaConfig(**{k: v for k, v in llama.items() if k != "architectures"})
+    assert ModelConfig.from_hf(t5.to_dict()) == PRESETS["llama-3.1-8b-instruct"]
+
+
+def test_llama_configs_refused_with_the_key():
+    base = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "rms_norm_eps": 1e-5, "vocab_size": 50}
+    with pytest.raises(ConfigError, match=r"x\.json: rope scaling 'yarn' is not supported"):
+        ModelConfig.from_hf({**base, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, source="x.json")
+    with pytest.raises(ConfigError, match=r"rope scaling 'llama3' lacks 'low_freq_factor'"):
+        ModelConfig.from_hf({**base, "rope_scaling": {"rope_type": "llama3", "factor": 4.0}})
+    with pytest.raises(ConfigError, match="mlp_bias=true is not supported"):
+        ModelConfig.from_hf({**base, "mlp_bias": True})
+    biased = ModelConfig.from_hf({**base, "attention_bias": True})
+    assert biased.qkv_bias and biased.o_bias and not ModelConfig.from_hf(base).o_bias
 
 
 def test_bad_configs():

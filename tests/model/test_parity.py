@@ -5,19 +5,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hf_reference import build_hf, gemma2_config, padded_batch, qwen2_config, to_emjax, torch
+from hf_reference import build_hf, gemma2_config, llama3_config, padded_batch, qwen2_config, to_emjax, torch
 from emjax import model as M
 from emjax.model.decoder import qkv
 from emjax.model.layers import rope_tables
 from emjax.model import sampling as S
 
 TOL = 1e-4
+# Llama is held to 1e-5 (issue #23's bar for a new family); the older cases keep theirs.
+TOLS = {"llama3_untied": 1e-5, "llama3_tied": 1e-5}
 
 CASES = {
     "qwen2_tied": lambda: build_hf(qwen2_config(tied=True), seed=1),
     "qwen2_untied": lambda: build_hf(qwen2_config(tied=False), seed=2),
     # weight_scale makes logits far larger than the (lowered) caps, so both soft-caps bite.
     "gemma2": lambda: build_hf(gemma2_config(), seed=3, weight_scale=8.0),
+    "llama3_untied": lambda: build_hf(llama3_config(tied=False), seed=4),
+    "llama3_tied": lambda: build_hf(llama3_config(tied=True), seed=5),
 }
 
 
@@ -39,6 +43,7 @@ def hf_forward(hf, tokens, mask):
 
 def test_logits_and_hidden_states_unpadded(pair):
     name, hf, cfg, w = pair
+    TOL = TOLS.get(name, globals()["TOL"])
     rng = np.random.default_rng(10)
     tokens, mask = padded_batch(rng, cfg.vocab_size, [13, 13], "right")
     ref_logits, ref_hidden = hf_forward(hf, tokens, mask)
@@ -47,13 +52,14 @@ def test_logits_and_hidden_states_unpadded(pair):
     assert hidden.shape[0] == cfg.n_layers + 1
     for i in range(cfg.n_layers):  # HF's last hidden state is after the final norm
         np.testing.assert_allclose(np.asarray(hidden[i]), ref_hidden[i], atol=TOL, rtol=0, err_msg=f"layer {i}")
-    final = M.rms_norm(hidden[-1], w.final_norm, cfg.norm_eps, cfg.is_gemma)
+    final = M.rms_norm(hidden[-1], w.final_norm, cfg.norm_eps, cfg.norm_plus_one)
     np.testing.assert_allclose(np.asarray(final), ref_hidden[-1], atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batches(pair, side):
     name, hf, cfg, w = pair
+    TOL = TOLS.get(name, globals()["TOL"])
     rng = np.random.default_rng(11 if side == "left" else 12)
     lengths = [14, 9, 3, 11]
     tokens, mask = padded_batch(rng, cfg.vocab_size, lengths, side)
@@ -81,6 +87,20 @@ def test_softcaps_are_active():
     q, k, _ = qkv(lw, x, cos, sin, cfg, None)
     raw = jnp.einsum("bthd,bshd->bhts", q[:, :, ::2], k) * cfg.attn_scale
     assert float(jnp.max(jnp.abs(raw))) > cfg.attn_softcap
+
+
+def test_llama3_rope_scaling_is_active():
+    """Without its llama3 scaling the tiny Llama's logits move hundreds of tolerances away, so the parity
+    above tests the scaled frequencies (all three bands: see hf_reference.llama3_config)."""
+    hf = CASES["llama3_untied"]()
+    cfg, w = to_emjax(hf)
+    assert cfg.rope_scaling is not None and cfg.rope_scaling.factor == 8.0
+    tokens, mask = padded_batch(np.random.default_rng(16), cfg.vocab_size, [40], "right")
+    ref, _ = hf_forward(hf, tokens, mask)
+    ours = np.asarray(M.forward(w, cfg, jnp.asarray(tokens)))
+    plain = np.asarray(M.forward(w, cfg.replace(rope_scaling=None), jnp.asarray(tokens)))
+    np.testing.assert_allclose(ours, ref, atol=TOLS["llama3_untied"], rtol=0)
+    assert np.abs(plain - ref).max() > 100 * TOLS["llama3_untied"]  # measured 3.7e-3
 
 
 def test_layer_ranges_compose(pair):
@@ -129,6 +149,6 @@ def test_attention_implementation_is_checked(pair):
     mask = jnp.ones((1, 4), bool)
     with pytest.raises(ValueError, match="unknown attention"):
         M.run_layers(w, cfg, x, pos, mask, attention="flash")
-    if cfg.is_gemma:  # soft-caps and sliding windows are not in the fused kernel
+    if cfg.attn_softcap is not None:  # soft-caps and sliding windows are not in the fused kernel
         with pytest.raises(ValueError, match="use 'xla'"):
             M.run_layers(w, cfg, x, pos, mask, attention="cudnn")

@@ -77,7 +77,8 @@ def _stacked_bytes_per_token(f, args, n, b, t):
 @pytest.mark.parametrize("family,kind,dtype", [
     ("qwen2.5-14b-instruct", "steer", "bfloat16"), ("qwen2.5-14b-instruct", "down", "bfloat16"),
     ("qwen2.5-14b-instruct", "all", "bfloat16"), ("qwen2.5-14b-instruct", "all", "float32"),
-    ("gemma-2-9b-it", "steer", "bfloat16"), ("gemma-2-9b-it", "all", "bfloat16")])
+    ("gemma-2-9b-it", "steer", "bfloat16"), ("gemma-2-9b-it", "all", "bfloat16"),
+    ("llama-3.1-8b-instruct", "all", "bfloat16")])
 def test_block_formula_matches_jax_saved_residuals(family, kind, dtype):
     cfg = _cfg(family)
     dt = jnp.dtype(dtype)

@@ -107,7 +107,7 @@ def test_steering_gradients_match_forward_hook(tiny, hook, prefix):
     sv = init_steering(cfg, layers=(layer,), alpha=alpha, hook=hook).replace(vectors=jnp.asarray(v0)[None])
     k = layer if prefix == "below_layer" else shared_prefix_layers(Interventions(steer=sv), cfg)
     if prefix == "shared":  # the steered block itself joins the frozen prefix where the vector is a residual add
-        assert k == (layer if cfg.is_gemma and hook == "mlp_out" else layer + 1)
+        assert k == (layer if cfg.post_mlp_norm and hook == "mlp_out" else layer + 1)
     fn = lambda p: TS.micro_loss(p, w, cfg, TS.StepOptions(first_layer=k), _batch(*rows), None, 0.0,
                                  jnp.float32(rows[3].sum()), 1.0)[0]
     loss_j, g = jax.value_and_grad(fn)(Interventions(steer=sv))
@@ -122,7 +122,7 @@ def test_hook_points_differ_for_gemma_only(tiny):
     out = {h: M.forward(w, cfg, tokens, interventions=Interventions(
         steer=init_steering(cfg, layers=(1,), alpha=2.0, hook=h).replace(vectors=v))) for h in ("mlp_out", "block_out")}
     same = np.allclose(np.asarray(out["mlp_out"]), np.asarray(out["block_out"]), atol=1e-5)
-    assert same == (cfg.family == "qwen2")
+    assert same == (not cfg.post_mlp_norm)
 
 
 def _kl_batch(cfg, seed, side="left"):
@@ -191,7 +191,7 @@ def test_shared_prefix_layers_and_entry(tiny):
     hf, cfg, w = tiny
     steer = lambda hook, layers=(1,): init_steering(cfg, layers=layers, alpha=2.0, hook=hook)
     lora = init_lora(cfg, jax.random.PRNGKey(0), rank=1, alpha=1.0, modules=("o_proj",), layers=(0, 2))
-    additive = not cfg.is_gemma
+    additive = not cfg.post_mlp_norm
     assert shared_prefix_layers(None, cfg) == 0
     assert shared_prefix_layers(Interventions(steer=steer("block_out")), cfg) == 2
     assert shared_prefix_layers(Interventions(steer=steer("mlp_out")), cfg) == (2 if additive else 1)
