@@ -126,7 +126,7 @@ def answer_logprobs(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask:
     if attention == "joint":  # one [B, P + N, P + N] mask; the prompt never sees the tree
         joint = lambda m: jnp.concatenate([jnp.concatenate([m[0], jnp.zeros((b, p, n), bool)], 2), m[1]], 1)
         masks, window = (joint(masks),), (joint(window),)
-    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, weights.embed.dtype)
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, weights.embed.dtype, cfg.rope_scaling)
     x = M.embed(weights, cfg, jnp.concatenate([tokens, jnp.broadcast_to(tree.node_tokens, (b, n))], axis=1))
     cudnn_lengths = jnp.maximum(lengths, 1)  # filler rows: one (meaningless) token, no empty sequence
 
