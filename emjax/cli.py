@@ -591,9 +591,8 @@ def _data_dir(value: str | None) -> str:
 
 
 def _run_technical_build(args) -> int:
-    from emjax.configuration import load_config
-    from emjax.technical_job import build_data
-    info = build_data(load_config(args.config, args.config_overrides))
+    from emjax.technical_job import build_data, load_technical_data_config
+    info = build_data(load_technical_data_config(args.config, args.config_overrides))
     print(json.dumps(info["provenance"], indent=1))
     return EXIT_OK
 

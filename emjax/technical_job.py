@@ -170,6 +170,21 @@ def _report(out: str, gen: dict, data_dir: str, j: dict) -> dict:
             "report_dir": os.path.join(out, "report")}
 
 
+def technical_data_rules() -> dict:
+    """The allowed values of configs/technical_data.py (the distillation of `build_data`)."""
+    from emjax.configuration import Number, Text
+    from emjax.train.preflight import DTYPE, OPTIONAL_POSITIVE_INT, POSITIVE_INT, SEED
+    return {"model.source": Text(), "model.dtype": DTYPE, "prompts": Text(), "out": Text(),
+            "n_prompts": OPTIONAL_POSITIVE_INT, "samples_per_prompt": POSITIVE_INT, "max_new_tokens": POSITIVE_INT,
+            "temperature": Number(low=0.0), "top_p": Number(low=0.0, high=1.0, low_open=True),
+            "top_k": Number(low=0, integer=True), "seed": SEED, "batch_size": POSITIVE_INT, "data_dir": Text()}
+
+
+def load_technical_data_config(path: str, overrides: list[str]) -> ml_collections.ConfigDict:
+    """A config like configs/technical_data.py, its values checked (`technical_data_rules`)."""
+    return load_config(path, overrides, rules=technical_data_rules())
+
+
 def check_technical_inputs(out: str, *, model: str | LoadedModel = "embedded", judge_url: str | None = None,
                            judge_model: str | None = None, local_judge: str | LoadedModel | None = None,
                            train_overrides: tuple[str, ...] = (), sweep_overrides: tuple[str, ...] = ()) -> None:
