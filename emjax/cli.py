@@ -29,7 +29,7 @@ import os
 import sys
 import time
 
-from emjax.arg_types import float_in, int_at_least, nonnegative_int, positive_int
+from emjax.arg_types import OneLineParser, float_in, int_at_least, nonnegative_int, positive_int
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -408,7 +408,7 @@ def _add_launch_plan(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emjax", description=__doc__,
+    parser = OneLineParser(prog="emjax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of emjax's own errors")
     sub = parser.add_subparsers(dest="command", required=True)

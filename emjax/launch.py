@@ -183,8 +183,8 @@ USAGE = "emjax launch-plan --launcher L --hosts N --devices-per-host D [options]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from emjax.arg_types import float_in, positive_int
-    p = argparse.ArgumentParser(prog="emjax launch-plan", usage=USAGE, description=__doc__,
+    from emjax.arg_types import OneLineParser, float_in, positive_int
+    p = OneLineParser(prog="emjax launch-plan", usage=USAGE, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--launcher", required=True, choices=LAUNCHERS)
     p.add_argument("--hosts", type=positive_int, required=True)

@@ -21,7 +21,7 @@ ALLOWED = {
     "checkpoints": {"timings", "errors", "model", "data"},
     "interventions": {"errors", "model", "checkpoints"},
     "train": {"timings", "errors", "model", "data", "checkpoints", "interventions", "configuration"},
-    "eval": {"timings", "errors", "model", "data", "checkpoints", "interventions"},
+    "eval": {"arg_types", "timings", "errors", "model", "data", "checkpoints", "interventions"},
     "directions": {"arg_types", "errors", "model", "data", "checkpoints", "interventions", "train", "eval"},
     "metrics": {"timings", "errors", "model", "data", "checkpoints", "interventions", "train", "configuration", "directions"},
     "main_summary": set(),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from emjax.arg_types import int_at_least, nonnegative_int, positive_int
+from emjax.arg_types import OneLineParser, int_at_least, nonnegative_int, positive_int
 
 from emjax.data.tokenize import LOSS_TOKENS
 from emjax.directions import run as R
@@ -40,7 +40,7 @@ def _set_args(p, side: str, help_text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emjax directions", description=__doc__,
+    parser = OneLineParser(prog="emjax directions", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
 

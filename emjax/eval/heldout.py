@@ -457,7 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from emjax.eval.questions import load_questions
 
-    ap = argparse.ArgumentParser(prog="python -m emjax.eval.heldout", description=main.__doc__,
+    from emjax.arg_types import OneLineParser
+
+    ap = OneLineParser(prog="emjax heldout", description=main.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("banks", nargs="*", help="question files (upstream YAML or JSONL); default "
                     "with --data-dir: the three shipped banks")
