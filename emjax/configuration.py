@@ -324,10 +324,12 @@ def lookup(config: Any, key: str) -> Any:
     return node
 
 
-def check_values(config: ml_collections.ConfigDict, rules: Mapping[str, Rule], source: str = "config") -> None:
+def check_values(config: ml_collections.ConfigDict, rules: Mapping[str, Rule], source: str = "config",
+                 error: type[Exception] = ConfigFileError) -> None:
     """Every key of `rules` that the config has, checked; the first bad one raises ConfigFileError:
     "<source>: train.remat='fulll' is not one of None, 'full', 'dots'; did you mean 'full'?".
-    Keys a config does not have are skipped (configs of a family share most, not all, keys)."""
+    Keys a config does not have are skipped (configs of a family share most, not all, keys).
+    `error`: the class raised (a stage's own config error, for library callers)."""
     for key, rule in rules.items():
         value = lookup(config, key)
         if value is _MISSING:
@@ -336,7 +338,7 @@ def check_values(config: ml_collections.ConfigDict, rules: Mapping[str, Rule], s
             value = value.get()
         problem = rule.problem(value)
         if problem is not None:
-            raise ConfigFileError(f"{source}: {key}={value!r} {problem}")
+            raise error(f"{source}: {key}={value!r} {problem}")
 
 
 def config_json(config: ml_collections.ConfigDict) -> str:

@@ -79,7 +79,7 @@ def check_sweep_inputs(c: ml_collections.ConfigDict, kinds: Sequence[str], *, mo
         check_mesh_spec(c.get("mesh"), n_devices if n_devices is not None else jax.device_count())
     except ShardingError as e:
         raise SweepConfigError(str(e)) from None
-    check_values(c, SWEEP_RULES)
+    check_values(c, SWEEP_RULES, error=SweepConfigError)
     cfg = model_cfg if model_cfg is not None else source_config(c.model.source)
     if interventions:
         check_interventions(c.interventions, cfg)

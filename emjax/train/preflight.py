@@ -55,6 +55,7 @@ POSITIVE_INT = Number(low=1, integer=True)
 OPTIONAL_POSITIVE_INT = Number(low=1, integer=True, optional=True)
 COUNT = Number(low=0, integer=True)
 SEED = Number(integer=True)
+EVERY = Number(low=0, integer=True, optional=True)  # steps between events; None or 0: off (the trainer tests truth)
 
 # every training key that has a fixed set or range of values (configs/default.py documents each)
 TRAIN_RULES: dict[str, Rule] = {
@@ -100,13 +101,13 @@ TRAIN_RULES: dict[str, Rule] = {
     "train.remat": OneOf(REMAT_POLICIES),
     "train.loss_chunk": OPTIONAL_POSITIVE_INT,
     "train.attention": OneOf(ATTENTION_CHOICES),
-    "train.eval_every": OPTIONAL_POSITIVE_INT,
+    "train.eval_every": EVERY,
     "train.cache_budget_gb": Number(low=0.0),
     "train.frozen_cache_dir": Text(optional=True),
     "train.reference": Text(optional=True),
-    "checkpoint.every": OPTIONAL_POSITIVE_INT,
+    "checkpoint.every": EVERY,
     "checkpoint.keep": POSITIVE_INT,
-    "checkpoint.snapshot_every": OPTIONAL_POSITIVE_INT,
+    "checkpoint.snapshot_every": EVERY,
     "mix_fractions": Each(Number(low=0.0, high=1.0)),  # emjax experiment mixing
 }
 
@@ -149,7 +150,7 @@ def check_train_inputs(config: ml_collections.ConfigDict, *, model_cfg: ModelCon
         check_mesh_spec(config.get("mesh"), n_devices if n_devices is not None else jax.device_count())
     except ShardingError as e:
         raise TrainConfigError(str(e)) from None
-    check_values(config, TRAIN_RULES)
+    check_values(config, TRAIN_RULES, error=TrainConfigError)
     cfg = model_cfg if model_cfg is not None else source_config(config.model.source)
     bad = [l for l in ic.layers if l >= cfg.n_layers]
     if bad:

@@ -103,7 +103,7 @@ class Trainer:
     def _setup(self, model: LoadedModel | LazyModel | None) -> None:
         config = self.config
         tc = config.train
-        check_values(config, TRAIN_RULES)  # before the model loads (the CLI checked them at load time already)
+        check_values(config, TRAIN_RULES, error=TrainConfigError)  # before the model loads (the CLI checked them at load time already)
         checked_loss_tokens(config.data)
         if tc.kl_reduction not in ("token_mean", "upstream"):
             raise TrainConfigError(f"train.kl_reduction must be 'token_mean' or 'upstream', got {tc.kl_reduction!r}")
