@@ -448,13 +448,13 @@ def _run_chat(args) -> int:
 def _run_train(args) -> int:
     from emjax.train.inputs import TrainConfigError
     from emjax.train.preflight import check_train_inputs, load_train_config
-    from emjax.train.replicates import train_replicates
-    from emjax.train.trainer import train
-    from emjax.train.vmapped import sweep_of, train_vmapped
     config = load_train_config(args.config, args.config_overrides)
     if args.mesh is not None:
         config.mesh = args.mesh
     check_train_inputs(config)  # before any model loads (replicates load it before their Trainers)
+    from emjax.train.replicates import train_replicates  # the trainer's imports only once the inputs are good
+    from emjax.train.trainer import train
+    from emjax.train.vmapped import sweep_of, train_vmapped
     declared = sweep_of(config, args.vmap_runs)
     if declared is not None:
         sweep, where = declared
