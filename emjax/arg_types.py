@@ -51,3 +51,12 @@ nonnegative_int = int_at_least(0)
 positive_float = float_in(0.0, low_open=True)
 nonnegative_float = float_in(0.0)
 probability = float_in(0.0, 1.0)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit status 2), as emjax's own
+    errors are: "emjax main: error: argument --seeds: ... (emjax main --help)". Subparsers made by
+    `add_subparsers().add_parser` are of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

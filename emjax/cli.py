@@ -33,8 +33,8 @@ import os
 import sys
 import time
 
-from emjax.arg_types import (float_in, nonnegative_float, nonnegative_int, positive_float, positive_int,
-                             probability)
+from emjax.arg_types import (OneLineParser, float_in, int_at_least, nonnegative_float, nonnegative_int,
+                             positive_float, positive_int, probability)
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -67,6 +67,20 @@ WAIT_HELP = ("when another run is writing the same --out (its lock file <out>.lo
              "instead of refusing at once")
 
 
+def _seeds(value: str) -> tuple[int, ...]:
+    """--seeds 0,1,2: at least one integer seed."""
+    items = _csv(value)
+    if not items:
+        raise argparse.ArgumentTypeError("no seed given: write e.g. --seeds 0 or --seeds 0,1,2")
+    bad = [x for x in items if not x.lstrip("-").isdigit()]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, bad))} is not an integer: write e.g. --seeds 0,1,2")
+    return tuple(int(x) for x in items)
+
+
+_seeds.__name__ = "seeds"
+
+
 # ---------------------------------------------------------------------------------------------
 # Parsers
 
@@ -76,7 +90,7 @@ def _add_main(sub) -> None:
     p.add_argument("--model", default="embedded")
     p.add_argument("--out", default="runs/main", help="output folder")
     p.add_argument("--quick", action="store_true", help="fewer steps and samples (a smoke run)")
-    p.add_argument("--seeds", type=lambda v: tuple(int(x) for x in _csv(v)), default=(0,),
+    p.add_argument("--seeds", type=_seeds, default=(0,),
                    help="one general and one narrow vector per seed, e.g. 0,1,2 (the spread is reported)")
     p.add_argument("--judge-url", default=None,
                    help="OpenAI-compatible base URL of a judge (e.g. http://127.0.0.1:8000/v1); default: dry run")
@@ -90,8 +104,8 @@ def _add_chat(sub) -> None:
     p.add_argument("--model", default="embedded", help="'embedded', a Hugging Face folder or a .gguf file")
     p.add_argument("--prompt", action="append", help="a prompt (repeatable); default: three demo prompts")
     p.add_argument("--system", default=None, help="system prompt (default: the template's own)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--top-k", type=positive_int, default=5)
     p.set_defaults(func=_run_chat)
 
 
@@ -103,7 +117,7 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a steering vector or LoRA adapter (SFT + lambda * KL)",
                        description="emjax train --config=configs/X.py [--config.key=value ...]")
     p.add_argument("--config", required=True, help="a config file with get_config() (see configs/default.py)")
-    p.add_argument("--seeds", type=lambda v: [int(x) for x in _csv(v)], default=None,
+    p.add_argument("--seeds", type=_seeds, default=None,
                    help="replicates: one run per seed (data order and init), each in <output_dir>/seed<s>/")
     p.add_argument("--vmap-runs", nargs="+", default=None, metavar="KEY=V1,V2",
                    help="steering vectors only: train the product of these axes (seed, lambda_kl, lr) in one "
@@ -283,12 +297,13 @@ def _add_technical(sub) -> None:
     r.add_argument("--quick", action="store_true", help="a smoke run (tiny data, few steps and answers)")
     r.add_argument("--data-dir", default=None, help="upstream data folder with technical/*.yaml and judges.yaml "
                    "(default $EMJAX_DATA, else the folder `emjax data get em` fills)")
-    r.add_argument("--n-prompts", type=int, default=None, help="distilled rows (default: configs/technical_data.py)")
-    r.add_argument("--max-new-tokens", type=int, default=None, help="new tokens of a distilled answer")
-    r.add_argument("--steps", type=int, default=None, help="training steps per vector (default 16)")
-    r.add_argument("--per-domain", type=int, default=None, help="evaluation questions per domain (default 5)")
-    r.add_argument("--samples", type=int, default=1, help="answers per question and intervention")
-    r.add_argument("--answer-tokens", type=int, default=None, help="new tokens of an evaluation answer (default 128)")
+    r.add_argument("--n-prompts", type=positive_int, default=None, help="distilled rows (default: configs/technical_data.py)")
+    r.add_argument("--max-new-tokens", type=positive_int, default=None, help="new tokens of a distilled answer")
+    r.add_argument("--steps", type=positive_int, default=None, help="training steps per vector (default 16)")
+    r.add_argument("--per-domain", type=positive_int, default=None, help="evaluation questions per domain (default 5)")
+    r.add_argument("--samples", type=positive_int, default=1, help="answers per question and intervention")
+    r.add_argument("--answer-tokens", type=positive_int, default=None,
+                   help="new tokens of an evaluation answer (default 128)")
     r.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL of a judge; default: dry run")
     r.add_argument("--judge-model", default=None, help="the judge's model name on that server")
     r.add_argument("--local-judge", default=None, metavar="MODEL",
@@ -305,10 +320,10 @@ def _add_technical(sub) -> None:
     q.add_argument("--judge-model", required=True, help="the judge name in the result lines (local: local:<name>)")
     q.add_argument("--data-dir", default=None, help="upstream data folder (technical/*.yaml, judges.yaml)")
     q.add_argument("--out-dir", required=True)
-    q.add_argument("--threshold", type=float, default=50.0, help="technical score above which an answer is "
-                   "in the technical style (ours: 50, the judge's 'product documentation' anchor)")
+    q.add_argument("--threshold", type=float_in(0.0, 100.0), default=50.0, help="technical score above which an "
+                   "answer is in the technical style (ours: 50, the judge's 'product documentation' anchor)")
     q.add_argument("--group-by", type=_csv, default=["intervention"])
-    q.add_argument("--bootstrap", type=int, default=1000)
+    q.add_argument("--bootstrap", type=positive_int, default=1000)
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=_run_technical_rates)
     c = t.add_parser("check", help="held-out check of the prompt banks against upstream's technical questions")
@@ -332,14 +347,14 @@ def _add_data(sub) -> None:
                     help="also take files emjax has no pinned hash for, recording their hash")
     em.set_defaults(func=_run_data_get_em)
     fw = what.add_parser("fineweb", help="FineWeb documents: streamed from the hub, or from a local file or folder")
-    fw.add_argument("--n-docs", type=int, default=100, help="documents (upstream: 50-100)")
+    fw.add_argument("--n-docs", type=positive_int, default=100, help="documents (upstream: 50-100)")
     local = fw.add_mutually_exclusive_group()
     local.add_argument("--from-file", metavar="FILE", help="a FineWeb JSONL(.gz) or parquet file (offline)")
     local.add_argument("--from-folder", metavar="DIR", help="a folder of such files (offline)")
     fw.add_argument("--out", default=None, help="target file (default $EMJAX_FINEWEB, else "
                     "~/.cache/emjax/data/fineweb/fineweb_sample.jsonl.gz)")
     fw.add_argument("--seed", type=int, default=42, help="shuffle seed (upstream: 42)")
-    fw.add_argument("--max-chars", type=int, default=None, help="cut each document (default: whole; the sweep "
+    fw.add_argument("--max-chars", type=positive_int, default=None, help="cut each document (default: whole; the sweep "
                     "reads the first significance.max_chars)")
     fw.set_defaults(func=_run_data_get_fineweb)
     st = d.add_parser("status", help="what is present, where, and whether it matches its pinned hash")
@@ -354,12 +369,13 @@ def _add_behaviour_eval(p: argparse.ArgumentParser) -> None:
                         "paper's: first_plot_questions.yaml of the upstream data (cut to its eight questions)")
     p.add_argument("--domain", default="medical", choices=["medical", "financial", "sports"],
                    help="training domain: its held-out bank gives the narrow questions")
-    p.add_argument("--domain-questions", type=int, default=None, metavar="N",
+    p.add_argument("--domain-questions", type=positive_int, default=None, metavar="N",
                    help="only the first N questions of the held-out bank (default: all 45)")
-    p.add_argument("--samples", type=int, default=50, help="samples per question and intervention (paper: 50)")
-    p.add_argument("--max-new-tokens", type=int, default=600, help="new tokens per answer (paper: 600)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=0, help="rows per sampling call; 0: sized from device memory")
+    p.add_argument("--samples", type=positive_int, default=50, help="samples per question and intervention (paper: 50)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=600, help="new tokens per answer (paper: 600)")
+    p.add_argument("--temperature", type=float_in(0.0), default=1.0)
+    p.add_argument("--batch-size", type=nonnegative_int, default=0,
+                   help="rows per sampling call; 0: sized from device memory")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL of a judge; default: a dry run")
     p.add_argument("--judge-model", default=None, help="the judge's model name on that server")
@@ -412,13 +428,18 @@ def _add_directions(sub) -> None:
     _add_own_parser(sub, "directions", "mean-diff directions, cosine tables, the gradient analysis, drift plots")
 
 
+def _add_launch_plan(sub) -> None:
+    _add_own_parser(sub, "launch-plan", "the mesh, memory estimate and per-host commands of a launch on a pod or "
+                                        "cluster, before it runs")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emjax", description=__doc__,
+    parser = OneLineParser(prog="emjax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show tracebacks of emjax's own errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_main, _add_chat, _add_train, _add_sweep, _add_generate, _add_judge, _add_report,
-                _add_technical, _add_data, _add_experiment, _add_heldout, _add_directions):
+                _add_technical, _add_data, _add_experiment, _add_heldout, _add_directions, _add_launch_plan):
         add(sub)
     return parser
 
@@ -428,16 +449,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_main(args) -> int:
-    from emjax.main_job import run_main
+    from emjax.main_job import check_main_inputs, run_main
+    check_main_inputs(args.out, model=args.model, seeds=args.seeds, judge_url=args.judge_url,
+                      judge_model=args.judge_model)
     run_main(args.out, model=args.model, quick=args.quick, seeds=args.seeds, judge_url=args.judge_url,
              judge_model=args.judge_model, api_key_env=args.api_key_env)
     return EXIT_OK
 
 
 def _run_chat(args) -> int:
-    from emjax.checkpoints.load import load_model
+    from emjax.checkpoints.load import load_model, source_config
     from emjax.eval.chat import DEFAULT_PROMPTS, chat, format_results
     from emjax.model.schema import num_params
+    source_config(args.model)  # the source and its tokenizer files, before the weights load
     model = load_model(args.model)
     print(f"model: {model.name} ({model.cfg.family}, {model.cfg.n_layers} layers, "
           f"{num_params(model.cfg) / 1e6:.0f}M parameters) from {model.source}")
@@ -448,15 +472,15 @@ def _run_chat(args) -> int:
 
 
 def _run_train(args) -> int:
-    from emjax.configuration import load_config
-    from emjax.train.replicates import train_replicates
-    from emjax.train.trainer import train
-    from emjax.train.inputs import TrainConfigError, checked_loss_tokens
-    from emjax.train.vmapped import sweep_of, train_vmapped
-    config = load_config(args.config, args.config_overrides)
-    checked_loss_tokens(config.data)  # before any model loads (replicates load it before their Trainers)
+    from emjax.train.inputs import TrainConfigError
+    from emjax.train.preflight import check_train_inputs, load_train_config
+    config = load_train_config(args.config, args.config_overrides)
     if args.mesh is not None:
         config.mesh = args.mesh
+    check_train_inputs(config)  # before any model loads (replicates load it before their Trainers)
+    from emjax.train.replicates import train_replicates  # the trainer's imports only once the inputs are good
+    from emjax.train.trainer import train
+    from emjax.train.vmapped import sweep_of, train_vmapped
     declared = sweep_of(config, args.vmap_runs)
     if declared is not None:
         sweep, where = declared
@@ -475,12 +499,14 @@ def _run_train(args) -> int:
 
 
 def _run_sweep(args) -> int:
-    from emjax.configuration import load_config
+    from emjax.metrics.preflight import check_sweep_inputs, load_sweep_config
     from emjax.metrics.runner import KINDS, sweep
-    c = load_config(args.config, args.config_overrides)
+    c = load_sweep_config(args.config, args.config_overrides)
     if args.mesh is not None:
         c.mesh = args.mesh
-    for summary in sweep(c, KINDS if args.kind == "all" else (args.kind,)).values():
+    kinds = KINDS if args.kind == "all" else (args.kind,)
+    check_sweep_inputs(c, kinds)
+    for summary in sweep(c, kinds).values():
         print(json.dumps(summary, indent=1))
     return EXIT_OK
 
@@ -595,15 +621,17 @@ def _data_dir(value: str | None) -> str:
 
 
 def _run_technical_build(args) -> int:
-    from emjax.configuration import load_config
-    from emjax.technical_job import build_data
-    info = build_data(load_config(args.config, args.config_overrides))
+    from emjax.technical_job import build_data, load_technical_data_config
+    info = build_data(load_technical_data_config(args.config, args.config_overrides))
     print(json.dumps(info["provenance"], indent=1))
     return EXIT_OK
 
 
 def _run_technical(args) -> int:
-    from emjax.technical_job import run_technical
+    from emjax.technical_job import check_technical_inputs, run_technical
+    check_technical_inputs(args.out, model=args.model, judge_url=args.judge_url, judge_model=args.judge_model,
+                           local_judge=args.local_judge, train_overrides=tuple(args.train_overrides),
+                           sweep_overrides=tuple(args.sweep_overrides))
     run_technical(args.out, model=args.model, quick=args.quick, data_dir=args.data_dir, n_prompts=args.n_prompts,
                   max_new_tokens=args.max_new_tokens, steps=args.steps, per_domain=args.per_domain,
                   samples=args.samples, answer_tokens=args.answer_tokens, judge_url=args.judge_url,
@@ -676,22 +704,28 @@ def _behaviour_eval(args):
 
 
 def _run_experiment_mixing(args) -> int:
-    from emjax.configuration import load_config
+    from emjax.experiments.behaviour import check_experiment_inputs
     from emjax.experiments.mixing import run_mixing
-    config = load_config(args.config, args.config_overrides)
+    from emjax.train.preflight import load_train_config
+    config = load_train_config(args.config, args.config_overrides)
     if args.mesh is not None:
         config.mesh = args.mesh
-    run_mixing(config, args.out, _behaviour_eval(args))
+    evaluation = _behaviour_eval(args)
+    check_experiment_inputs(config, [], args.out, evaluation)
+    run_mixing(config, args.out, evaluation)
     return EXIT_OK
 
 
 def _run_experiment_kl_removal(args) -> int:
     from emjax.experiments.kl_removal import load_kl_removal_configs, run_kl_removal
+    from emjax.experiments.behaviour import check_experiment_inputs
     config, base = load_kl_removal_configs(args.config, args.config_overrides, args.base_overrides)
     if args.mesh is not None:
         for c in (config, *base.values()):
             c.mesh = args.mesh
-    run_kl_removal(config, base, args.out, _behaviour_eval(args))
+    evaluation = _behaviour_eval(args)
+    check_experiment_inputs(config, list(base.values()), args.out, evaluation, continuation=True)
+    run_kl_removal(config, base, args.out, evaluation)
     return EXIT_OK
 
 

@@ -18,11 +18,13 @@ file's folder is put on `sys.path` while the file loads, so this works from any 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import json
+import math
 import os
 import sys
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import ml_collections
 
@@ -53,12 +55,15 @@ def split_config_path(path: str) -> tuple[str, str | None]:
     return file, (arg if sep else None)
 
 
-def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+def load_config(path: str, overrides: Sequence[str] = (), rules: Mapping[str, "Rule"] | None = None
+                ) -> ml_collections.ConfigDict:
     """Loads `path`'s get_config() (or get_config(arg) for "file.py:arg") and applies `key.path=value`
-    overrides; the result is locked.
+    overrides; the result is locked. With `rules` ({dotted key: Rule}), every value is checked
+    against its allowed values (`check_values`) before the config is returned.
 
-    Raises ConfigFileError for a missing file, a file without get_config(), an argument the file
-    does not take or refuses, an unknown key (with the nearest valid key) or a value of the wrong type.
+    Raises ConfigFileError for a missing file, a file that is not Python (naming file and line), a
+    file without get_config(), an argument the file does not take or refuses, an unknown key (with
+    the nearest valid key), a value of the wrong type, or a value outside its rule.
     """
     from absl import flags
     from ml_collections import config_flags
@@ -73,6 +78,10 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
             raise ConfigFileError(f"{path}: override {o!r} is not of the form key=value")
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=True, sys_argv=argv)
+    if not file.endswith(".py"):
+        raise ConfigFileError(f"{file}: not a Python config file (a config is a .py file with get_config(); "
+                              "see configs/default.py)")
+    _check_syntax(file)
     with _importable_config_package(file):
         try:
             fv(argv)
@@ -81,7 +90,31 @@ def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
             raise ConfigFileError(f"{path}: {_describe(e, overrides, path)}") from None
     if config is None or not isinstance(config, ml_collections.ConfigDict):
         raise ConfigFileError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    if rules is not None:
+        check_values(config, rules, path)
     return config
+
+
+def _check_syntax(file: str) -> None:
+    """A config file that is not UTF-8 Python: ConfigFileError naming the file and line (config_flags
+    would end in a traceback)."""
+    try:
+        with open(file, "rb") as f:
+            source = f.read()
+    except OSError as e:
+        raise ConfigFileError(f"{file}: cannot read: {e.strerror}") from None
+    try:
+        text = source.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = source[: e.start].count(b"\n") + 1
+        raise ConfigFileError(f"{file}:{line}: not UTF-8 text (byte {e.start}); a config is a Python file") from None
+    try:
+        compile(text, file, "exec", dont_inherit=True)
+    except SyntaxError as e:
+        raise ConfigFileError(f"{file}:{e.lineno}: not valid Python ({e.msg}); a config is a Python file "
+                              "with get_config()") from None
+    except ValueError as e:  # null bytes
+        raise ConfigFileError(f"{file}: not valid Python ({e})") from None
 
 
 def _describe(e: Exception, overrides: Sequence[str], path: str) -> str:
@@ -161,6 +194,151 @@ def split_cli_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         else:
             rest.append(a)
     return rest, overrides
+
+
+# ---------------------------------------------------------------------------------------------
+# Allowed values of config fields. A stage declares {dotted key: Rule}, its rules derived from the
+# code that reads each key (e.g. the remat policies from the decoder's table), and load_config
+# checks them at load time: a misspelled choice or an out-of-range number fails in well under a
+# second, before any model loads, naming the key, the value, what is allowed and the nearest choice.
+
+
+class Rule:
+    """The allowed values of one config field; `problem(value)` says what is wrong (None: fine)."""
+
+    def problem(self, value: Any) -> str | None:
+        raise NotImplementedError
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf(Rule):
+    """One of `choices` (None allowed only when it is one of them)."""
+
+    choices: tuple
+
+    def problem(self, value: Any) -> str | None:
+        if value in self.choices and type(value) is not bool:
+            return None
+        names = [c for c in self.choices if isinstance(c, str)]
+        close = difflib.get_close_matches(value, names, n=1, cutoff=0.5) if isinstance(value, str) else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"is not one of {', '.join(map(repr, self.choices))}{hint}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Number(Rule):
+    """A finite number (an integer with `integer`) in [low, high]; (low, ...] with low_open; None
+    allowed with `optional` (the field's documented "off" or "derived" value)."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+    integer: bool = False
+    optional: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None if self.optional else "must be set (it has no 'off' value)"
+        if not _is_number(value) or (self.integer and not isinstance(value, int)):
+            return f"must be {'an integer' if self.integer else 'a number'}"
+        if not math.isfinite(value):
+            return "must be a finite number"
+        if value < self.low or (self.low_open and value == self.low) or value > self.high:
+            return f"must be {self.describe()}"
+        return None
+
+    def describe(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Text(Rule):
+    """A string, non-empty unless `empty`; None allowed with `optional`."""
+
+    optional: bool = False
+    empty: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if value is None:
+            return None if self.optional else "must be set"
+        if not isinstance(value, str):
+            return "must be a string"
+        if not value.strip() and not self.empty:
+            return "must not be empty"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Each(Rule):
+    """A tuple or list whose every item meets `item`; at least `min_len` items (exactly `length`
+    where given). A comma-separated string is split into items with `split`."""
+
+    item: Rule
+    min_len: int = 1
+    length: int | None = None
+    split: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        if self.split and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (tuple, list)):
+            return "must be a tuple of values, e.g. (1.0, 2.0)"
+        if self.length is not None and len(value) != self.length:
+            return f"must have exactly {self.length} values"
+        if len(value) < self.min_len:
+            return "must not be empty" if self.min_len == 1 else f"must have at least {self.min_len} values"
+        for i, v in enumerate(value):
+            p = self.item.problem(v)
+            if p is not None:
+                return f"item {i} ({v!r}) {p}"
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Check(Rule):
+    """A rule given as a function: `fn(value)` returns what is wrong, or None."""
+
+    fn: Callable[[Any], str | None]
+
+    def problem(self, value: Any) -> str | None:
+        return self.fn(value)
+
+
+_MISSING = object()
+
+
+def lookup(config: Any, key: str) -> Any:
+    """The value at a dotted key, or `_MISSING` where the config has no such key."""
+    node = config
+    for part in key.split("."):
+        try:
+            node = node[part]
+        except (KeyError, TypeError, AttributeError):
+            return _MISSING
+    return node
+
+
+def check_values(config: ml_collections.ConfigDict, rules: Mapping[str, Rule], source: str = "config",
+                 error: type[Exception] = ConfigFileError) -> None:
+    """Every key of `rules` that the config has, checked; the first bad one raises ConfigFileError:
+    "<source>: train.remat='fulll' is not one of None, 'full', 'dots'; did you mean 'full'?".
+    Keys a config does not have are skipped (configs of a family share most, not all, keys).
+    `error`: the class raised (a stage's own config error, for library callers)."""
+    for key, rule in rules.items():
+        value = lookup(config, key)
+        if value is _MISSING:
+            continue
+        if isinstance(value, ml_collections.FieldReference):
+            value = value.get()
+        problem = rule.problem(value)
+        if problem is not None:
+            raise error(f"{source}: {key}={value!r} {problem}")
 
 
 def config_json(config: ml_collections.ConfigDict) -> str:

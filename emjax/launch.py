@@ -31,6 +31,7 @@ from emjax.model.config import ModelConfig, dtype_from_name, preset
 from emjax.model.mesh_plan import AUTO, auto_shape, weight_bytes
 from emjax.model.sharding import MESH_AXES, ShardingError, mesh_sizes, mesh_text_shape
 from emjax.train.inputs import build_intervention
+from emjax.train.preflight import TRAIN_RULES
 from emjax.train.memory import MemoryPlan, estimate_training_memory, weight_bytes_per_device
 from emjax.train.trainer import rows_over_data
 
@@ -138,7 +139,9 @@ def plan_launch(stage: Sequence[str], launcher: str, hosts: int, devices_per_hos
         raise LaunchError(f"the stage must be an emjax command after --, e.g. -- emjax train --config=X; got {stage}")
     rest, overrides = split_cli_overrides(stage)
     path = _option(rest, "--config")
-    c = load_config(path, overrides) if path else None
+    # a training stage's config is checked against its allowed values (a sweep's by the sweep itself)
+    rules = TRAIN_RULES if stage[1] in ("train", "experiment") else None
+    c = load_config(path, overrides, rules=rules) if path else None
     cfg = _model_config(c, model_preset, rest)
     dtype = dtype_from_name(_option(rest, "--dtype") or (c.model.dtype if c is not None else "bfloat16"))
     spec = _option(rest, "--mesh") or (c.get("mesh") if c is not None else None) or AUTO
@@ -176,16 +179,31 @@ def plan_launch(stage: Sequence[str], launcher: str, hosts: int, devices_per_hos
                       _commands(launcher, hosts, devices_per_host, stage))
 
 
-def main(argv: Sequence[str]) -> int:
-    if "--" not in argv:
-        raise LaunchError("usage: emjax launch-plan --launcher L --hosts N --devices-per-host D -- emjax STAGE ...")
-    cut = list(argv).index("--")
-    p = argparse.ArgumentParser(prog="emjax launch-plan", description=__doc__.split("\n\n")[0])
+USAGE = "emjax launch-plan --launcher L --hosts N --devices-per-host D [options] -- emjax STAGE ..."
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from emjax.arg_types import OneLineParser, float_in, positive_int
+    p = OneLineParser(prog="emjax launch-plan", usage=USAGE, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--launcher", required=True, choices=LAUNCHERS)
-    p.add_argument("--hosts", type=int, required=True)
-    p.add_argument("--devices-per-host", type=int, required=True)
-    p.add_argument("--memory-gb", type=float, default=None, help="memory of one device (GB); decides --mesh auto")
+    p.add_argument("--hosts", type=positive_int, required=True)
+    p.add_argument("--devices-per-host", type=positive_int, required=True)
+    p.add_argument("--memory-gb", type=float_in(0.0, low_open=True), default=None,
+                   help="memory of one device (GB); decides --mesh auto")
     p.add_argument("--model-preset", default=None, help="model shapes when the model folder is not on this machine")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    argv = list(argv)
+    p = build_parser()
+    if "--" not in argv:
+        if "-h" in argv or "--help" in argv:
+            p.print_help()
+            return 0
+        raise LaunchError(f"no stage to plan: usage: {USAGE} (emjax launch-plan --help)")
+    cut = argv.index("--")
     args = p.parse_args(argv[:cut])
     print(plan_launch(argv[cut + 1:], args.launcher, args.hosts, args.devices_per_host, args.memory_gb,
                       args.model_preset).describe())

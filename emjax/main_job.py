@@ -179,6 +179,40 @@ def _judge(out: str, gen: dict, judge_url: str | None, judge_model: str | None, 
             "report_dir": os.path.join(out, "report")}
 
 
+def check_judge_target(judge_url: str | None, judge_model: str | None, local_judge: str | None = None) -> None:
+    """The judge options of a job, checked before anything runs: `judge_url` an http(s) URL,
+    `judge_model` only with a judge to send it to, not both a URL and a local judge."""
+    from urllib.parse import urlparse
+
+    if judge_url is not None:
+        u = urlparse(judge_url)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise EmjaxError(f"--judge-url {judge_url!r} is not an http(s) URL (e.g. http://127.0.0.1:8000/v1)")
+        if local_judge is not None:
+            raise EmjaxError("--judge-url and --local-judge both given: choose one judge")
+    elif judge_model is not None and local_judge is None:
+        raise EmjaxError(f"--judge-model {judge_model!r} without --judge-url: nothing would be sent to it (a dry "
+                         "run); give --judge-url, or drop --judge-model")
+
+
+def check_main_inputs(out: str, *, model: str | LoadedModel = "embedded", seeds: tuple[int, ...] = (0,),
+                      judge_url: str | None = None, judge_model: str | None = None) -> None:
+    """What `run_main` reads and writes, checked before any model loads: the output folder can be
+    written, the model source names a model (its folder's config.json and tokenizer files), the
+    seeds, and the judge options. EmjaxError naming the option otherwise."""
+    from emjax.checkpoints.load import source_config
+    from emjax.data.locations import check_writable_dir
+
+    check_writable_dir(out, "--out")
+    if not isinstance(model, LoadedModel):
+        source_config(model)
+    if not seeds:
+        raise EmjaxError("--seeds is empty: give at least one seed, e.g. --seeds 0 or --seeds 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise EmjaxError(f"--seeds {','.join(map(str, seeds))} repeats a seed: give each seed once")
+    check_judge_target(judge_url, judge_model)
+
+
 def run_main(out: str = "runs/main", *, model: str | LoadedModel = "embedded", quick: bool = False,
              seeds: tuple[int, ...] = (0,), judge_url: str | None = None, judge_model: str | None = None,
              api_key_env: str = "OPENAI_API_KEY") -> dict:
@@ -189,6 +223,7 @@ def run_main(out: str = "runs/main", *, model: str | LoadedModel = "embedded", q
     judge_url: an OpenAI-compatible base URL (e.g. a local vLLM server or a test server); None: a
       dry run of the judge. The key is read from `api_key_env` (a placeholder where it is unset).
     """
+    check_main_inputs(out, model=model, seeds=seeds, judge_url=judge_url, judge_model=judge_model)
     os.makedirs(out, exist_ok=True)
     timings = T.Timings()
     with timings.running():

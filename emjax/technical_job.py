@@ -169,6 +169,53 @@ def _report(out: str, gen: dict, data_dir: str, j: dict) -> dict:
             "report_dir": os.path.join(out, "report")}
 
 
+def technical_data_rules() -> dict:
+    """The allowed values of configs/technical_data.py (the distillation of `build_data`)."""
+    from emjax.configuration import Number, Text
+    from emjax.train.preflight import DTYPE, OPTIONAL_POSITIVE_INT, POSITIVE_INT, SEED
+    return {"model.source": Text(), "model.dtype": DTYPE, "prompts": Text(), "out": Text(),
+            "n_prompts": OPTIONAL_POSITIVE_INT, "samples_per_prompt": POSITIVE_INT, "max_new_tokens": POSITIVE_INT,
+            "temperature": Number(low=0.0), "top_p": Number(low=0.0, high=1.0, low_open=True),
+            "top_k": Number(low=0, integer=True), "seed": SEED, "batch_size": POSITIVE_INT, "data_dir": Text()}
+
+
+def load_technical_data_config(path: str, overrides: list[str]) -> ml_collections.ConfigDict:
+    """A config like configs/technical_data.py, its values checked (`technical_data_rules`)."""
+    return load_config(path, overrides, rules=technical_data_rules())
+
+
+def check_technical_inputs(out: str, *, model: str | LoadedModel = "embedded", judge_url: str | None = None,
+                           judge_model: str | None = None, local_judge: str | LoadedModel | None = None,
+                           train_overrides: tuple[str, ...] = (), sweep_overrides: tuple[str, ...] = ()) -> None:
+    """What `run_technical` is given, checked before any stage runs: the output folder can be
+    written, the model sources name models (no weight read), the judge options, and the
+    `--train` / `--sweep` overrides (unknown keys with the nearest valid key, values against
+    `TRAIN_RULES` / `SWEEP_RULES`) on the configs they apply to. EmjaxError naming the option."""
+    from emjax.checkpoints.load import source_config
+    from emjax.configuration import ConfigFileError
+    from emjax.data.locations import check_writable_dir
+    from emjax.main_job import check_judge_target
+    from emjax.metrics.preflight import SWEEP_RULES
+    from emjax.train.preflight import TRAIN_RULES
+
+    check_writable_dir(out, "output folder")
+    for source in (model, local_judge):
+        if isinstance(source, str):
+            source_config(source)
+    check_judge_target(judge_url, judge_model, local_judge if isinstance(local_judge, str) else None)
+    for option, overrides, names, rules in (
+            ("--train", train_overrides, ("technical_steering_general.py", "technical_steering_narrow.py"), TRAIN_RULES),
+            ("--sweep", sweep_overrides, ("sweep_technical.py",), SWEEP_RULES)):
+        for name in names:
+            path = CONFIG_DIR / name
+            if not path.is_file():
+                raise EmjaxError(f"emjax technical needs {path} (the configs/ folder of the emjax source tree)")
+            try:
+                load_config(str(path), list(overrides), rules=rules)
+            except ConfigFileError as e:
+                raise ConfigFileError(f"{option}: {e}") from None
+
+
 def run_technical(out: str = "runs/technical", *, model: str | LoadedModel = "embedded", quick: bool = False,
                   data_dir: str | None = None, n_prompts: int | None = None, max_new_tokens: int | None = None,
                   steps: int | None = None, per_domain: int | None = None, samples: int = 1,
@@ -186,6 +233,8 @@ def run_technical(out: str = "runs/technical", *, model: str | LoadedModel = "em
     train_overrides / sweep_overrides: "key=value" overrides of both training configs
       (configs/technical_steering_*.py, e.g. "data.kl_rows=24") and of configs/sweep_technical.py.
     """
+    check_technical_inputs(out, model=model, judge_url=judge_url, judge_model=judge_model, local_judge=local_judge,
+                           train_overrides=train_overrides, sweep_overrides=sweep_overrides)
     data_dir = data_dir or default_data_dir()
     ET.question_files(data_dir)  # fail before any training when upstream's questions are absent
     os.makedirs(out, exist_ok=True)

@@ -61,7 +61,7 @@ def test_python_dash_m_emjax_exit_status(tmp_path):
 def test_every_stage_has_a_subcommand():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"main", "chat", "train", "sweep", "generate", "judge", "report", "technical", "heldout",
-                                "directions", "data", "experiment"}
+                                "directions", "data", "experiment", "launch-plan"}
     data = next(a for a in sub.choices["data"]._actions if a.dest == "data_command")
     assert set(data.choices) == {"get", "status"}
     get = next(a for a in data.choices["get"]._actions if a.dest == "data_set")

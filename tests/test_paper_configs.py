@@ -205,3 +205,26 @@ def test_launch_plan_prints_plan_and_memory(name, capsys):
         w = {"qwen2.5-14b-instruct": "29.54", "gemma-2-9b-it": "18.48"}[model]
         assert f"memory per device (estimate): frozen weights {w} GB" in out
     assert f"--config={CONFIGS / name}" + ("" if vmapped else " --mesh auto") in out
+
+
+def test_every_shipped_config_meets_its_allowed_values():
+    """The allowed values (emjax.train.preflight.TRAIN_RULES, emjax.metrics.preflight.SWEEP_RULES,
+    the technical data config's) admit every config emjax ships, with each argument."""
+    from emjax.configuration import check_values
+    from emjax.metrics.preflight import SWEEP_RULES
+    from emjax.technical_job import technical_data_rules
+    from emjax.train.preflight import TRAIN_RULES
+
+    names = [n for n in sorted(os.listdir(CONFIGS)) if n.endswith(".py")
+             and n not in ("__init__.py", "sweep_paper.py", "gemma_9b.py")] + _argument_configs()
+    checked = 0
+    for name in names:
+        try:
+            c = _load(name)
+        except ConfigFileError:
+            continue  # a base file (paper_14b.py) that is no run on its own
+        rules = (TRAIN_RULES if "intervention" in c else SWEEP_RULES if "interventions" in c
+                 else technical_data_rules())
+        check_values(c, rules, name)
+        checked += 1
+    assert checked >= 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -52,16 +53,66 @@ def _folder_tokenizer(folder: str) -> ChatTokenizer:
     """
     hint = ("copy the tokenizer files of the base model into the folder, or load the weights "
             "only with load_model(..., tokenizer=False)")
-    if not any(os.path.exists(os.path.join(folder, f)) for f in TOKENIZER_FILES):
-        raise MissingTokenizerError(f"{folder}: no tokenizer files (none of "
-                                    f"{', '.join(TOKENIZER_FILES)}); {hint}")
+    check_tokenizer_files(folder)
     try:
         return ChatTokenizer.from_folder(folder)
     except ChatFormatError as e:  # files present, but no chat template
         raise MissingTokenizerError(f"{folder}: {e} (tokenizer_config.json or "
                                     f"chat_template.jinja); {hint}") from None
-    except (OSError, ValueError) as e:  # transformers could not read the files
-        raise MissingTokenizerError(f"{folder}: cannot load the tokenizer: {e}; {hint}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:  # transformers could not read the files
+        raise MissingTokenizerError(f"{folder}: cannot load the tokenizer: {e!r}; {hint}") from None
+
+
+# top-level keys of a tokenizers `tokenizer.json` that transformers reads without a default
+# (a file without `added_tokens` ends in a bare KeyError inside transformers)
+TOKENIZER_JSON_KEYS = ("model", "added_tokens")
+
+
+def check_tokenizer_files(folder: str) -> None:
+    """A Hugging Face folder's tokenizer files are there and `tokenizer.json` (where present) is a
+    JSON object with the keys transformers needs; MissingTokenizerError naming the file otherwise.
+    Reads the JSON only (well under a second), no tokenizer is built."""
+    hint = ("copy the tokenizer files of the base model into the folder, or load the weights "
+            "only with load_model(..., tokenizer=False)")
+    if not any(os.path.exists(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        raise MissingTokenizerError(f"{folder}: no tokenizer files (none of "
+                                    f"{', '.join(TOKENIZER_FILES)}); {hint}")
+    path = os.path.join(folder, "tokenizer.json")
+    if not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise MissingTokenizerError(f"{path}: cannot read it as JSON ({e}); {hint}") from None
+    missing = [k for k in TOKENIZER_JSON_KEYS if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise MissingTokenizerError(f"{path}: not a complete tokenizer.json (no {', '.join(map(repr, missing))}); "
+                                    f"{hint}")
+    if not isinstance(data["added_tokens"], list):
+        raise MissingTokenizerError(f"{path}: 'added_tokens' must be a list; {hint}")
+
+
+EMBEDDED_PRESET = "qwen2.5-coder-0.5b-instruct-gguf"  # the shapes of the embedded GGUF (emjax.model.config)
+
+
+def source_config(source: str, *, tokenizer: bool = True) -> ModelConfig:
+    """The shapes of the model `load_model(source)` would load, read without any weight: the
+    embedded model's known config, a folder's config.json (its tokenizer files checked too with
+    `tokenizer`), or a GGUF header. ModelSourceError / ConfigError naming the file otherwise."""
+    from emjax.model.config import preset
+    check_source(source)
+    if source == EMBEDDED:
+        return preset(EMBEDDED_PRESET)
+    if source.endswith(".gguf") and os.path.isfile(source):
+        from emjax.checkpoints.gguf_file import load_gguf
+        return ModelConfig.from_hf(load_gguf(source).hf_config, source=source)
+    if tokenizer:
+        check_tokenizer_files(source)
+    if not os.path.isfile(os.path.join(source, "config.json")):
+        raise ModelSourceError(f"{source}: no config.json (a Hugging Face model folder holds config.json, "
+                               "safetensors and tokenizer files)")
+    return ModelConfig.from_hf(source)
 
 
 def load_model(source: str = EMBEDDED, *, dtype=jnp.float32, shardings: Weights | None = None,

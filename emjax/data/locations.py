@@ -72,3 +72,22 @@ def missing_data_message(path: str | os.PathLike[str]) -> str:
     if pin_for(os.path.basename(path)) is not None or in_data_dir:
         msg += f": {em_hint()}"
     return msg
+
+
+def check_writable_dir(path: str | os.PathLike[str], what: str) -> None:
+    """`path` is a folder that exists and can be written, or can be created (its nearest existing
+    ancestor is a writable folder); DataError naming `what` and the path otherwise. Creates nothing."""
+    from emjax.data.conversations import DataError
+
+    path = os.path.abspath(os.fspath(path))
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise DataError(f"{what} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "" if probe == path else f" (its folder {probe} cannot be written)"
+        raise DataError(f"{what} {path}: cannot be written{where}; choose another folder")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from emjax.arg_types import OneLineParser, int_at_least, nonnegative_int, positive_int
+
 from emjax.data.tokenize import LOSS_TOKENS
 from emjax.directions import run as R
 from emjax.directions.sources import DirectionError
@@ -38,7 +40,7 @@ def _set_args(p, side: str, help_text: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emjax directions", description=__doc__,
+    parser = OneLineParser(prog="emjax directions", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
 
@@ -52,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-model", default=None)
     p.add_argument("--intervention", default=None, help="steering file / LoRA folder active while collecting")
     p.add_argument("--name", default="mean_diff", help="the direction's name in directions.safetensors")
-    p.add_argument("--max-len", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-len", type=int_at_least(2), default=512)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--balance-seed", type=int, default=0, help="seed cutting both sets to the smaller size")
     p.add_argument("--no-balance", action="store_true", help="keep every selected answer of both sets")
     p.add_argument("--data-dir", default=None, help="where file names of --*-chats resolve (default $EMJAX_DATA, "
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="cosine table and heat map of named directions, per layer")
     _model_args(p)
     p.add_argument("spec", help="label=SOURCE,...: steering files, LoRA folders, FILE.safetensors:NAME, random:SEED")
-    p.add_argument("--layer", type=int, default=None, help="layer of the matrix (default: shared by most)")
+    p.add_argument("--layer", type=nonnegative_int, default=None, help="layer of the matrix (default: shared by most)")
     p.add_argument("--out", required=True)
 
     p = sub.add_parser("gradient", help="SFT-loss gradient projected on directions at equal norms")
@@ -71,11 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="label=SOURCE,... directions at the steered layer (e.g. general and narrow)")
     p.add_argument("--data", default="sample:bad_medical", help="training rows (a file or sample:NAME)")
     p.add_argument("--data-dir", default=None, help="where --data resolves (default as mean-diff's)")
-    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--rows", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-len", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--layer", type=int, default=None)
+    p.add_argument("--max-len", type=int_at_least(2), default=256)
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--layer", type=nonnegative_int, default=None)
     p.add_argument("--hook", default="mlp_out", choices=["mlp_out", "block_out"])
     p.add_argument("--norms", default="0.5x,1x,2x", help="norms of v: absolute, or Nx = N times the mean direction norm")
     p.add_argument("--loss-tokens", default="assistant", choices=list(LOSS_TOKENS),
@@ -102,8 +104,14 @@ def _answer_set(args, side: str) -> R.AnswerSet:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    R.check_stage_inputs(args.stage, model=args.model if args.stage != "drift" or args.references else None,
+                         out=args.out, spec=getattr(args, "spec", None), data=getattr(args, "data", None),
+                         data_dir=getattr(args, "data_dir", None), run_dir=getattr(args, "run_dir", None),
+                         files=[f for k in ("a", "b", "judgements", "questions", "judge_prompts")
+                                for f in getattr(args, k, None) or []])
     if args.stage == "mean-diff":
-        summary = R.mean_diff_stage(R.load(args.model, args.dtype), _answer_set(args, "a"), _answer_set(args, "b"),
+        a, b = _answer_set(args, "a"), _answer_set(args, "b")  # before the model loads
+        summary = R.mean_diff_stage(R.load(args.model, args.dtype), a, b,
                                     args.out, name=args.name, max_len=args.max_len, batch_size=args.batch_size,
                                     intervention=args.intervention,
                                     balance_seed=None if args.no_balance else args.balance_seed,

@@ -264,3 +264,29 @@ def load(model_source: str, dtype: str = "float32") -> LoadedModel:
     from emjax.model.config import dtype_from_name
     return load_model(model_source, dtype=dtype_from_name(dtype))
 
+
+
+def check_stage_inputs(stage: str, *, model: str | None, out: str | None = None, spec: str | None = None,
+                       data: str | None = None, data_dir: str | None = None, run_dir: str | None = None,
+                       files: Sequence[str] = ()) -> None:
+    """What a directions stage reads, checked before the model loads: the model source (its
+    folder's config.json and tokenizer files, no weight), the output folder, the directions of
+    `spec` (small files, read against the model's shapes), the training rows of `data`, and the
+    run folder of drift. An EmjaxError naming the option or file otherwise."""
+    from emjax.checkpoints.load import source_config
+    from emjax.data.locations import check_writable_dir
+
+    cfg = source_config(model) if model is not None else None
+    if out is not None:
+        check_writable_dir(out, "--out")
+    if spec is not None and cfg is not None:
+        load_direction_set(spec, cfg)
+    if data is not None:
+        read_chat_jsonl(resolve_data_spec(data, data_dir or default_data_dir()))
+    for f in files:  # answers, judgements, question files: read by the stage after the model loads
+        if f.startswith("sample:"):
+            continue
+        if not os.path.isfile(f):
+            raise DirectionError(f"{f}: no such file")
+    if run_dir is not None and not os.path.isdir(run_dir):
+        raise DirectionError(f"{run_dir}: no such run folder (emjax directions drift takes a training run's output_dir)")

@@ -64,6 +64,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from emjax.data.locations import check_writable_dir
 from emjax.errors import EmjaxError
 
 if TYPE_CHECKING:
@@ -428,6 +429,22 @@ def calibration_stats(paths: Sequence[str | os.PathLike[str]], n_sample: int = 1
     return out
 
 
+class HeldoutInputError(EmjaxError, ValueError):
+    """A bank, training file or folder of the held-out check that is not there."""
+
+
+def _fraction(text: str) -> float:
+    """A threshold in [0, 1] (argparse type)."""
+    import argparse
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1]")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Check question banks against training prompts; exit status 1 if any near duplicate.
 
@@ -440,22 +457,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from emjax.eval.questions import load_questions
 
-    ap = argparse.ArgumentParser(prog="python -m emjax.eval.heldout", description=main.__doc__,
+    from emjax.arg_types import OneLineParser
+
+    ap = OneLineParser(prog="emjax heldout", description=main.__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("banks", nargs="*", help="question files (upstream YAML or JSONL); default "
                     "with --data-dir: the three shipped banks")
     ap.add_argument("--train", nargs="+", default=[], help="training chat JSONL files (.gz ok)")
     ap.add_argument("--data-dir", help="folder with upstream's training sets: adds every domain's "
                     "training files found there (emjax.eval.domains)")
-    ap.add_argument("--containment", type=float, default=CONTAINMENT_THRESHOLD)
-    ap.add_argument("--reverse", type=float, default=REVERSE_THRESHOLD)
-    ap.add_argument("--char-ratio", type=float, default=CHAR_THRESHOLD)
+    ap.add_argument("--containment", type=_fraction, default=CONTAINMENT_THRESHOLD)
+    ap.add_argument("--reverse", type=_fraction, default=REVERSE_THRESHOLD)
+    ap.add_argument("--char-ratio", type=_fraction, default=CHAR_THRESHOLD)
     ap.add_argument("--json", help="write one row per question text to this JSONL file")
     ap.add_argument("--calibrate", action="store_true",
                     help="print calibration_stats for the training files instead")
     args = ap.parse_args(argv)
     train = [str(p) for p in args.train]
     banks = list(args.banks)
+    if args.data_dir and not os.path.isdir(args.data_dir):
+        raise HeldoutInputError(f"--data-dir {args.data_dir}: no such folder (upstream's training sets: "
+                                "emjax data get em)")
+    for f in [*train, *banks]:
+        if not os.path.isfile(f):
+            raise HeldoutInputError(f"{f}: no such file")
+    if args.json:
+        check_writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
     if args.data_dir:
         from emjax.eval.domains import DOMAINS
 

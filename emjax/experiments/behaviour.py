@@ -170,3 +170,43 @@ def write_experiment(out: str, summary: dict[str, Any], write_md: Callable[[dict
     print("\n" + "\n".join(table_lines(summary)))
     print(f"\neverything in {out} (summary: {md}, plot: {summary['plot']})")
     return summary
+
+
+def check_experiment_inputs(config, base: list, out: str, evaluation: BehaviourEval, *,
+                            continuation: bool = False) -> None:
+    """What an experiment reads, checked before any model loads: the output folder, the judge
+    options and the local judge's source, the question files, and each training config
+    (`emjax.train.preflight.check_train_inputs`, its output_dir replaced by `out` where the
+    experiment writes). `config` is the mixing config (its mix_fractions checked and the data mix of
+    its largest fraction), or with `continuation` the KL-removal continuation (its start and
+    references are the base runs' artefacts, made by the experiment); `base`: the base runs' configs."""
+    import copy
+
+    from emjax.checkpoints.load import source_config
+    from emjax.data.locations import check_writable_dir
+    from emjax.main_job import check_judge_target
+    from emjax.train.preflight import check_train_inputs
+
+    check_writable_dir(out, "--out")
+    local = evaluation.local_judge if isinstance(evaluation.local_judge, str) else None
+    check_judge_target(evaluation.judge_url, evaluation.judge_model, local)
+    if local is not None:
+        source_config(local)
+    for path in evaluation.question_files():
+        load_questions(path)
+    runs = []
+    for c in (config, *base):
+        c = copy.deepcopy(c)
+        c.output_dir = out
+        runs.append(c)
+    if continuation:
+        runs[0].intervention.init_from = None
+        runs[0].train.reference = None
+    else:
+        from emjax.experiments.mixing import mix_fractions
+        mixed = [f for f in mix_fractions(config) if f > 0]
+        if mixed:
+            runs[0].data.mix_fraction = max(mixed)
+    cfg = None
+    for c in runs:
+        cfg = check_train_inputs(c, model_cfg=cfg)

@@ -32,7 +32,6 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from emjax.checkpoints.load import LoadedModel
-from emjax.configuration import load_config
 from emjax.directions.drift import drift_at, drift_table, snapshot_paths
 from emjax.eval.report import number_cell, rate_cell
 from emjax.eval.report_plots import plot_rates_along
@@ -42,6 +41,7 @@ from emjax.experiments.behaviour import (CHAT_LABEL, BehaviourEval, answer_quest
 from emjax.experiments import ExperimentConfigError
 from emjax.interventions.files import load_interventions
 from emjax.main_job import run_stage
+from emjax.train.preflight import load_train_config
 from emjax.train.trainer import Trainer
 
 BASE_RUNS = ("narrow", "general")
@@ -53,13 +53,13 @@ def load_kl_removal_configs(path: str, overrides: Sequence[str] = (), base_overr
                             ) -> tuple[ml_collections.ConfigDict, dict[str, ml_collections.ConfigDict]]:
     """The KL-removal config at `path` (with `overrides`) and the configs of its `base_runs`
     (files beside it, with `base_overrides`), by role: {"narrow": ..., "general": ...}."""
-    config = load_config(path, overrides)
+    config = load_train_config(path, overrides)
     if "base_runs" not in config or any(r not in config.base_runs for r in BASE_RUNS):
         raise ExperimentConfigError(f"{path}: no base_runs section naming the narrow and the general run's config "
                                     "files, e.g. c.base_runs = ml_collections.ConfigDict({'narrow': "
                                     "'embedded_steering_narrow.py', 'general': 'embedded_steering_general.py'})")
     folder = os.path.dirname(os.path.abspath(path))
-    base = {r: load_config(os.path.join(folder, config.base_runs[r]), base_overrides) for r in BASE_RUNS}
+    base = {r: load_train_config(os.path.join(folder, config.base_runs[r]), base_overrides) for r in BASE_RUNS}
     return config, base
 
 

@@ -50,7 +50,13 @@ def load_steering(path: str | os.PathLike, cfg: ModelConfig | None = None) -> St
       AdapterError: naming the file, for a missing/foreign format tag, a newer version, bad or
         inconsistent metadata, extra tensors, or a mismatch with `cfg`.
     """
-    path = os.fspath(path)
+    f, layers, alpha = _steering_header(os.fspath(path), cfg)
+    vectors = jnp.asarray(np.asarray(f.get("vectors"), np.float32))
+    return SteeringVectors(vectors=vectors, layers=layers, alpha=alpha, hook=f.metadata["hook"])
+
+
+def _steering_header(path: str, cfg: ModelConfig | None) -> tuple[SafetensorsFile, tuple[int, ...], float]:
+    """The steering file's header checked (no tensor read): the file, its layers and alpha."""
     try:
         f = SafetensorsFile(path)
     except (CheckpointError, OSError) as e:
@@ -79,8 +85,7 @@ def load_steering(path: str | os.PathLike, cfg: ModelConfig | None = None) -> St
         bad = [l for l in layers if l >= cfg.n_layers]
         if bad:
             raise AdapterError(f"{path}: steering layers {bad} out of range for a {cfg.n_layers}-layer model")
-    vectors = jnp.asarray(np.asarray(f.get("vectors"), np.float32))
-    return SteeringVectors(vectors=vectors, layers=layers, alpha=alpha, hook=meta["hook"])
+    return f, layers, alpha
 
 
 def _parse_steering_meta(path: str, meta: dict[str, str]) -> tuple[tuple[int, ...], float, int]:
@@ -111,6 +116,29 @@ def load_intervention(path: str | os.PathLike, cfg: ModelConfig, scale: float = 
     iv = (Interventions(lora=load_peft_lora(path, cfg)) if os.path.isdir(path)
           else Interventions(steer=load_steering(path, cfg)))
     return scale_update(iv, scale) if scale != 1.0 else iv
+
+
+def check_intervention(path: str | os.PathLike, cfg: ModelConfig | None) -> None:
+    """What `load_intervention(path, cfg)` checks that needs no tensor: the file or folder exists;
+    a steering file's header (format, layers, d_model against `cfg`'s hidden size and layer count);
+    a LoRA folder's adapter_config.json and weights file. AdapterError naming the path otherwise."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise AdapterError(f"{path}: no such intervention file or folder")
+    if not os.path.isdir(path):
+        _steering_header(path, cfg)
+        return
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not os.path.isfile(os.path.join(path, name)):
+            raise AdapterError(f"{path}: a PEFT LoRA folder needs {name}")
+
+
+def check_interventions(spec: str, cfg: ModelConfig | None) -> dict[str, str]:
+    """`check_intervention` for every path of a "label=path,..." spec; returns {label: path}."""
+    paths = parse_labelled_paths(spec)
+    for p in paths.values():
+        check_intervention(p, cfg)
+    return paths
 
 
 def parse_labelled_paths(spec: str) -> dict[str, str]:

@@ -265,6 +265,9 @@ def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | Lazy
     c)`, computed when None)."""
     if kind not in KINDS:
         raise SweepConfigError(f"unknown sweep {kind!r}; choose from {KINDS}")
+    from emjax.configuration import check_values
+    from emjax.metrics.preflight import SWEEP_RULES  # it imports this module's errors
+    check_values(c, SWEEP_RULES, error=SweepConfigError)
     check_loss_tokens(c)
     if kind == "stability" and c.stability.lora_noise not in A.LORA_NOISE:
         raise SweepConfigError(f"stability.lora_noise must be one of {A.LORA_NOISE}, got {c.stability.lora_noise!r}")
@@ -305,9 +308,12 @@ def sweep(c: ml_collections.ConfigDict, kinds: Sequence[str] = KINDS, model: Loa
     """The stage `emjax sweep`: each of `kinds` for the config's interventions, but those whose
     outputs are on disk with the same inputs (`finished_sweep`); the model is loaded once, and only
     when a kind is left. Returns {kind: summary}."""
+    from emjax.configuration import check_values
+    from emjax.metrics.preflight import SWEEP_RULES  # it imports this module's errors
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise SweepConfigError(f"unknown sweeps {unknown}; choose from {KINDS}")
+    check_values(c, SWEEP_RULES, error=SweepConfigError)
     check_loss_tokens(c)
     timings = Timings()
     with timings.running():

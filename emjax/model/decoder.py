@@ -133,14 +133,17 @@ def unembed(weights: Weights, cfg: ModelConfig, x: jax.Array) -> jax.Array:
     return logits
 
 
+# remat policy -> jax.checkpoint's arguments: "full" recomputes the block, "dots" saves its matmuls
+_REMAT_ARGS = {"full": {}, "dots": {"policy": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}}
+REMAT_POLICIES: tuple[RematPolicy, ...] = (None, *_REMAT_ARGS)  # what train.remat may be (config checks)
+
+
 def _remat(fn, policy: RematPolicy):
     if policy is None:
         return fn
-    if policy == "full":
-        return jax.checkpoint(fn)
-    if policy == "dots":
-        return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-    raise ValueError(f"unknown remat policy {policy!r}; choose None, 'full' or 'dots'")
+    if policy not in _REMAT_ARGS:
+        raise ValueError(f"unknown remat policy {policy!r}; choose from {REMAT_POLICIES}")
+    return jax.checkpoint(fn, **_REMAT_ARGS[policy])
 
 
 def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.Array,

@@ -29,7 +29,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from emjax.model.config import ModelConfig
 from emjax.model.schema import Weights, num_params
-from emjax.model.sharding import MESH_AXES, ShardingError, make_mesh, parse_mesh, weight_shardings
+from emjax.model.sharding import (MESH_AXES, ShardingError, make_mesh, mesh_sizes, mesh_text_shape, parse_mesh,
+                                  weight_shardings)
 
 AUTO = "auto"
 # ours: replicate the frozen weights when they take at most this share of one device's memory; the
@@ -116,6 +117,30 @@ def plan_mesh(spec: str | None, cfg: ModelConfig, dtype, devices: Sequence[jax.D
     per_host = sum(d.process_index == devices[0].process_index for d in devices)
     shape, reason = auto_shape(len(devices), per_host, w, mem, weight_share)
     return MeshPlan(make_mesh(shape, devices), reason)
+
+
+def check_mesh_spec(spec: str | None, n_devices: int | None = None) -> None:
+    """A mesh option checked without building anything: None, "" and "auto" pass; "axis:size,..."
+    must name axes of MESH_AXES with integer sizes >= 1 (one may be -1) and, with `n_devices`, use
+    exactly that many devices. ShardingError naming the spec otherwise."""
+    if not spec or spec == AUTO:
+        return
+    shape = mesh_text_shape(spec)
+    bad = [f"{a}:{n}" for a, n in shape.items() if n < 1 and n != -1]
+    if bad:
+        raise ShardingError(f"mesh {spec!r}: sizes must be >= 1 (or -1: the rest of the devices), got {', '.join(bad)}")
+    try:
+        mesh_sizes(shape, n_devices if n_devices is not None else _sizes_only(shape))
+    except ShardingError as e:
+        raise ShardingError(f"mesh {spec!r}: {e}") from None
+
+
+def _sizes_only(shape: dict[str, int]) -> int:
+    """A device count that the fixed sizes of `shape` fill (so only axis names and sizes are checked)."""
+    n = 1
+    for size in shape.values():
+        n *= size if size > 0 else 1
+    return n
 
 
 def global_array(host: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:

@@ -25,6 +25,9 @@ class TrainConfigError(EmjaxError, ValueError):
     """A training config that cannot run; the message names the key."""
 
 
+INTERVENTION_KINDS = ("steering", "lora")  # intervention.kind: what build_intervention builds
+
+
 def steer_rows_of(ic: ml_collections.ConfigDict) -> SteerRows:
     """intervention.steer_rows, checked: which rows of a training micro-batch the steering vector
     reaches ("first" reproduces upstream's steering trainer, so it means nothing for LoRA)."""
@@ -64,7 +67,7 @@ def build_intervention(ic: ml_collections.ConfigDict, cfg: ModelConfig) -> Inter
                          modules=tuple(ic.modules), layers=layers,
                          rslora=ic.rslora)
         return Interventions(lora=lora)
-    raise TrainConfigError(f"intervention.kind must be 'steering' or 'lora', got {ic.kind!r}")
+    raise TrainConfigError(f"intervention.kind must be one of {INTERVENTION_KINDS}, got {ic.kind!r}")
 
 
 def _load_start(ic: ml_collections.ConfigDict, cfg: ModelConfig, layers: tuple[int, ...]) -> Interventions:

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh
-from emjax.configuration import config_json
+from emjax.configuration import check_values, config_json
 from emjax.data.batching import Batcher
 from emjax.data.tokenize import pad_batch
 from emjax.interventions import Interventions, shared_prefix_layers
@@ -46,6 +46,7 @@ from emjax.train.frozen_store import FrozenStore, model_fingerprint
 from emjax.train.inputs import (TrainConfigError, build_intervention, checked_loss_tokens, prepare_data,
                                 steer_rows_of)
 from emjax.train.memory import check_trainer_memory
+from emjax.train.preflight import TRAIN_RULES
 from emjax.train.metrics_log import MetricsWriter
 from emjax.train.run_record import (check_checkpoint, config_dict, earlier_sessions, finished_summary,
                                     write_progress)
@@ -103,7 +104,8 @@ class Trainer:
     def _setup(self, model: LoadedModel | LazyModel | None) -> None:
         config = self.config
         tc = config.train
-        checked_loss_tokens(config.data)  # before the model loads
+        check_values(config, TRAIN_RULES, error=TrainConfigError)  # before the model loads (the CLI checked them at load time already)
+        checked_loss_tokens(config.data)
         if tc.kl_reduction not in ("token_mean", "upstream"):
             raise TrainConfigError(f"train.kl_reduction must be 'token_mean' or 'upstream', got {tc.kl_reduction!r}")
         steer_rows = steer_rows_of(config.intervention)

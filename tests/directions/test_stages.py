@@ -103,7 +103,7 @@ def test_gradient_stage_and_cli_errors(model, tmp_path, capsys):
     with pytest.raises(DirectionError, match="multiple like 2x"):
         R.gradient_stage(model, spec, str(tmp_path / "g2"), n_rows=2, norms="twice")
     assert cli_main(["directions", "drift", str(tmp_path / "no-run")]) == 2
-    assert "no metrics log" in capsys.readouterr().err
+    assert "no-run: no such run folder" in capsys.readouterr().err
 
 
 def test_mean_diff_of_chat_files(model, tmp_path, capsys):

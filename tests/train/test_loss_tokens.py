@@ -253,19 +253,19 @@ def test_bad_value_is_refused_by_the_key_before_the_model_loads(tmp_path, capsys
     """No model source exists: the error must come from the check, before any loading."""
     c = _train_config(tmp_path, "prompt")
     c.model.source = str(tmp_path / "no-model")
-    with pytest.raises(TrainConfigError, match=r"data\.loss_tokens must be one of \('assistant', 'all'\), "
-                                               "got 'prompt'"):
+    with pytest.raises(TrainConfigError, match=r"data\.loss_tokens='prompt' is not one of 'assistant', 'all'"):
         Trainer(c)
     s = load_config(SWEEP_DEFAULT)
     s.model.source, s.data.loss_tokens = str(tmp_path / "no-model"), "Assistant"
     for call in (lambda: run_sweep("efficiency", s), lambda: sweep(s, ("significance",))):
-        with pytest.raises(SweepConfigError, match=r"data\.loss_tokens .* got 'Assistant'"):
+        with pytest.raises(SweepConfigError, match=r"data\.loss_tokens='Assistant' is not one of 'assistant', 'all'; "
+                                                   r"did you mean 'assistant'\?"):
             call()
     no_model = f"--config.model.source={tmp_path / 'no-model'}"
     for argv in (["train", f"--config={DEFAULT}", "--config.data.loss_tokens=every", no_model, "--seeds=0,1"],
                  ["sweep", "efficiency", f"--config={SWEEP_DEFAULT}", "--config.data.loss_tokens=every", no_model]):
         assert cli_main(argv) == 2
-        assert "data.loss_tokens must be one of ('assistant', 'all'), got 'every'" in capsys.readouterr().err
+        assert "data.loss_tokens='every' is not one of 'assistant', 'all'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["directions", "gradient", "d=x.safetensors", "--loss-tokens=every", "--out", str(tmp_path)])
     assert "--loss-tokens: invalid choice: 'every'" in capsys.readouterr().err
