@@ -264,10 +264,10 @@ class Trainer:
         done = finished_summary(self.config)
         if done is not None:
             return done
-        out = train_runs(self, self.runs(), stop_at_step)
+        out = train_runs(self, self.loop_runs(), stop_at_step)
         return out if isinstance(out, dict) else out[0]
 
-    def runs(self) -> Runs:
+    def loop_runs(self) -> Runs:
         """This run for the loop: N=1, its own state and compiled step."""
         def check(meta):
             recorded = meta.get("config")
