@@ -472,29 +472,13 @@ def _run_chat(args) -> int:
 
 
 def _run_train(args) -> int:
-    from emjax.train.inputs import TrainConfigError
     from emjax.train.preflight import check_train_inputs, load_train_config
     config = load_train_config(args.config, args.config_overrides)
     if args.mesh is not None:
         config.mesh = args.mesh
     check_train_inputs(config)  # before any model loads (replicates load it before their Trainers)
-    from emjax.train.replicates import train_replicates  # the trainer's imports only once the inputs are good
-    from emjax.train.trainer import train
-    from emjax.train.vmapped import sweep_of, train_vmapped
-    declared = sweep_of(config, args.vmap_runs)
-    if declared is not None:
-        sweep, where = declared
-        if args.seeds:
-            raise TrainConfigError(f"--seeds with {where}: give the seeds as an axis, --vmap-runs seed=0,1,2 ...")
-        out = train_vmapped(config, sweep, where=where)
-        print(json.dumps({label: s["final_eval"] for label, s in out["runs"].items()}, indent=1))
-        print(f"{len(out['runs'])} runs in {config.output_dir}/*/ (summary: {config.output_dir}/vmapped_runs.json)")
-    elif args.seeds:
-        out = train_replicates(config, args.seeds)
-        print(json.dumps(out["spread"], indent=1))
-        print(f"replicates in {config.output_dir}/seed*/ (summary: {config.output_dir}/replicates.json)")
-    else:
-        print(json.dumps(train(config), indent=1))
+    from emjax.train.command import train_from_cli  # the trainer's imports only once the inputs are good
+    print(train_from_cli(config, seeds=args.seeds, vmap_runs=args.vmap_runs))
     return EXIT_OK
 
 

@@ -30,10 +30,9 @@ from emjax.interventions import shared_prefix_layers
 from emjax.model.config import ModelConfig, dtype_from_name, preset
 from emjax.model.mesh_plan import AUTO, auto_shape, weight_bytes
 from emjax.model.sharding import MESH_AXES, ShardingError, mesh_sizes, mesh_text_shape
-from emjax.train.inputs import build_intervention
+from emjax.train.inputs import build_intervention, rows_over_data, uses_kl
 from emjax.train.preflight import TRAIN_RULES
 from emjax.train.memory import MemoryPlan, estimate_training_memory, weight_bytes_per_device
-from emjax.train.trainer import rows_over_data
 
 LAUNCHERS = ("local", "slurm", "tpu")
 GB = 1e9
@@ -105,7 +104,7 @@ def _train_memory(c: ml_collections.ConfigDict, cfg: ModelConfig, sizes: tuple[i
     params = jax.eval_shape(lambda: build_intervention(fresh, cfg))
     tc = c.train
     k = shared_prefix_layers(params, cfg)
-    kl = tc.lambda_kl > 0
+    kl = uses_kl(c)
     plan = MemoryPlan(batch_size=tc.batch_size, seq_len=c.data.max_len, kl_batch_size=tc.kl_batch_size,
                       kl_seq_len=c.data.max_len if kl else None, grad_accum=tc.grad_accum, remat=tc.remat,
                       loss_chunk=tc.loss_chunk, dtype=c.model.dtype, first_layer=k, kl=kl,
@@ -161,7 +160,7 @@ def plan_launch(stage: Sequence[str], launcher: str, hosts: int, devices_per_hos
         sizes = tuple(shape[a] for a in MESH_AXES)
         if stage[1] in ("train", "experiment") and c is not None:  # an experiment trains its config's runs
             mem = _train_memory(c, cfg, sizes)
-            problem = rows_over_data(c.train, shape["data"], c.train.lambda_kl > 0)
+            problem = rows_over_data(c, shape["data"])
             if problem:
                 mem += f"\nwarning: {problem}"
             if vmapped:

@@ -28,6 +28,38 @@ class TrainConfigError(EmjaxError, ValueError):
 INTERVENTION_KINDS = ("steering", "lora")  # intervention.kind: what build_intervention builds
 
 
+def uses_kl(config: ml_collections.ConfigDict) -> bool:
+    """Whether a run trains with the KL term: the one rule (train.lambda_kl > 0) that decides if
+    the KL rows are drawn, batched, cached and planned for; `kl_weight` gives its weight per step."""
+    return config.train.lambda_kl > 0
+
+
+def kl_weight(config: ml_collections.ConfigDict, step: int) -> float:
+    """lambda_KL at `step`: 0 without KL (`uses_kl`) or from train.kl_off_step on, else train.lambda_kl."""
+    tc = config.train
+    if not uses_kl(config) or (tc.kl_off_step is not None and tc.kl_off_step <= step):
+        return 0.0
+    return float(tc.lambda_kl)
+
+
+def rows_over_data(config: ml_collections.ConfigDict, data: int) -> str | None:
+    """Why the micro-batches of `config` cannot split over a `data` axis of this size (None when
+    they can), with the batch sizes that would."""
+    tc, kl = config.train, uses_kl(config)
+    bad = [(k, tc[k]) for k in ("batch_size",) + (("kl_batch_size",) if kl else ()) if tc[k] % data]
+    if not bad:
+        return None
+    fix = ", ".join(f"train.{k}={-(-v // data) * data}" for k, v in bad)
+    rows, kl_rows = tc.batch_size * tc.grad_accum, tc.kl_batch_size * tc.grad_accum
+    hint = ""
+    if tc.grad_accum > 1 and rows % data == 0 and (not kl or kl_rows % data == 0):
+        # the same step: both losses are normalised by the whole step's token counts
+        more = f" train.kl_batch_size={kl_rows}" if kl else ""
+        hint = f" (or train.batch_size={rows}{more} train.grad_accum=1: the same rows per step)"
+    return (f"{', '.join(f'train.{k}={v}' for k, v in bad)} rows per micro-batch do not split over data:{data}; "
+            f"set {fix}{hint}, or a mesh with a smaller data axis")
+
+
 def steer_rows_of(ic: ml_collections.ConfigDict) -> SteerRows:
     """intervention.steer_rows, checked: which rows of a training micro-batch the steering vector
     reaches ("first" reproduces upstream's steering trainer, so it means nothing for LoRA)."""
@@ -163,7 +195,7 @@ def prepare_data(config: ml_collections.ConfigDict, model: LoadedModel) -> Prepa
                    provenance=provenance)
     kl_convs, kl_picks = [], []
     bad, good = _specs(dc.kl_bad), _specs(dc.kl_good)
-    if (bad or good) and (config.train.lambda_kl > 0 or dc.kl_eval_rows > 0):
+    if (bad or good) and (uses_kl(config) or dc.kl_eval_rows > 0):
         kl_convs, kl_picks = compose_kl_set(bad, good, tuple(dc.kl_ratio), dc.kl_rows + dc.kl_eval_rows, dc.seed,
                                             exclude_prompts=training_prompts, **compose)
     if dc.mix_fraction > 0:  # the data-mixing baseline: aligned rows of other domains in the training set

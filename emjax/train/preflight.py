@@ -31,7 +31,7 @@ from emjax.model.hooks import SITES, STEER_ROWS
 from emjax.model.mesh_plan import check_mesh_spec
 from emjax.model.schema import PROJECTIONS
 from emjax.model.sharding import ShardingError
-from emjax.train.inputs import INTERVENTION_KINDS, TrainConfigError, steer_rows_of
+from emjax.train.inputs import INTERVENTION_KINDS, TrainConfigError, steer_rows_of, uses_kl
 from emjax.train.kl_set import CHAT_PREFIX
 from emjax.train.losses import KLReduction
 
@@ -165,11 +165,11 @@ def check_train_inputs(config: ml_collections.ConfigDict, *, model_cfg: ModelCon
         raise TrainConfigError(f"data.train {dc.train}: {rows} training rows (after data.n_eval={dc.n_eval} held out) "
                                f"cannot fill one step of train.batch_size x train.grad_accum = {step_rows} rows")
     kl = _specs(dc.kl_bad) + _specs(dc.kl_good)
-    if kl and (tc.lambda_kl > 0 or dc.kl_eval_rows > 0):
+    if kl and (uses_kl(config) or dc.kl_eval_rows > 0):
         for key, specs in (("data.kl_bad", _specs(dc.kl_bad)), ("data.kl_good", _specs(dc.kl_good))):
             for spec in specs:
                 _check_source(spec, dc.dir, key)
-    if tc.lambda_kl > 0 and not kl:
+    if uses_kl(config) and not kl:
         raise TrainConfigError("train.lambda_kl > 0 but data.kl_bad and data.kl_good name no KL rows")
     if dc.mix_fraction > 0:
         if not dc.mix_fraction < 1 or not _specs(dc.mix_good):

@@ -1,4 +1,6 @@
-"""Training an intervention with SFT + lambda * KL: the loop, evaluation, checkpoints and resume.
+"""Training an intervention with SFT + lambda * KL: one run's setup, data, frozen cache, batches,
+evaluation and summary; its steps, checkpoints and resume are the loop's (`emjax.train.loop`,
+shared with the vmapped runs of `emjax.train.vmapped`).
 
     summary = train(config)            # config: configs/default.py and the files beside it
     summary = Trainer(config).run()    # the same, once the model is loaded
@@ -24,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh
 from emjax.configuration import check_values, config_json
@@ -37,45 +38,19 @@ from emjax.interventions.similarity import effect_cosine, effect_projection
 from emjax.interventions.peft import save_peft_lora
 from emjax.model.attention import resolve_attention
 from emjax.model.config import dtype_from_name
-from emjax.model.mesh_plan import fetch, global_array, is_writer, mesh_context, put_rows, replicate
+from emjax.model.mesh_plan import fetch, global_array, is_writer, put_rows, replicate
 from emjax.model.sharding import ShardingError, batch_sharding
 from emjax.train import step as TS
-from emjax.train.checkpointing import Checkpointer
 from emjax.train.frozen_cache import FrozenCache, cache_bytes
 from emjax.train.frozen_store import FrozenStore, model_fingerprint
-from emjax.train.inputs import (TrainConfigError, build_intervention, checked_loss_tokens, prepare_data,
-                                steer_rows_of)
+from emjax.train.inputs import (TrainConfigError, build_intervention, checked_loss_tokens, kl_weight, prepare_data,
+                                rows_over_data, steer_rows_of, uses_kl)
+from emjax.train.loop import Runs, train_runs
 from emjax.train.memory import check_trainer_memory
 from emjax.train.preflight import TRAIN_RULES
-from emjax.train.metrics_log import MetricsWriter
 from emjax.train.run_record import (check_checkpoint, config_dict, earlier_sessions, finished_summary,
                                     write_progress)
 from emjax.timings import Timings, phase
-
-
-def kl_weight(tc: ml_collections.ConfigDict, use_kl: bool, step: int) -> float:
-    """lambda_KL at `step` of a run with train section `tc`: 0 without KL rows or from
-    train.kl_off_step on, else train.lambda_kl."""
-    if not use_kl or (tc.kl_off_step is not None and tc.kl_off_step <= step):
-        return 0.0
-    return float(tc.lambda_kl)
-
-
-def rows_over_data(tc: ml_collections.ConfigDict, data: int, use_kl: bool) -> str | None:
-    """Why the micro-batches of train section `tc` cannot split over a `data` axis of this size
-    (None when they can), with the batch sizes that would."""
-    bad = [(k, tc[k]) for k in ("batch_size",) + (("kl_batch_size",) if use_kl else ()) if tc[k] % data]
-    if not bad:
-        return None
-    fix = ", ".join(f"train.{k}={-(-v // data) * data}" for k, v in bad)
-    rows, kl_rows = tc.batch_size * tc.grad_accum, tc.kl_batch_size * tc.grad_accum
-    hint = ""
-    if tc.grad_accum > 1 and rows % data == 0 and (not use_kl or kl_rows % data == 0):
-        # the same step: both losses are normalised by the whole step's token counts
-        kl = f" train.kl_batch_size={kl_rows}" if use_kl else ""
-        hint = f" (or train.batch_size={rows}{kl} train.grad_accum=1: the same rows per step)"
-    return (f"{', '.join(f'train.{k}={v}' for k, v in bad)} rows per micro-batch do not split over data:{data}; "
-            f"set {fix}{hint}, or a mesh with a smaller data axis")
 
 
 def train(config: ml_collections.ConfigDict, model: LoadedModel | LazyModel | None = None) -> dict[str, Any]:
@@ -97,7 +72,6 @@ class Trainer:
         earlier = earlier_sessions(config) or {}
         self.sessions = int(earlier.get("sessions", 0)) + 1
         self.timings = Timings(prior=earlier.get("timings"))
-        self._final_eval: dict[str, float] | None = None  # the loop's eval at the last step, reused by `finish`
         with self.timings.running():
             self._setup(model)
 
@@ -125,10 +99,10 @@ class Trainer:
             self.data = prepare_data(config, self.model)
             self.params0 = build_intervention(config.intervention, self.cfg)
         self.k = shared_prefix_layers(self.params0, self.cfg)
-        self.use_kl = tc.lambda_kl > 0 and bool(self.data.kl)
-        if tc.lambda_kl > 0 and not self.data.kl:
+        self.use_kl = uses_kl(config)
+        if self.use_kl and not self.data.kl:
             raise TrainConfigError("train.lambda_kl > 0 but data.kl_bad / data.kl_good gave no KL rows")
-        problem = rows_over_data(tc, self.mesh.shape["data"], self.use_kl) if self.mesh is not None else None
+        problem = rows_over_data(config, self.mesh.shape["data"]) if self.mesh is not None else None
         if problem:
             raise TrainConfigError(f"mesh {self.plan.describe()}: {problem}")
         self.rows_per_step = tc.batch_size * tc.grad_accum
@@ -255,7 +229,7 @@ class Trainer:
             self.mesh, x.shape, batch_dim=1, name=f"micro-batch {x.shape} (train.batch_size rows)")), stacked)
 
     def lambda_at(self, step: int) -> float:
-        return kl_weight(self.config.train, self.use_kl, step)
+        return kl_weight(self.config, step)
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, params: Interventions) -> dict[str, float]:
@@ -285,7 +259,7 @@ class Trainer:
             out[f"proj_{label}"] = float(effect_projection(host, ref))
         return out
 
-    # -- the loop ----------------------------------------------------------------------------
+    # -- the loop (emjax.train.loop) ---------------------------------------------------------
     def run(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Trains to the end (or until `stop_at_step`, to simulate an interruption); resumes
         from the latest checkpoint in output_dir if there is one. A finished run's summary is
@@ -293,91 +267,20 @@ class Trainer:
         done = finished_summary(self.config)
         if done is not None:
             return done
-        with self.timings.running(), mesh_context(self.mesh):  # activations get their row constraints under a mesh
-            out = self._run(stop_at_step)
-        self.timings.report()
-        return out
+        out = train_runs(self, self.loop_runs(), stop_at_step)
+        return out if isinstance(out, dict) else out[0]
 
-    def _run(self, stop_at_step: int | None) -> dict[str, Any]:
-        os.makedirs(self.config.output_dir, exist_ok=True)
-        with phase("cache"):
-            notes = list(self.notes) + self.build_caches()
-        for n in notes:
-            print(n)
-        with phase("compute"):
-            return self._loop(stop_at_step, notes)
+    def loop_runs(self) -> Runs:
+        """This run for the loop: N=1, its own state and compiled step."""
+        def check(meta):
+            recorded = meta.get("config")
+            check_checkpoint(self.config, json.loads(recorded) if recorded else None)
 
-    def _loop(self, stop_at_step: int | None, notes: list[str]) -> dict[str, Any]:
-        config, tc, cc = self.config, self.config.train, self.config.checkpoint
-        out = config.output_dir
-        ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=cc.keep, async_save=cc.async_save)
-        state = replicate(TS.init_state(self.params0, self.tx), self.mesh)
-        train_b = Batcher(self.data.train, self.rows_per_step, tc.seed)
-        kl_b = Batcher(self.data.kl, tc.kl_batch_size * tc.grad_accum, tc.seed + 1) if self.use_kl else None
-        start = 0
-        # the whole run's record: first and last training loss and the initial eval, kept in each
-        # checkpoint so that a resumed run's summary has those of the steps before the resume
-        record: dict[str, Any] = {"train_loss_first": None, "train_loss_last": None, "initial_eval": None}
-        if ckpt.latest_step() is not None:
-            recorded = ckpt.restore_meta().get("config")
-            try:  # before restoring: another config's state may not even fit this one
-                check_checkpoint(config, json.loads(recorded) if recorded else None)
-            except TrainConfigError:
-                ckpt.close()
-                raise
-            state, meta = ckpt.restore(state)
-            start = int(meta["step"])
-            train_b = Batcher.from_state(self.data.train, meta["train_data"])
-            if kl_b is not None:
-                kl_b = Batcher.from_state(self.data.kl, meta["kl_data"])
-            record.update(meta.get("record") or {})
-            print(f"resumed from step {start} ({ckpt.directory})")
-        # process 0 writes; every process checkpoints. Lines past the checkpoint are written again.
-        metrics_w = MetricsWriter(out, enabled=is_writer(), resume_step=start)
-        if start == 0:
-            record["initial_eval"] = self.evaluate(state.params)
-            metrics_w.write({"step": 0, **record["initial_eval"]})
-        bar = tqdm(total=self.total_steps, initial=start, desc=f"train {config.name}", unit="step")
-        end = self.total_steps if stop_at_step is None else min(stop_at_step, self.total_steps)
-
-        def save(step):
-            meta = {"step": step, "train_data": train_b.state(), "config": config_json(config),
-                    "kl_data": kl_b.state() if kl_b is not None else None, "record": dict(record)}
-            ckpt.save(step, state, meta)
-            self.save_progress()
-
-        try:
-            for step in range(start, end):
-                sft = self.sft_batch(train_b)
-                kl = self.kl_batch(kl_b) if self.lambda_at(step) > 0 else None
-                state, m = self.step_fn(state, self.model.weights, sft, kl, jnp.float32(self.lambda_at(step)))
-                rec = {"step": step + 1, "epoch": train_b.position[0], "lr": float(self.schedule(step)),
-                       **{k: float(v) for k, v in fetch(m).items()}}
-                if tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == self.total_steps):
-                    evaluation = self.evaluate(state.params)
-                    rec.update(evaluation)
-                    if step + 1 == self.total_steps:  # the final eval: `finish` reuses it, not runs it again
-                        self._final_eval = evaluation
-                metrics_w.write(rec)
-                if record["train_loss_first"] is None:
-                    record["train_loss_first"] = rec["sft_loss"]
-                record["train_loss_last"] = rec["sft_loss"]
-                bar.set_postfix({k: f"{rec[k]:.3g}" for k in ("sft_loss", "kl", "eval_loss") if k in rec})
-                bar.update(1)
-                if cc.every and (step + 1) % cc.every == 0 and step + 1 < self.total_steps:
-                    save(step + 1)
-                if cc.snapshot_every and (step + 1) % cc.snapshot_every == 0:
-                    self.save_intervention(state.params, os.path.join(out, "snapshots", f"step_{step + 1:06d}"))
-            if end == self.total_steps and ckpt.latest_step() != self.total_steps:
-                save(self.total_steps)
-        finally:
-            bar.close()
-            ckpt.close()
-            metrics_w.close()
-            self.save_progress()  # an interrupted session's seconds count too
-        if end < self.total_steps:
-            return {"stopped_at": end}
-        return self.finish(state, record, notes)
+        return Runs(config=self.config, configs=[self.config], seed_index=[0], schedules=[self.schedule],
+                    init_state=lambda: replicate(TS.init_state(self.params0, self.tx), self.mesh),
+                    step=lambda state, sft, kl, lams: self.step_fn(state, self.model.weights, sft, kl,
+                                                                   jnp.float32(lams[0])),
+                    check=check)
 
     def save_progress(self) -> None:
         """progress.json: this run's seconds so far (process 0; see emjax.train.run_record)."""
@@ -401,17 +304,17 @@ class Trainer:
         return path
 
     def finish(self, state, record: dict[str, Any], notes: list[str], config: ml_collections.ConfigDict | None = None,
-               **extra) -> dict[str, Any]:
+               final_eval: dict[str, float] | None = None, **extra) -> dict[str, Any]:
         """Writes the final intervention and summary.json (with `extra` keys) into the output_dir of
         `config` (default: this trainer's); returns the summary.
 
-        record: the whole run's train_loss_first, train_loss_last and initial_eval. The summary's
-        timings are this trainer's, stopped here (those of every session of the run)."""
+        record: the whole run's train_loss_first, train_loss_last and initial_eval; final_eval:
+        the loop's eval of the last step (evaluated here when None). The summary's timings are
+        this trainer's, stopped here (those of every session of the run)."""
         config = self.config if config is None else config
         out = config.output_dir
         params = state.params
         artefact = self.save_intervention(params, out)
-        final_eval = self._final_eval if config is self.config else None
         if final_eval is None:
             final_eval = self.evaluate(params)
         skipped = int(fetch(state.opt_state.total_notfinite))

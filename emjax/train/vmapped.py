@@ -44,20 +44,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
 
 from emjax.checkpoints.load import LoadedModel
-from emjax.configuration import config_json
-from emjax.data.batching import Batcher
 from emjax.model.config import ModelConfig
 from emjax.train import step as TS
-from emjax.train.checkpointing import Checkpointer
 from emjax.train.inputs import TrainConfigError
-from emjax.train.metrics_log import MetricsWriter
+from emjax.train.loop import Runs, run_state, train_runs  # noqa: F401 (run_state: run i of a stacked state)
 from emjax.train.replicates import replicate_config
 from emjax.train.run_record import finished_summary
-from emjax.train.trainer import Trainer, kl_weight
-from emjax.timings import phase
+from emjax.train.trainer import Trainer
 
 AXES = ("seed", "lambda_kl", "lr")
 Sweep = dict[str, tuple]  # axis name -> values (strings from the command line, numbers from a config)
@@ -198,7 +193,10 @@ def compile_vmapped_step(cfg: ModelConfig, opts: TS.StepOptions, optimizer: Call
 def stack_runs(per_seed: list, index: np.ndarray):
     """Batches of S data orders (leaves [A, b, T_s, ...]) -> per-run batches [N, A, b, T, ...]:
     right-padded with zeros to the widest T (what `pad_batch` pads with: id 0, masks False, zero
-    activations) and gathered by `index` [N] (each run's data order)."""
+    activations) and gathered by `index` [N] (each run's data order); one order's batch as it is
+    (every run shares it)."""
+    if len(per_seed) == 1:
+        return per_seed[0]
     width = max(b.tokens.shape[2] for b in per_seed)
 
     def pad(x):
@@ -215,19 +213,14 @@ def stacked_state(state: TS.TrainState, n: int) -> TS.TrainState:
     return jax.tree.map(lambda x: jnp.stack([x] * n), state)
 
 
-def run_state(state: TS.TrainState, i: int) -> TS.TrainState:
-    """Run i's state out of the stacked one."""
-    return jax.tree.map(lambda x: x[i], state)
-
-
-# -- the loop ---------------------------------------------------------------------------------
+# -- the runs ---------------------------------------------------------------------------------
 
 class VmappedTrainer:
     """Trains `runs` (from `expand_runs` over `config`) in one compiled step; see the module docstring.
 
     The data, the frozen cache, the batches, the evaluation and the output files are those of one
     `Trainer` over `config` (with the sweep's largest lambda, so the KL set is prepared when any
-    run needs it); only the loop and the step are vmapped.
+    run needs it); the loop is the Trainer's (`emjax.train.loop`) over the stacked state and step.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, runs: Sequence[Run], model: LoadedModel | None = None):
@@ -240,18 +233,28 @@ class VmappedTrainer:
         self.optimizer = functools.partial(TS.make_optimizer, total_steps=t.total_steps,
                                            warmup_steps=tc.warmup_steps, weight_decay=tc.weight_decay,
                                            max_grad_norm=tc.max_grad_norm)
-        self.schedules = [self.optimizer(r.config.train.lr)[1] for r in self.runs]
         self.lr = jnp.asarray([r.config.train.lr for r in self.runs], jnp.float32)
-        self.use_kl = [r.config.train.lambda_kl > 0 and bool(t.data.kl) for r in self.runs]
         self.seed_index = np.array([self.seeds.index(int(r.config.train.seed)) for r in self.runs])
         self.step_fn = compile_vmapped_step(t.cfg, t.opts, self.optimizer, shared_batch=len(self.seeds) == 1)
+        self.described = json.loads(json.dumps([r.describe() for r in self.runs]))
 
-    def lambdas_at(self, step: int) -> list[float]:
-        return [kl_weight(r.config.train, u, step) for r, u in zip(self.runs, self.use_kl)]
+    def _check(self, meta: dict) -> None:
+        saved = meta.get("runs")  # before the state: other runs' would not fit it
+        if saved != self.described:
+            raise TrainConfigError(f"{os.path.abspath(os.path.join(self.config.output_dir, 'checkpoints'))} holds "
+                                   f"the checkpoint of other runs ({[r['label'] for r in saved or []]}); "
+                                   "use another output_dir")
 
-    def _batch(self, make: Callable, batchers: list[Batcher]):
-        per_seed = [make(b) for b in batchers]
-        return per_seed[0] if len(per_seed) == 1 else stack_runs(per_seed, self.seed_index)
+    def loop_runs(self) -> Runs:
+        """The runs for the loop: the state stacked [N, ...], the vmapped step."""
+        t, n = self.trainer, len(self.runs)
+        return Runs(config=self.config, configs=[r.config for r in self.runs], seed_index=self.seed_index,
+                    schedules=[self.optimizer(r.config.train.lr)[1] for r in self.runs],
+                    init_state=lambda: stacked_state(TS.init_state(t.params0, self.optimizer(1.0)[0]), n),
+                    step=lambda state, sft, kl, lams: self.step_fn(state, t.model.weights, sft, kl,
+                                                                   jnp.asarray(lams, jnp.float32), self.lr),
+                    check=self._check, stack=lambda per_seed: stack_runs(per_seed, self.seed_index),
+                    stacked=True, meta={"runs": self.described})
 
     def run(self, stop_at_step: int | None = None) -> dict[str, Any]:
         """Trains every run to the end (or until `stop_at_step`); resumes from the latest stacked
@@ -259,103 +262,13 @@ class VmappedTrainer:
         done = finished_runs(self.config, self.runs)
         if done is not None:
             return done
-        t = self.trainer
-        with t.timings.running():
-            with phase("cache"):
-                notes = list(t.notes) + t.build_caches()
-            with phase("compute"):
-                out = self._loop(stop_at_step, notes)
-        t.timings.report()
-        return out
-
-    def _loop(self, stop_at_step: int | None, notes: list[str]) -> dict[str, Any]:
-        t, config, tc, cc = self.trainer, self.config, self.config.train, self.config.checkpoint
-        n, out = len(self.runs), config.output_dir
-        os.makedirs(out, exist_ok=True)
-        for line in notes + [f"vmapped: {n} runs in one step ({', '.join(r.label for r in self.runs)})"]:
-            print(line)
-        described = json.loads(json.dumps([r.describe() for r in self.runs]))
-        ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=cc.keep, async_save=cc.async_save)
-        state = stacked_state(TS.init_state(t.params0, self.optimizer(1.0)[0]), n)
-        any_kl = any(self.use_kl)
-        train_bs = [Batcher(t.data.train, t.rows_per_step, s) for s in self.seeds]
-        kl_bs = [Batcher(t.data.kl, tc.kl_batch_size * tc.grad_accum, s + 1) for s in self.seeds] if any_kl else None
-        start = 0
-        # each run's first and last loss and the initial eval, kept in the checkpoints (as Trainer's)
-        records = [{"train_loss_first": None, "train_loss_last": None, "initial_eval": None} for _ in self.runs]
-        if ckpt.latest_step() is not None:
-            saved = ckpt.restore_meta().get("runs")  # before the state: other runs' would not fit it
-            if saved != described:
-                ckpt.close()
-                raise TrainConfigError(f"{ckpt.directory} holds the checkpoint of other runs "
-                                       f"({[r['label'] for r in saved or []]}); use another output_dir")
-            state, meta = ckpt.restore(state)
-            start = int(meta["step"])
-            train_bs = [Batcher.from_state(t.data.train, s) for s in meta["train_data"]]
-            if kl_bs is not None:
-                kl_bs = [Batcher.from_state(t.data.kl, s) for s in meta["kl_data"]]
-            for r, saved_record in zip(records, meta.get("records") or []):
-                r.update(saved_record)
-            print(f"resumed from step {start} ({ckpt.directory})")
-        writers = []
-        for r in self.runs:
-            os.makedirs(r.config.output_dir, exist_ok=True)
-            writers.append(MetricsWriter(r.config.output_dir, resume_step=start))
-        if start == 0:
-            first_eval = t.evaluate(t.params0)  # every run starts from params0
-            for w, r in zip(writers, records):
-                r["initial_eval"] = first_eval
-                w.write({"step": 0, **first_eval})
-        bar = tqdm(total=t.total_steps, initial=start, desc=f"train {config.name} x{n}", unit="step")
-        end = t.total_steps if stop_at_step is None else min(stop_at_step, t.total_steps)
-
-        def save(step):
-            meta = {"step": step, "runs": described, "train_data": [b.state() for b in train_bs],
-                    "config": config_json(config), "kl_data": [b.state() for b in kl_bs] if kl_bs else None,
-                    "records": [dict(r) for r in records]}
-            ckpt.save(step, state, meta)
-            t.save_progress()
-
-        try:
-            for step in range(start, end):
-                lams = self.lambdas_at(step)
-                sft = self._batch(t.sft_batch, train_bs)
-                kl = self._batch(t.kl_batch, kl_bs) if max(lams) > 0 else None
-                state, m = self.step_fn(state, t.model.weights, sft, kl, jnp.asarray(lams, jnp.float32), self.lr)
-                m = jax.device_get(m)
-                evals = tc.eval_every and ((step + 1) % tc.eval_every == 0 or step + 1 == t.total_steps)
-                for i, r in enumerate(self.runs):
-                    # a run without KL at this step logs no "kl", as a separate run would
-                    rec = {"step": step + 1, "epoch": train_bs[self.seed_index[i]].position[0],
-                           "lr": float(self.schedules[i](step)),
-                           **{k: float(v[i]) for k, v in m.items() if k != "kl" or lams[i] > 0}}
-                    if evals:
-                        rec.update(t.evaluate(run_state(state, i).params))
-                    writers[i].write(rec)
-                    if records[i]["train_loss_first"] is None:
-                        records[i]["train_loss_first"] = rec["sft_loss"]
-                    records[i]["train_loss_last"] = rec["sft_loss"]
-                    if cc.snapshot_every and (step + 1) % cc.snapshot_every == 0:
-                        t.save_intervention(run_state(state, i).params,
-                                            os.path.join(r.config.output_dir, "snapshots", f"step_{step + 1:06d}"))
-                bar.set_postfix({"sft_loss": f"{float(np.mean(m['sft_loss'])):.3g}"})
-                bar.update(1)
-                if cc.every and (step + 1) % cc.every == 0 and step + 1 < t.total_steps:
-                    save(step + 1)
-            if end == t.total_steps and ckpt.latest_step() != t.total_steps:
-                save(t.total_steps)
-        finally:
-            bar.close()
-            ckpt.close()
-            for w in writers:
-                w.close()
-            t.save_progress()
-        if end < t.total_steps:
-            return {"stopped_at": end}
-        summaries = {r.label: t.finish(run_state(state, i), records[i], notes, config=r.config, vmapped_runs=n)
-                     for i, r in enumerate(self.runs)}
-        result = {"name": config.name, "sweep": described, "runs": summaries}
-        with open(os.path.join(out, "vmapped_runs.json"), "w") as f:
+        line = f"vmapped: {len(self.runs)} runs in one step ({', '.join(r.label for r in self.runs)})"
+        out = train_runs(self.trainer, self.loop_runs(), stop_at_step, lines=[line])
+        if isinstance(out, dict):
+            return out
+        result = {"name": self.config.name, "sweep": self.described,
+                  "runs": {r.label: s for r, s in zip(self.runs, out)}}
+        with open(os.path.join(self.config.output_dir, "vmapped_runs.json"), "w") as f:
             json.dump(result, f, indent=1, default=str)
         return result
 
