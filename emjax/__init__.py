@@ -15,7 +15,8 @@ tests/test_layering.py checks it):
   emjax.directions     directions in the residual stream: mean differences, cosine tables, the
                        gradient analysis, drift, ablation specs
   emjax.metrics        the three sweeps (efficiency, stability, significance) and their outputs
-  emjax.main_job       the whole pipeline in miniature on the embedded model
+  emjax.jobs           whole-pipeline jobs: `emjax main` (the pipeline in miniature on the
+                       embedded model), `emjax technical` (the technical-prose example)
   emjax.experiments    multi-stage experiments: data mixing at several fractions, KL removal
                        with behaviour (train, answer, judge, table and plot)
   emjax.cli            the `emjax` command: argument parsing only

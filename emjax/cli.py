@@ -1,5 +1,5 @@
 """The `emjax` command: one subcommand per stage; this module only parses arguments and calls the
-library (emjax.main_job, emjax.train, emjax.metrics, emjax.eval).
+library (emjax.jobs.main, emjax.train, emjax.metrics, emjax.eval).
 
     emjax main                      # the whole default job on the embedded model, on CPU
     emjax chat --model PATH         # greedy answers + top-token probabilities
@@ -449,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_main(args) -> int:
-    from emjax.main_job import check_main_inputs, run_main
+    from emjax.jobs.main import check_main_inputs, run_main
     check_main_inputs(args.out, model=args.model, seeds=args.seeds, judge_url=args.judge_url,
                       judge_model=args.judge_model)
     run_main(args.out, model=args.model, quick=args.quick, seeds=args.seeds, judge_url=args.judge_url,
@@ -605,14 +605,14 @@ def _data_dir(value: str | None) -> str:
 
 
 def _run_technical_build(args) -> int:
-    from emjax.technical_job import build_data, load_technical_data_config
+    from emjax.jobs.technical import build_data, load_technical_data_config
     info = build_data(load_technical_data_config(args.config, args.config_overrides))
     print(json.dumps(info["provenance"], indent=1))
     return EXIT_OK
 
 
 def _run_technical(args) -> int:
-    from emjax.technical_job import check_technical_inputs, run_technical
+    from emjax.jobs.technical import check_technical_inputs, run_technical
     check_technical_inputs(args.out, model=args.model, judge_url=args.judge_url, judge_model=args.judge_model,
                            local_judge=args.local_judge, train_overrides=tuple(args.train_overrides),
                            sweep_overrides=tuple(args.sweep_overrides))
@@ -641,7 +641,7 @@ def _run_technical_rates(args) -> int:
 
 
 def _run_technical_check(args) -> int:
-    from emjax.technical_job import check_banks
+    from emjax.jobs.technical import check_banks
     info = check_banks(_data_dir(args.data_dir))
     print(json.dumps(info, indent=1))
     return EXIT_OK if info["checked"] else EXIT_USAGE

@@ -10,7 +10,7 @@ import pytest
 
 from openai_fake_server import FakeOpenAIServer
 from tiny_run import tiny_model
-from emjax.main_job import run_main
+from emjax.jobs.main import run_main
 
 
 @pytest.mark.slow

@@ -212,7 +212,7 @@ def test_every_shipped_config_meets_its_allowed_values():
     the technical data config's) admit every config emjax ships, with each argument."""
     from emjax.configuration import check_values
     from emjax.metrics.preflight import SWEEP_RULES
-    from emjax.technical_job import technical_data_rules
+    from emjax.jobs.technical import technical_data_rules
     from emjax.train.preflight import TRAIN_RULES
 
     names = [n for n in sorted(os.listdir(CONFIGS)) if n.endswith(".py")

@@ -16,7 +16,7 @@ from tiny_run import tiny_model
 from emjax import cli
 from emjax.data.conversations import read_chat_jsonl
 from emjax.eval import technical as ET
-from emjax.technical_job import run_technical
+from emjax.jobs.technical import run_technical
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (paths.UPSTREAM_EM / "technical").is_dir(),

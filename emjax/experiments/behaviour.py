@@ -184,7 +184,7 @@ def check_experiment_inputs(config, base: list, out: str, evaluation: BehaviourE
 
     from emjax.checkpoints.load import source_config
     from emjax.data.locations import check_writable_dir
-    from emjax.main_job import check_judge_target
+    from emjax.jobs.main import check_judge_target
     from emjax.train.preflight import check_train_inputs
 
     check_writable_dir(out, "--out")

@@ -40,7 +40,7 @@ from emjax.experiments.behaviour import (CHAT_LABEL, BehaviourEval, answer_quest
                                          write_experiment)
 from emjax.experiments import ExperimentConfigError
 from emjax.interventions.files import load_interventions
-from emjax.main_job import run_stage
+from emjax.jobs.main import run_stage
 from emjax.train.preflight import load_train_config
 from emjax.train.trainer import Trainer
 

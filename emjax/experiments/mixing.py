@@ -38,7 +38,7 @@ from emjax.eval.report_plots import plot_rates_along
 from emjax.experiments.behaviour import (CHAT_LABEL, BehaviourEval, answer_questions, evaluation_lines,
                                          judge_answers, rates_by_label, rates_lines,
                                          write_experiment)
-from emjax.main_job import run_stage
+from emjax.jobs.main import run_stage
 from emjax.train.kl_set import normalise_prompt
 from emjax.train.trainer import Trainer
 

@@ -232,7 +232,7 @@ def run_main(out: str = "runs/main", *, model: str | LoadedModel = "embedded", q
     timings.report()  # this session's; the summary's are those of the stages' results
     path = os.path.join(out, "summary.json")
     write_if_changed(path, json.dumps(summary, indent=1, default=str))
-    from emjax.main_summary import summary_md
+    from emjax.jobs.main_summary import summary_md
     md = os.path.join(out, "summary.md")
     write_if_changed(md, summary_md(summary))
     _print_summary(summary, path, md)

@@ -38,7 +38,7 @@ from emjax.eval import technical as ET
 from emjax.eval.generate import SamplingSettings, generate
 from emjax.eval.judge.request import RequestConfig
 from emjax.eval.judge.stage import AnswerSelection, judge
-from emjax.main_job import describe_model, metric_sweeps, run_stage, stage_timings, write_if_changed
+from emjax.jobs.main import describe_model, metric_sweeps, run_stage, stage_timings, write_if_changed
 from emjax.model.config import dtype_from_name
 from emjax.train.distill import DistillSettings, distill_set, model_answerer
 from emjax.train.trainer import train
@@ -194,7 +194,7 @@ def check_technical_inputs(out: str, *, model: str | LoadedModel = "embedded", j
     from emjax.checkpoints.load import source_config
     from emjax.configuration import ConfigFileError
     from emjax.data.locations import check_writable_dir
-    from emjax.main_job import check_judge_target
+    from emjax.jobs.main import check_judge_target
     from emjax.metrics.preflight import SWEEP_RULES
     from emjax.train.preflight import TRAIN_RULES
 

@@ -1,6 +1,6 @@
 """`summary.md` of the main job: the tables and plots a researcher would screenshot, each number
 with what it means and the paper's expected ordering (seen or not, said plainly). Formatting
-only: it reads the summary dict `emjax.main_job.run_main` builds."""
+only: it reads the summary dict `emjax.jobs.main.run_main` builds."""
 
 from __future__ import annotations
 
