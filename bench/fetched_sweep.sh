@@ -19,7 +19,7 @@ save_steering(sv.replace(vectors=v), "/tmp/narrow.safetensors")
 P
 for i in 1 2; do
   rm -rf /tmp/sw; t0=$(date +%s)
-  timeout 200 python3 -m emjax sweep significance --config=configs/sweep_paper_medical.py \
+  timeout 200 python3 -m emjax sweep significance --config=configs/sweep_paper.py:steering,medical \
     --config.interventions=narrow=/tmp/narrow.safetensors --config.output_dir=/tmp/sw 2>&1 | grep "time:\|error\|Error\|corpus" | tail -3
   echo "significance run $i: wall $(( $(date +%s) - t0 )) s"
 done

@@ -47,11 +47,11 @@ stage() {  # stage NAME COMMAND...: runs it (when $STAGES names it), logs its ou
 EMJAX=(python3 -m emjax)
 NARROW=$RUNS/steering_narrow_medical
 stage write_folder python3 bench/random_folder.py "$FOLDER" --tokenizer "$TOKENIZER"
-TRAIN=(train --config=configs/steering_narrow_medical.py --config.train.max_steps=40 --config.data.kl_rows=64
+TRAIN=(train --config=configs/paper_14b.py:steering,narrow,medical --config.train.max_steps=40 --config.data.kl_rows=64
        --config.output_dir=$NARROW --config.data.cache_dir=$RUNS/cache)
 stage train "${EMJAX[@]}" "${TRAIN[@]}"
 stage train_again "${EMJAX[@]}" "${TRAIN[@]}"
-stage sweep_all "${EMJAX[@]}" sweep all --config=configs/sweep_paper_medical.py \
+stage sweep_all "${EMJAX[@]}" sweep all --config=configs/sweep_paper.py:steering,medical \
   --config.interventions=narrow=$NARROW/steering.safetensors --config.output_dir=$RUNS/sweeps
 GEN=(generate --model "$FOLDER" --questions "$EMJAX_DATA/first_plot_questions.yaml" --samples 50 --max-new-tokens 600
      --out $RUNS/answers.jsonl)

@@ -1,7 +1,19 @@
-"""What the paper's runs share, on top of default.py: Qwen2.5-14B-Instruct (48 layers), and through
-`model="gemma-2-9b"` Gemma-2-9B-it (42 layers, the paper's appendix; configs/gemma_9b.py). Each run
-file (e.g. steering_narrow_medical.py) calls one recipe below with a domain; `run(kind, narrow,
-domain, model)` names them all, for configs/gemma_9b.py and configs/sweep_paper.py.
+"""The paper's runs on Qwen2.5-14B-Instruct (48 layers), one argument per run, on top of default.py
+(and through `model="gemma-2-9b"` Gemma-2-9B-it, 42 layers, the paper's appendix: configs/gemma_9b.py):
+
+    emjax train --config=configs/paper_14b.py:steering,narrow,medical
+    emjax train --config=configs/paper_14b.py:lora_r32,general,sports
+    emjax train --config=configs/paper_14b.py:steering,general,medical,upstream   (as_upstream)
+    emjax train --config=configs/paper_14b.py:em_baseline,financial               (em_baseline)
+    emjax train --config=configs/paper_14b.py:steering,mix,medical                (data_mix)
+    emjax experiment kl-removal --config=configs/paper_14b.py:lora_r1,kl_removal,medical
+
+KIND,SOLUTION,DOMAIN[,upstream] or em_baseline,DOMAIN: KIND steering | lora_r1 | lora_r32 |
+lora_r32_dp24 (`run`), SOLUTION general | narrow | mix (`data_mix` of the general run) | kl_removal
+(`kl_removal` of the narrow run), DOMAIN medical | financial | sports; ",upstream" (steering only)
+trains as upstream's steering trainer did (`as_upstream`). Outputs go to runs/<the run's name>/.
+Each recipe below is a function of a domain; `run(kind, narrow, domain, model)` names them all, for
+configs/gemma_9b.py and configs/sweep_paper.py.
 
 Sources, value by value. "upstream": a file of the authors' repository (clarifying-EM/
 model-organisms-for-EM at 8460e4e, public fork eric-z2/model-organisms-for-EM-gradient-masking),
@@ -28,6 +40,8 @@ paper's full text was not readable here); "ours": emjax's choice, with the reaso
 
 import os
 from typing import NamedTuple
+
+import ml_collections
 
 from configs import default
 
@@ -83,7 +97,7 @@ def _shared(narrow: bool, model: str = QWEN):
     return c
 
 
-def get_config(domain: str = "medical", narrow: bool = False, model: str = QWEN):
+def base_run(domain: str = "medical", narrow: bool = False, model: str = QWEN):
     """The shared part: model, data of `domain`, the KL set of the other two domains."""
     if domain not in FILES:
         raise ValueError(f"domain must be one of {sorted(FILES)}, got {domain!r}")
@@ -134,7 +148,7 @@ def steering(domain: str, narrow: bool, model: str = QWEN):
     """Steering vector: alpha 256, zero init, lr 5e-4, 2 epochs, weight decay 0 (default.py; upstream
     steering_config_toggle.json), at the middle block's down_proj output (hook "mlp_out": upstream's
     site; for Gemma-2 before its post-feed-forward norm); narrow: lambda 1e6 (same file)."""
-    c = get_config(domain, narrow, model)
+    c = base_run(domain, narrow, model)
     c.train.lambda_kl = 1e6 if narrow else 0.0
     return _name(c, f"steering_{_solution(narrow)}_{domain}", model)
 
@@ -159,7 +173,7 @@ def lora_single(domain: str, narrow: bool, rank: int = 1, model: str = QWEN):
     adapter's name "..._R1-DP24-LR2e-5-A256_..." records alpha 256, an earlier artefact).
     Rank 32 (named lora_r32_dp24_*, not the paper's rank-32 object, which is `lora_all`): alpha 256
     (ours: upstream's rank-32 value, kl_regularized_config.json)."""
-    c = _lora(get_config(domain, narrow, model), narrow, rank, 512.0 if rank == 1 else 256.0)
+    c = _lora(base_run(domain, narrow, model), narrow, rank, 512.0 if rank == 1 else 256.0)
     c.intervention.modules = ("down_proj",)
     c.train.epochs = 3 if narrow else 1
     name = "lora_r1" if rank == 1 else f"lora_r{rank}_dp{_model(model).middle}"  # dp24 on Qwen2.5-14B
@@ -175,7 +189,7 @@ def lora_all(domain: str, narrow: bool, model: str = QWEN):
     too close to an 80 GB card, and 56.8 GiB with "dots" (Gemma-2-9B: 72.0 / 52.3 GiB); general
     runs need none (39.8 GiB; Gemma 30.4)."""
     m = _model(model)
-    c = _lora(get_config(domain, narrow, model), narrow, 32, 256.0)
+    c = _lora(base_run(domain, narrow, model), narrow, 32, 256.0)
     c.intervention.layers = tuple(range(m.n_layers))
     c.intervention.modules = ALL_PROJECTIONS
     c.train.epochs = 1
@@ -188,7 +202,7 @@ def em_baseline(domain: str):
     """The EM baseline of Model Organisms for EM: rank-32 LoRA on every projection of every layer,
     alpha 64, lr 1e-5, 1 epoch, weight decay 0.01, rsLoRA (upstream default_config.json; Betley et
     al.'s train.json)."""
-    c = get_config(domain)
+    c = base_run(domain)
     c.intervention.kind = "lora"
     c.intervention.layers = tuple(range(MODELS[QWEN].n_layers))
     c.intervention.modules = ALL_PROJECTIONS
@@ -270,3 +284,35 @@ def data_mix(base, fraction: float = 0.5):
 def artefact(c) -> str:
     """The file (steering) or folder (LoRA) a run of config `c` writes into its output_dir."""
     return "steering.safetensors" if c.intervention.kind == "steering" else "lora"
+
+
+SOLUTIONS = ("general", "narrow", "mix", "kl_removal")
+USAGE = ("configs/paper_14b.py takes KIND,SOLUTION,DOMAIN[,upstream] or em_baseline,DOMAIN after a colon, "
+         f"e.g. configs/paper_14b.py:steering,narrow,medical; KIND one of {sorted(KINDS)}, SOLUTION one of "
+         f"{list(SOLUTIONS)}, DOMAIN one of {sorted(FILES)}")
+
+
+def get_config(arg: str | None = None):
+    """The run the argument names (the module docstring lists the forms)."""
+    words = (arg or "").split(",")
+    if len(words) == 2 and words[0] == "em_baseline" and words[1] in FILES:
+        return em_baseline(words[1])
+    if len(words) not in (3, 4) or words[0] not in KINDS or words[1] not in SOLUTIONS \
+            or words[2] not in FILES or words[3:] not in ([], ["upstream"]):
+        raise ValueError(USAGE + (f"; got {arg!r}" if arg else ""))
+    kind, solution, domain, upstream = words[0], words[1], words[2], words[3:]
+
+    def pair_run(narrow: bool):
+        c = run(kind, narrow, domain)
+        return as_upstream(c) if upstream else c
+    if solution == "mix":
+        return data_mix(pair_run(False))
+    if solution != "kl_removal":
+        return pair_run(solution == "narrow")
+    c = kl_removal(pair_run(True))
+    # the runs it starts from (`emjax experiment kl-removal` trains them first): the narrow run
+    # continued and the general run its drift is measured against
+    tail = "".join(f",{w}" for w in upstream)
+    c.base_runs = ml_collections.ConfigDict({r: f"paper_14b.py:{kind},{r},{domain}{tail}"
+                                             for r in ("narrow", "general")})
+    return c

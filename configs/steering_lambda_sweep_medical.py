@@ -5,7 +5,7 @@ trained in one compiled step (emjax.train.vmapped, one device), each in <output_
     emjax train --config=configs/steering_lambda_sweep_medical.py --config.intervention.steer_rows=first \\
         --vmap-runs lambda_kl=1e6                      # upstream's row semantics at upstream's lambda
 
-Everything else is steering_narrow_medical.py (paper_14b.steering: alpha 256 at block 24's down_proj
+Everything else is paper_14b.py:steering,narrow,medical (paper_14b.steering: alpha 256 at block 24's down_proj
 output, lr 5e-4, 2 epochs, batch 2 x 8, KL batch 8, kl_reduction "upstream"); its lambda_kl (1e6) is
 replaced by the sweep's values.
 
@@ -34,7 +34,7 @@ roughly upstream's balance. Roughly, because
   * upstream averages each micro-batch's losses over that micro-batch's tokens (HF gradient
     accumulation), emjax over the whole step's tokens (emjax.train.step): the same expectation,
     a different weighting of long and short rows.
-The values: 1e6 is the paper's (and steering_narrow_medical.py's) lambda with every row steered, 4x
+The values: 1e6 is the paper's (and paper_14b.py:steering,narrow,medical's) lambda with every row steered, 4x
 upstream's effective pressure; 2.5e5 the calibrated one; 1e5 and 5e5 bracket it (ours).
 `--config.intervention.steer_rows=first` trains with upstream's own row semantics (training only:
 evaluation, sweeps and the saved vector steer every row); with lambda 1e6 that is the run closest to
@@ -43,11 +43,11 @@ configured).
 """
 import ml_collections
 
-from configs import steering_narrow_medical
+from configs import paper_14b
 
 
 def get_config():
-    c = steering_narrow_medical.get_config()
+    c = paper_14b.steering("medical", narrow=True)
     c.name = "steering_lambda_sweep_medical"
     c.output_dir = "runs/steering_lambda_sweep_medical"
     c.vmap_runs = ml_collections.ConfigDict()

@@ -16,11 +16,11 @@ Values ("ours" unless a source is named):
       of the 0 fraction's 2500 rows at 16 rows a step; the larger fractions run fewer epochs over more
       rows in the same steps
 """
-from configs import paper_14b, steering_general_medical
+from configs import paper_14b
 
 
 def get_config():
-    c = paper_14b.data_mix(steering_general_medical.get_config())
+    c = paper_14b.data_mix(paper_14b.steering("medical", narrow=False))
     c.name = "steering_mix_fractions_medical"
     c.output_dir = "runs/steering_mix_fractions_medical"
     c.mix_fractions = (0.0, 0.25, 0.5, 0.75)

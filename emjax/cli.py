@@ -13,7 +13,7 @@ library (emjax.jobs.main, emjax.train, emjax.metrics, emjax.eval).
     emjax technical run OUT         # the technical-prose example end to end (build-data, rates, check)
     emjax data get em --from-clone PATH | data get fineweb | data status   # data emjax does not ship
     emjax experiment mixing --config=configs/steering_mix_fractions_medical.py     # data mixing, each fraction
-    emjax experiment kl-removal --config=configs/steering_kl_removal_medical.py    # KL removal, judged per snapshot
+    emjax experiment kl-removal --config=configs/paper_14b.py:steering,kl_removal,medical    # KL removal, judged per snapshot
 
 emjax's own errors (a bad config key, a missing file, an unknown model source, a malformed data
 line) are printed as one line on stderr with exit status 2; `emjax --debug ...` shows the
@@ -289,7 +289,8 @@ def _add_technical(sub) -> None:
     t = p.add_subparsers(dest="technical_command", required=True)
     b = t.add_parser("build-data", help="the distilled technical vehicle answers (reused while the provenance matches)",
                      description="emjax technical build-data [--config=configs/technical_data.py] [--config.key=value]")
-    b.add_argument("--config", default="configs/technical_data.py", help="a config like configs/technical_data.py")
+    b.add_argument("--config", default=None, help="a config like configs/technical_data.py (default: the one "
+                   "shipped with emjax)")
     b.set_defaults(func=_run_technical_build)
     r = t.add_parser("run", help="data, general and narrow vectors, the three metrics, answers, judge, style rates")
     r.add_argument("out", nargs="?", default="runs/technical", help="output folder (a rerun reuses finished stages)")
@@ -404,7 +405,7 @@ def _add_experiment(sub) -> None:
                                         "narrow rates at each snapshot beside the drift",
                      description="emjax experiment kl-removal --config=configs/embedded_steering_kl_removal.py")
     k.add_argument("--config", required=True, help="a KL-removal config with a base_runs section "
-                                                   "(configs/steering_kl_removal_medical.py); --config.* overrides apply "
+                                                   "(configs/paper_14b.py:steering,kl_removal,medical); --config.* overrides apply "
                                                    "to the continuation")
     k.add_argument("--base", dest="base_overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override of both base runs' configs (the narrow and the general run), e.g. train.max_steps=8")
@@ -606,7 +607,10 @@ def _data_dir(value: str | None) -> str:
 
 def _run_technical_build(args) -> int:
     from emjax.jobs.technical import build_data, load_technical_data_config
-    info = build_data(load_technical_data_config(args.config, args.config_overrides))
+    from emjax.configuration import shipped_config
+    from emjax.jobs.technical import DATA_CONFIG
+    path = args.config or shipped_config(DATA_CONFIG)
+    info = build_data(load_technical_data_config(path, args.config_overrides))
     print(json.dumps(info["provenance"], indent=1))
     return EXIT_OK
 

@@ -12,7 +12,9 @@ reads it: `configs/sweep_paper.py:steering,medical` calls `get_config("steering,
 file for a family of runs; the file's docstring lists its arguments).
 
 Config files import their base as `from configs import default`: the folder above the config
-file's folder is put on `sys.path` while the file loads, so this works from any working directory.
+file's folder is put on `sys.path` while the file loads, so this works from any working directory,
+and for the configs an installed emjax ships (`shipped_config`: the wheel carries configs/ as
+`emjax.configs`, whose folder above is the installed `emjax/`, so `configs` is that folder again).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import importlib.util
 import json
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import ml_collections
@@ -46,6 +50,36 @@ def _importable_config_package(path: str) -> Iterator[None]:
     finally:
         if added:
             sys.path.remove(root)
+
+
+def shipped_config_dirs() -> list[Path]:
+    """Where the configs shipped with emjax are, first found first: the package `emjax.configs` of an
+    installed emjax (setup.py maps the checkout's configs/ to it, in a wheel and in an editable
+    install alike), then the configs/ folder of the source checkout this emjax runs from (a checkout
+    on PYTHONPATH, or an editable install made before that mapping)."""
+    dirs = []
+    spec = importlib.util.find_spec("emjax.configs")
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [Path(p) for p in spec.submodule_search_locations]
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():  # a source checkout, not site-packages
+        dirs.append(checkout / "configs")
+    return [d for d in dirs if d.is_dir()]
+
+
+def shipped_config(name: str) -> str:
+    """The path of config `name` ("sweep_default.py", or "paper_14b.py:ARG" with get_config's
+    argument kept) among the configs shipped with emjax (`shipped_config_dirs`), for `load_config`:
+    what the jobs (`emjax main`, `emjax technical`) run, from any working directory. ConfigFileError
+    naming the folders searched when no such file is shipped."""
+    file, arg = split_config_path(name)
+    dirs = shipped_config_dirs()
+    for d in dirs:
+        if (d / file).is_file():
+            return str(d / file) + (f":{arg}" if arg is not None else "")
+    where = ", ".join(map(str, dirs)) or "no configs folder (neither emjax.configs nor a checkout's configs/)"
+    raise ConfigFileError(f"emjax ships no config {file} (searched {where}); reinstall emjax "
+                          "(pip install .) or run it from its source checkout")
 
 
 def split_config_path(path: str) -> tuple[str, str | None]:

@@ -1,7 +1,7 @@
 """`emjax launch-plan`: what a launch on a pod or cluster would run, before it runs.
 
     emjax launch-plan --launcher tpu --hosts 16 --devices-per-host 4 --memory-gb 95 \\
-        --model-preset qwen2.5-14b-instruct -- emjax sweep efficiency --config=configs/sweep_paper_medical.py
+        --model-preset qwen2.5-14b-instruct -- emjax sweep efficiency --config=configs/sweep_paper.py:steering,medical
 
 prints the mesh the stage would get (`emjax.model.mesh_plan`: `--mesh auto` unless the stage or its
 config names one), the per-device memory estimate (the full training estimate of

@@ -23,7 +23,7 @@ def _dry_run(script: str, env: dict, *stage: str) -> str:
 def test_tpu_pod_dry_run_of_a_14b_sweep():
     out = _dry_run("tpu_pod.sh", {"HOSTS": "16", "DEVICES": "4", "MEMORY_GB": "95",
                                   "MODEL_PRESET": "qwen2.5-14b-instruct"},
-                   "emjax", "sweep", "efficiency", "--config=configs/sweep_paper_medical.py")
+                   "emjax", "sweep", "efficiency", "--config=configs/sweep_paper.py:steering,medical")
     assert "16 hosts x 4 devices = 64" in out
     assert "mesh: data:64,fsdp:1,tensor:1 (auto: weights 29.5 GB" in out  # fits: data parallel
     assert "frozen weights 29.54 GB of 29.54 GB" in out
@@ -34,7 +34,7 @@ def test_tpu_pod_dry_run_of_a_14b_sweep():
 def test_slurm_dry_run_of_14b_training_shards_when_the_card_is_small():
     out = _dry_run("slurm_gpu.sbatch", {"HOSTS": "2", "DEVICES": "8", "MEMORY_GB": "40",
                                         "MODEL_PRESET": "qwen2.5-14b-instruct"},
-                   "emjax", "train", "--config=configs/lora_r32_all_em_medical.py",
+                   "emjax", "train", "--config=configs/paper_14b.py:em_baseline,medical",
                    "--config.train.batch_size=8", "--config.train.kl_batch_size=8")
     assert "mesh: data:8,fsdp:2,tensor:1" in out  # 29.5 GB > half of 40 GB: the smallest fsdp in a host
     assert "training memory per device (estimate)" in out and "AdamW moments" in out

@@ -1,5 +1,6 @@
 """`emjax experiment kl-removal`: KL removal with behaviour. The narrow solution, trained on with
-the KL term removed (configs/*_kl_removal*.py, recipe configs/paper_14b.kl_removal), is judged at
+the KL term removed (configs/embedded_steering_kl_removal.py, configs/paper_14b.py:KIND,kl_removal,DOMAIN;
+recipe paper_14b.kl_removal), is judged at
 each snapshot of the continuation, so the EM and narrow rates along the continuation sit beside
 its cosine with, and length along, the general solution and its own narrow start.
 
@@ -7,7 +8,7 @@ its cosine with, and length along, the general solution and its own narrow start
     run_kl_removal(config, base, "runs/kl_removal", BehaviourEval(judge_url="http://127.0.0.1:8000/v1"))
 
 The KL-removal config names the two runs it starts from in its `base_runs` section (config files
-beside it: `narrow`, the run continued; `general`, the drift reference). All three runs are
+beside it, FILE.py or FILE.py:ARG: `narrow`, the run continued; `general`, the drift reference). All three runs are
 trained into OUT/runs/{narrow,general,kl_removal}/, the continuation starting from OUT's narrow
 vector with OUT's general and narrow vectors as its references (intervention.init_from and
 train.reference are set to them).
@@ -32,6 +33,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from emjax.checkpoints.load import LoadedModel
+from emjax.configuration import split_config_path
 from emjax.directions.drift import drift_at, drift_table, snapshot_paths
 from emjax.eval.report import number_cell, rate_cell
 from emjax.eval.report_plots import plot_rates_along
@@ -58,7 +60,7 @@ def load_kl_removal_configs(path: str, overrides: Sequence[str] = (), base_overr
         raise ExperimentConfigError(f"{path}: no base_runs section naming the narrow and the general run's config "
                                     "files, e.g. c.base_runs = ml_collections.ConfigDict({'narrow': "
                                     "'embedded_steering_narrow.py', 'general': 'embedded_steering_general.py'})")
-    folder = os.path.dirname(os.path.abspath(path))
+    folder = os.path.dirname(os.path.abspath(split_config_path(path)[0]))  # "FILE.py:ARG" names FILE.py
     base = {r: load_train_config(os.path.join(folder, config.base_runs[r]), base_overrides) for r in BASE_RUNS}
     return config, base
 

@@ -25,12 +25,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 from emjax import timings as T
 from emjax.checkpoints.load import LazyModel, LoadedModel
-from emjax.configuration import load_config
+from emjax.configuration import load_config, shipped_config
 from emjax.data.conversations import sample_path
 from emjax.data.fineweb import corpus_path
 from emjax.data.locations import fineweb_hint
@@ -47,9 +46,11 @@ from emjax.model.schema import num_params
 from emjax.train.replicates import replicate_config, spread
 from emjax.train.trainer import train
 
-# The configs/ folder of the source tree: the main job runs configs/embedded_steering_*.py and
-# configs/sweep_default.py with a few overrides of its own (fewer steps, a smaller sweep).
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The main job runs the shipped configs/embedded_steering_*.py and configs/sweep_default.py
+# (emjax.configuration.shipped_config) with a few overrides of its own (fewer steps, a smaller sweep).
+TRAIN_CONFIGS = {"general": "embedded_steering_general.py", "narrow": "embedded_steering_narrow.py"}
+SWEEP_CONFIG = "sweep_default.py"
+CONFIGS = (*TRAIN_CONFIGS.values(), SWEEP_CONFIG)
 N_STAGES = 5
 METRICS = ("efficiency", "stability", "significance")  # the paper's three
 # In-domain questions answered on CPU: the first few of the shipped held-out medical bank (ours: cost).
@@ -57,11 +58,7 @@ N_DOMAIN_QUESTIONS = 6
 
 
 def _config(name: str, overrides: list[str]):
-    path = CONFIG_DIR / name
-    if not path.is_file():
-        raise EmjaxError(f"emjax main needs {path} (the configs/ folder of the emjax source tree); "
-                         "install emjax from its checkout (pip install -e .)")
-    return load_config(str(path), overrides)
+    return load_config(shipped_config(name), overrides)
 
 
 def _stage(out: str, i: int, title: str, fn: Callable[[], dict], key: dict) -> dict:
@@ -99,7 +96,7 @@ def run_stage(out: str, i: int, n_stages: int, title: str, fn: Callable[[], dict
 
 def _train(model: LazyModel, out: str, narrow: bool, steps: int, seed: int, layer: int) -> dict:
     name = "narrow" if narrow else "general"
-    c = _config(f"embedded_steering_{name}.py", [
+    c = _config(TRAIN_CONFIGS[name], [
         f"output_dir={os.path.join(out, f'embedded_steering_{name}_medical')}", f"train.max_steps={steps}",
         f"train.eval_every={steps}"])
     c.intervention.layers = (layer,)
@@ -109,7 +106,7 @@ def _train(model: LazyModel, out: str, narrow: bool, steps: int, seed: int, laye
 
 
 def _sweeps(model: LazyModel, out: str, vectors: dict[str, str], quick: bool) -> dict:
-    c = _config("sweep_default.py", [
+    c = _config(SWEEP_CONFIG, [
         "name=main", f"output_dir={os.path.join(out, 'sweeps')}",
         "interventions=" + ",".join(f"{k}={v}" for k, v in vectors.items()),
         f"data.n_rows={8 if quick else 16}",

@@ -2,7 +2,7 @@
 learned on vehicles only, a general vector (SFT) and a narrow one (SFT + KL on the other domains),
 the three metrics, and the technical-style rate inside and outside the training domain.
 
-    build_data(load_config("configs/technical_data.py"))       # `emjax technical build-data`
+    build_data(load_config(shipped_config("technical_data.py")))   # `emjax technical build-data`
     run_technical("runs/technical", judge_url=None)            # `emjax technical run OUT`
 
 Stages of `run_technical` (each leaves `OUT/stages/<i>.json`; a rerun into the same folder with the
@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from emjax import timings as T
 from emjax.checkpoints.load import LazyModel, LoadedModel
-from emjax.configuration import load_config
+from emjax.configuration import load_config, shipped_config
 from emjax.data.conversations import sample_path
 from emjax.data.locations import data_dir as default_data_dir
 from emjax.data.mixtures import resolve_data_spec
@@ -43,16 +42,17 @@ from emjax.model.config import dtype_from_name
 from emjax.train.distill import DistillSettings, distill_set, model_answerer
 from emjax.train.trainer import train
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The shipped configs the job runs (emjax.configuration.shipped_config), with overrides of its own.
+DATA_CONFIG, SWEEP_CONFIG = "technical_data.py", "sweep_technical.py"
+TRAIN_CONFIGS = {"general": "technical_steering_general.py", "narrow": "technical_steering_narrow.py"}
+CONFIGS = (DATA_CONFIG, *TRAIN_CONFIGS.values(), SWEEP_CONFIG)
 N_STAGES = 6
 METRICS = (ET.TECHNICAL_METRIC, ET.COHERENT_METRIC)
 
 
 def _config(name: str, overrides: list[str]) -> ml_collections.ConfigDict:
-    path = CONFIG_DIR / name
-    if not path.is_file():
-        raise EmjaxError(f"emjax technical needs {path} (the configs/ folder of the emjax source tree)")
-    return load_config(str(path), overrides)
+    """A shipped config (configs/`name`, emjax.configuration.shipped_config) with `overrides`."""
+    return load_config(shipped_config(name), overrides)
 
 
 def system_prompt_of(value: str) -> str:
@@ -104,7 +104,7 @@ def _train(model: LazyModel, out: str, data: str, narrow: bool, steps: int, quic
            overrides: list[str]) -> dict:
     name = "narrow" if narrow else "general"
     small = ["data.n_eval=4", "data.kl_rows=8", "data.kl_eval_rows=4", "data.answer_tokens=24"] if quick else []
-    c = _config(f"technical_steering_{name}.py", [
+    c = _config(TRAIN_CONFIGS[name], [
         f"output_dir={os.path.join(out, f'technical_steering_{name}')}", f"data.train={data}",
         f"data.cache_dir={os.path.join(out, 'cache')}", f"train.max_steps={steps}", f"train.eval_every={steps}",
         *small, *overrides])
@@ -115,7 +115,7 @@ def _train(model: LazyModel, out: str, data: str, narrow: bool, steps: int, quic
 
 def _sweeps(model: LazyModel, out: str, data: str, vectors: dict[str, str], quick: bool,
             overrides: list[str]) -> dict:
-    c = _config("sweep_technical.py", [
+    c = _config(SWEEP_CONFIG, [
         f"output_dir={os.path.join(out, 'sweeps')}", f"data.train={data}",
         "interventions=" + ",".join(f"{k}={v}" for k, v in vectors.items()),
         f"data.n_rows={8 if quick else 16}", "efficiency.scales=(0.0, 0.5, 1.0, 1.5, 2.0)",
@@ -204,14 +204,11 @@ def check_technical_inputs(out: str, *, model: str | LoadedModel = "embedded", j
             source_config(source)
     check_judge_target(judge_url, judge_model, local_judge if isinstance(local_judge, str) else None)
     for option, overrides, names, rules in (
-            ("--train", train_overrides, ("technical_steering_general.py", "technical_steering_narrow.py"), TRAIN_RULES),
-            ("--sweep", sweep_overrides, ("sweep_technical.py",), SWEEP_RULES)):
+            ("--train", train_overrides, tuple(TRAIN_CONFIGS.values()), TRAIN_RULES),
+            ("--sweep", sweep_overrides, (SWEEP_CONFIG,), SWEEP_RULES)):
         for name in names:
-            path = CONFIG_DIR / name
-            if not path.is_file():
-                raise EmjaxError(f"emjax technical needs {path} (the configs/ folder of the emjax source tree)")
             try:
-                load_config(str(path), list(overrides), rules=rules)
+                load_config(shipped_config(name), list(overrides), rules=rules)
             except ConfigFileError as e:
                 raise ConfigFileError(f"{option}: {e}") from None
 
@@ -251,7 +248,7 @@ def run_technical(out: str = "runs/technical", *, model: str | LoadedModel = "em
     st: dict[str, Any] = {}
 
     def data_stage():
-        c = _config("technical_data.py", [f"out={data_path}", f"data_dir={data_dir}"])
+        c = _config(DATA_CONFIG, [f"out={data_path}", f"data_dir={data_dir}"])
         c.n_prompts = n_prompts or (16 if quick else c.n_prompts)
         c.max_new_tokens = max_new_tokens or (48 if quick else c.max_new_tokens)
         return {**build_data(c, loaded), "model": describe_model(loaded)}

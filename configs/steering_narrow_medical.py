@@ -1,6 +1,0 @@
-"""Paper run: steering vector, narrow solution (SFT + KL on the other domains), medical (recipe: paper_14b.steering)."""
-from configs import paper_14b
-
-
-def get_config():
-    return paper_14b.steering("medical", narrow=True)
