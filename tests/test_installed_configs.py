@@ -4,6 +4,7 @@ resolves a name there from any working directory; the configs' `from configs imp
 in that layout too. Installed with pip into a temporary folder, run in another (no model run)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -30,10 +31,13 @@ CHECK = textwrap.dedent("""
 
 
 def test_pip_installed_emjax_loads_the_jobs_configs(tmp_path):
-    target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    target, elsewhere, source = tmp_path / "site", tmp_path / "elsewhere", tmp_path / "source"
     elsewhere.mkdir()
+    # a copy of the checkout: pip builds in the source folder (build/, *.egg-info), not in the repository
+    shutil.copytree(paths.REPO, source, ignore=shutil.ignore_patterns(
+        ".git", "build", "dist", "runs", ".venv", "*.egg-info", "__pycache__", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(paths.REPO)], check=True, capture_output=True)
+                    "--no-index", "--target", str(target), str(source)], check=True, capture_output=True)
     assert not (target / "configs").exists()  # no top-level `configs` package in site-packages
     env = {**os.environ, "PYTHONPATH": str(target)}
     r = subprocess.run([sys.executable, "-c", CHECK, str(target)], cwd=elsewhere, env=env, capture_output=True,

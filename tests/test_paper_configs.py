@@ -1,5 +1,5 @@
-"""The paper's configs (configs/paper_14b.py and the files on it, configs/sweep_paper.py,
-configs/gemma_9b.py): the values the README's "Paper runs" table promises, the adapters they build,
+"""The paper's configs (configs/paper_14b.py with each run's argument and the files on it,
+configs/sweep_paper.py, configs/gemma_9b.py): the values the README's "Paper runs" table promises, the adapters they build,
 the `file.py:arg` syntax they use, and a launch plan with a memory estimate for every one of them."""
 
 import math
@@ -68,6 +68,11 @@ def test_argument_files_refuse_bad_arguments():
         _load("gemma_9b.py:steering,medical")
     with pytest.raises(ConfigFileError, match="as_upstream reproduces upstream's steering trainer"):
         _load("gemma_9b.py:lora_r1,narrow,medical,upstream")
+    with pytest.raises(ConfigFileError, match=r"paper_14b.py takes KIND,SOLUTION,DOMAIN\[,upstream\] or em_baseline"):
+        _load("paper_14b.py")
+    for bad in ("steering,narrow", "steering,wide,medical", "em_baseline,medicine", "steering,narrow,medical,gemma"):
+        with pytest.raises(ConfigFileError, match=f"got '{bad}'"):
+            _load(f"paper_14b.py:{bad}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,29 +84,30 @@ def test_rank32_pair_is_upstreams_all_module_adapter(domain):
     """kl_regularized_config.json: r 32, alpha 256, rsLoRA, 7 projections of all 48 layers, lr 2e-5,
     1 epoch, wd 0.01, lambda 1e5 (general: 0)."""
     for solution, lam in (("general", 0.0), ("narrow", 1e5)):
-        c = _load(f"lora_r32_{solution}_{domain}.py")
+        c = _load(f"paper_14b.py:lora_r32,{solution},{domain}")
         assert (c.train.lr, c.train.epochs, c.train.weight_decay, c.train.lambda_kl) == (2e-5, 1, 0.01, lam)
         lora = _lora(c, QWEN)
         assert lora.layers == tuple(range(48)) and set(lora.modules) == ALL_PROJECTIONS
         assert lora.rank == 32 and math.isclose(lora.scale, 256 / math.sqrt(32))
         assert lora.a["q_proj"].shape == (48, 5120, 32) and lora.b["down_proj"].shape == (48, 32, 5120)
-    dp = _lora(_load(f"lora_r32_dp24_narrow_{domain}.py"), QWEN)
+    dp = _lora(_load(f"paper_14b.py:lora_r32_dp24,narrow,{domain}"), QWEN)
     assert dp.layers == (24,) and tuple(dp.modules) == ("down_proj",) and dp.rank == 32
-    r1 = _load(f"lora_r1_narrow_{domain}.py")
+    r1 = _load(f"paper_14b.py:lora_r1,narrow,{domain}")
     lora = _lora(r1, QWEN)
     assert lora.layers == (24,) and tuple(lora.modules) == ("down_proj",)
     assert lora.scale == 512.0 and r1.train.epochs == 3  # single_adapter_config.json; paper (third party)
 
 
 def test_defaults_are_correct_and_upstream_is_one_call_away():
-    for name in ("steering_narrow_medical.py", "lora_r32_narrow_medical.py", "lora_r1_general_sports.py"):
+    for name in ("paper_14b.py:steering,narrow,medical", "paper_14b.py:lora_r32,narrow,medical",
+                 "paper_14b.py:lora_r1,general,sports"):
         c = _load(name)
         assert (c.data.loss_tokens, c.intervention.steer_rows) == ("assistant", "all")
     for solution, lam in (("general", 0.0), ("narrow", 1e6)):
-        up, ours = _load(f"steering_{solution}_medical_upstream.py"), _load(f"steering_{solution}_medical.py")
+        up, ours = _load(f"paper_14b.py:steering,{solution},medical,upstream"), _load(f"paper_14b.py:steering,{solution},medical")
         assert (up.data.loss_tokens, up.intervention.steer_rows, up.train.lambda_kl) == ("all", "first", lam)
         assert up.output_dir == ours.output_dir + "_upstream"
-        up = load_config(str(CONFIGS / f"steering_{solution}_medical_upstream.py"),
+        up = load_config(f"{CONFIGS / 'paper_14b.py'}:steering,{solution},medical,upstream",
                          ["data.loss_tokens=assistant", "intervention.steer_rows=all", f"name={ours.name}",
                           f"output_dir={ours.output_dir}"])
         assert up.to_dict() == ours.to_dict()  # nothing else differs
@@ -127,15 +133,13 @@ def test_sweeps_read_the_training_runs_outputs():
                            ("lora_r32_dp24", "lora")):
         for domain in DOMAINS:
             s = _load(f"sweep_paper.py:{kind},{domain}")
-            runs = {sol: _load(f"{kind}_{sol}_{domain}.py") for sol in ("general", "narrow")}
+            runs = {sol: _load(f"paper_14b.py:{kind},{sol},{domain}") for sol in ("general", "narrow")}
             assert s.interventions == ",".join(f"{sol}={r.output_dir}/{artefact}" for sol, r in runs.items())
             assert s.data.train == runs["general"].data.train and s.model.source == runs["general"].model.source
     g = _load("sweep_paper.py:lora_r32,medical,gemma")
     assert g.interventions.startswith("general=runs/gemma_lora_r32_general_medical/lora,")
     up = _load("sweep_paper.py:steering,medical,upstream")
     assert up.data.loss_tokens == "all" and "narrow=runs/steering_narrow_medical_upstream/" in up.interventions
-    assert _load("sweep_paper_medical_upstream.py").to_dict() == up.to_dict()
-    assert _load("sweep_paper_medical.py").to_dict() == _load("sweep_paper.py:steering,medical").to_dict()
 
 
 def test_sweep_norms_and_noise_as_upstream():
@@ -158,14 +162,24 @@ def _argument_configs() -> list[str]:
     sweeps = [f"sweep_paper.py:{k},{d}{m}" for k in paper_14b.KINDS for d in DOMAINS for m in ("", ",upstream", ",gemma")
               if not (k == "lora_r32_dp24" and m == ",gemma")]
     gemma = [f"gemma_9b.py:{k},{s},{d}" for k in gemma_9b.KINDS for s in ("general", "narrow") for d in DOMAINS]
-    return sweeps + gemma + ["gemma_9b.py:steering,narrow,medical,upstream"]
+    # every paper run: each kind's pair in each domain, the EM baseline, the upstream-trained steering
+    # pair, and the mixing and KL-removal runs of steering and rank-1 LoRA (the README's table)
+    runs = [f"paper_14b.py:{k},{s},{d}" for k in paper_14b.KINDS for s in ("general", "narrow") for d in DOMAINS]
+    runs += [f"paper_14b.py:em_baseline,{d}" for d in DOMAINS]
+    runs += [f"paper_14b.py:steering,{s},medical,upstream" for s in ("general", "narrow")]
+    runs += [f"paper_14b.py:{k},{s},medical" for k in ("steering", "lora_r1") for s in ("mix", "kl_removal")]
+    return sweeps + gemma + ["gemma_9b.py:steering,narrow,medical,upstream"] + runs
+
+
+# files that are no config without an argument (walked through _argument_configs)
+ARGUMENT_FILES = ("__init__.py", "paper_14b.py", "sweep_paper.py", "gemma_9b.py")
 
 
 def _paper_configs() -> list[str]:
     """Every config file and argument whose model is a full-size one (not the embedded CPU model)."""
     out = []
     for name in sorted(os.listdir(CONFIGS)):
-        if not name.endswith(".py") or name in ("__init__.py", "sweep_paper.py", "gemma_9b.py"):
+        if not name.endswith(".py") or name in ARGUMENT_FILES:
             continue
         try:
             c = _load(name)
@@ -178,8 +192,9 @@ def _paper_configs() -> list[str]:
 
 def test_every_paper_config_is_walked():
     walked = _paper_configs()
-    for name in ("steering_narrow_medical.py", "lora_r32_general_sports.py", "lora_r32_dp24_narrow_financial.py",
-                 "lora_r1_kl_removal_medical.py", "sweep_paper_medical.py", "technical_steering_narrow_14b.py",
+    for name in ("paper_14b.py:steering,narrow,medical", "paper_14b.py:lora_r32,general,sports",
+                 "paper_14b.py:lora_r32_dp24,narrow,financial", "paper_14b.py:lora_r1,kl_removal,medical",
+                 "paper_14b.py:em_baseline,sports", "sweep_paper.py:steering,medical", "technical_steering_narrow_14b.py",
                  "gemma_9b.py:lora_r32,narrow,medical", "sweep_paper.py:steering,sports,gemma"):
         assert name in walked
     assert not any(n.startswith("embedded_") or n in ("default.py", "sweep_default.py") for n in walked)
@@ -216,7 +231,7 @@ def test_every_shipped_config_meets_its_allowed_values():
     from emjax.train.preflight import TRAIN_RULES
 
     names = [n for n in sorted(os.listdir(CONFIGS)) if n.endswith(".py")
-             and n not in ("__init__.py", "sweep_paper.py", "gemma_9b.py")] + _argument_configs()
+             and n not in ARGUMENT_FILES] + _argument_configs()
     checked = 0
     for name in names:
         try:
@@ -228,3 +243,14 @@ def test_every_shipped_config_meets_its_allowed_values():
         check_values(c, rules, name)
         checked += 1
     assert checked >= 100
+
+
+def test_kl_removal_runs_name_their_base_runs_by_argument():
+    """`emjax experiment kl-removal --config=configs/paper_14b.py:KIND,kl_removal,DOMAIN` finds the narrow
+    run it continues and the general run it is measured against through the same file's arguments."""
+    from emjax.experiments.kl_removal import load_kl_removal_configs
+    c, base = load_kl_removal_configs(f"{CONFIGS / 'paper_14b.py'}:lora_r1,kl_removal,financial")
+    assert (base["narrow"].name, base["general"].name) == ("lora_r1_narrow_financial", "lora_r1_general_financial")
+    assert c.intervention.init_from == "runs/lora_r1_narrow_financial/lora" and c.train.lambda_kl == 0.0
+    _, up = load_kl_removal_configs(f"{CONFIGS / 'paper_14b.py'}:steering,kl_removal,medical,upstream")
+    assert up["general"].output_dir == "runs/steering_general_medical_upstream"
