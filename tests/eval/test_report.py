@@ -16,8 +16,8 @@ from emjax.eval.judge.request import Fetched
 from emjax.eval.judge.runner import RunConfig, make_record
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.tasks import build_tasks
-from emjax.eval.report import (Thresholds, bootstrap_ratio_ci, build_report, compute_rates,
-                          per_question_frame)
+from emjax.eval.conventions import Thresholds
+from emjax.eval.report import bootstrap_ratio_ci, build_report, compute_rates, per_question_frame
 
 NAN = math.nan
 
