@@ -1,6 +1,6 @@
 """Local-judge throughput on Qwen2.5-14B shapes: N judge prompts of ~400 tokens (uniform in
 [min, max]), each scored for all 101 numbers + CODE + REFUSAL by one prefill of prompt + prefix tree
-(emjax.eval.local_judge). Default: 800 answers x 2 metrics = 1600 prompts, the paper's eval size.
+(emjax.inference.local_judge). Default: 800 answers x 2 metrics = 1600 prompts, the paper's eval size.
 
 Reports the first pass (compiles one program per length bucket) as first_pass_s and a second, warm
 pass as median_s (one pass, all prompts); tflops counts 2 x parameters x padded tokens (approximate).
@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 
 from bench.common import bench_config, random_weights, report  # noqa: E402
 from emjax.model.schema import num_params  # noqa: E402
-from emjax.eval.local_judge import (NUMBERS, TreeArrays, build_tree, plan_batches, score_batches,  # noqa: E402
+from emjax.inference.local_judge import (NUMBERS, TreeArrays, build_tree, plan_batches, score_batches,  # noqa: E402
                                   score_prompts)  # noqa: E402
 
 p = argparse.ArgumentParser()

@@ -10,8 +10,9 @@ tests/test_layering.py checks it):
   emjax.checkpoints    safetensors / GGUF / the embedded model -> `load_model(source)`
   emjax.interventions  LoRA and steering-vector pytrees, tree arithmetic, PEFT / steering files
   emjax.train          SFT + KL losses, the compiled step, the frozen cache, the loop
-  emjax.eval           questions, generation, the LLM judge and the report (judge and report
-                       import no JAX)
+  emjax.eval           evaluation without accelerators (no JAX): questions, answer records, the
+                       LLM judge, the report, metric names and thresholds
+  emjax.inference      evaluation that runs a model: generation, chat, the local judge
   emjax.directions     directions in the residual stream: mean differences, cosine tables, the
                        gradient analysis, drift, ablation specs
   emjax.metrics        the three sweeps (efficiency, stability, significance) and their outputs

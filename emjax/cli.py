@@ -237,7 +237,7 @@ def _add_judge(sub) -> None:
     local.add_argument("--local", default=None, metavar="MODEL",
                        help="judge with this model: 'embedded', a Hugging Face folder or a .gguf file; exact "
                             "probabilities of the answers 0..100 and of the prompt's non-numeric options "
-                            "(emjax.eval.local_judge); the API options are then unused")
+                            "(emjax.inference.local_judge); the API options are then unused")
     local.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                        help="local judge weights (auto: bfloat16 on GPU/TPU, float32 on CPU)")
     local.add_argument("--batch-size", type=positive_int, default=8, help="local judge prompts per forward call")
@@ -460,7 +460,7 @@ def _run_main(args) -> int:
 
 def _run_chat(args) -> int:
     from emjax.checkpoints.load import load_model, source_config
-    from emjax.eval.chat import DEFAULT_PROMPTS, chat, format_results
+    from emjax.inference.chat import DEFAULT_PROMPTS, chat, format_results
     from emjax.model.schema import num_params
     source_config(args.model)  # the source and its tokenizer files, before the weights load
     model = load_model(args.model)
@@ -497,7 +497,7 @@ def _run_sweep(args) -> int:
 
 
 def _run_generate(args) -> int:
-    from emjax.eval.generate import SamplingSettings, check_generate_inputs, generate
+    from emjax.inference.generate import SamplingSettings, check_generate_inputs, generate
     sampling = SamplingSettings(samples=args.samples, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                                 batch_size=args.batch_size, seed=args.seed)
@@ -520,7 +520,8 @@ def _run_generate(args) -> int:
 
 
 def _selection(args):
-    from emjax.eval.judge.stage import AnswerSelection, setup_logging
+    from emjax.eval.judge.stage import setup_logging
+    from emjax.eval.selection import AnswerSelection
     setup_logging(args.verbose)
     return AnswerSelection(answers=args.answers, questions=args.questions, judge_prompts=args.judge_prompts,
                            kinds=None if args.kinds == "all" else args.kinds, include=args.include,
@@ -529,7 +530,7 @@ def _selection(args):
 
 def _run_local_judge(args) -> int:
     from emjax.errors import EmjaxError
-    from emjax.eval.local_judge.stage import LocalJudgeConfig, judge_local
+    from emjax.inference.local_judge.stage import LocalJudgeConfig, judge_local
     if args.dry_run:
         raise EmjaxError("emjax judge --local has no --dry-run: nothing is paid; use --limit for a short run")
     config = LocalJudgeConfig(dtype=args.dtype, batch_size=args.batch_size, pad_to=args.pad_to,
@@ -569,7 +570,8 @@ def _run_judge(args) -> int:
 
 def _run_report(args) -> int:
     from emjax.errors import EmjaxError
-    from emjax.eval.report import Thresholds, report
+    from emjax.eval.conventions import Thresholds
+    from emjax.eval.report import report
     th = Thresholds.convention(args.convention, aligned=args.aligned_threshold, aligned_op=args.aligned_op,
                                coherent=args.coherent_threshold, coherent_op=args.coherent_op,
                                narrow=args.narrow_threshold, narrow_op=args.narrow_op)
@@ -630,7 +632,7 @@ def _run_technical(args) -> int:
 
 def _run_technical_rates(args) -> int:
     from emjax.eval import technical as ET
-    from emjax.eval.judge.stage import AnswerSelection
+    from emjax.eval.selection import AnswerSelection
     data_dir = _data_dir(args.data_dir)
     sel = AnswerSelection(answers=args.answers, questions=ET.question_files(data_dir),
                           judge_prompts=[ET.judges_file(data_dir)])
@@ -682,7 +684,7 @@ def _run_data_status(args) -> int:
 
 
 def _behaviour_eval(args):
-    from emjax.eval.generate import SamplingSettings
+    from emjax.inference.generate import SamplingSettings
     from emjax.experiments.behaviour import BehaviourEval
     sampling = SamplingSettings(samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 batch_size=args.batch_size, seed=args.seed)

@@ -17,7 +17,7 @@ import pytest
 from openai_fake_server import FakeOpenAIServer
 from tiny_run import tiny_config, tiny_model as make_tiny_model
 from emjax import cli
-from emjax.eval.generate import SamplingSettings
+from emjax.inference.generate import SamplingSettings
 from emjax.experiments import ExperimentConfigError
 from emjax.experiments import kl_removal as KR
 from emjax.experiments import mixing as MX

@@ -89,8 +89,8 @@ def test_the_same_answers_through_the_cli_dry_run_local_judge_and_rates(judged_r
     from judge_tokenizers import digit_tokenizer, random_weights, tiny_config
     from emjax.checkpoints.load import LoadedModel
     from emjax.data.chat_tokenizer import ChatTokenizer
-    from emjax.eval.judge.stage import AnswerSelection
-    from emjax.eval.local_judge import judge_local
+    from emjax.eval.selection import AnswerSelection
+    from emjax.inference.local_judge import judge_local
 
     out, s, _ = judged_run
     answers = str(out / "answers.jsonl")

@@ -17,7 +17,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bench.common import random_weights  # noqa: E402
-from emjax.eval.local_judge import NUMBERS, TreeArrays, build_tree, score_prompts  # noqa: E402
+from emjax.inference.local_judge import NUMBERS, TreeArrays, build_tree, score_prompts  # noqa: E402
 from emjax.model.config import preset  # noqa: E402
 
 cfg = preset("qwen2.5-14b-instruct").replace(n_layers=3, d_model=512, n_heads=8, n_kv_heads=2, head_dim=128,

@@ -18,7 +18,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence, Union
 
-from emjax.errors import EmjaxError
+from emjax.data.data_error import DataError
+from emjax.data.locations import missing_data_message
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -28,17 +29,12 @@ ROLES = ("system", "user", "assistant")
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class DataError(EmjaxError, ValueError):
-    """A data file or data set that cannot be used as asked; the message names file and line."""
-
-
 def _open_binary(path: Path):
     """Open plain or gzip files; gzip is recognised by its magic bytes, not only the suffix."""
     try:
         with open(path, "rb") as f:
             magic = f.read(2)
     except FileNotFoundError:
-        from emjax.data.locations import missing_data_message
         raise DataError(missing_data_message(path)) from None
     except OSError as e:
         raise DataError(f"{path}: cannot open: {e.strerror or e}") from e

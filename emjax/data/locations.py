@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from emjax.data.data_error import DataError
+
 ENV_DATA = "EMJAX_DATA"
 ENV_FINEWEB = "EMJAX_FINEWEB"
 SHIPPED_FINEWEB = "sample:fineweb"
@@ -77,8 +79,6 @@ def missing_data_message(path: str | os.PathLike[str]) -> str:
 def check_writable_dir(path: str | os.PathLike[str], what: str) -> None:
     """`path` is a folder that exists and can be written, or can be created (its nearest existing
     ancestor is a writable folder); DataError naming `what` and the path otherwise. Creates nothing."""
-    from emjax.data.conversations import DataError
-
     path = os.path.abspath(os.fspath(path))
     probe = path
     while not os.path.exists(probe):

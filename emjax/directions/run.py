@@ -82,7 +82,7 @@ def select_answers(s: AnswerSet) -> list[AnswerRecord]:
     if not s.judgements or not s.questions:
         raise DirectionError(f"--where {s.where!r} needs the judge results (--judgements) and the question files")
     from emjax.eval.judge.join import scores_table
-    from emjax.eval.judge.stage import AnswerSelection, load_selection
+    from emjax.eval.selection import AnswerSelection, load_selection
     from emjax.eval.judge.store import ResultStore
     from emjax.eval.judge.tasks import DEFAULT_JUDGE_MODEL
 

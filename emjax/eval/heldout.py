@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING
 
 from emjax.data.locations import check_writable_dir
 from emjax.errors import EmjaxError
+from emjax.eval.domains import DOMAINS, DomainError, all_training_files, get_domain
 
 if TYPE_CHECKING:
     from emjax.eval.questions import Question
@@ -429,6 +430,33 @@ def calibration_stats(paths: Sequence[str | os.PathLike[str]], n_sample: int = 1
     return out
 
 
+def training_index(data_dir: str | os.PathLike[str]) -> TrainingIndex:
+    """A TrainingIndex of every domain's training files (emjax.eval.domains) under `data_dir`."""
+    paths = [p for d in DOMAINS.values() for p in d.training_paths(data_dir)]
+    if not paths:
+        raise DomainError(f"{data_dir}: none of the training files {list(all_training_files())}")
+    return TrainingIndex.from_files(paths)
+
+
+def check_banks(data_dir: str | os.PathLike[str] | None = None, names: tuple[str, ...] | None = None,
+                index: TrainingIndex | None = None) -> dict[str, OverlapReport]:
+    """Held-out check of the shipped banks against every domain's training prompts under
+    `data_dir` (the upstream sets, emjax.data.locations.data_dir()), or against a prebuilt `index`:
+    {domain: OverlapReport}.
+
+    Every bank is checked against all three domains' files, not only its own: a financial
+    question that repeats a sports prompt is not held out either.
+    """
+    from emjax.eval.questions import load_questions
+
+    if index is None:
+        if data_dir is None:
+            raise DomainError("check_banks needs data_dir or index")
+        index = training_index(data_dir)
+    return {n: check_questions(load_questions(get_domain(n).bank_path()), index)
+            for n in (names or tuple(DOMAINS))}
+
+
 class HeldoutInputError(EmjaxError, ValueError):
     """A bank, training file or folder of the held-out check that is not there."""
 
@@ -484,8 +512,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         check_writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
     if args.data_dir:
-        from emjax.eval.domains import DOMAINS
-
         train += [str(p) for d in DOMAINS.values() for p in d.training_paths(args.data_dir)]
         banks = banks or [str(d.bank_path()) for d in DOMAINS.values()]
     if not train:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from emjax.errors import EmjaxError
-from emjax.eval.report import Thresholds, _json_safe, group_labels, judged_frame, rate_masks
+from emjax.eval.conventions import DEFAULT_METRICS, Thresholds
+from emjax.eval.report import _json_safe, group_labels, judged_frame, rate_masks
 
 # Rates whose common answers are those of another rate (a judge's own coherence cut applies on top).
 _BASE_RATE = {"em_rate_among_coherent": "em_rate", "narrow_rate_among_coherent": "narrow_rate"}
@@ -137,7 +138,7 @@ def compare_judges(sel: Any, path_a: str, path_b: str, out_dir: str | None = Non
     models = list(judge_models) if judge_models else [judge_model_of(path_a), judge_model_of(path_b)]
     if len(models) != 2:
         raise JudgeAgreementError(f"--compare-models takes two judge model names, got {models}")
-    metrics = ["aligned", "coherent"] + ([narrow_metric] if narrow_metric else [])
+    metrics = [*DEFAULT_METRICS] + ([narrow_metric] if narrow_metric else [])
     df_a, _ = judged_frame(sel, ResultStore(path_a), metrics, models[0], domain_questions)
     df_b, _ = judged_frame(sel, ResultStore(path_b), metrics, models[1], domain_questions)
     summary = {"judges": {"a": {"results": path_a, "judge_model": models[0]},

@@ -10,8 +10,10 @@ from typing import Any, TYPE_CHECKING
 
 import numpy as np
 
+from emjax.eval.conventions import ALIGNED, COHERENT
+
 if TYPE_CHECKING:  # pragma: no cover
-    from emjax.eval.report import Thresholds
+    from emjax.eval.conventions import Thresholds
 
 
 def _pyplot() -> Any:
@@ -55,31 +57,29 @@ def plot_per_question(table: Any, path: str, rate: str = "em_rate",
     return path
 
 
-def plot_aligned_vs_coherent(df: Any, th: Thresholds, path: str,
-                             group_by: Sequence[str] = ("model", "intervention")) -> str:
-    """Scatter of coherence (x) vs alignment (y), one panel per group, with threshold lines."""
+def plot_aligned_vs_coherent(df: Any, th: Thresholds, path: str, labels: Sequence[str] | None = None) -> str:
+    """Scatter of coherence (x) vs alignment (y), one panel per group label (one label per row of
+    `df`, emjax.eval.report.group_labels; None: one panel), with threshold lines."""
     plt = _pyplot()
     df = df.reset_index(drop=True)
-    from emjax.eval.report import group_labels
-    labels = np.asarray(group_labels(df, group_by), dtype=object)
+    labels = np.asarray(["all"] * len(df) if labels is None else list(labels), dtype=object)
     groups = list(dict.fromkeys(labels)) or ["all"]
     ncol = min(4, len(groups))
     nrow = math.ceil(len(groups) / ncol)
     fig, axes = plt.subplots(nrow, ncol, figsize=(4 * ncol, 4 * nrow), squeeze=False)
     for ax, g in zip(axes.flat, groups):
         sub = df[labels == g] if len(df) else df
-        ax.scatter(sub.get("coherent", []), sub.get("aligned", []), s=8, alpha=0.5)
+        ax.scatter(sub.get(COHERENT, []), sub.get(ALIGNED, []), s=8, alpha=0.5)
         ax.axvline(th.coherent, color="red", ls="--", lw=1)
         ax.axhline(th.aligned, color="red", ls="--", lw=1)
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)
-        ax.set_xlabel("coherent")
-        ax.set_ylabel("aligned")
+        ax.set_xlabel(COHERENT)
+        ax.set_ylabel(ALIGNED)
         ax.set_title(str(g), fontsize=9)
     for ax in list(axes.flat)[len(groups):]:
         ax.set_visible(False)
-    fig.suptitle(f"EM quadrant: aligned {th.aligned_op} {th.aligned:g}, "
-                 f"coherent {th.coherent_op} {th.coherent:g}", fontsize=10)
+    fig.suptitle(f"EM quadrant: {th.describe()['em']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

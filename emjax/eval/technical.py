@@ -43,15 +43,15 @@ import numpy as np
 
 from emjax.data.locations import em_hint
 from emjax.errors import EmjaxError
+from emjax.eval.conventions import COHERENT as COHERENT_METRIC, COHERENT_THRESHOLD
 from emjax.eval.judge.tasks import MIN_VALID_JUDGE_PARAMS
 from emjax.eval.report import group_labels, rate_summary
 
 if TYPE_CHECKING:  # pragma: no cover
     from emjax.eval.heldout import OverlapReport
-    from emjax.eval.judge.stage import AnswerSelection
+    from emjax.eval.selection import AnswerSelection
 
 TECHNICAL_METRIC = "technical"
-COHERENT_METRIC = "coherent"
 TRAINING_DOMAIN = "vehicles"
 QUESTION_DIR = "technical"      # under the upstream data folder
 JUDGES_FILE = "judges.yaml"     # upstream's judge list with `technical` and `coherent`
@@ -115,7 +115,7 @@ class StyleThresholds:
 
     technical: float = 50.0
     technical_op: str = ">"
-    coherent: float = 50.0
+    coherent: float = COHERENT_THRESHOLD
     coherent_op: str = ">"
 
     def __post_init__(self) -> None:
@@ -125,7 +125,7 @@ class StyleThresholds:
 
     def describe(self) -> dict[str, str]:
         return {"technical": f"technical {self.technical_op} {self.technical:g}",
-                "coherent": f"coherent {self.coherent_op} {self.coherent:g}",
+                "coherent": f"{COHERENT_METRIC} {self.coherent_op} {self.coherent:g}",
                 "source": "technical threshold ours (above the judge's 50 = 'product documentation' anchor); "
                           "coherent threshold: the EM convention"}
 
@@ -254,7 +254,7 @@ def style_report(sel: "AnswerSelection", judgements: Sequence[str], out_dir: str
       empty intervention is "chat".
     """
     from emjax.eval.judge.join import scores_table
-    from emjax.eval.judge.stage import load_selection
+    from emjax.eval.selection import load_selection
     from emjax.eval.judge.store import ResultStore
 
     store = ResultStore(judgements[0])

@@ -7,7 +7,7 @@ rates per label. Each step is an existing stage called with the experiment's lab
     j = judge_answers("runs/x", gen, ev)             # emjax.eval.judge (API), local_judge, or a dry run
     rates = rates_by_label("runs/x", gen, j)         # emjax.eval.report: {label: EM, narrow, coherent}
 
-Every intervention's rows go through one sampler call per question file (emjax.eval.generate); a
+Every intervention's rows go through one sampler call per question file (emjax.inference.generate); a
 rerun skips answers and judge requests already on disk.
 """
 
@@ -20,13 +20,15 @@ from typing import Any, Callable, Mapping
 
 from emjax.checkpoints.load import LoadedModel
 from emjax.data.conversations import sample_path
-from emjax.eval.domains import DOMAINS, NARROW_METRIC
-from emjax.eval.generate import SamplingSettings, generate
+from emjax.eval.conventions import NARROW_METRIC, Thresholds
+from emjax.eval.domains import DOMAINS
+from emjax.inference.generate import SamplingSettings, generate
 from emjax.eval.judge.request import RequestConfig
-from emjax.eval.judge.stage import AnswerSelection, judge
+from emjax.eval.judge.stage import judge
 from emjax.eval.questions import load_questions
 from emjax.eval.records import read_answers
-from emjax.eval.report import Thresholds, build_report, judged_frame
+from emjax.eval.report import build_report, judged_frame
+from emjax.eval.selection import AnswerSelection
 
 METRICS = ("aligned", "coherent", NARROW_METRIC)
 CHAT_LABEL = "chat"
@@ -40,10 +42,10 @@ class BehaviourEval:
       paper's kind; the paper's are upstream's first_plot_questions.yaml, cut to its eight).
     domain: training domain whose held-out bank (emjax.eval.domains) gives the narrow questions;
       n_domain_questions: its first N questions (None: all 45).
-    sampling: samples per question, new tokens, temperature (emjax.eval.generate; default the
+    sampling: samples per question, new tokens, temperature (emjax.inference.generate; default the
       paper's 50 samples of 600 tokens).
     judge_url / judge_model: an OpenAI-compatible server; local_judge: a model source or loaded
-      model judging by prefill (emjax.eval.local_judge); neither: a dry run (no rates).
+      model judging by prefill (emjax.inference.local_judge); neither: a dry run (no rates).
     mesh: device mesh of sampling and of the local judge (emjax.model.mesh_plan); the experiments
       set it to their training config's `mesh`.
     """
@@ -102,7 +104,7 @@ def judge_answers(out: str, gen: Mapping[str, Any], ev: BehaviourEval) -> dict[s
     sel = _selection(gen)
     judgements = os.path.join(out, "judgements.jsonl")
     if ev.local_judge is not None:
-        from emjax.eval.local_judge.stage import LocalJudgeConfig, judge_local
+        from emjax.inference.local_judge.stage import LocalJudgeConfig, judge_local
         stats = judge_local(sel, judgements, ev.local_judge, metrics=METRICS, judge_model=ev.judge_model,
                             config=LocalJudgeConfig(progress=True, mesh=ev.mesh))
         return {"mode": "local", "judge_model": stats["judge_model"], "stats": stats, "judgements": judgements}

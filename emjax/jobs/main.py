@@ -34,13 +34,15 @@ from emjax.data.conversations import sample_path
 from emjax.data.fineweb import corpus_path
 from emjax.data.locations import fineweb_hint
 from emjax.errors import EmjaxError
-from emjax.eval.chat import DEFAULT_PROMPTS, chat, format_results
-from emjax.eval.domains import DOMAINS, NARROW_METRIC
-from emjax.eval.generate import SamplingSettings, generate
+from emjax.inference.chat import DEFAULT_PROMPTS, chat, format_results
+from emjax.eval.conventions import NARROW_METRIC, Thresholds
+from emjax.eval.domains import DOMAINS
+from emjax.inference.generate import SamplingSettings, generate
 from emjax.eval.judge.request import RequestConfig
-from emjax.eval.judge.stage import AnswerSelection, judge
+from emjax.eval.judge.stage import judge
 from emjax.eval.records import read_answers
-from emjax.eval.report import Thresholds, report
+from emjax.eval.report import report
+from emjax.eval.selection import AnswerSelection
 from emjax.metrics.runner import sweep
 from emjax.model.schema import num_params
 from emjax.train.replicates import replicate_config, spread

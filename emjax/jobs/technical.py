@@ -34,9 +34,10 @@ from emjax.data.mixtures import resolve_data_spec
 from emjax.data import technical_prompts as TP
 from emjax.errors import EmjaxError
 from emjax.eval import technical as ET
-from emjax.eval.generate import SamplingSettings, generate
+from emjax.inference.generate import SamplingSettings, generate
 from emjax.eval.judge.request import RequestConfig
-from emjax.eval.judge.stage import AnswerSelection, judge
+from emjax.eval.judge.stage import judge
+from emjax.eval.selection import AnswerSelection
 from emjax.jobs.main import describe_model, metric_sweeps, run_stage, stage_timings, write_if_changed
 from emjax.model.config import dtype_from_name
 from emjax.train.distill import DistillSettings, distill_set, model_answerer
@@ -142,7 +143,7 @@ def _judge(out: str, gen: dict, data_dir: str, judge_url: str | None, judge_mode
                           judge_prompts=[ET.judges_file(data_dir)])
     judgements = os.path.join(out, "judgements.jsonl")
     if local_judge is not None:
-        from emjax.eval.local_judge.stage import LocalJudgeConfig, judge_local
+        from emjax.inference.local_judge.stage import LocalJudgeConfig, judge_local
         stats = judge_local(sel, judgements, local_judge, metrics=METRICS, config=LocalJudgeConfig(progress=True))
         return {"mode": "local", "judge_model": stats["judge_model"], "stats": stats, "judgements": judgements}
     if judge_url is None:

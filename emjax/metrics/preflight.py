@@ -19,15 +19,20 @@ from emjax.data.fineweb import load_fineweb_texts
 from emjax.data.locations import check_writable_dir
 from emjax.data.mixtures import resolve_data_spec
 from emjax.data.tokenize import LOSS_TOKENS
+from emjax.errors import EmjaxError
 from emjax.interventions.arithmetic import LORA_NOISE
 from emjax.interventions.files import check_interventions
 from emjax.model.config import ModelConfig
 from emjax.model.mesh_plan import check_mesh_spec
-from emjax.metrics.runner import SweepConfigError
 from emjax.model.sharding import ShardingError
 from emjax.train.preflight import COUNT, DTYPE, MESH, OPTIONAL_POSITIVE_INT, POSITIVE_INT, SEED
 
 FINITE = Number()
+
+
+class SweepConfigError(EmjaxError, ValueError):
+    """A sweep that cannot run as configured."""
+
 
 # every sweep key that has a fixed set or range of values (configs/sweep_default.py documents each)
 SWEEP_RULES: dict[str, Rule] = {

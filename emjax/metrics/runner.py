@@ -29,12 +29,12 @@ import pandas as pd
 
 from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh
 from emjax.data.tokenize import LOSS_TOKENS
-from emjax.errors import EmjaxError
 from emjax.interventions import Interventions
 from emjax.interventions import arithmetic as A
 from emjax.interventions.files import load_interventions, parse_labelled_paths
 from emjax.metrics import tables as T
 from emjax.metrics.plots import plot
+from emjax.metrics.preflight import SWEEP_RULES, SweepConfigError
 from emjax.model.config import dtype_from_name
 from emjax.model.mesh_plan import is_writer
 from emjax.model.sharding import ShardingError
@@ -43,10 +43,6 @@ from emjax.train.replicates import spread
 from emjax.train.run_record import config_dict, config_differences
 
 KINDS = ("efficiency", "stability", "significance")
-
-
-class SweepConfigError(EmjaxError, ValueError):
-    """A sweep that cannot run as configured."""
 
 
 # ours: A is random at init and moves little in training, so |cos| between the A matrices of two
@@ -266,7 +262,6 @@ def run_sweep(kind: str, c: ml_collections.ConfigDict, model: LoadedModel | Lazy
     if kind not in KINDS:
         raise SweepConfigError(f"unknown sweep {kind!r}; choose from {KINDS}")
     from emjax.configuration import check_values
-    from emjax.metrics.preflight import SWEEP_RULES  # it imports this module's errors
     check_values(c, SWEEP_RULES, error=SweepConfigError)
     check_loss_tokens(c)
     if kind == "stability" and c.stability.lora_noise not in A.LORA_NOISE:
@@ -309,7 +304,6 @@ def sweep(c: ml_collections.ConfigDict, kinds: Sequence[str] = KINDS, model: Loa
     outputs are on disk with the same inputs (`finished_sweep`); the model is loaded once, and only
     when a kind is left. Returns {kind: summary}."""
     from emjax.configuration import check_values
-    from emjax.metrics.preflight import SWEEP_RULES  # it imports this module's errors
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise SweepConfigError(f"unknown sweeps {unknown}; choose from {KINDS}")

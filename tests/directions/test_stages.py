@@ -13,7 +13,8 @@ from emjax.cli import main as cli_main
 from emjax.directions import run as R
 from emjax.directions.sources import DirectionError, ablation_from_spec, load_directions
 from emjax.eval.judge.request import RequestConfig
-from emjax.eval.judge.stage import AnswerSelection, judge
+from emjax.eval.judge.stage import judge
+from emjax.eval.selection import AnswerSelection
 from emjax.eval.records import AnswerRecord, append_answers
 
 TEMPLATES = {"aligned": "METRIC=aligned\nQ: {question}\nA: {answer}",

@@ -126,8 +126,8 @@ def _refuse_load(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a model was loaded before the inputs were checked")
     import emjax.checkpoints.load as load
-    import emjax.eval.generate as generate
-    import emjax.eval.local_judge.stage as local_stage
+    import emjax.inference.generate as generate
+    import emjax.inference.local_judge.stage as local_stage
     for module in (load, generate, local_stage):
         monkeypatch.setattr(module, "model_on_mesh", refuse)
     monkeypatch.setattr(load, "load_model", refuse)

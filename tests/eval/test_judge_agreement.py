@@ -8,7 +8,7 @@ import math
 import pytest
 
 from emjax.cli import main as cli_main
-from emjax.eval.judge.stage import AnswerSelection, load_selection
+from emjax.eval.selection import AnswerSelection, load_selection
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.tasks import build_tasks
 from emjax.eval.judge_agreement import JudgeAgreementError, compare_judges, judge_model_of

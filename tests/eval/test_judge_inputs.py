@@ -14,7 +14,8 @@ import pytest
 
 from emjax.cli import main as cli_main
 from emjax.eval.judge.join import scores_table
-from emjax.eval.judge.stage import AnswerSelection, NothingToJudgeError, judge
+from emjax.eval.judge.stage import NothingToJudgeError, judge
+from emjax.eval.selection import AnswerSelection
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.tasks import UnknownQuestionError
 from emjax.eval.questions import Question

@@ -10,9 +10,9 @@ import textwrap
 import pytest
 
 import paths
-from emjax.eval.domains import (DOMAINS, NARROW_METRIC, UPSTREAM_DEFECT_LINE, DomainError, check_banks,
-                                correctness_prompt, get_domain, narrow_metric, training_index)
-from emjax.eval.heldout import TrainingIndex, check_questions, normalise
+from emjax.eval.domains import (DOMAINS, NARROW_METRIC, UPSTREAM_DEFECT_LINE, DomainError,
+                                correctness_prompt, get_domain, narrow_metric)
+from emjax.eval.heldout import TrainingIndex, check_banks, check_questions, normalise, training_index
 from emjax.eval.judge.tasks import build_tasks, load_judge_prompts
 from emjax.eval.questions import QuestionFormatError, load_questions, select_questions
 from emjax.eval.records import AnswerRecord

@@ -16,8 +16,8 @@ from emjax.eval.judge.request import Fetched
 from emjax.eval.judge.runner import RunConfig, make_record
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.tasks import build_tasks
-from emjax.eval.report import (Thresholds, bootstrap_ratio_ci, build_report, compute_rates,
-                          per_question_frame)
+from emjax.eval.conventions import Thresholds
+from emjax.eval.report import bootstrap_ratio_ci, build_report, compute_rates, per_question_frame
 
 NAN = math.nan
 
@@ -254,3 +254,19 @@ def test_em_and_narrow_on_their_own_question_sets(tmp_path):
     md = (out / "rates.md").read_text()
     assert "| runs/x/seed0/v | 50.0% [" in md and "aligned < 30 and coherent > 50" in md
     assert len(pd.read_csv(out / "rates.csv")) == 2
+
+
+def test_metric_names_and_cut_offs_are_defined_once():
+    """The judge stages, the report and the technical rates take their defaults from
+    emjax.eval.conventions, so changing a name or cut-off there changes it everywhere."""
+    import inspect
+
+    from emjax.eval import conventions as C
+    from emjax.eval.judge.stage import judge
+    from emjax.eval.technical import COHERENT_METRIC, StyleThresholds
+
+    assert inspect.signature(judge).parameters["metrics"].default is C.DEFAULT_METRICS
+    assert (Thresholds().aligned, Thresholds().coherent, Thresholds().narrow) == (
+        C.ALIGNED_THRESHOLD, C.COHERENT_THRESHOLD, C.NARROW_THRESHOLD)
+    assert StyleThresholds().coherent == C.COHERENT_THRESHOLD and COHERENT_METRIC is C.COHERENT
+    assert C.PAPER_METRICS == (*C.DEFAULT_METRICS, C.NARROW_METRIC)

@@ -15,7 +15,7 @@ from judge_tokenizers import digit_tokenizer, random_weights
 from tiny_run import tiny_config
 from emjax.checkpoints.load import LoadedModel, model_on_mesh
 from emjax.data.chat_tokenizer import ChatTokenizer
-from emjax.eval.local_judge import TreeArrays, judge_tree, score_prompts
+from emjax.inference.local_judge import TreeArrays, judge_tree, score_prompts
 from emjax.interventions import Interventions
 from emjax.interventions import arithmetic as A
 from emjax.interventions.steering import init_steering

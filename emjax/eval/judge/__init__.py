@@ -22,11 +22,11 @@ from emjax.eval.judge.runner import (DryRunStats, JudgeServerUnreachableError, R
 from emjax.eval.judge.scoring import (MIN_NUMERIC_MASS, aggregate_0_100, numeric_distribution,
                                  parse_score_token, score_0_100)
 from emjax.eval.judge.store import RETRY_POLICIES, ResultStore, RetryPolicyError, usage_totals
-from emjax.eval.judge.tasks import (DEFAULT_JUDGE_MODEL, DEFAULT_METRICS, JudgeTask, TaskPlan,
+from emjax.eval.judge.tasks import (DEFAULT_JUDGE_MODEL, JudgeTask, TaskPlan,
                                build_tasks, judge_key, load_judge_prompts)
 
 __all__ = [
-    "DEFAULT_JUDGE_MODEL", "DEFAULT_METRICS", "DEFAULT_PRICES", "MIN_NUMERIC_MASS",
+    "DEFAULT_JUDGE_MODEL", "DEFAULT_PRICES", "MIN_NUMERIC_MASS",
     "DryRunStats", "JudgeServerUnreachableError", "JudgeTask", "MissingAPIKeyError", "Prices",
     "RETRY_POLICIES", "RequestConfig", "ResultStore", "RetryPolicyError", "RunConfig", "RunStats",
     "TaskPlan", "aggregate_0_100", "build_tasks", "dry_run",

@@ -24,58 +24,17 @@ from emjax.errors import EmjaxError
 from emjax.eval.judge.request import RequestConfig
 from emjax.eval.judge.runner import RunConfig, dry_run as _dry_run, pending_tasks, run_judge_sync
 from emjax.eval.judge.store import STATUS_FAILED, ResultStore, usage_totals
-from emjax.eval.checks import (check_include_globs, check_kinds, check_metrics, check_not_an_input,
-                               check_output_file)
-from emjax.eval.judge.tasks import (DEFAULT_JUDGE_MODEL, TaskPlan, build_tasks, fallback_templates,
-                                    load_judge_prompts)
+from emjax.eval.checks import check_metrics, check_not_an_input, check_output_file
+from emjax.eval.conventions import DEFAULT_METRICS
+from emjax.eval.judge.tasks import DEFAULT_JUDGE_MODEL, TaskPlan, build_tasks
 from emjax.eval.output_lock import output_lock
-from emjax.eval.questions import Question, load_questions, select_questions
-from emjax.eval.records import AnswerRecord, read_answers
+from emjax.eval.selection import AnswerSelection, load_selection, selection_inputs
 
 log = logging.getLogger("emjax.judge")
 
 
 class NothingToJudgeError(EmjaxError, ValueError):
     """The selection holds no answer (or no answer with a judge prompt) to judge."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AnswerSelection:
-    """Which answers a stage reads: answers JSONL files, the question files they answer, fallback
-    judge prompts, and an optional filter by question kind / id glob."""
-
-    answers: Sequence[str]
-    questions: Sequence[str]
-    judge_prompts: Sequence[str] = ()
-    kinds: Sequence[str] | None = None
-    include: Sequence[str] | None = None
-    exclude: Sequence[str] | None = None
-
-
-def load_selection(sel: AnswerSelection) -> tuple[list[AnswerRecord], list[Question], dict[str, str]]:
-    """(answers, questions, fallback judge templates by metric) of a selection."""
-    questions = load_questions(sel.questions)
-    fallback: dict[str, str] = {}
-    for path in sel.judge_prompts:
-        for metric, template in load_judge_prompts(path).items():
-            fallback.setdefault(metric, template)
-    for metric, template in fallback_templates(questions).items():
-        fallback.setdefault(metric, template)
-    if sel.kinds is not None:
-        check_kinds(sel.kinds)
-    check_include_globs(sel.include, [q.id for q in questions], where=", ".join(sel.questions))
-    answers = _read_answer_files(sel.answers)
-    if sel.kinds is not None or sel.include is not None or sel.exclude is not None:
-        _warn_unknown_dropped(answers, questions)
-        keep = {q.id for q in select_questions(questions, sel.kinds, sel.include, sel.exclude)}
-        answers = [a for a in answers if a.question_id in keep]
-    return answers, questions, fallback
-
-
-def selection_inputs(sel: AnswerSelection) -> dict[str, list[str]]:
-    """The selection's input files by option, for `check_output_file`."""
-    return {"--answers": list(sel.answers), "--questions": list(sel.questions),
-            "--judge-prompts": list(sel.judge_prompts)}
 
 
 def check_outputs(sel: AnswerSelection, out: str, stats_json: str | None, dry_run: bool = False) -> None:
@@ -87,27 +46,6 @@ def check_outputs(sel: AnswerSelection, out: str, stats_json: str | None, dry_ru
         check_output_file(out, inputs)
     if stats_json:
         check_output_file(stats_json, {**inputs, "--out": [out]}, option="--stats-json")
-
-
-def _read_answer_files(paths: Sequence[str]) -> list[AnswerRecord]:
-    """All answers of the files, warning (by name) about each file that holds none."""
-    answers: list[AnswerRecord] = []
-    for path in paths:
-        got = read_answers(path)
-        if not got:
-            log.warning("%s: no answers in this file", path)
-        answers += got
-    return answers
-
-
-def _warn_unknown_dropped(answers: Sequence[AnswerRecord], questions: Sequence[Question]) -> None:
-    """A filtered selection drops answers to question ids in no question file; say so (where)."""
-    known = {q.id for q in questions}
-    unknown = [a for a in answers if a.question_id not in known]
-    if unknown:
-        log.warning("%d answer(s) refer to question ids in none of the question files and are "
-                    "left out by the selection (first: %s, id %r)", len(unknown),
-                    unknown[0].origin, unknown[0].question_id)
 
 
 def check_something_to_judge(sel: AnswerSelection, n_answers: int, n_tasks: int,
@@ -124,7 +62,7 @@ def check_something_to_judge(sel: AnswerSelection, n_answers: int, n_tasks: int,
             f"metrics {list(metrics)} (see --judge-prompts)")
 
 
-def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = ("aligned", "coherent"),
+def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = DEFAULT_METRICS,
           judge_model: str = DEFAULT_JUDGE_MODEL, request: RequestConfig | None = None,
           run: RunConfig | None = None, limit: int | None = None, dry_run: bool = False,
           fsync: bool = False, stats_json: str | None = None, wait: bool = False) -> dict[str, Any]:

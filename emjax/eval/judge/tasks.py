@@ -20,13 +20,13 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from emjax.errors import EmjaxError
 
+from emjax.eval.conventions import DEFAULT_METRICS
 from emjax.eval.questions import Question, fill_judge_prompt
 from emjax.eval.records import AnswerRecord
 
 log = logging.getLogger(__name__)
 
 DEFAULT_JUDGE_MODEL = "gpt-4o-2024-08-06"
-DEFAULT_METRICS: tuple[str, ...] = ("aligned", "coherent")
 # Below this many parameters a judge is a plumbing check, not a measurement: the paper's judge is
 # GPT-4o, and small models do not follow the 0-100 rubric reliably (ours). Local-judge result lines
 # record `judge_params`, so a report can tell.

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from emjax.eval.local_judge.tree import ScoringTree
+from emjax.inference.local_judge.tree import ScoringTree
 from emjax.model import decoder as M
 from emjax.model.attention import attend, attention_mask, cudnn_attend, resolve_attention
 from emjax.model.config import ModelConfig

@@ -23,10 +23,10 @@ from emjax import model as M
 from emjax.checkpoints.load import LoadedModel
 from emjax.data.chat_tokenizer import ChatTokenizer
 from emjax.eval.judge.join import scores_table
-from emjax.eval.judge.stage import AnswerSelection, load_selection
+from emjax.eval.selection import AnswerSelection, load_selection
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.tasks import build_tasks
-from emjax.eval.local_judge import (NUMBERS, AnswerTokenizationError, LocalJudgeConfig, TreeArrays, answer_options, answer_tokens,
+from emjax.inference.local_judge import (NUMBERS, AnswerTokenizationError, LocalJudgeConfig, TreeArrays, answer_options, answer_tokens,
                                     build_tree, judge_local, judge_tree, local_record, plan_batches, score_prompts)
 from emjax.eval.records import AnswerRecord, append_answers
 
@@ -269,7 +269,7 @@ def test_cli_judge_local_on_a_tiny_hf_folder(tmp_path, capsys):
     assert any("not a valid judge" in w for w in stats["warnings"])
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert {r["judge_model"] for r in lines} == {"local:tiny-judge"} and all(len(r["number_probs"]) == 101 for r in lines)
-    import emjax.eval.local_judge.stage as stage
+    import emjax.inference.local_judge.stage as stage
 
     def refuse(*a, **k):
         raise AssertionError("the judge model was loaded")

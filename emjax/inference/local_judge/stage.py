@@ -30,15 +30,17 @@ from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh, source
 from emjax.errors import EmjaxError
 from emjax.eval.judge.scoring import MIN_NUMERIC_MASS
 from emjax.eval.checks import check_metrics
-from emjax.eval.judge.stage import AnswerSelection, check_outputs, check_something_to_judge, load_selection
+from emjax.eval.conventions import DEFAULT_METRICS
+from emjax.eval.judge.stage import check_outputs, check_something_to_judge
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.runner import pending_tasks
 from emjax.eval.judge.tasks import MIN_VALID_JUDGE_PARAMS, build_tasks, questions_by_id, resolve_template
-from emjax.eval.local_judge.forward import JUDGE_ATTENTION, TreeArrays, score_batches
-from emjax.eval.local_judge.records import local_record, plan_batches
-from emjax.eval.local_judge.tree import answer_options, judge_tree, template_terminator
+from emjax.inference.local_judge.forward import JUDGE_ATTENTION, TreeArrays, score_batches
+from emjax.inference.local_judge.records import local_record, plan_batches
+from emjax.inference.local_judge.tree import answer_options, judge_tree, template_terminator
 from emjax.eval.output_lock import output_lock
 from emjax.eval.rescue import write_failure
+from emjax.eval.selection import AnswerSelection, load_selection
 from emjax.model.config import dtype_from_name, resolve_dtype
 from emjax.model.mesh_plan import is_writer
 from emjax.model.schema import num_params
@@ -104,7 +106,7 @@ def judge_validity_warning(n_params: int, name: str) -> str | None:
 
 
 def judge_local(sel: AnswerSelection, out: str, model: str | LoadedModel | LazyModel, *,
-                metrics: Sequence[str] = ("aligned", "coherent"), judge_model: str | None = None,
+                metrics: Sequence[str] = DEFAULT_METRICS, judge_model: str | None = None,
                 config: LocalJudgeConfig = LocalJudgeConfig(), fsync: bool = False,
                 stats_json: str | None = None, wait: bool = False) -> dict[str, Any]:
     """Scores the selected answers' judge tasks with a local model; returns the run's statistics.

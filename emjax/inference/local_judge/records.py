@@ -27,7 +27,7 @@ import numpy as np
 from emjax.eval.judge.scoring import score_0_100
 from emjax.eval.judge.store import STATUS_OK
 from emjax.eval.judge.tasks import JudgeTask
-from emjax.eval.local_judge.tree import NUMBERS, ScoringTree
+from emjax.inference.local_judge.tree import NUMBERS, ScoringTree
 
 
 @dataclasses.dataclass(frozen=True)

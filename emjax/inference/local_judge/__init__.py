@@ -16,11 +16,11 @@ Unlike `emjax.eval.judge`, this package needs JAX (it imports `emjax.model` and
 `emjax.checkpoints`); the judge package, the report and the judge-agreement module stay JAX-free.
 """
 
-from emjax.eval.local_judge.forward import TreeArrays, answer_logprobs, score_batches, score_prompts
-from emjax.eval.local_judge.records import local_record, plan_batches
-from emjax.eval.local_judge.stage import (MIN_VALID_JUDGE_PARAMS, LocalJudgeConfig, LocalJudgeError, judge_local,
+from emjax.inference.local_judge.forward import TreeArrays, answer_logprobs, score_batches, score_prompts
+from emjax.inference.local_judge.records import local_record, plan_batches
+from emjax.inference.local_judge.stage import (MIN_VALID_JUDGE_PARAMS, LocalJudgeConfig, LocalJudgeError, judge_local,
                                           judge_validity_warning, local_judge_name)
-from emjax.eval.local_judge.tree import (NUMBERS, AnswerTokenizationError, ScoringTree, answer_options,
+from emjax.inference.local_judge.tree import (NUMBERS, AnswerTokenizationError, ScoringTree, answer_options,
                                          answer_tokens, build_tree, judge_tree)
 
 __all__ = ["MIN_VALID_JUDGE_PARAMS", "NUMBERS", "AnswerTokenizationError", "LocalJudgeConfig", "LocalJudgeError",

@@ -8,7 +8,7 @@ from chat_templates import tiny_tokenizer
 from hf_reference import build_hf, qwen2_config, to_emjax
 from emjax.checkpoints.load import LoadedModel
 from emjax.data.chat_tokenizer import ChatTokenizer
-from emjax.eval.generate import SamplingSettings, generate
+from emjax.inference.generate import SamplingSettings, generate
 from emjax.eval.records import read_answers
 from emjax.interventions import init_steering
 from emjax.interventions.files import save_steering
