@@ -190,6 +190,7 @@ def _add_answer_selection(p: argparse.ArgumentParser) -> None:
 
 
 def _add_judge(sub) -> None:
+    from emjax.eval.conventions import DEFAULT_METRICS
     p = sub.add_parser(
         "judge", help="score answers with an LLM judge (resumable, no accelerator needed)",
         description="Score answers with an OpenAI-compatible judge. Results go to an append-only JSONL "
@@ -201,8 +202,8 @@ def _add_judge(sub) -> None:
     _add_answer_selection(p)
     p.add_argument("--out", required=True, metavar="JSONL", help="results JSONL (appended)")
     p.add_argument("--wait", action="store_true", help=WAIT_HELP)
-    p.add_argument("--metrics", type=_csv, default=["aligned", "coherent"],
-                   help="comma list of judge metrics (default aligned,coherent)")
+    p.add_argument("--metrics", type=_csv, default=list(DEFAULT_METRICS),
+                   help=f"comma list of judge metrics (default {','.join(DEFAULT_METRICS)})")
     p.add_argument("--base-url", default=None, help="API base URL (default: openai's)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY",
                    help="environment variable holding the API key (read from env only)")

@@ -214,9 +214,9 @@ def test_cli_parses_into_the_experiments(monkeypatch, tmp_path):
     assert (ev.sampling.samples, ev.sampling.max_new_tokens, ev.n_domain_questions) == (3, 32, 4)
     assert (ev.judge_url, ev.judge_model, ev.local_judge) == ("http://127.0.0.1:1/v1", "j", None)
     rc = cli.main(["experiment", "kl-removal", f"--config={paths.CONFIGS / 'embedded_steering_kl_removal.py'}",
-                   "--config.train.max_steps=8", "--base", "train.max_steps=6", "--local", "embedded", "--mesh", "data:2"])
+                   "--config.train.max_steps=8", "--base", "train.max_steps=6", "--local", "embedded", "--mesh", "data:8"])
     config, base, out, ev = seen["kl"]
     assert rc == 0 and config.train.max_steps == 8 and out == "runs/kl_removal" and ev.local_judge == "embedded"
-    assert {config.mesh} | {b.mesh for b in base.values()} == {"data:2"}
+    assert {config.mesh} | {b.mesh for b in base.values()} == {"data:8"}
     assert {k: (b.name, b.train.max_steps) for k, b in base.items()} == {
         "narrow": ("embedded_steering_narrow_medical", 6), "general": ("embedded_steering_general_medical", 6)}

@@ -18,9 +18,12 @@ import json
 import os
 from typing import Any, Callable, Mapping
 
+import ml_collections
+
 from emjax.checkpoints.load import LoadedModel
 from emjax.data.conversations import sample_path
-from emjax.eval.conventions import NARROW_METRIC, Thresholds
+from emjax.experiments import ExperimentConfigError
+from emjax.eval.conventions import NARROW_METRIC, PAPER_METRICS, Thresholds
 from emjax.eval.domains import DOMAINS
 from emjax.inference.generate import SamplingSettings, generate
 from emjax.eval.judge.request import RequestConfig
@@ -30,7 +33,7 @@ from emjax.eval.records import read_answers
 from emjax.eval.report import build_report, judged_frame
 from emjax.eval.selection import AnswerSelection
 
-METRICS = ("aligned", "coherent", NARROW_METRIC)
+METRICS = PAPER_METRICS
 CHAT_LABEL = "chat"
 
 
@@ -205,10 +208,26 @@ def check_experiment_inputs(config, base: list, out: str, evaluation: BehaviourE
         runs[0].intervention.init_from = None
         runs[0].train.reference = None
     else:
-        from emjax.experiments.mixing import mix_fractions
         mixed = [f for f in mix_fractions(config) if f > 0]
         if mixed:
             runs[0].data.mix_fraction = max(mixed)
     cfg = None
     for c in runs:
         cfg = check_train_inputs(c, model_cfg=cfg)
+
+
+def mix_fractions(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+    """The config's `mix_fractions`, checked: distinct values in [0, 1), with data.mix_good set
+    where one is above 0, and train.max_steps set (the fractions train for the same steps)."""
+    if "mix_fractions" not in config:
+        raise ExperimentConfigError(f"config {config.name!r} has no mix_fractions: add a tuple such as c.mix_fractions "
+                                    "= (0.0, 0.25, 0.5, 0.75) (configs/embedded_steering_mix_fractions.py)")
+    fractions = tuple(float(f) for f in config.mix_fractions)
+    if not fractions or len(set(fractions)) != len(fractions) or not all(0 <= f < 1 for f in fractions):
+        raise ExperimentConfigError(f"mix_fractions must be distinct values in [0, 1), got {fractions}")
+    if any(f > 0 for f in fractions) and not config.data.mix_good:
+        raise ExperimentConfigError("mix_fractions above 0 need data.mix_good (the aligned sources)")
+    if config.train.max_steps is None:
+        raise ExperimentConfigError("train.max_steps is None: the fractions are compared at an equal number of "
+                                    "optimiser steps; set it (e.g. the f = 0 run's epochs times its steps per epoch)")
+    return fractions

@@ -36,7 +36,7 @@ from emjax.experiments import ExperimentConfigError
 from emjax.eval.report import number_cell, rate_cell
 from emjax.eval.report_plots import plot_rates_along
 from emjax.experiments.behaviour import (CHAT_LABEL, BehaviourEval, answer_questions, evaluation_lines,
-                                         judge_answers, rates_by_label, rates_lines,
+                                         judge_answers, mix_fractions, rates_by_label, rates_lines,
                                          write_experiment)
 from emjax.jobs.main import run_stage
 from emjax.train.kl_set import normalise_prompt
@@ -45,23 +45,6 @@ from emjax.train.trainer import Trainer
 
 def fraction_label(f: float) -> str:
     return f"mix {f:g}"
-
-
-def mix_fractions(config: ml_collections.ConfigDict) -> tuple[float, ...]:
-    """The config's `mix_fractions`, checked: distinct values in [0, 1), with data.mix_good set
-    where one is above 0, and train.max_steps set (the fractions train for the same steps)."""
-    if "mix_fractions" not in config:
-        raise ExperimentConfigError(f"config {config.name!r} has no mix_fractions: add a tuple such as c.mix_fractions "
-                                    "= (0.0, 0.25, 0.5, 0.75) (configs/embedded_steering_mix_fractions.py)")
-    fractions = tuple(float(f) for f in config.mix_fractions)
-    if not fractions or len(set(fractions)) != len(fractions) or not all(0 <= f < 1 for f in fractions):
-        raise ExperimentConfigError(f"mix_fractions must be distinct values in [0, 1), got {fractions}")
-    if any(f > 0 for f in fractions) and not config.data.mix_good:
-        raise ExperimentConfigError("mix_fractions above 0 need data.mix_good (the aligned sources)")
-    if config.train.max_steps is None:
-        raise ExperimentConfigError("train.max_steps is None: the fractions are compared at an equal number of "
-                                    "optimiser steps; set it (e.g. the f = 0 run's epochs times its steps per epoch)")
-    return fractions
 
 
 def fraction_config(config: ml_collections.ConfigDict, f: float, out: str) -> ml_collections.ConfigDict:

@@ -35,7 +35,7 @@ from emjax.data.fineweb import corpus_path
 from emjax.data.locations import fineweb_hint
 from emjax.errors import EmjaxError
 from emjax.inference.chat import DEFAULT_PROMPTS, chat, format_results
-from emjax.eval.conventions import NARROW_METRIC, Thresholds
+from emjax.eval.conventions import NARROW_METRIC, PAPER_METRICS, Thresholds
 from emjax.eval.domains import DOMAINS
 from emjax.inference.generate import SamplingSettings, generate
 from emjax.eval.judge.request import RequestConfig
@@ -160,7 +160,7 @@ def _generate(model: LazyModel, out: str, vectors: dict[str, str | None], sample
 def _judge(out: str, gen: dict, judge_url: str | None, judge_model: str | None, api_key_env: str) -> dict:
     sel = AnswerSelection(answers=[gen["answers"]], questions=[gen["em_questions"], gen["domain_questions"]])
     judgements = os.path.join(out, "judgements.jsonl")
-    metrics = ("aligned", "coherent", NARROW_METRIC)
+    metrics = PAPER_METRICS
     if judge_url is None:
         plan = judge(sel, judgements, metrics=metrics, dry_run=True)
         print(json.dumps(plan, indent=2))
@@ -203,13 +203,24 @@ def check_main_inputs(out: str, *, model: str | LoadedModel = "embedded", seeds:
     from emjax.data.locations import check_writable_dir
 
     check_writable_dir(out, "--out")
-    if not isinstance(model, LoadedModel):
+    if not isinstance(model, LoadedModel) and not ran_with_model(out, model):
         source_config(model)
     if not seeds:
         raise EmjaxError("--seeds is empty: give at least one seed, e.g. --seeds 0 or --seeds 0,1,2")
     if len(set(seeds)) != len(seeds):
         raise EmjaxError(f"--seeds {','.join(map(str, seeds))} repeats a seed: give each seed once")
     check_judge_target(judge_url, judge_model)
+
+
+def ran_with_model(out: str, source: str) -> bool:
+    """Whether an earlier run into `out` finished its first stage with this model source (its
+    marker's key): the rerun reuses what is on disk and loads the model only for stages left, so
+    the source need not be checked (or even exist here) before it starts."""
+    try:
+        with open(os.path.join(out, "stages", "1.json"), encoding="utf-8") as f:
+            return (json.load(f).get("key") or {}).get("model") == source
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def run_main(out: str = "runs/main", *, model: str | LoadedModel = "embedded", quick: bool = False,

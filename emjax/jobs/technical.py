@@ -38,7 +38,7 @@ from emjax.inference.generate import SamplingSettings, generate
 from emjax.eval.judge.request import RequestConfig
 from emjax.eval.judge.stage import judge
 from emjax.eval.selection import AnswerSelection
-from emjax.jobs.main import describe_model, metric_sweeps, run_stage, stage_timings, write_if_changed
+from emjax.jobs.main import describe_model, metric_sweeps, ran_with_model, run_stage, stage_timings, write_if_changed
 from emjax.model.config import dtype_from_name
 from emjax.train.distill import DistillSettings, distill_set, model_answerer
 from emjax.train.trainer import train
@@ -201,7 +201,7 @@ def check_technical_inputs(out: str, *, model: str | LoadedModel = "embedded", j
 
     check_writable_dir(out, "output folder")
     for source in (model, local_judge):
-        if isinstance(source, str):
+        if isinstance(source, str) and not (source == model and ran_with_model(out, source)):
             source_config(source)
     check_judge_target(judge_url, judge_model, local_judge if isinstance(local_judge, str) else None)
     for option, overrides, names, rules in (

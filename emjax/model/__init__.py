@@ -18,6 +18,7 @@ Modules (imports point down this list, never up):
 The common entry points are re-exported here: `from emjax import model as M; M.forward(...)`.
 """
 
+from emjax.model import families  # noqa: F401 - registers the families with emjax.model.config
 from emjax.model.ablation import Ablated, DirectionAblation, ablated, direction_ablation
 from emjax.model.attention import attend, attention_mask, resolve_attention
 from emjax.model.config import ConfigError, ModelConfig, preset

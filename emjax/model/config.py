@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from emjax.errors import EmjaxError
 
@@ -136,7 +136,6 @@ class ModelConfig:
 
         Raises ConfigError naming the file and key for unknown architectures or missing keys.
         """
-        from emjax.model.families import FAMILIES
         if not isinstance(hf, dict):
             path = os.fspath(hf)
             if os.path.isdir(path):
@@ -151,11 +150,11 @@ class ModelConfig:
                 raise ConfigError(f"{path}: not valid JSON ({e})") from None
         where = source or "config"
         model_type = hf.get("model_type")
-        if model_type not in FAMILIES:
+        if model_type not in FAMILY_BUILDERS:
             raise ConfigError(
                 f"{where}: unknown architecture model_type={model_type!r} (architectures="
-                f"{hf.get('architectures')}); emjax supports {tuple(FAMILIES)}")
-        return FAMILIES[model_type].config(HFConfig(hf, where))
+                f"{hf.get('architectures')}); emjax supports {tuple(FAMILY_BUILDERS)}")
+        return FAMILY_BUILDERS[model_type](HFConfig(hf, where))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,18 +246,22 @@ def dtype_from_name(name: str):
     return jnp.dtype(DTYPES[name])
 
 
+# The registry entries (emjax.model.families, imported by the emjax.model package) fill these two
+# on import: this module names no family and imports none of them (no import circle).
+FAMILY_BUILDERS: dict[str, Callable[["HFConfig"], ModelConfig]] = {}  # model_type -> config builder
+PRESETS: dict[str, ModelConfig] = {}  # full-size configs of named models
+
+
+def register_family(model_type: str, builder: Callable[["HFConfig"], ModelConfig],
+                    presets: dict[str, ModelConfig]) -> None:
+    """Makes `ModelConfig.from_hf` read `model_type` with `builder`, and `preset` know `presets`."""
+    FAMILY_BUILDERS[model_type] = builder
+    PRESETS.update(presets)
+
+
 def preset(name: str) -> ModelConfig:
     """The full-size config of a named model (the presets of the registry entries)."""
-    from emjax.model.families import PRESETS
     try:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; known: {sorted(PRESETS)}") from None
-
-
-def __getattr__(name: str):
-    # `PRESETS` lives with the registry entries, which import this module.
-    if name == "PRESETS":
-        from emjax.model.families import PRESETS
-        return PRESETS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

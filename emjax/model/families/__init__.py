@@ -16,14 +16,14 @@ family, add a module here with its entry and list it in `FAMILIES` (docs/design.
 
 from __future__ import annotations
 
-from emjax.model.config import ConfigError, ModelConfig
+from emjax.model.config import PRESETS, ConfigError, ModelConfig, register_family
 from emjax.model.families.entry import Family, GGUFMapping
 from emjax.model.families import gemma2, llama, qwen2
 
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (qwen2.FAMILY, gemma2.FAMILY, llama.FAMILY)}
 
-# Full-size configs of named models, from every entry.
-PRESETS: dict[str, ModelConfig] = {name: cfg for f in FAMILIES.values() for name, cfg in f.presets.items()}
+for _f in FAMILIES.values():  # ModelConfig.from_hf and preset() read the entries through the config module
+    register_family(_f.model_type, _f.config, dict(_f.presets))
 
 
 def family_of(cfg: ModelConfig) -> Family:
