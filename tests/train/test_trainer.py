@@ -182,7 +182,8 @@ def test_steer_rows_errors_before_the_model_loads(tmp_path):
 
 
 # files for a family of runs, loaded as FILE.py:ARG (every argument: tests/test_paper_configs.py)
-ARGUMENTS = {"sweep_paper.py": ":steering,medical", "gemma_9b.py": ":steering,narrow,medical"}
+ARGUMENTS = {"sweep_paper.py": ":steering,medical", "gemma_9b.py": ":steering,narrow,medical",
+             "paper_14b.py": ":steering,narrow,medical"}
 
 
 @pytest.mark.parametrize("path", sorted(p for p in os.listdir(CONFIGS) if p.endswith(".py") and p != "__init__.py"))
