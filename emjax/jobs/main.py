@@ -55,8 +55,36 @@ SWEEP_CONFIG = "sweep_default.py"
 CONFIGS = (*TRAIN_CONFIGS.values(), SWEEP_CONFIG)
 N_STAGES = 5
 METRICS = ("efficiency", "stability", "significance")  # the paper's three
-# In-domain questions answered on CPU: the first few of the shipped held-out medical bank (ours: cost).
-N_DOMAIN_QUESTIONS = 6
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSize:
+    """How much the main job does (ours, all of it: sized for 2 CPU cores, the README's times;
+    a check of the pipeline, not a replication). `--quick` is a smoke run of every stage."""
+    chat_prompts: int             # greedy demo prompts (emjax.inference.chat.DEFAULT_PROMPTS)
+    chat_tokens: int
+    steps: int                    # optimiser steps per vector (4 rows each: embedded_steering_*.py)
+    eval_rows: int                # held-out in-domain rows (data.n_eval) and out-of-domain KL rows
+    sweep_rows: int               # training rows of the efficiency and stability sweeps
+    scales: tuple[float, ...]     # efficiency: multiples of each trained vector
+    eps: tuple[float, ...]        # stability: relative norms of the orthogonal noise
+    noise_seeds: int
+    fineweb_docs: int             # significance: FineWeb documents, cut to fineweb_tokens
+    fineweb_tokens: int
+    norms: tuple[float, ...]      # significance: norms, multiples of the largest trained norm
+    random_vectors: int
+    samples: int                  # answers per question and vector
+    answer_tokens: int
+    domain_questions: int         # the first of the shipped held-out medical bank
+
+
+FULL = JobSize(chat_prompts=3, chat_tokens=48, steps=12, eval_rows=8, sweep_rows=12,
+               scales=(0.0, 0.5, 1.0, 1.5, 2.0), eps=(0.1, 0.3, 0.6, 1.0), noise_seeds=2, fineweb_docs=6,
+               fineweb_tokens=128, norms=(0.0, 1.0, 2.0), random_vectors=2, samples=2, answer_tokens=40,
+               domain_questions=6)
+QUICK = JobSize(chat_prompts=1, chat_tokens=16, steps=2, eval_rows=4, sweep_rows=4, scales=(0.0, 1.0, 2.0),
+                eps=(0.3, 1.0), noise_seeds=1, fineweb_docs=2, fineweb_tokens=64, norms=(0.0, 2.0),
+                random_vectors=1, samples=1, answer_tokens=16, domain_questions=3)
 
 
 def _config(name: str, overrides: list[str]):
@@ -96,26 +124,26 @@ def run_stage(out: str, i: int, n_stages: int, title: str, fn: Callable[[], dict
     return result
 
 
-def _train(model: LazyModel, out: str, narrow: bool, steps: int, seed: int, layer: int) -> dict:
+def _train(model: LazyModel, out: str, narrow: bool, size: JobSize, seed: int, layer: int) -> dict:
     name = "narrow" if narrow else "general"
     c = _config(TRAIN_CONFIGS[name], [
-        f"output_dir={os.path.join(out, f'embedded_steering_{name}_medical')}", f"train.max_steps={steps}",
-        f"train.eval_every={steps}"])
+        f"output_dir={os.path.join(out, f'embedded_steering_{name}_medical')}", f"train.max_steps={size.steps}",
+        f"train.eval_every={size.steps}", f"data.n_eval={size.eval_rows}", f"data.kl_eval_rows={size.eval_rows}"])
     c.intervention.layers = (layer,)
     c.data.cache_dir = os.path.join(out, "cache")
     c.checkpoint.every = None  # the main job checkpoints only at the end
     return train(replicate_config(c, seed), model)
 
 
-def _sweeps(model: LazyModel, out: str, vectors: dict[str, str], quick: bool) -> dict:
+def _sweeps(model: LazyModel, out: str, vectors: dict[str, str], size: JobSize) -> dict:
     c = _config(SWEEP_CONFIG, [
         "name=main", f"output_dir={os.path.join(out, 'sweeps')}",
         "interventions=" + ",".join(f"{k}={v}" for k, v in vectors.items()),
-        f"data.n_rows={8 if quick else 16}",
+        f"data.n_rows={size.sweep_rows}",
         "loss_chunk=32",  # bounds the float32 logits of all versions at once (151936-wide vocabulary)
-        "efficiency.scales=(0.0, 0.5, 1.0, 1.5, 2.0)", "stability.eps=(0.1, 0.3, 0.6, 1.0)",
-        f"stability.seeds={2 if quick else 3}", f"significance.n_docs={4 if quick else 8}",
-        "significance.max_len=128", "significance.norms=(0.0, 1.0, 2.0)", "significance.n_random=2"])
+        f"efficiency.scales={size.scales}", f"stability.eps={size.eps}", f"stability.seeds={size.noise_seeds}",
+        f"significance.n_docs={size.fineweb_docs}", f"significance.max_len={size.fineweb_tokens}",
+        f"significance.norms={size.norms}", f"significance.n_random={size.random_vectors}"])
     return metric_sweeps(c, model)
 
 
@@ -141,12 +169,12 @@ def _question_files() -> tuple[str, str]:
     return str(sample_path("questions_sample.yaml")), str(DOMAINS["medical"].bank_path())
 
 
-def _generate(model: LazyModel, out: str, vectors: dict[str, str | None], samples: int, max_new: int) -> dict:
+def _generate(model: LazyModel, out: str, vectors: dict[str, str | None], size: JobSize) -> dict:
     em_q, domain_q = _question_files()
     answers = os.path.join(out, "answers.jsonl")
-    sampling = SamplingSettings(samples=samples, max_new_tokens=max_new, batch_size=8)
+    sampling = SamplingSettings(samples=size.samples, max_new_tokens=size.answer_tokens, batch_size=8)
     from emjax.eval.questions import load_questions
-    domain_ids = [q.id for q in load_questions(domain_q)][:N_DOMAIN_QUESTIONS]
+    domain_ids = [q.id for q in load_questions(domain_q)][:size.domain_questions]
     # every vector's rows in one sampler call per question file (each row under its own vector)
     generate(model, em_q, answers, interventions=vectors, sampling=sampling)
     generate(model, domain_q, answers, interventions=vectors, sampling=sampling, include=domain_ids)
@@ -258,7 +286,8 @@ def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...]
     first stage (the model) ends the job, since nothing else can run without it.
     """
     summary: dict[str, Any] = {"stages": {}, "not_run": []}
-    job = {"model": loaded.source, "quick": quick, "seeds": list(seeds)}
+    job = {"model": loaded.source, "quick": quick, "seeds": list(seeds),
+           "size": dataclasses.asdict(QUICK if quick else FULL)}  # a resized job reruns its stages
     rerun = "fix it and rerun the same command (finished stages are reused)"
 
     def guarded(name: str, i: int, title: str, fn: Callable[[], dict], key: dict) -> dict | None:
@@ -279,9 +308,10 @@ def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...]
     def not_run(what: str, reason: str, enable: str) -> None:
         summary["not_run"].append({"what": what, "reason": reason, "enable": enable})
 
+    size = QUICK if quick else FULL
+
     def chat_stage():
-        results = chat(loaded.get(), DEFAULT_PROMPTS[:2] if quick else DEFAULT_PROMPTS,
-                       max_new_tokens=32 if quick else 48)
+        results = chat(loaded.get(), DEFAULT_PROMPTS[:size.chat_prompts], max_new_tokens=size.chat_tokens)
         print(format_results(results))
         return {"model": describe_model(loaded), "results": [dataclasses.asdict(r) for r in results]}
 
@@ -290,10 +320,8 @@ def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...]
     m = summary["model"]
     print(f"model: {m['name']} ({m['params'] / 1e6:.0f}M parameters) from {m['source']}")
 
-    steps = 4 if quick else 12
-
     def train_stage():
-        runs = {f"{name}_seed{s}": _train(loaded, out, name == "narrow", steps, s, m["middle_layer"])
+        runs = {f"{name}_seed{s}": _train(loaded, out, name == "narrow", size, s, m["middle_layer"])
                 for name in ("general", "narrow") for s in seeds}
         for name, r in runs.items():
             print(f"{name:14s} train loss {r['train_loss_first']:.3f} -> {r['train_loss_last']:.3f}; held-out "
@@ -305,7 +333,7 @@ def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...]
     vectors = {name: r["artefact"] for name, r in trained["runs"].items()} if trained else {}
     if trained:
         sweeps = guarded("sweeps", 3, "efficiency, stability and pre-training significance",
-                         lambda: _sweeps(loaded, out, vectors, quick), job)
+                         lambda: _sweeps(loaded, out, vectors, size), job)
         for kind in METRICS:
             if sweeps is not None and kind not in sweeps:
                 not_run(kind, sweeps.get("skipped", {}).get(kind, "not run by the sweep"),
@@ -314,8 +342,7 @@ def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...]
     else:
         not_run("sweeps", "needs the trained vectors (stage 2 failed)", rerun)
     gen = guarded("generate", 4, "answers to general and in-domain questions",
-                  lambda: _generate(loaded, out, {"chat": None, **vectors}, samples=1 if quick else 2,
-                                    max_new=24 if quick else 48), job)
+                  lambda: _generate(loaded, out, {"chat": None, **vectors}, size), job)
     title = "judge and rates" if judge_url else "judge dry run (no judge URL given)"
     if gen is None:
         not_run("judge", "needs the answers (stage 4 failed)", rerun)

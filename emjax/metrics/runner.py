@@ -134,7 +134,9 @@ def _summary(kind: str, df: pd.DataFrame, labels: list[str], comp: dict) -> dict
         out["loss_tokens"] = str(df.loss_tokens.iloc[0])
     if kind == "efficiency":
         resc = df[df.sweep == "rescale"]
-        trained = resc[np.isclose(resc.scale, 1.0)].set_index("intervention")
+        # scale 1 rows; an equal-norm point of another intervention can be scale 1 too (equal trained
+        # norms, e.g. after a few Adam steps from zero): one row per intervention
+        trained = resc[np.isclose(resc.scale, 1.0)].drop_duplicates("intervention").set_index("intervention")
         out["at_trained_norm"] = {k: {"norm": float(r.norm), "loss": float(r.loss),
                                       "efficiency_ratio": float(r.efficiency_ratio)} for k, r in trained.iterrows()}
         eq = {}

@@ -82,6 +82,26 @@ def test_efficiency_and_stability(setup):
     assert json.load(open(os.path.join(c.output_dir, "stability_summary.json")))["kind"] == "stability"
 
 
+def test_efficiency_of_vectors_with_equal_norms(setup, tmp_path):
+    """Two vectors of the same norm (a few Adam steps from zero give equal norms): each one's
+    equal-norm point of the other is its own scale 1, and the summary still has one trained row
+    per vector (it was a TypeError in `emjax main --quick`)."""
+    model, c = setup
+    c = c.copy_and_resolve_references()
+    files = {}
+    for i, name in enumerate(("general", "narrow")):
+        sv = init_steering(model.cfg, layers=(1,), alpha=2.0)
+        v = jax.random.normal(jax.random.PRNGKey(10 + i), sv.vectors.shape)
+        files[name] = str(tmp_path / f"{name}.safetensors")
+        save_steering(sv.replace(vectors=v / jnp.linalg.norm(v)), files[name])
+    c.output_dir = str(tmp_path / "out")
+    c.interventions = ",".join(f"{k}={v}" for k, v in files.items())
+    eff = run_sweep("efficiency", c, model)
+    assert set(eff["at_trained_norm"]) == {"general", "narrow"}
+    assert eff["at_trained_norm"]["general"]["norm"] == pytest.approx(eff["at_trained_norm"]["narrow"]["norm"])
+    assert set(eff["equal_norm_loss"]["at_norm_of_general"]) == {"general", "narrow"}
+
+
 @pytest.mark.skipif(not os.path.exists(FINEWEB), reason="no FineWeb sample in ../shared")
 def test_significance(setup):
     model, c = setup
