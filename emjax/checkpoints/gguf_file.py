@@ -21,6 +21,7 @@ The architectures read are those of the registry entries with a GGUF mapping
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,6 +221,16 @@ def _check_magic(path: Path) -> int:
 
 def _open_reader(path: Path) -> Any:
     size = _check_magic(path)
+    st = os.stat(path)
+    return _cached_reader(str(path), size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_reader(path_text: str, size: int, mtime_ns: int) -> Any:
+    """The parsed reader of one file version: gguf-py's metadata parse takes ~15 s for a
+    151k-token vocabulary on one CPU core, and a load reads the file for its config, its tokenizer
+    and its weights (read-only memory map: sharing the reader is safe)."""
+    path = Path(path_text)
     from gguf import GGUFReader
 
     try:
