@@ -76,6 +76,9 @@ class JobSize:
     samples: int                  # answers per question and vector
     answer_tokens: int
     domain_questions: int         # the first of the shipped held-out medical bank
+    # rows per sampling call: a CPU decode step reads every weight (2.5 GB in float32) whatever
+    # the rows, so one call of all rows beats several small ones
+    sample_batch: int = 32
 
 
 FULL = JobSize(chat_prompts=3, chat_tokens=48, steps=12, eval_rows=8, sweep_rows=12,
@@ -172,7 +175,8 @@ def _question_files() -> tuple[str, str]:
 def _generate(model: LazyModel, out: str, vectors: dict[str, str | None], size: JobSize) -> dict:
     em_q, domain_q = _question_files()
     answers = os.path.join(out, "answers.jsonl")
-    sampling = SamplingSettings(samples=size.samples, max_new_tokens=size.answer_tokens, batch_size=8)
+    sampling = SamplingSettings(samples=size.samples, max_new_tokens=size.answer_tokens,
+                                batch_size=size.sample_batch)
     from emjax.eval.questions import load_questions
     domain_ids = [q.id for q in load_questions(domain_q)][:size.domain_questions]
     # every vector's rows in one sampler call per question file (each row under its own vector)
