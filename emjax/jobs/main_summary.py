@@ -97,7 +97,12 @@ def _metrics(s: dict) -> list[str]:
     if "stability" in sw:
         g, n = _pairs(sw["stability"]["mean_relative_increase"])
         if g and n:
-            lines.append(f"| stability: mean relative loss increase over eps | {_f(_mean(g))} | {_f(_mean(n))} "
+            eps = sorted(float(e) for e in next(iter(sw["stability"].get("relative_increase", {}).values()), {}))
+            # the mean runs over every eps, the largest too (at eps 1 the vector is replaced by noise):
+            # said in the row, since a reader would take it for partial noise only
+            over = f" over eps {', '.join(f'{e:g}' for e in eps)}" if eps else " over eps"
+            lines.append(f"| stability: mean relative loss increase{over} (eps 1: the vector replaced by noise; "
+                         f"per-eps values in sweeps/stability_summary.json) | {_f(_mean(g))} | {_f(_mean(n))} "
                          f"| general lower: {_seen(_mean(g) < _mean(n))} |")
     if "significance" in sw:
         g, n = _pairs(sw["significance"]["kl_at_max_norm"])
