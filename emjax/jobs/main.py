@@ -353,11 +353,11 @@ def _run_stages(out: str, loaded: LazyModel, quick: bool, seeds: tuple[int, ...]
     else:
         judged = guarded("judge", 5, title, lambda: _judge(out, gen, judge_url, judge_model, api_key_env),
                          {**job, "judge_url": judge_url, "judge_model": judge_model})
-        if judged is not None and not judged.get("rates"):
+        if judged is not None and not judged.get("rates"):  # the offline default: said, not a failure
             n = (judged.get("dry_run") or {}).get("n_pending", "n/a")
-            not_run("EM and narrow rates", f"no judge given: the judge stage was a dry run ({n} requests counted)",
-                    "`emjax main --judge-url URL [--judge-model NAME]` with any OpenAI-compatible server "
-                    "(finished stages are reused)")
+            summary["judge_note"] = (f"the judge ran as a dry run ({n} requests counted, no rates): "
+                                     "`emjax main --judge-url URL [--judge-model NAME]` with any OpenAI-compatible "
+                                     "server scores them (finished stages are reused)")
     summary["spread_across_seeds"] = _train_spread(trained["runs"]) if trained and len(seeds) > 1 else None
     return summary
 
@@ -423,6 +423,8 @@ def _print_summary(s: dict, path: str, md: str) -> None:
           + f"; total {s['timings'].get('total', 0):.0f} s")
     for m in s.get("not_run") or []:
         print(f"NOT RUN: {m['what']}: {m['reason']}; to run it: {m['enable']}")
+    if s.get("judge_note"):
+        print(f"EM and narrow rates: {s['judge_note']}")
     print(f"everything in {os.path.dirname(path)} (summary: {md}; plots: sweeps/*.png, report/*.png)")
 
 

@@ -28,7 +28,8 @@ def _not_run(s: dict) -> list[str]:
     """What the job could not run, why, and what enables it (nothing is skipped silently)."""
     missing = s.get("not_run") or []
     if not missing:
-        return ["Everything ran: the three metrics and the judge's rates.", ""]
+        judge = "the judge as a dry run (no `--judge-url`: see *Judge*)" if s.get("judge_note") else "the judge's rates"
+        return [f"Everything ran: the three metrics and {judge}. Nothing was skipped.", ""]
     lines = ["## Not run", "", "| what | why | to run it |", "|---|---|---|"]
     lines += [f"| {m['what']} | {m['reason']} | {m['enable']} |" for m in missing]
     return lines + [""]

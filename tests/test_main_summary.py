@@ -1,0 +1,36 @@
+"""summary.md of the main job: what did not run is listed with why and how, a dry-run judge is
+said (not listed as a skip), and each stage's seconds are tabled."""
+
+from emjax.jobs.main_summary import summary_md
+
+MODEL = {"name": "m", "family": "qwen2", "layers": 4, "params": 1e6, "source": "tiny"}
+TIMES = {"load": 1.0, "data": 0.1, "cache": 0.0, "compile": 2.0, "compute": 3.0, "other": 0.1, "total": 6.2}
+RUNS = {k: {"final_eval": {"eval_loss": 1.0, "eval_kl_ood": 0.1}, "intervention_norm": 2.0}
+        for k in ("general_seed0", "narrow_seed0")}
+
+
+def _summary(**extra):
+    return {"model": MODEL, "timings": TIMES, "not_run": [], **extra,
+            "stages": {"chat": {"timings": TIMES}, "train": {"runs": RUNS, "timings": TIMES},
+                       "generate": {"timings": TIMES}, "judge": {"dry_run": {"n_pending": 7}, "timings": TIMES},
+                       **extra.pop("stages", {})}}
+
+
+def test_a_dry_run_judge_is_said_and_nothing_listed_as_skipped():
+    md = summary_md(_summary(judge_note="dry run", stages={"sweeps": {
+        "efficiency": {"equal_norm_loss": {"at_norm_of_general_seed0": {"general_seed0": 1.0, "narrow_seed0": 2.0}}},
+        "stability": {"mean_relative_increase": {"general_seed0": 0.1, "narrow_seed0": 0.2},
+                      "relative_increase": {"general_seed0": {"0.3": 0.05, "1": 0.15}}},
+        "significance": {"kl_at_max_norm": {"general_seed0": 2.0, "narrow_seed0": 1.0}}}}))
+    assert "Nothing was skipped" in md and "## Not run" not in md and "dry run" in md.lower()
+    assert "## The three metrics" in md and "over eps 0.3, 1 (eps 1: the vector replaced by noise" in md
+    assert "| 2 train | 1.0 | 0.1 | 0.0 | 2.0 | 3.0 | 0.1 | 6.2 |" in md
+
+
+def test_what_did_not_run_is_listed_with_reason_and_command():
+    md = summary_md(_summary(not_run=[{"what": "significance", "reason": "no FineWeb sample at X",
+                                       "enable": "`emjax data get fineweb`"}],
+                             stages={"sweeps": {"efficiency": {"equal_norm_loss": {}}, "stability": {
+                                 "mean_relative_increase": {}}}}))
+    assert "## Not run" in md and "| significance | no FineWeb sample at X | `emjax data get fineweb` |" in md
+    assert "2 of the paper's three ran" in md and "Nothing was skipped" not in md
