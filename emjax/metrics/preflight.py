@@ -12,8 +12,7 @@ from typing import Sequence
 
 import ml_collections
 
-from emjax.checkpoints.load import source_config
-from emjax.configuration import Each, Number, OneOf, Rule, Text, check_values, load_config
+from emjax.configuration import Each, Number, OneOf, Rule, Text, load_config
 from emjax.data.conversations import read_chat_jsonl
 from emjax.data.fineweb import load_fineweb_texts
 from emjax.data.locations import check_writable_dir
@@ -23,9 +22,8 @@ from emjax.errors import EmjaxError
 from emjax.interventions.arithmetic import LORA_NOISE
 from emjax.interventions.files import check_interventions
 from emjax.model.config import ModelConfig
-from emjax.model.mesh_plan import check_mesh_spec
-from emjax.model.sharding import ShardingError
-from emjax.train.preflight import COUNT, DTYPE, MESH, OPTIONAL_POSITIVE_INT, POSITIVE_INT, SEED
+from emjax.train.preflight import (COUNT, DTYPE, MESH, OPTIONAL_POSITIVE_INT, POSITIVE_INT, SEED,
+                                   check_values_mesh_and_model)
 
 FINITE = Number()
 
@@ -78,14 +76,7 @@ def check_sweep_inputs(c: ml_collections.ConfigDict, kinds: Sequence[str], *, mo
     against the model's hidden size and layers (`interventions=False`: they are made by an earlier
     stage), the training rows, the FineWeb corpus for significance, and that output_dir can be
     written. Returns the model's config. Raises an EmjaxError naming the key or file."""
-    import jax
-
-    try:
-        check_mesh_spec(c.get("mesh"), n_devices if n_devices is not None else jax.device_count())
-    except ShardingError as e:
-        raise SweepConfigError(str(e)) from None
-    check_values(c, SWEEP_RULES, error=SweepConfigError)
-    cfg = model_cfg if model_cfg is not None else source_config(c.model.source)
+    cfg = check_values_mesh_and_model(c, SWEEP_RULES, SweepConfigError, model_cfg, n_devices)
     if interventions:
         check_interventions(c.interventions, cfg)
     if set(kinds) & {"efficiency", "stability"}:

@@ -130,6 +130,21 @@ def _check_source(spec: str, data_dir: str, key: str) -> None:
         read_chat_jsonl(resolve_data_spec(spec, data_dir))
 
 
+def check_values_mesh_and_model(config: ml_collections.ConfigDict, rules, error: type[Exception],
+                                model_cfg: ModelConfig | None = None, n_devices: int | None = None) -> ModelConfig:
+    """The checks every stage config starts with: the mesh spec against the device count, the
+    values against `rules`, and the model source's config (no weight read; `model_cfg` when the
+    model is loaded already). Raises `error` naming the key."""
+    import jax
+
+    try:
+        check_mesh_spec(config.get("mesh"), n_devices if n_devices is not None else jax.device_count())
+    except ShardingError as e:
+        raise error(str(e)) from None
+    check_values(config, rules, error=error)
+    return model_cfg if model_cfg is not None else source_config(config.model.source)
+
+
 def check_train_inputs(config: ml_collections.ConfigDict, *, model_cfg: ModelConfig | None = None,
                        n_devices: int | None = None) -> ModelConfig:
     """Everything a training run reads, checked before the model loads (each in well under a
@@ -142,16 +157,9 @@ def check_train_inputs(config: ml_collections.ConfigDict, *, model_cfg: ModelCon
 
     Raises an EmjaxError subclass whose message names the key, file and line.
     """
-    import jax
-
     ic, dc, tc = config.intervention, config.data, config.train
     steer_rows_of(ic)
-    try:
-        check_mesh_spec(config.get("mesh"), n_devices if n_devices is not None else jax.device_count())
-    except ShardingError as e:
-        raise TrainConfigError(str(e)) from None
-    check_values(config, TRAIN_RULES, error=TrainConfigError)
-    cfg = model_cfg if model_cfg is not None else source_config(config.model.source)
+    cfg = check_values_mesh_and_model(config, TRAIN_RULES, TrainConfigError, model_cfg, n_devices)
     bad = [l for l in ic.layers if l >= cfg.n_layers]
     if bad:
         raise TrainConfigError(f"intervention.layers {bad} out of range for a {cfg.n_layers}-layer model "
