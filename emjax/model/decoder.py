@@ -37,7 +37,8 @@ import jax.numpy as jnp
 
 from emjax.model.attention import AttentionImpl, attend, attention_mask, cudnn_attend, resolve_attention
 from emjax.model.config import ModelConfig
-from emjax.model.hooks import HookSource, LayerHooks, ablate, add_lora, add_steering, hooks_for, residual_sites
+from emjax.model.hooks import (HookSource, LayerHooks, ablate, add_lora, add_lora_shared, add_steering, hooks_for,
+                               residual_sites)
 from emjax.model.layers import (FrozenMatrix, FusedQKV, apply_rope, default_positions, layer_view, matmul_bias,
                                 rms_norm, rope_tables)
 from emjax.model.schema import LayerWeights, Weights
@@ -58,9 +59,9 @@ def _proj(x: jax.Array, w: jax.Array | FrozenMatrix, name: str, hooks: LayerHook
 
 def mlp(w: LayerWeights, x: jax.Array, cfg: ModelConfig, hooks: LayerHooks | None) -> jax.Array:
     """Gated MLP, [B, T, D] -> [B, T, D] (the down_proj output, before any post-norm)."""
-    gate = _proj(x, w.gate_proj, "gate_proj", hooks)
+    gate, up = add_lora_shared(hooks, ("gate_proj", "up_proj"), x, (x @ w.gate_proj, x @ w.up_proj))
     act = jax.nn.silu(gate) if cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
-    return _proj(act * _proj(x, w.up_proj, "up_proj", hooks), w.down_proj, "down_proj", hooks)
+    return _proj(act * up, w.down_proj, "down_proj", hooks)
 
 
 def qkv(w: LayerWeights, x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig,
@@ -71,13 +72,12 @@ def qkv(w: LayerWeights, x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: Mode
     """
     b, t, _ = x.shape
     if fused is None:
-        q = _proj(x, w.q_proj, "q_proj", hooks, w.q_bias)
-        k = _proj(x, w.k_proj, "k_proj", hooks, w.k_bias)
-        v = _proj(x, w.v_proj, "v_proj", hooks, w.v_bias)
+        q, k, v = (matmul_bias(x, w.q_proj, w.q_bias), matmul_bias(x, w.k_proj, w.k_bias),
+                   matmul_bias(x, w.v_proj, w.v_bias))
     else:
         nq, nkv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
         q, k, v = jnp.split(matmul_bias(x, fused.w, fused.bias), [nq, nq + nkv], axis=-1)
-        q, k, v = (add_lora(hooks, name, x, y) for y, name in ((q, "q_proj"), (k, "k_proj"), (v, "v_proj")))
+    q, k, v = add_lora_shared(hooks, ("q_proj", "k_proj", "v_proj"), x, (q, k, v))
     q = q.reshape(b, t, cfg.n_heads, cfg.head_dim)
     k = k.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)
     v = v.reshape(b, t, cfg.n_kv_heads, cfg.head_dim)

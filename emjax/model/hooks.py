@@ -13,7 +13,8 @@ functions here, which the block calls and nothing else does:
     activations. Every row of the batch is steered, unless the hooks come from
     `FirstRowSteering` (row 0 only: upstream's training defect, reproduced on request by the
     training step).
-  * `add_lora(hooks, module, x, y)`: the unmerged LoRA delta `(x @ A) @ B` of a projection.
+  * `add_lora(hooks, module, x, y)`: the unmerged LoRA delta `(x @ A) @ B` of a projection
+    (`add_lora_shared` for projections of one input, their A side by side in one matmul).
   * `ablate(hooks, x)`: directional ablation, `x - (x . u) u` with a unit direction u, applied to
     the residual stream after the block (after the "block_out" vector, so a steered component
     along u is removed too); upstream's `projection=True` hook with scale -1 on the layer output.
@@ -32,6 +33,7 @@ from typing import Literal, Protocol
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from emjax.model.config import ModelConfig
 
@@ -122,6 +124,24 @@ def add_lora(hooks: LayerHooks | None, module: str, x: jax.Array, y: jax.Array) 
         return y
     a, b = hooks.lora_a[module].astype(x.dtype), hooks.lora_b[module].astype(x.dtype)
     return y + (x @ a) @ b
+
+
+def add_lora_shared(hooks: LayerHooks | None, modules: tuple[str, ...], x: jax.Array,
+                    ys: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+    """`add_lora` of several projections of the same input x (q/k/v, gate/up): the targeted modules'
+    down-projections run as one matmul x @ [A_1 | A_2 | ...] (one read of x, one [.., in] gradient
+    product in the backward instead of one per module), then each (x @ A_i) @ B_i as in `add_lora`.
+
+    x: [..., in]; ys: the projections' outputs, in the order of `modules`.
+    """
+    present = [m for m in modules if hooks is not None and m in hooks.lora_a]
+    # per-row adapters (emjax.model.row_hooks.RowLoraA) keep their own masked products
+    if len(present) < 2 or not all(isinstance(hooks.lora_a[m], jax.Array) for m in present):
+        return tuple(add_lora(hooks, m, x, y) for m, y in zip(modules, ys))
+    a = jnp.concatenate([hooks.lora_a[m].astype(x.dtype) for m in present], axis=-1)
+    ends = np.cumsum([hooks.lora_a[m].shape[-1] for m in present])[:-1].tolist()
+    down = dict(zip(present, jnp.split(x @ a, ends, axis=-1)))
+    return tuple(y + down[m] @ hooks.lora_b[m].astype(x.dtype) if m in down else y for m, y in zip(modules, ys))
 
 
 def ablate(hooks: LayerHooks | None, x: jax.Array) -> jax.Array:
