@@ -283,3 +283,21 @@ def test_cli_judge_local_on_a_tiny_hf_folder(tmp_path, capsys):
     rc = cli_main(["report", "--answers", sel.answers[0], "--questions", sel.questions[0], "--judgements", str(out),
                    "--judge-model", "local:tiny-judge", "--out-dir", str(tmp_path / "r"), "--bootstrap", "10"])
     assert rc == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_batches_leave_empty_rows_only_in_the_last_and_few_shapes(seed):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(350, 451, 200).tolist()
+    pad_to, nodes = 32, 105
+    batches = plan_batches(lengths, batch_size=16, pad_to=pad_to, max_batch_tokens=1 << 20, n_nodes=nodes)
+    assert sorted(i for b in batches for i in b.indices) == list(range(len(lengths)))
+    assert all(len(b.indices) == b.rows for b in batches[:-1])  # no empty rows before the last batch
+    assert all(max(lengths[i] for i in b.indices) <= b.length < max(lengths[i] for i in b.indices) + pad_to
+               for b in batches)
+    shapes = {(b.rows, b.length) for b in batches}
+    assert len(shapes) <= len({-(-n // pad_to) * pad_to for n in lengths})  # one program per bucket used
+    # rows follow the token budget of the batch's length
+    tight = plan_batches(lengths, batch_size=16, pad_to=pad_to, max_batch_tokens=4 * (448 + nodes), n_nodes=nodes)
+    assert all(b.rows * (b.length + nodes) <= 4 * (448 + nodes) or b.rows == 1 for b in tight)
+    assert all(len(b.indices) <= b.rows for b in tight)

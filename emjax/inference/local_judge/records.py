@@ -46,22 +46,25 @@ def bucket_length(n: int, pad_to: int) -> int:
 
 def plan_batches(lengths: Sequence[int], *, batch_size: int, pad_to: int, max_batch_tokens: int,
                  n_nodes: int) -> list[Batch]:
-    """Batches over prompts of `lengths`, shortest first, each of one length bucket.
+    """Batches of consecutive prompts in length order, each as long as its longest prompt's bucket.
 
-    A bucket's row count is fixed, min(batch_size, max_batch_tokens // (bucket + n_nodes)) and at
-    least 1, so the number of compiled shapes is the number of buckets; a bucket's last batch is
-    filled with empty rows.
+    The rows of a batch of bucket length `length` are min(batch_size, max_batch_tokens // (length +
+    n_nodes)) and at least 1, a function of the length alone, so the number of compiled shapes is
+    the number of buckets used. A batch may span two buckets (its shorter prompts padded to the
+    longer bucket): only the very last batch has empty rows, where filling each bucket on its own
+    left an average of half a batch of empty rows per bucket (ours, issue 24: 2% of the tokens of
+    800 prompts of 350-450 tokens in 32-token buckets).
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    rows_for = lambda length: max(1, min(batch_size, max_batch_tokens // (length + n_nodes)))
     batches: list[Batch] = []
     i = 0
     while i < len(order):
-        length = bucket_length(lengths[order[i]], pad_to)
-        rows = max(1, min(batch_size, max_batch_tokens // (length + n_nodes)))
-        j = i
-        while j < len(order) and j - i < rows and bucket_length(lengths[order[j]], pad_to) == length:
+        j = i + 1  # grow while the group still fits the rows of its (longest prompt's) bucket
+        while j < len(order) and j + 1 - i <= rows_for(bucket_length(lengths[order[j]], pad_to)):
             j += 1
-        batches.append(Batch(tuple(order[i:j]), rows, length))
+        length = bucket_length(lengths[order[j - 1]], pad_to)
+        batches.append(Batch(tuple(order[i:j]), rows_for(length), length))
         i = j
     return batches
 
