@@ -22,6 +22,12 @@ from emjax.model.schema import PROJECTIONS, LayerWeights
 # ran these shapes faster than XLA's Triton GEMMs (skinny decode matmuls at about twice the
 # bandwidth; the 16-norm sweep 4% faster; BENCHMARKS.md). Backends other than GPU ignore them.
 CUBLAS_GEMMS = {"xla_gpu_enable_triton_gemm": False}
+# XLA's dot merger joins dots that share an operand when one of them is small, by concatenating
+# their other operands: with frozen weights sliced from a layer stack that is a copy of weight
+# matrices every layer (decode: the k and v weights at every token, 13% of decode time; training:
+# a LoRA down-projection merged into its base projection copies the whole base matrix). Programs
+# over frozen layer stacks turn it off.
+NO_DOT_MERGER = {"xla_disable_hlo_passes": "dot-merger"}
 
 
 def rms_norm(x: jax.Array, w: jax.Array, eps: float, plus_one: bool) -> jax.Array:

@@ -35,6 +35,7 @@ import optax
 from emjax.interventions.container import Interventions
 from emjax.model.config import ModelConfig
 from emjax.model.hooks import STEER_ROWS, FirstRowSteering, HookSource, SteerRows
+from emjax.model.layers import NO_DOT_MERGER
 from emjax.model.schema import Weights
 from emjax.train.losses import KLReduction, kl_scale
 from emjax.train.shared_prefix import frozen_pass, suffix_ce, suffix_kl
@@ -190,7 +191,7 @@ def train_step(state: TrainState, weights: Weights, sft: SFTBatch, kl: KLBatch |
 def compile_step(cfg: ModelConfig, opts: StepOptions, tx: optax.GradientTransformation, donate: bool = True):
     """The jitted step: step(state, weights, sft, kl, lam) -> (state, metrics)."""
     fn = functools.partial(train_step, cfg=cfg, opts=opts, tx=tx)
-    return jax.jit(fn, donate_argnums=(0,) if donate else ())
+    return jax.jit(fn, donate_argnums=(0,) if donate else (), compiler_options=NO_DOT_MERGER)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "opts"))

@@ -47,6 +47,7 @@ import numpy as np
 
 from emjax.checkpoints.load import LoadedModel
 from emjax.model.config import ModelConfig
+from emjax.model.layers import NO_DOT_MERGER
 from emjax.train import step as TS
 from emjax.train.inputs import TrainConfigError
 from emjax.train.loop import Runs, run_state, train_runs  # noqa: F401 (run_state: run i of a stacked state)
@@ -187,7 +188,8 @@ def compile_vmapped_step(cfg: ModelConfig, opts: TS.StepOptions, optimizer: Call
     """
     one = functools.partial(run_step, cfg=cfg, opts=opts, optimizer=optimizer)
     b = None if shared_batch else 0
-    return jax.jit(jax.vmap(one, in_axes=(0, None, b, b, 0, 0)), donate_argnums=(0,) if donate else ())
+    return jax.jit(jax.vmap(one, in_axes=(0, None, b, b, 0, 0)), donate_argnums=(0,) if donate else (),
+                   compiler_options=NO_DOT_MERGER)
 
 
 def stack_runs(per_seed: list, index: np.ndarray):
