@@ -1,6 +1,6 @@
 """Diagnostic: trace one workload on 14B shapes and print where the GPU time goes (kernel time by
 name and by kind, busy time vs wall time, idle time before each kernel), parsed from the profiler's
-XSpace in-process.
+XSpace in-process. What a fusion computes: `compiled_hlo.py` prints it by the same name.
 
 Cases:
   gen     sampling, 32 rows x 32-token prompts (`--new` tokens)
@@ -112,7 +112,6 @@ with jax.profiler.trace(out):
 path = sorted(glob.glob(os.path.join(out, "**", "*.xplane.pb"), recursive=True))[-1]
 data = jax.profiler.ProfileData.from_file(path)
 by_name = collections.defaultdict(lambda: [0, 0.0])
-by_op = collections.defaultdict(lambda: [0, 0.0])  # by the HLO instruction the kernel runs
 by_kind = collections.defaultdict(lambda: [0, 0.0])
 
 
@@ -138,9 +137,6 @@ for plane in data.planes:
         if "Stream" not in line.name:
             continue
         for ev in line.events:
-            op = next((str(v) for k, v in ev.stats if k in ("hlo_op", "tf_op")), "")
-            by_op[op][0] += 1
-            by_op[op][1] += ev.duration_ns / 1e6
             by_kind[kind_of(ev.name)][0] += 1
             by_kind[kind_of(ev.name)][1] += ev.duration_ns / 1e6
             by_name[ev.name][0] += 1
@@ -172,10 +168,6 @@ for name, (n, ms) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[: a.top]:
 print("by kind:")
 for name, (n, ms) in sorted(by_kind.items(), key=lambda kv: -kv[1][1]):
     print(f"{ms:9.2f} {100 * ms / total:5.1f} {n:6d}  {name}")
-if len(by_op) > 1:
-    print(f"by HLO instruction (top {a.top}):")
-    for name, (n, ms) in sorted(by_op.items(), key=lambda kv: -kv[1][1])[: a.top]:
-        print(f"{ms:9.2f} {100 * ms / total:5.1f} {n:6d}  {name[:110]}")
 print(f"idle GPU time before each kernel (top {a.top // 2}):")
 for name, (n, ms) in sorted(gaps.items(), key=lambda kv: -kv[1][1])[: a.top // 2]:
     print(f"{ms:9.2f} ms {n:6d}  {name[:110]}")
