@@ -10,8 +10,9 @@ rerun skips every key already scored (when none is left, the judge model is not 
 one user message through the model's chat template with the generation prompt; its answer
 distribution is computed exactly (`tree`, `forward`).
 
-Pending tasks are taken `window` at a time, tokenised, sorted by length and run in batches of one
-length bucket (`records.plan_batches`); each batch's lines are appended as soon as it finishes.
+Pending tasks are taken `window` at a time, tokenised, sorted by length and run in batches of
+consecutive prompts padded to a length bucket (`records.plan_batches`); each batch's lines are
+appended as soon as it finishes.
 """
 
 from __future__ import annotations
