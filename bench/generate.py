@@ -77,8 +77,9 @@ def floor(b: int, p: int, n: int) -> dict:
     per_slot = L * b * k * dh * 2 * item
     filled = sum(p + t + 1 for t in range(n)) * per_slot  # slots holding a token, summed over steps
     every = n * DA.cache_length(p + n) * per_slot
-    return {"floor_s": round(n * matmul_s + filled / (FLOOR_TBPS * 1e12), 3),
-            "floor_s_all_slots": round(n * matmul_s + every / (FLOOR_TBPS * 1e12), 3),
+    floor_s, floor_all = n * matmul_s + filled / (FLOOR_TBPS * 1e12), n * matmul_s + every / (FLOOR_TBPS * 1e12)
+    return {"floor_s": round(floor_s, 3), "floor_s_all_slots": round(floor_all, 3),
+            "floor_tokens_per_s": round(b * n / floor_s, 1), "floor_tokens_per_s_all_slots": round(b * n / floor_all, 1),
             "matmul_tflop_per_step": round(2 * b * mm_params / 1e12, 2),
             "weight_gb_per_step": round(mm_params * item / 1e9, 2),
             "kv_gb_per_step_mean": round(filled / n / 1e9, 2), "kv_gb_per_step_all_slots": round(every / n / 1e9, 2)}
@@ -122,9 +123,7 @@ elif a.case == "eval":
     s = timeit(run, warm=1, reps=reps)
     fl = floor(rows, plen, new)
     report(f"qwen14b_generate_eval_b{rows}_new{new}", s, rows * new, GB=rows, P=plen, NEW=new, questions=q,
-           shared=not a.no_share, **got, **fl, floor_tokens_per_s=round(rows * new / fl["floor_s"], 1),
-           floor_tokens_per_s_all_slots=round(rows * new / fl["floor_s_all_slots"], 1),
-           decode_attention=a.decode_attention)
+           shared=not a.no_share, **got, **fl, decode_attention=a.decode_attention)
 
 else:  # multi
     k = a.n_interventions
