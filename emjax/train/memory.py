@@ -116,6 +116,10 @@ class MemoryPlan:
     cached_prefix / cached_kl: the frozen cache gives the SFT prefix / the KL prefix and base
       hidden states as batch inputs instead of computing them in the step.
     mesh: sizes of the mesh axes (data, fsdp, tensor); (1, 1, 1) is one device.
+    runs: N interventions trained in one vmapped step (`emjax train --vmap-runs`): every term of a
+      run's own (its intervention, optimiser state, activations, losses) is held N times; the
+      frozen weights once, and the frozen passes and batch once when all runs share one data
+      order (`shared_batch`), else N times.
     """
 
     batch_size: int
@@ -132,6 +136,8 @@ class MemoryPlan:
     cached_prefix: bool = False
     cached_kl: bool = False
     mesh: tuple[int, int, int] = (1, 1, 1)
+    runs: int = 1
+    shared_batch: bool = True
 
     @property
     def mesh_shape(self) -> dict[str, int]:
@@ -160,7 +166,8 @@ class MemoryEstimate:
         head = (f"training memory per device (estimate): b={p.batch_size}"
                 + (f", kl b={p.kl_batch_size}" if p.kl else "") + f", T={p.seq_len}, A={p.grad_accum}, "
                 f"remat={p.remat}, loss_chunk={p.loss_chunk}, layers {p.first_layer}-{self.cfg.n_layers - 1}"
-                f" trained, mesh data:{p.mesh[0]},fsdp:{p.mesh[1]},tensor:{p.mesh[2]}")
+                f" trained, mesh data:{p.mesh[0]},fsdp:{p.mesh[1]},tensor:{p.mesh[2]}"
+                + (f", {p.runs} runs in one vmapped step" if p.runs > 1 else ""))
         width = max(len(k) for k in self.terms)
         unit, scale = ("GiB", GiB) if self.total >= GiB else ("MiB", 2 ** 20)  # tiny CPU runs in MiB
         rows = [f"  {k:<{width}}  {v / scale:8.2f} {unit}" for k, v in self.terms.items() if v]
@@ -316,6 +323,9 @@ def estimate_training_memory(cfg: ModelConfig, params, plan: MemoryPlan,
     batch = A * b * T * (10 + (a * D if p.cached_prefix else 0))
     batch += A * bk * Tk * (5 + (2 * a * D if p.cached_kl else 0))
     terms["batch"] = batch
+    if p.runs > 1:  # what each vmapped run holds for itself
+        shared = {"frozen weights", "gathered layers (fsdp)"} | ({"frozen passes", "batch"} if p.shared_batch else set())
+        terms = {k: v if k in shared else p.runs * v for k, v in terms.items()}
     return MemoryEstimate({k: int(round(v)) for k, v in terms.items()}, plan, cfg, params)
 
 
@@ -426,6 +436,11 @@ def check_fits(estimate: MemoryEstimate, device_bytes: int, n_devices: int | Non
     else:
         msg += ("; no combination of loss_chunk, remat, smaller micro-batches and an FSDP mesh over the "
                 f"{n_devices or estimate.plan.devices} devices fits")
+    if estimate.plan.runs > 1:
+        one = estimate_training_memory(estimate.cfg, estimate.params, dataclasses.replace(estimate.plan, runs=1),
+                                       rules)
+        msg += (f". This is {estimate.plan.runs} runs in one vmapped step; one run alone needs about "
+                f"{_size(one.total)}: fewer runs per --vmap-runs call also fit less memory")
     msg += (". Set train.memory_check=False to run anyway (config keys; on the command line "
             "--config.KEY=VALUE).\n" + estimate.table(device_bytes))
     raise MemoryFitError(msg)
@@ -463,7 +478,8 @@ def trainer_plan(trainer) -> MemoryPlan:
         grad_accum=tc.grad_accum, remat=trainer.opts.remat, loss_chunk=trainer.opts.loss_chunk,
         attention=trainer.opts.attention, dtype=jnp.dtype(trainer.model.weights.embed.dtype).name,
         first_layer=trainer.k, kl=trainer.use_kl, cached_prefix=cache and trainer.k > 0,
-        cached_kl=cache and trainer.use_kl, mesh=sizes)
+        cached_kl=cache and trainer.use_kl, mesh=sizes, runs=trainer.vmapped_runs,
+        shared_batch=len(trainer.data_seeds) == 1)
 
 
 def check_trainer_memory(trainer) -> MemoryEstimate:

@@ -64,10 +64,12 @@ class Trainer:
     """Trains one intervention as `config` says; see the module docstring."""
 
     def __init__(self, config: ml_collections.ConfigDict, model: LoadedModel | LazyModel | None = None,
-                 data_seeds: Sequence[int] | None = None):
+                 data_seeds: Sequence[int] | None = None, vmapped_runs: int = 1):
         """data_seeds: the data orders whose batches this trainer's caches serve (default
-        train.seed; the vmapped runs of several seeds pass theirs)."""
+        train.seed; the vmapped runs of several seeds pass theirs); vmapped_runs: how many runs
+        its step will train at once (the memory check counts each run's own memory that often)."""
         self.config = config
+        self.vmapped_runs = int(vmapped_runs)
         self.data_seeds = tuple(int(s) for s in data_seeds) if data_seeds else (int(config.train.seed),)
         earlier = earlier_sessions(config) or {}
         self.sessions = int(earlier.get("sessions", 0)) + 1

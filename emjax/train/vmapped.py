@@ -230,7 +230,8 @@ class VmappedTrainer:
         base = copy.deepcopy(config)
         base.train.lambda_kl = max(r.config.train.lambda_kl for r in self.runs)
         self.seeds = sorted({int(r.config.train.seed) for r in self.runs})  # the distinct data orders
-        self.trainer = t = Trainer(base, model, data_seeds=self.seeds)  # its caches serve every order
+        self.trainer = t = Trainer(base, model, data_seeds=self.seeds,  # its caches serve every order
+                                   vmapped_runs=len(self.runs))
         tc = config.train
         self.optimizer = functools.partial(TS.make_optimizer, total_steps=t.total_steps,
                                            warmup_steps=tc.warmup_steps, weight_decay=tc.weight_decay,

@@ -222,3 +222,51 @@ def test_trainer_prints_and_checks(tmp_path, capsys, monkeypatch):
         Trainer(tiny_config(tmp_path, "b", lambda_kl=0.5), model)
     t = Trainer(tiny_config(tmp_path, "d", lambda_kl=0.5, memory_check=False), model)
     assert t.memory.plan.kl and t.memory.plan.cached_kl and t.memory.plan.cached_prefix  # the cache fits
+
+
+@pytest.mark.parametrize("shared_batch", [True, False])
+def test_vmapped_runs_estimate_against_xla_memory_analysis(shared_batch):
+    """N runs in one vmapped step hold N of each run's own memory: the estimate follows XLA's
+    buffer assignment of the compiled vmapped step as N grows (frozen weights held once)."""
+    import functools
+    from emjax.train.vmapped import compile_vmapped_step
+    cfg = preset("qwen2.5-14b-instruct").replace(n_layers=4, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16,
+                                                 ffn_dim=160, vocab_size=512)
+    iv = _lora(cfg, rank=8)
+    optimizer = functools.partial(TS.make_optimizer, total_steps=10, warmup_steps=0)
+    a, b, t = 1, 2, 32
+    fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+    peaks, totals = {}, {}
+    for n in (1, 6):
+        state = jax.eval_shape(lambda p: jax.tree.map(lambda x: jnp.stack([x] * n),
+                                                      TS.init_state(p, optimizer(1.0)[0])), iv)
+        lead = () if shared_batch else (n,)
+        tok = jax.ShapeDtypeStruct(lead + (a, b, t), jnp.int32)
+        mask = jax.ShapeDtypeStruct(lead + (a, b, t), bool)
+        sft, kl = TS.SFTBatch(tokens=tok, mask=mask, targets=tok, loss_mask=mask), TS.KLBatch(tokens=tok, mask=mask)
+        step = compile_vmapped_step(cfg, TS.StepOptions(first_layer=shared_prefix_layers(iv, cfg)), optimizer,
+                                    shared_batch=shared_batch)
+        vec = jax.ShapeDtypeStruct((n,), jnp.float32)
+        m = step.lower(state, _zeros(cfg), sft, kl, vec, vec).compile(compiler_options=fast).memory_analysis()
+        if m is None:
+            pytest.skip("this backend gives no memory analysis")
+        peaks[n] = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+        est = MEM.estimate_training_memory(cfg, iv, _plan(batch_size=b, seq_len=t, kl=True, kl_batch_size=b,
+                                                          grad_accum=a, runs=n, shared_batch=shared_batch))
+        totals[n] = est.total
+        assert 1 / 1.5 < peaks[n] / est.total < 1.5, (n, peaks[n], est.total)
+    # what N adds, not only the total: the runs' own memory grows as the estimate says
+    grown, est_grown = peaks[6] - peaks[1], totals[6] - totals[1]
+    assert 1 / 1.5 < grown / est_grown < 1.5, (grown, est_grown)
+    assert "6 runs in one vmapped step" in str(MEM.estimate_training_memory(cfg, iv, _plan(runs=6)))
+
+
+def test_vmapped_fit_error_names_the_runs():
+    cfg = _cfg(n_layers=8, vocab_size=4096)
+    iv = _lora(cfg)
+    est = MEM.estimate_training_memory(cfg, iv, _plan(batch_size=4, seq_len=128, runs=8))
+    one = MEM.estimate_training_memory(cfg, iv, _plan(batch_size=4, seq_len=128))
+    assert est.terms["frozen weights"] == one.terms["frozen weights"]
+    assert est.terms["AdamW moments"] == 8 * one.terms["AdamW moments"]
+    with pytest.raises(MEM.MemoryFitError, match="8 runs in one vmapped step; one run alone needs about"):
+        MEM.check_fits(est, int(est.total * 0.5))

@@ -110,6 +110,8 @@ def test_lambda_and_lr_runs_equal_separate_runs(tiny_model, tmp_path):
                                        "lambda_kl2_lr0.01"]
     vt = VmappedTrainer(c, runs, tiny_model)
     assert len(vt.seeds) == 1  # one data order: the batch is shared
+    plan = vt.trainer.memory.plan  # the memory check counted the four runs' own memory
+    assert plan.runs == 4 and plan.shared_batch
     out = vt.run()
     assert vt.trainer.cache_train is not None and vt.trainer.cache_kl is not None
     assert set(out["runs"]) == {r.label for r in runs}
@@ -125,6 +127,7 @@ def test_seed_runs_equal_separate_runs_and_resume(tiny_model, tmp_path):
     assert [(r.label, r.config.train.seed) for r in runs] == [("seed0", 0), ("seed1", 1)]
     vt = VmappedTrainer(c, runs, tiny_model)
     assert vt.seeds == [0, 1]  # two data orders: per-run batches
+    assert vt.trainer.memory.plan.runs == 2 and not vt.trainer.memory.plan.shared_batch
     vt.run()
     full = _check_against_separate(vt, tmp_path, tiny_model)
     # interrupted after step 3 (last checkpoint at step 2), resumed: the same state, bit for bit
