@@ -79,7 +79,8 @@ def floor(b: int, p: int, n: int) -> dict:
     every = n * DA.cache_length(p + n) * per_slot
     floor_s, floor_all = n * matmul_s + filled / (FLOOR_TBPS * 1e12), n * matmul_s + every / (FLOOR_TBPS * 1e12)
     return {"floor_s": round(floor_s, 3), "floor_s_all_slots": round(floor_all, 3),
-            "floor_tokens_per_s": round(b * n / floor_s, 1), "floor_tokens_per_s_all_slots": round(b * n / floor_all, 1),
+            "floor_tokens_per_s": round(b * n / floor_s, 1),
+            "floor_tokens_per_s_all_slots": round(b * n / floor_all, 1),
             "matmul_tflop_per_step": round(2 * b * mm_params / 1e12, 2),
             "weight_gb_per_step": round(mm_params * item / 1e9, 2),
             "kv_gb_per_step_mean": round(filled / n / 1e9, 2), "kv_gb_per_step_all_slots": round(every / n / 1e9, 2)}

@@ -24,9 +24,9 @@ from emjax.model.schema import PROJECTIONS, LayerWeights
 CUBLAS_GEMMS = {"xla_gpu_enable_triton_gemm": False}
 # XLA's dot merger joins dots that share an operand when one of them is small, by concatenating
 # their other operands: with frozen weights sliced from a layer stack that is a copy of weight
-# matrices every layer (decode: the k and v weights at every token, 13% of decode time; training:
-# a LoRA down-projection merged into its base projection copies the whole base matrix). Programs
-# over frozen layer stacks turn it off.
+# matrices every layer (decode: the k and v weights at every token, 13% of decode time; the LoRA
+# step's profile shows weight-sized copies every layer, the pattern of an adapter's small dot merged
+# into its base projection's). Programs over frozen layer stacks turn it off.
 NO_DOT_MERGER = {"xla_disable_hlo_passes": "dot-merger"}
 
 

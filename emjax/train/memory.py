@@ -324,7 +324,9 @@ def estimate_training_memory(cfg: ModelConfig, params, plan: MemoryPlan,
     batch += A * bk * Tk * (5 + (2 * a * D if p.cached_kl else 0))
     terms["batch"] = batch
     if p.runs > 1:  # what each vmapped run holds for itself
-        shared = {"frozen weights", "gathered layers (fsdp)"} | ({"frozen passes", "batch"} if p.shared_batch else set())
+        shared = {"frozen weights", "gathered layers (fsdp)"}
+        if p.shared_batch:
+            shared |= {"frozen passes", "batch"}
         terms = {k: v if k in shared else p.runs * v for k, v in terms.items()}
     return MemoryEstimate({k: int(round(v)) for k, v in terms.items()}, plan, cfg, params)
 
