@@ -57,3 +57,11 @@ def bench_config(tiny: bool, name: str = "qwen2.5-14b-instruct") -> ModelConfig:
     if tiny:
         cfg = cfg.replace(n_layers=4, d_model=128, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=256, vocab_size=1024)
     return cfg
+
+
+def judge_tree():
+    """The local judge's answer tree as the benchmarks build it for Qwen2.5's tokenizer: digits one
+    by one ("0" is id 15), CODE as 1 token and REFUSAL as 2: 105 nodes, depth 3."""
+    from emjax.inference.local_judge import NUMBERS, build_tree
+    return build_tree(list(NUMBERS) + ["CODE", "REFUSAL"],
+                      [tuple(15 + int(d) for d in t) for t in NUMBERS] + [(34,), (30, 31)])

@@ -17,10 +17,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bench.common import bench_config, random_weights, report  # noqa: E402
+from bench.common import bench_config, judge_tree, random_weights, report  # noqa: E402
 from emjax.model.schema import num_params  # noqa: E402
-from emjax.inference.local_judge import (NUMBERS, TreeArrays, build_tree, plan_batches, score_batches,  # noqa: E402
-                                  score_prompts)  # noqa: E402
+from emjax.inference.local_judge import TreeArrays, plan_batches, score_batches, score_prompts  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--prompts", type=int, default=1600)
@@ -38,9 +37,7 @@ a = p.parse_args()
 
 cfg = bench_config(a.tiny)
 w = random_weights(cfg)
-# Qwen2.5 writes digits one by one ("0" is id 15); CODE / REFUSAL as 1 and 2 tokens: 105 nodes, depth 3
-texts = list(NUMBERS) + ["CODE", "REFUSAL"]
-tree = build_tree(texts, [tuple(15 + int(d) for d in t) for t in NUMBERS] + [(34,), (30, 31)])
+tree = judge_tree()
 stops, limit = (cfg.vocab_size - 2, cfg.vocab_size - 1), cfg.vocab_size
 rng = np.random.default_rng(0)
 prompts = [rng.integers(100, cfg.vocab_size - 300, n).tolist() for n in rng.integers(a.min, a.max + 1, a.prompts)]

@@ -16,14 +16,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.common import random_weights  # noqa: E402
-from emjax.inference.local_judge import NUMBERS, TreeArrays, build_tree, score_prompts  # noqa: E402
+from bench.common import judge_tree, random_weights  # noqa: E402
+from emjax.inference.local_judge import TreeArrays, score_prompts  # noqa: E402
 from emjax.model.config import preset  # noqa: E402
 
 cfg = preset("qwen2.5-14b-instruct").replace(n_layers=3, d_model=512, n_heads=8, n_kv_heads=2, head_dim=128,
                                               ffn_dim=1024, vocab_size=64)
-texts = list(NUMBERS) + ["CODE", "REFUSAL"]
-tree = build_tree(texts, [tuple(15 + int(d) for d in t) for t in NUMBERS] + [(34,), (30, 31)])
+tree = judge_tree()
 arrays = TreeArrays.of(tree)
 stops, limit = (cfg.vocab_size - 2, cfg.vocab_size - 1), cfg.vocab_size
 rng = np.random.default_rng(0)

@@ -43,10 +43,10 @@ if a.case == "lora32":
     step = TS.compile_step(cfg, TS.StepOptions(first_layer=0, attention="xla" if a.tiny else "cudnn"), tx)
     compiled = step.lower(state, w, sft, None, jnp.float32(1.0)).compile()
 else:
-    from emjax.inference.local_judge import NUMBERS, TreeArrays, build_tree
+    from bench.common import judge_tree
+    from emjax.inference.local_judge import TreeArrays
     from emjax.inference.local_judge.forward import answer_logprobs
-    tree = TreeArrays.of(build_tree(list(NUMBERS) + ["CODE", "REFUSAL"],
-                                    [tuple(15 + int(d) for d in t) for t in NUMBERS] + [(34,), (30, 31)]))
+    tree = TreeArrays.of(judge_tree())
     compiled = answer_logprobs.lower(w, cfg, spec((16, 416), jnp.int32), spec((16, 416), jnp.bool_), tree,
                                      spec((2,), jnp.int32), spec((), jnp.int32),
                                      attention="xla" if a.tiny else "cudnn").compile()

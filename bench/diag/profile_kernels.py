@@ -74,9 +74,9 @@ elif a.case == "lora32":
         box[0], m = step(box[0], w, sft, None, jnp.float32(1.0))
         jax.block_until_ready(m["loss"])
 elif a.case == "judge":
-    from emjax.inference.local_judge import NUMBERS, TreeArrays, build_tree, plan_batches, score_batches
-    tree = build_tree(list(NUMBERS) + ["CODE", "REFUSAL"],
-                      [tuple(15 + int(d) for d in t) for t in NUMBERS] + [(34,), (30, 31)])
+    from bench.common import judge_tree
+    from emjax.inference.local_judge import TreeArrays, plan_batches, score_batches
+    tree = judge_tree()
     rng = np.random.default_rng(0)
     judged = [rng.integers(100, cfg.vocab_size - 300, n).tolist() for n in rng.integers(350, 451, a.prompts)]
     plan = plan_batches([len(x) for x in judged], batch_size=16, pad_to=32, max_batch_tokens=1 << 20,

@@ -18,8 +18,8 @@ Interventions enter every block through one hook point (`emjax.model.hooks`): th
 `add_lora` inside each projection, `add_steering` at the sites "mlp_out" and "block_out", and
 `ablate` on its output.
 
-Base weights are constants under differentiation: the projections go through a custom VJP
-(`emjax.model.layers.FrozenMatrix`) that passes no gradient to them, because emjax only ever
+Base weights are constants under differentiation: the projections and the unembedding go through
+custom VJPs (`emjax.model.layers.FrozenMatrix`, `frozen_unembed`) that pass no gradient to them, because emjax only ever
 trains interventions. Differentiate interventions, not `Weights`.
 
 Padding: `mask[b, t]` is True for real tokens. Positions default to the count of real tokens
@@ -39,8 +39,8 @@ from emjax.model.attention import AttentionImpl, attend, attention_mask, cudnn_a
 from emjax.model.config import ModelConfig
 from emjax.model.hooks import (HookSource, LayerHooks, ablate, add_lora, add_lora_shared, add_steering, hooks_for,
                                residual_sites)
-from emjax.model.layers import (FrozenMatrix, FusedQKV, apply_rope, default_positions, layer_view, matmul_bias,
-                                rms_norm, rope_tables)
+from emjax.model.layers import (FrozenMatrix, FusedQKV, apply_rope, default_positions, frozen_unembed, layer_view,
+                                matmul_bias, rms_norm, rope_tables)
 from emjax.model.schema import LayerWeights, Weights
 from emjax.model.sharding import constrain_rows
 
@@ -121,42 +121,13 @@ def embed(weights: Weights, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
     return x
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _frozen_unembed(x: jax.Array, table: jax.Array, spec: str) -> jax.Array:
-    """x [B, T, D] times the frozen unembedding table (spec "btd,vd->btv" for a tied [V, D] table,
-    "btd,dv->btv" for an lm_head [D, V]): float32 logits [B, T, V].
-
-    Why a custom VJP: the plain einsum's transpose multiplies the float32 logit gradient by the
-    table, so XLA converts the whole table to float32 (3 GB at 14B) and runs a float32 (TF32) GEMM
-    every step (8.6 ms, besides the conversion, of a 311 ms LoRA step on an H100). Here the gradient is rounded to the table's dtype
-    first, as a bf16 model's autograd does, and the product accumulates in float32; for float32
-    weights nothing changes. The table gets no gradient (emjax never trains base weights).
-    """
-    return jnp.einsum(spec, x, table, preferred_element_type=jnp.float32)
-
-
-def _frozen_unembed_fwd(x, table, spec):
-    return _frozen_unembed(x, table, spec), (table, jnp.zeros((0,), x.dtype))
-
-
-def _frozen_unembed_bwd(spec, res, g):
-    table, x_dtype = res
-    lhs, rest = spec.split(",")
-    tab, out = rest.split("->")
-    dx = jnp.einsum(f"{out},{tab}->{lhs}", g.astype(table.dtype), table, preferred_element_type=jnp.float32)
-    return dx.astype(x_dtype.dtype), None
-
-
-_frozen_unembed.defvjp(_frozen_unembed_fwd, _frozen_unembed_bwd)
-
-
 def unembed(weights: Weights, cfg: ModelConfig, x: jax.Array) -> jax.Array:
     """Final norm and projection to the vocabulary: [B, T, D] -> [B, T, V] float32 logits."""
     x = rms_norm(x, weights.final_norm, cfg.norm_eps, cfg.norm_plus_one)
     if weights.lm_head is None:
-        logits = _frozen_unembed(x, weights.embed, "btd,vd->btv")
+        logits = frozen_unembed(x, weights.embed, "btd,vd->btv")
     else:
-        logits = _frozen_unembed(x, weights.lm_head, "btd,dv->btv")
+        logits = frozen_unembed(x, weights.lm_head, "btd,dv->btv")
     if cfg.final_softcap is not None:
         logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
     return logits

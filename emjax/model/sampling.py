@@ -56,7 +56,7 @@ from emjax.model.attention import attend, attention_mask
 from emjax.model.config import ModelConfig
 from emjax.model.ablation import DirectionAblation, ablated
 from emjax.model.hooks import HookSource, hooks_for
-from emjax.model.layers import CUBLAS_GEMMS, NO_DOT_MERGER, FusedQKV, default_positions, fuse_qkv, rms_norm, rope_tables
+from emjax.model.layers import INFERENCE_COMPILER_OPTIONS, FusedQKV, default_positions, fuse_qkv, rms_norm, rope_tables
 from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, put_rows, replicate, rows_divide
 from emjax.model.row_hooks import InterventionSet, RowInterventions
 from emjax.model.schema import Weights
@@ -136,8 +136,6 @@ def _filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: flo
     return logits
 
 
-# XLA options for the sampling program: cuBLAS GEMMs and no dot merger (see emjax.model.layers).
-DECODE_COMPILER_OPTIONS = {**CUBLAS_GEMMS, **NO_DOT_MERGER}
 
 # Decode steps between two checks whether every row has stopped: the check is one host round
 # trip per chunk; a finished batch runs at most this many steps too many.
@@ -153,7 +151,7 @@ class SamplingMemoryError(EmjaxError, ValueError):
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
                                              "layer_unroll", "kernel", "stop_check"),
-                   compiler_options=DECODE_COMPILER_OPTIONS)
+                   compiler_options=INFERENCE_COMPILER_OPTIONS)
 def _generate(weights, cfg, tokens, mask, expand, interventions, key, row_ids, stop_ids, vocab_limit, *,
               max_new_tokens: int, temperature: float, top_k: int, top_p: float, layer_unroll: int = 1,
               kernel: str = "xla", stop_check: int = 0):

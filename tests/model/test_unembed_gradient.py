@@ -1,4 +1,4 @@
-"""The unembedding's own backward (`emjax.model.decoder._frozen_unembed`): exact in float32, the
+"""The unembedding's own backward (`emjax.model.layers.frozen_unembed`): exact in float32, the
 bf16 product of a bf16 model's autograd otherwise, and never a float32 copy of the table."""
 
 import jax

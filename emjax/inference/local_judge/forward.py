@@ -36,7 +36,7 @@ from emjax.inference.local_judge.tree import ScoringTree
 from emjax.model import decoder as M
 from emjax.model.attention import attend, attention_mask, cudnn_attend, resolve_attention
 from emjax.model.config import ModelConfig
-from emjax.model.layers import CUBLAS_GEMMS, NO_DOT_MERGER, default_positions, layer_view, rope_tables
+from emjax.model.layers import INFERENCE_COMPILER_OPTIONS, default_positions, layer_view, rope_tables
 from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, put_rows, replicate
 from emjax.model.schema import Weights
 from emjax.model.sharding import constrain_rows
@@ -103,7 +103,7 @@ def _split_attention(q: jax.Array, k: jax.Array, v: jax.Array, p: int, lengths: 
     return jnp.concatenate([prompt_out, attend(q[:, p:], k, v, tree_mask, cfg)], axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "attention"), compiler_options={**CUBLAS_GEMMS, **NO_DOT_MERGER})
+@functools.partial(jax.jit, static_argnames=("cfg", "attention"), compiler_options=INFERENCE_COMPILER_OPTIONS)
 def answer_logprobs(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask: jax.Array,
                     tree: TreeArrays, stop_ids: jax.Array, vocab_limit: jax.Array,
                     attention: str = "xla") -> jax.Array:
