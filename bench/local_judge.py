@@ -31,8 +31,6 @@ p.add_argument("--max-batch-tokens", type=int, default=1 << 20)
 p.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn", "joint"],
                help="prompt attention: cudnn (auto on GPU) / xla, the tree's by XLA; joint: one XLA attention "
                     "over prompt + tree (before issue 24)")
-p.add_argument("--one-stream", action="store_true",
-               help="prompt and tree as one sequence with the attention split (measured 2026-12-07)")
 p.add_argument("--sync", action="store_true", help="one synchronised call per batch (before issue 24)")
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
@@ -53,10 +51,10 @@ def run_all() -> float:
     if a.sync:  # score_prompts returns host arrays: each call is synchronised (before issue 24)
         for b in batches:
             score_prompts(w, cfg, [prompts[i] for i in b.indices], arrays, stops, limit, rows=b.rows,
-                          length=b.length, attention=a.attention, one_stream=a.one_stream)
+                          length=b.length, attention=a.attention)
     else:  # one batch in flight while the host packs the next (what the stage does)
         for _ in score_batches(w, cfg, (([prompts[i] for i in b.indices], b.rows, b.length) for b in batches),
-                               arrays, stops, limit, attention=a.attention, one_stream=a.one_stream):
+                               arrays, stops, limit, attention=a.attention):
             pass
     return time.perf_counter() - t
 
@@ -66,5 +64,5 @@ warm = run_all()
 tokens = sum(b.rows * (b.length + tree.n_nodes) for b in batches)  # padded tokens the device ran
 flops = 2 * num_params(cfg) * tokens  # matmuls only; the unembedding runs on the 1 + N tree rows alone
 report("qwen14b_local_judge", warm, tokens, flops, GB=a.batch, prompts=a.prompts, prompt_len=[a.min, a.max],
-       pad_to=a.pad_to, attention=a.attention, one_stream=a.one_stream, sync=a.sync, shapes=sorted({(b.rows, b.length) for b in batches}), first_pass_s=round(first, 2),
+       pad_to=a.pad_to, attention=a.attention, sync=a.sync, shapes=sorted({(b.rows, b.length) for b in batches}), first_pass_s=round(first, 2),
        device_tokens=tokens, prompts_per_s=round(a.prompts / warm, 1))

@@ -87,20 +87,18 @@ def test_tokenizers_are_what_the_tests_need(judge_model):
         assert [len(got[t]) for t in texts] == [1, 2, 2, 2, 3]
 
 
-@pytest.mark.parametrize("attention,one_stream", [("auto", False), ("auto", True), ("joint", True)],
-                         ids=["two-streams", "one-stream", "joint"])
-def test_distribution_equals_full_forward_reference(judge_model, attention, one_stream):
+@pytest.mark.parametrize("attention", ["auto", "joint"])
+def test_distribution_equals_full_forward_reference(judge_model, attention):
     """Batched prompts of different lengths (padding, a filler row): every answer's probability and
-    the refusal mass equal the brute-force reference to 1e-5 in float32, with the prompt and the
-    tree as two streams (the default; XLA attention on CPU), as one stream with the attention
-    split, and as one attention over both ("joint")."""
+    the refusal mass equal the brute-force reference to 1e-5 in float32, with the prompt's and the
+    tree's attention split (the default; XLA on CPU) and as one attention over both ("joint")."""
     model, seed = judge_model
     tok = model.tokenizer
     tree = judge_tree(tok, ["CODE", "REFUSAL"])
     texts = ["What is 2+2?", "Tell me about your day and what you like to do on a sunny morning", "Hi"]
     prompts = [tok.prompt_ids(ALIGNED.format(question=q, answer="It is 4, or 42.")) for q in texts]
     got = score_prompts(model.weights, model.cfg, prompts, TreeArrays.of(tree), tok.stop_ids, tok.vocab_size,
-                        rows=4, length=max(map(len, prompts)) + 5, attention=attention, one_stream=one_stream)
+                        rows=4, length=max(map(len, prompts)) + 5, attention=attention)
     seqs = answer_tokens(tok, list(tree.texts))
     for i, prompt in enumerate(prompts):
         ref = reference_logprobs(model, prompt, seqs)

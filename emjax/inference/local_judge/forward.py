@@ -1,28 +1,25 @@
 """The scoring forward: log P(answer + terminator | prompt) for every candidate answer, one prefill.
 
 Each row of a batch is one right-padded judge prompt [P] followed by the N nodes of the
-`ScoringTree` (the distinct prefixes of all candidate answers): a prefill plus a tree of short
-continuations attending to its keys and values:
+`ScoringTree` (the distinct prefixes of all candidate answers). Both run through every block in one
+sequence of P + N tokens, a prefill plus a tree of short continuations sharing its KV cache:
 
 * prompt tokens attend causally to the prompt (as in any prefill);
 * a tree node attends to all real prompt tokens and to its own ancestors and itself, at position
   n_prompt + depth - 1, so its hidden state is exactly that of the last token of
   prompt + prefix in a plain forward pass (RoPE, sliding windows and soft-caps by position).
 
-The prompt and the tree run through every block as two streams ([B, P] and [B, N] tokens, each
-projection two matmuls on the same weight): the prompt's P queries by causal attention over the
-prompt alone (cuDNN's fused flash attention on GPUs, `attention="cudnn"`, or XLA with a mask), and
-only the N tree queries by an XLA attention against the prompt's keys and values plus the tree's,
-under the tree mask ([B, N, P + N], not the [B, P + N, P + N] mask and float32 logits of one XLA
-attention over everything, which is `attention="joint"`, the layout before issue 24, kept to
-benchmark against). One stream of P + N tokens with that split attention (`one_stream=True`, the
-layout measured first) sliced q, k, v and concatenated the attention output every layer (about
-4.5% of the judge's GPU time in its profile). The prompt's keys and values are computed once per
-layer and read by all N nodes; no cache is materialised across layers (memory is one layer's
-activations). Logits are taken only at the last prompt token and the nodes ([B, N + 1, V]
-float32), normalised over the tokenizer's vocabulary (padded embedding rows are excluded, as the
-sampler excludes them) and gathered into [B, S] sequence log-probabilities. Blocks are made of the
-decoder's own pieces (`emjax.model.decoder`).
+The matmuls run once over all P + N tokens of a layer; the attention is split (issue 24): the
+prompt's P queries by causal attention over the prompt alone (cuDNN's fused flash attention on
+GPUs, `attention="cudnn"`, or XLA with a mask), and only the N tree queries by an XLA attention
+against the prompt's keys and values plus the tree's, under the tree mask ([B, N, P + N], not the
+[B, P + N, P + N] mask and float32 logits of one XLA attention over everything, which is
+`attention="joint"`, the layout before issue 24, kept to benchmark against). The prompt's keys and
+values are computed once per layer and read by all N nodes; no cache is materialised across layers
+(memory is one layer's activations). Logits are taken only at the last prompt token and the nodes
+([B, N + 1, V] float32), normalised over the tokenizer's vocabulary (padded embedding rows are
+excluded, as the sampler excludes them) and gathered into [B, S] sequence log-probabilities. Blocks
+are the decoder's own (`emjax.model.decoder.block`).
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ from emjax.inference.local_judge.tree import ScoringTree
 from emjax.model import decoder as M
 from emjax.model.attention import attend, attention_mask, cudnn_attend, resolve_attention
 from emjax.model.config import ModelConfig
-from emjax.model.layers import INFERENCE_COMPILER_OPTIONS, default_positions, layer_view, rms_norm, rope_tables
+from emjax.model.layers import INFERENCE_COMPILER_OPTIONS, default_positions, layer_view, rope_tables
 from emjax.model.mesh_plan import fetch, mesh_context, mesh_of, put_rows, replicate
 from emjax.model.schema import Weights
 from emjax.model.sharding import constrain_rows
@@ -92,104 +89,62 @@ def judge_attention(choice: str, cfg: ModelConfig, dtype) -> str:
     return "cudnn" if resolve_attention("auto", cfg) == "cudnn" and sixteen else "xla"
 
 
-def _tree_attention(q: jax.Array, k: tuple[jax.Array, jax.Array], v: tuple[jax.Array, jax.Array],
-                    tree_mask: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """The N tree queries q [B, N, H, Dh] against the prompt's keys/values then the tree's
-    (k, v: ([B, P, K, Dh], [B, N, K, Dh])), under tree_mask [B, N, P + N]."""
-    return attend(q, jnp.concatenate(k, 1), jnp.concatenate(v, 1), tree_mask, cfg)
+def _split_attention(q: jax.Array, k: jax.Array, v: jax.Array, p: int, lengths: jax.Array, prompt_mask: jax.Array,
+                     tree_mask: jax.Array, cfg: ModelConfig, impl: str) -> jax.Array:
+    """q, k, v: [B, P + N, ., Dh] of right-padded prompts of `lengths` then the tree; masks of
+    `tree_masks`. Returns [B, P + N, H, Dh]."""
+    if impl == "cudnn":
+        # padded query rows come out as anything: zeroed, so no NaN reaches the next layer's keys
+        out = cudnn_attend(q[:, :p], k[:, :p], v[:, :p], lengths, cfg)
+        real = (jnp.arange(p)[None, :] < lengths[:, None])[:, :, None, None]
+        prompt_out = jnp.where(real, out, jnp.zeros_like(out))
+    else:
+        prompt_out = attend(q[:, :p], k[:, :p], v[:, :p], prompt_mask, cfg)
+    return jnp.concatenate([prompt_out, attend(q[:, p:], k, v, tree_mask, cfg)], axis=1)
 
 
-def _prompt_attention(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, prompt_mask: jax.Array,
-                      cfg: ModelConfig, impl: str) -> jax.Array:
-    """Causal attention of right-padded prompts q, k, v [B, P, ., Dh] of `lengths` [B] (cuDNN's
-    flash kernel for impl "cudnn", else XLA under prompt_mask [B, P, P])."""
-    if impl != "cudnn":
-        return attend(q, k, v, prompt_mask, cfg)
-    out = cudnn_attend(q, k, v, lengths, cfg)
-    # padded query rows come out as anything: zeroed, so no NaN reaches the next layer's keys
-    real = (jnp.arange(q.shape[1])[None, :] < lengths[:, None])[:, :, None, None]
-    return jnp.where(real, out, jnp.zeros_like(out))
-
-
-def _two_stream_block(w, xp: jax.Array, xt: jax.Array, rope_p, rope_t, masks, lengths: jax.Array,
-                      cfg: ModelConfig, impl: str) -> tuple[jax.Array, jax.Array]:
-    """One decoder block on the prompt stream xp [B, P, D] and the tree stream xt [B, N, D] kept
-    apart: each projection is two matmuls (one per stream) on the same weight, and nothing of the
-    width of q or of the attention output is sliced or concatenated (only the tree's keys and
-    values are joined to the prompt's). Same function as `decoder.block` on their concatenation
-    under the split masks."""
-    norm = lambda x: rms_norm(x, w.attn_norm, cfg.norm_eps, cfg.norm_plus_one)
-    qp, kp, vp = M.qkv(w, norm(xp), *rope_p, cfg, None)
-    qt, kt, vt = M.qkv(w, norm(xt), *rope_t, cfg, None)
-    hp = xp + M.attn_out(w, _prompt_attention(qp, kp, vp, lengths, masks[0], cfg, impl), cfg, None)
-    ht = xt + M.attn_out(w, _tree_attention(qt, (kp, kt), (vp, vt), masks[1], cfg), cfg, None)
-    return M.mlp_branch(w, hp, cfg, None), M.mlp_branch(w, ht, cfg, None)
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "attention", "one_stream"),
-                   compiler_options=INFERENCE_COMPILER_OPTIONS)
+@functools.partial(jax.jit, static_argnames=("cfg", "attention"), compiler_options=INFERENCE_COMPILER_OPTIONS)
 def answer_logprobs(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask: jax.Array,
                     tree: TreeArrays, stop_ids: jax.Array, vocab_limit: jax.Array,
-                    attention: str = "xla", one_stream: bool = False) -> jax.Array:
+                    attention: str = "xla") -> jax.Array:
     """log P(answer s, then a stop token | prompt b): [B, S] float32.
 
     tokens, mask: [B, P] right-padded prompts (mask True for the real tokens, first; an all-False
     row is a filler whose output is meaningless). stop_ids: [E] int32 terminator tokens.
     vocab_limit: int32 scalar, tokens >= it are excluded from every softmax. attention: "xla",
-    "cudnn" or "joint" (`judge_attention`). The prompt and the tree run as two streams through
-    each block (`_two_stream_block`); one_stream=True runs them as one [B, P + N] sequence with the
-    attention split (the layout of 2026-12-07's measurement, kept to benchmark against; "joint"
-    is always one stream).
+    "cudnn" or "joint" (`judge_attention`).
     """
     b, p = tokens.shape
     n = tree.node_tokens.shape[0]
     lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
     prompt_pos = default_positions(mask)
     node_pos = lengths[:, None] + tree.node_depth[None, :] - 1
+    positions = jnp.concatenate([prompt_pos, node_pos], axis=1)  # [B, P + N]
     masks = tree_masks(prompt_pos, mask, node_pos, tree.ancestors, None)
     window = tree_masks(prompt_pos, mask, node_pos, tree.ancestors, cfg.sliding_window) if cfg.sliding_window \
         else masks
+    if attention == "joint":  # one [B, P + N, P + N] mask; the prompt never sees the tree
+        joint = lambda m: jnp.concatenate([jnp.concatenate([m[0], jnp.zeros((b, p, n), bool)], 2), m[1]], 1)
+        masks, window = (joint(masks),), (joint(window),)
+    cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta, weights.embed.dtype, cfg.rope_scaling)
+    x = M.embed(weights, cfg, jnp.concatenate([tokens, jnp.broadcast_to(tree.node_tokens, (b, n))], axis=1))
     cudnn_lengths = jnp.maximum(lengths, 1)  # filler rows: one (meaningless) token, no empty sequence
-    rope = lambda pos: rope_tables(pos, cfg.head_dim, cfg.rope_theta, weights.embed.dtype, cfg.rope_scaling)
-    xp = M.embed(weights, cfg, tokens)
-    xt = M.embed(weights, cfg, jnp.broadcast_to(tree.node_tokens, (b, n)))
-    layers = (jnp.arange(cfg.n_layers), jnp.asarray(cfg.sliding_layers))
-    pick = lambda is_sliding: jax.tree.map(lambda f, w: jnp.where(is_sliding, w, f), masks, window)
 
-    if attention == "joint" or one_stream:
-        if attention == "joint":  # one [B, P + N, P + N] mask; the prompt never sees the tree
-            joint = lambda m: jnp.concatenate([jnp.concatenate([m[0], jnp.zeros((b, p, n), bool)], 2), m[1]], 1)
-            masks, window = (joint(masks),), (joint(window),)
+    def attn(m):
+        if attention == "joint":
+            return lambda q, k, v: attend(q, k, v, m[0], cfg)
+        return lambda q, k, v: _split_attention(q, k, v, p, cudnn_lengths, m[0], m[1], cfg, attention)
 
-        def attn(m):
-            if attention == "joint":
-                return lambda q, k, v: attend(q, k, v, m[0], cfg)
-            return lambda q, k, v: jnp.concatenate(
-                [_prompt_attention(q[:, :p], k[:, :p], v[:, :p], cudnn_lengths, m[0], cfg, attention),
-                 _tree_attention(q[:, p:], (k[:, :p], k[:, p:]), (v[:, :p], v[:, p:]), m[1], cfg)], axis=1)
+    def body(h, inp):
+        i, is_sliding = inp
+        m = jax.tree.map(lambda f, w: jnp.where(is_sliding, w, f), masks, window)
+        h = constrain_rows(M.block(layer_view(weights.layers, i), h, cos, sin, attn(m), cfg, None))
+        return h, None
 
-        cos, sin = rope(jnp.concatenate([prompt_pos, node_pos], axis=1))
-
-        def body(h, inp):
-            i, is_sliding = inp
-            h = constrain_rows(M.block(layer_view(weights.layers, i), h, cos, sin, attn(pick(is_sliding)), cfg, None))
-            return h, None
-
-        x, _ = jax.lax.scan(body, jnp.concatenate([xp, xt], axis=1), layers)
-        xp, xt = x[:, :p], x[:, p:]
-    else:
-        rope_p, rope_t = rope(prompt_pos), rope(node_pos)
-
-        def body2(h, inp):
-            i, is_sliding = inp
-            hp, ht = _two_stream_block(layer_view(weights.layers, i), *h, rope_p, rope_t, pick(is_sliding),
-                                       cudnn_lengths, cfg, attention)
-            return (constrain_rows(hp), constrain_rows(ht)), None
-
-        (xp, xt), _ = jax.lax.scan(body2, (xp, xt), layers)
+    x, _ = jax.lax.scan(body, x, (jnp.arange(cfg.n_layers), jnp.asarray(cfg.sliding_layers)))
     # rows of the logits: the last prompt token, then the N nodes
-    last = jnp.take_along_axis(xp, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
-    logits = M.unembed(weights, cfg, jnp.concatenate([last, xt], axis=1))
+    last = jnp.take_along_axis(x[:, :p], jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
+    logits = M.unembed(weights, cfg, jnp.concatenate([last, x[:, p:]], axis=1))
     logits = jnp.where(jnp.arange(logits.shape[-1]) < vocab_limit, logits, -jnp.inf)
     logp = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)  # [B, N + 1, V]
     token_lp = logp[:, tree.seq_rows, tree.seq_tokens]  # [B, S, K]
@@ -210,8 +165,7 @@ def pack_prompts(prompts: Sequence[Sequence[int]], rows: int, length: int) -> tu
 
 
 def _dispatch(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], tree: TreeArrays,
-              stop_ids: Sequence[int], vocab_limit: int, rows: int, length: int, attention: str,
-              one_stream: bool = False) -> jax.Array:
+              stop_ids: Sequence[int], vocab_limit: int, rows: int, length: int, attention: str) -> jax.Array:
     """Starts one batch on the device (asynchronously); [rows, S] log-probabilities."""
     if not prompts or len(prompts) > rows or max(map(len, prompts)) > length or min(map(len, prompts)) == 0:
         raise ValueError(f"need 1..{rows} non-empty prompts of at most {length} tokens")
@@ -221,20 +175,18 @@ def _dispatch(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int
                                    mesh)
     with mesh_context(mesh):
         return answer_logprobs(weights, cfg, tokens, mask, tree, stops, limit,
-                               attention=judge_attention(attention, cfg, weights.embed.dtype), one_stream=one_stream)
+                               attention=judge_attention(attention, cfg, weights.embed.dtype))
 
 
 def score_batches(weights: Weights, cfg: ModelConfig, batches: Iterable[tuple[Sequence[Sequence[int]], int, int]],
                   tree: TreeArrays, stop_ids: Sequence[int], vocab_limit: int, *,
-                  attention: str = "auto", one_stream: bool = False) -> Iterator[np.ndarray]:
+                  attention: str = "auto") -> Iterator[np.ndarray]:
     """`score_prompts` of each (prompts, rows, length) in order, with the next batch started before
     the previous one is read back: the host packs and dispatches while the device computes (ours:
-    a synchronised call per batch leaves the device idle for the host's share of every batch).
-    one_stream: see `answer_logprobs` (for benchmarks)."""
+    a synchronised call per batch leaves the device idle for the host's share of every batch)."""
     in_flight: tuple[jax.Array, int] | None = None
     for prompts, rows, length in batches:
-        started = (_dispatch(weights, cfg, prompts, tree, stop_ids, vocab_limit, rows, length, attention,
-                             one_stream), len(prompts))
+        started = (_dispatch(weights, cfg, prompts, tree, stop_ids, vocab_limit, rows, length, attention), len(prompts))
         if in_flight is not None:
             yield np.asarray(fetch(in_flight[0]), np.float64)[:in_flight[1]]
         in_flight = started
@@ -244,9 +196,9 @@ def score_batches(weights: Weights, cfg: ModelConfig, batches: Iterable[tuple[Se
 
 def score_prompts(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], tree: TreeArrays,
                   stop_ids: Sequence[int], vocab_limit: int, *, rows: int, length: int,
-                  attention: str = "auto", one_stream: bool = False) -> np.ndarray:
+                  attention: str = "auto") -> np.ndarray:
     """[len(prompts), S] float64 answer log-probabilities for up to `rows` prompts of at most
     `length` tokens, padded to exactly [rows, length] (one compiled program per shape);
-    attention: see `judge_attention`; one_stream: see `answer_logprobs`."""
+    attention: see `judge_attention`."""
     return next(score_batches(weights, cfg, [(prompts, rows, length)], tree, stop_ids, vocab_limit,
-                              attention=attention, one_stream=one_stream))
+                              attention=attention))
