@@ -182,12 +182,18 @@ def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.
     hooks = hooks_for(interventions, start, stop)
     lengths = jnp.sum(mask, axis=-1).astype(jnp.int32)
 
+    # The whole stack is scanned as xs (the loop's counter slices each layer's weights in place, and
+    # JAX hands the same stack to the backward loop instead of saving slices). A sub-range is
+    # indexed inside the loop instead, since slicing [start:stop] up front copies the weights of
+    # the range (measured +20 ms per step for half of a 14B model on an H100); that index is read
+    # from memory, so XLA copies each layer's matrices out of the stack (0.7 ms per layer, forward
+    # and backward, on an H100: issue 24's profile of the all-layer LoRA step).
+    whole = start == 0 and stop == cfg.n_layers
+    layers = weights.layers if whole else jnp.arange(start, stop)
+
     def body(h, inp):
-        i, is_sliding, layer_hooks = inp
-        # Index the full stack in the loop: slicing [start:stop] up front copies the weights of
-        # the whole range (measured +20 ms per step for half of a 14B model on an H100). The
-        # decode loop (sampling.py) instead scans the stack as xs: it always covers every layer.
-        w = layer_view(weights.layers, i)
+        layer, is_sliding, layer_hooks = inp
+        w = layer if whole else layer_view(weights.layers, layer)
         if attention == "cudnn":
             attn_fn = lambda q, k, v: cudnn_attend(q, k, v, lengths, cfg)
         else:
@@ -196,7 +202,7 @@ def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.
         h = constrain_rows(block(w, h, cos, sin, attn_fn, cfg, layer_hooks))
         return h, (h if collect else None)
 
-    x, hidden = jax.lax.scan(_remat(body, remat), x, (jnp.arange(start, stop), sliding, hooks))
+    x, hidden = jax.lax.scan(_remat(body, remat), x, (layers, sliding, hooks))
     return (x, hidden) if collect else x
 
 
