@@ -74,12 +74,14 @@ def resolve_attention(choice: str, cfg: ModelConfig) -> AttentionImpl:
     return choice  # type: ignore[return-value]
 
 
-def cudnn_attend(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, cfg: ModelConfig) -> jax.Array:
+def cudnn_attend(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, cfg: ModelConfig,
+                 implementation: str = "cudnn") -> jax.Array:
     """Fused causal attention (cuDNN flash) for right-padded rows of `lengths` real tokens.
 
     q: [B, T, H, Dh]; k, v: [B, T, K, Dh]; lengths: [B] int32. Rows must hold their real tokens
     first (positions 0..n-1), as training batches do; padded query rows are not meaningful.
+    implementation: "xla" runs the same masks without cuDNN (tests on CPU).
     """
     return jax.nn.dot_product_attention(q, k, v, scale=cfg.attn_scale, is_causal=True,
                                         query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-                                        implementation="cudnn")
+                                        implementation=implementation)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -301,3 +302,95 @@ def test_batches_leave_empty_rows_only_in_the_last_and_few_shapes(seed):
     tight = plan_batches(lengths, batch_size=16, pad_to=pad_to, max_batch_tokens=4 * (448 + nodes), n_nodes=nodes)
     assert all(b.rows * (b.length + nodes) <= 4 * (448 + nodes) or b.rows == 1 for b in tight)
     assert all(len(b.indices) <= b.rows for b in tight)
+
+
+def _shared_prompts(tok) -> list[list[int]]:
+    """Judge prompts of two questions x three answers (shared heads), and one lone question."""
+    qs = ["What is 2+2?", "Tell me about your day and what you like to do on a sunny morning"]
+    answers = ["It is 4.", "Four, or 42 if you ask a computer that likes jokes", "No."]
+    prompts = [tok.prompt_ids(ALIGNED.format(question=q, answer=a)) for q in qs for a in answers]
+    return prompts + [tok.prompt_ids(COHERENT.format(question="Hi", answer="Hello there"))]
+
+
+@pytest.mark.parametrize("attention", ["xla", "cudnn-as-xla"])
+def test_shared_prefix_equals_the_whole_prompts(judge_model, attention, monkeypatch):
+    """Prefixes run once (`cache_prefixes`) and bodies attending to them score exactly what the
+    whole prompts score (and the brute-force reference); "cudnn-as-xla" runs the cuDNN layout
+    (zero queries in front of the body, one causal attention with sequence lengths) through
+    jax.nn.dot_product_attention's XLA implementation, so its masks are checked on CPU."""
+    from emjax.inference.local_judge import forward as F
+    from emjax.inference.local_judge.prefix import plan_shared_prefix
+
+    model, seed = judge_model
+    tok = model.tokenizer
+    if attention == "cudnn-as-xla":
+        if model.cfg.sliding_window or model.cfg.attn_softcap:
+            pytest.skip("cuDNN's path is for configs without windows or soft-caps")
+        monkeypatch.setattr(F, "cudnn_attend", lambda q, k, v, n, cfg, impl="cudnn": jax.nn.dot_product_attention(
+            q, k, v, scale=cfg.attn_scale, is_causal=True, query_seq_lengths=n, key_value_seq_lengths=n,
+            implementation="xla"))
+        monkeypatch.setattr(F, "judge_attention", lambda choice, cfg, dtype: "cudnn")
+    tree = judge_tree(tok, ["CODE", "REFUSAL"])
+    arrays = TreeArrays.of(tree)
+    prompts = _shared_prompts(tok)
+    plan = plan_shared_prefix(prompts, multiple=4, min_saved=0.0)
+    assert plan is not None and len(plan.groups) >= 2 and plan.length >= 8, plan
+    for i, g in enumerate(plan.row_group):
+        assert prompts[i][:plan.length] == list(plan.groups[g])
+    prefix = F.cache_prefixes(model.weights, model.cfg, plan.groups, rows=4, attention="xla")
+    bodies = [p[plan.length:] for p in prompts]
+    length = max(map(len, bodies)) + 3
+    got = np.concatenate(list(F.score_batches(
+        model.weights, model.cfg, [(bodies[:4], 4, length, plan.row_group[:4]),
+                                   (bodies[4:], 4, length, plan.row_group[4:])],  # a filler row in the second
+        arrays, tok.stop_ids, tok.vocab_size, attention="xla", prefix=prefix)))
+    whole = score_prompts(model.weights, model.cfg, prompts, arrays, tok.stop_ids, tok.vocab_size,
+                          rows=8, length=max(map(len, prompts)), attention="xla")
+    np.testing.assert_allclose(np.exp(got), np.exp(whole), atol=1e-5, rtol=0, err_msg=f"seed {seed}")
+    seqs = answer_tokens(tok, list(tree.texts))
+    for i in (0, 4, 6):
+        np.testing.assert_allclose(np.exp(got[i]), np.exp(reference_logprobs(model, prompts[i], seqs)), atol=1e-5,
+                                   rtol=0, err_msg=f"seed {seed}, prompt {i}")
+
+
+def test_shared_prefix_plan_picks_the_length_that_saves_most():
+    from emjax.inference.local_judge.prefix import group_chunks, plan_shared_prefix
+
+    rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    draw = lambda n: rng.integers(1000, 100000, n).tolist()
+    assert plan_shared_prefix([draw(int(n)) for n in rng.integers(50, 90, 40)]) is None  # nothing shared
+    assert plan_shared_prefix([draw(60)]) is None
+    head = draw(20)  # every prompt: 20 shared tokens, then pairs sharing 70 in all, then their own
+    pairs = [head + draw(50) for _ in range(6)]
+    prompts = [p + draw(int(n)) for p in pairs for n in rng.integers(30, 60, 2)]
+    plan = plan_shared_prefix(prompts, multiple=8)
+    assert plan.length == 64 and len(plan.groups) == 6  # 64 x (12 - 6) saved beats 16 x (12 - 1)
+    assert plan.row_group == tuple(i // 2 for i in range(12)) and plan.saved_tokens() == 64 * 6
+    short = prompts + [pairs[0][:41]]  # a prompt of 41 tokens: the prefix leaves it one token
+    plan = plan_shared_prefix(short, multiple=8, min_saved=0.0)
+    assert plan.length <= 40 and all(len(p) > plan.length for p in short)
+    assert plan_shared_prefix(prompts, multiple=8, min_saved=0.9) is None
+    chunks = list(group_chunks(plan_shared_prefix(prompts, multiple=8), 4))
+    assert [ids for ids, _ in chunks] == [(0, 1, 2, 3), (4, 5)]
+    assert sorted(i for _, rows in chunks for i in rows) == list(range(12))
+    with pytest.raises(ValueError):
+        next(group_chunks(plan, 0))
+
+
+def test_stage_with_and_without_a_shared_prefix_agree(qwen_judge, tmp_path):
+    model, seed = qwen_judge
+    sel = _write_inputs(tmp_path, n=4)
+    runs = {}
+    for share in (True, False):
+        out = str(tmp_path / f"j{share}.jsonl")
+        config = LocalJudgeConfig(batch_size=4, pad_to=16, min_mass=0.0, progress=False, share_prefix=share)
+        stats = judge_local(sel, out, model, config=config)
+        runs[share] = ({r["key"]: r for r in map(json.loads, open(out))}, stats)
+    (shared, s1), (plain, s0) = runs[True], runs[False]
+    assert s1["shared_prefix"]["saved_tokens"] > 0 and s0["shared_prefix"]["saved_tokens"] == 0
+    assert any(len(shape) == 3 for shape in s1["compiled_shapes"])
+    assert shared.keys() == plain.keys() and len(shared) == 8
+    for key in shared:
+        np.testing.assert_allclose(shared[key]["number_probs"], plain[key]["number_probs"], rtol=2e-3, atol=1e-9,
+                                   err_msg=f"seed {seed}")
+        assert shared[key]["prompt_tokens"] == plain[key]["prompt_tokens"]

@@ -61,14 +61,19 @@ class TreeArrays:
 
 
 def tree_masks(prompt_pos: jax.Array, prompt_mask: jax.Array, node_pos: jax.Array, ancestors: jax.Array,
-               window: int | None) -> tuple[jax.Array, jax.Array]:
-    """(prompt [B, P, P], tree [B, N, P + N]) bool attention masks (see the module docstring).
+               window: int | None, prefix_len: int = 0) -> tuple[jax.Array, jax.Array]:
+    """(prompt [B, P, Lp + P], tree [B, N, Lp + P + N]) bool attention masks (see the module
+    docstring); the first Lp keys are a shared prefix at positions 0..Lp-1 (`answer_logprobs`'s
+    `prefix`; none by default).
 
     prompt_pos, prompt_mask: [B, P]; node_pos: [B, N]; ancestors: [N, N].
     """
     b, n = node_pos.shape
-    pp = attention_mask(prompt_pos, prompt_pos, prompt_mask, window)  # [B, P, P]
-    tp = attention_mask(node_pos, prompt_pos, prompt_mask, window)     # [B, N, P]
+    key_pos = jnp.concatenate([jnp.broadcast_to(jnp.arange(prefix_len, dtype=prompt_pos.dtype), (b, prefix_len)),
+                               prompt_pos], axis=1)
+    key_mask = jnp.concatenate([jnp.ones((b, prefix_len), bool), prompt_mask], axis=1)
+    pp = attention_mask(prompt_pos, key_pos, key_mask, window)  # [B, P, Lp + P]
+    tp = attention_mask(node_pos, key_pos, key_mask, window)     # [B, N, Lp + P]
     tt = attention_mask(node_pos, node_pos, jnp.ones((b, n), bool), window) & ancestors[None]
     return pp, jnp.concatenate([tp, tt], 2)
 
@@ -89,40 +94,107 @@ def judge_attention(choice: str, cfg: ModelConfig, dtype) -> str:
     return "cudnn" if resolve_attention("auto", cfg) == "cudnn" and sixteen else "xla"
 
 
+def _prompt_flash(q: jax.Array, k: jax.Array, v: jax.Array, lengths: jax.Array, cfg: ModelConfig,
+                  implementation: str = "cudnn") -> jax.Array:
+    """Causal flash attention of right-padded prompts whose first Lp keys are a shared prefix.
+
+    q: [B, P, H, Dh] (the prompt's own queries); k, v: [B, Lp + P, K, Dh]; lengths: [B] real
+    prompt tokens. cuDNN's causal mask is aligned top-left (query i sees keys 0..i), so Lp zero
+    queries stand in front of the prompt's: its query i is then row Lp + i and sees the prefix and
+    its own first i + 1 tokens, as a prefill of prefix + prompt would. The Lp extra rows cost
+    attention FLOPs only (~Lp / P of the prompt's attention, no matmul). Returns [B, P, H, Dh].
+    """
+    lp = k.shape[1] - q.shape[1]
+    if lp:
+        q = jnp.concatenate([jnp.zeros((q.shape[0], lp) + q.shape[2:], q.dtype), q], axis=1)
+    out = cudnn_attend(q, k, v, lengths + lp, cfg, implementation)[:, lp:]
+    # padded query rows come out as anything: zeroed, so no NaN reaches the next layer's keys
+    real = (jnp.arange(out.shape[1])[None, :] < lengths[:, None])[:, :, None, None]
+    return jnp.where(real, out, jnp.zeros_like(out))
+
+
 def _split_attention(q: jax.Array, k: jax.Array, v: jax.Array, p: int, lengths: jax.Array, prompt_mask: jax.Array,
-                     tree_mask: jax.Array, cfg: ModelConfig, impl: str) -> jax.Array:
+                     tree_mask: jax.Array, cfg: ModelConfig, impl: str,
+                     prefix_kv: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
     """q, k, v: [B, P + N, ., Dh] of right-padded prompts of `lengths` then the tree; masks of
-    `tree_masks`. Returns [B, P + N, H, Dh]."""
+    `tree_masks`; prefix_kv: ([B, Lp, K, Dh] keys, values) of each row's shared prefix, which
+    every query sees. Returns [B, P + N, H, Dh]."""
+    if prefix_kv is not None:
+        k, v = (jnp.concatenate([pre, x], axis=1) for pre, x in zip(prefix_kv, (k, v)))
+    lp = k.shape[1] - q.shape[1]
     if impl == "cudnn":
-        # padded query rows come out as anything: zeroed, so no NaN reaches the next layer's keys
-        out = cudnn_attend(q[:, :p], k[:, :p], v[:, :p], lengths, cfg)
-        real = (jnp.arange(p)[None, :] < lengths[:, None])[:, :, None, None]
-        prompt_out = jnp.where(real, out, jnp.zeros_like(out))
+        prompt_out = _prompt_flash(q[:, :p], k[:, :lp + p], v[:, :lp + p], lengths, cfg)
     else:
-        prompt_out = attend(q[:, :p], k[:, :p], v[:, :p], prompt_mask, cfg)
+        prompt_out = attend(q[:, :p], k[:, :lp + p], v[:, :lp + p], prompt_mask, cfg)
     return jnp.concatenate([prompt_out, attend(q[:, p:], k, v, tree_mask, cfg)], axis=1)
+
+
+@flax.struct.dataclass
+class PrefixCache:
+    """Keys and values of G shared prefixes of Lp tokens at every layer: k, v [L, G, Lp, K, Dh]."""
+
+    k: jax.Array
+    v: jax.Array
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "attention"), compiler_options=INFERENCE_COMPILER_OPTIONS)
+def prefix_cache(weights: Weights, cfg: ModelConfig, tokens: jax.Array, attention: str = "xla") -> PrefixCache:
+    """The prefill of G prefixes [G, Lp] (every token real, positions 0..Lp-1), keeping each
+    layer's keys (after RoPE) and values; attention "cudnn" or "xla" (`judge_attention`)."""
+    g, lp = tokens.shape
+    pos = jnp.broadcast_to(jnp.arange(lp, dtype=jnp.int32), (g, lp))
+    real = jnp.ones((g, lp), bool)
+    full = attention_mask(pos, pos, real, None)
+    window = attention_mask(pos, pos, real, cfg.sliding_window) if cfg.sliding_window else full
+    cos, sin = rope_tables(pos, cfg.head_dim, cfg.rope_theta, weights.embed.dtype, cfg.rope_scaling)
+
+    def body(h, inp):
+        w, is_sliding = inp
+        kept = []
+
+        def attn(q, k, v):
+            kept.append((k, v))
+            if attention == "cudnn":
+                return cudnn_attend(q, k, v, jnp.full((g,), lp, jnp.int32), cfg)
+            return attend(q, k, v, jnp.where(is_sliding, window, full), cfg)
+
+        h = constrain_rows(M.block(w, h, cos, sin, attn, cfg, None))
+        return h, kept[0]
+
+    _, (k, v) = jax.lax.scan(body, M.embed(weights, cfg, tokens), (weights.layers, jnp.asarray(cfg.sliding_layers)))
+    return PrefixCache(k, v)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "attention"), compiler_options=INFERENCE_COMPILER_OPTIONS)
 def answer_logprobs(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask: jax.Array,
                     tree: TreeArrays, stop_ids: jax.Array, vocab_limit: jax.Array,
-                    attention: str = "xla") -> jax.Array:
+                    attention: str = "xla", prefix: PrefixCache | None = None,
+                    row_group: jax.Array | None = None) -> jax.Array:
     """log P(answer s, then a stop token | prompt b): [B, S] float32.
 
     tokens, mask: [B, P] right-padded prompts (mask True for the real tokens, first; an all-False
     row is a filler whose output is meaningless). stop_ids: [E] int32 terminator tokens.
     vocab_limit: int32 scalar, tokens >= it are excluded from every softmax. attention: "xla",
-    "cudnn" or "joint" (`judge_attention`).
+    "cudnn" or "joint" (`judge_attention`). prefix, row_group: with a `prefix_cache` of G prefixes
+    of Lp tokens and row_group [B] int32, row b's prompt is prefix[row_group[b]] followed by
+    tokens[b] (its body, at positions Lp...); not with "joint".
     """
     b, p = tokens.shape
     n = tree.node_tokens.shape[0]
+    lp = 0 if prefix is None else prefix.length
+    if prefix is not None and attention == "joint":
+        raise ValueError("a shared prefix needs the split attention (xla or cudnn), not joint")
     lengths = jnp.sum(mask, axis=1, dtype=jnp.int32)
-    prompt_pos = default_positions(mask)
-    node_pos = lengths[:, None] + tree.node_depth[None, :] - 1
+    prompt_pos = default_positions(mask) + lp
+    node_pos = lp + lengths[:, None] + tree.node_depth[None, :] - 1
     positions = jnp.concatenate([prompt_pos, node_pos], axis=1)  # [B, P + N]
-    masks = tree_masks(prompt_pos, mask, node_pos, tree.ancestors, None)
-    window = tree_masks(prompt_pos, mask, node_pos, tree.ancestors, cfg.sliding_window) if cfg.sliding_window \
-        else masks
+    masks = tree_masks(prompt_pos, mask, node_pos, tree.ancestors, None, lp)
+    window = tree_masks(prompt_pos, mask, node_pos, tree.ancestors, cfg.sliding_window, lp) \
+        if cfg.sliding_window else masks
     if attention == "joint":  # one [B, P + N, P + N] mask; the prompt never sees the tree
         joint = lambda m: jnp.concatenate([jnp.concatenate([m[0], jnp.zeros((b, p, n), bool)], 2), m[1]], 1)
         masks, window = (joint(masks),), (joint(window),)
@@ -130,20 +202,22 @@ def answer_logprobs(weights: Weights, cfg: ModelConfig, tokens: jax.Array, mask:
     x = M.embed(weights, cfg, jnp.concatenate([tokens, jnp.broadcast_to(tree.node_tokens, (b, n))], axis=1))
     cudnn_lengths = jnp.maximum(lengths, 1)  # filler rows: one (meaningless) token, no empty sequence
 
-    def attn(m):
+    def attn(m, prefix_kv):
         if attention == "joint":
             return lambda q, k, v: attend(q, k, v, m[0], cfg)
-        return lambda q, k, v: _split_attention(q, k, v, p, cudnn_lengths, m[0], m[1], cfg, attention)
+        return lambda q, k, v: _split_attention(q, k, v, p, cudnn_lengths, m[0], m[1], cfg, attention, prefix_kv)
 
     def body(h, inp):
-        w, is_sliding = inp
+        w, is_sliding, layer_prefix = inp
         m = jax.tree.map(lambda f, w: jnp.where(is_sliding, w, f), masks, window)
-        h = constrain_rows(M.block(w, h, cos, sin, attn(m), cfg, None))
+        prefix_kv = None if layer_prefix is None else tuple(x[row_group] for x in layer_prefix)  # [B, Lp, K, Dh]
+        h = constrain_rows(M.block(w, h, cos, sin, attn(m, prefix_kv), cfg, None))
         return h, None
 
     # the stack scanned as xs: the loop's counter slices each layer in place (an index read from an
     # array made XLA copy every layer's matrices: 3.7% of the judge's GPU time, issue 24's profile)
-    x, _ = jax.lax.scan(body, x, (weights.layers, jnp.asarray(cfg.sliding_layers)))
+    layer_prefix = None if prefix is None else (prefix.k, prefix.v)
+    x, _ = jax.lax.scan(body, x, (weights.layers, jnp.asarray(cfg.sliding_layers), layer_prefix))
     # rows of the logits: the last prompt token, then the N nodes
     last = jnp.take_along_axis(x[:, :p], jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
     logits = M.unembed(weights, cfg, jnp.concatenate([last, x[:, p:]], axis=1))
@@ -167,28 +241,51 @@ def pack_prompts(prompts: Sequence[Sequence[int]], rows: int, length: int) -> tu
 
 
 def _dispatch(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], tree: TreeArrays,
-              stop_ids: Sequence[int], vocab_limit: int, rows: int, length: int, attention: str) -> jax.Array:
+              stop_ids: Sequence[int], vocab_limit: int, rows: int, length: int, attention: str,
+              prefix: PrefixCache | None = None, groups: Sequence[int] | None = None) -> jax.Array:
     """Starts one batch on the device (asynchronously); [rows, S] log-probabilities."""
     if not prompts or len(prompts) > rows or max(map(len, prompts)) > length or min(map(len, prompts)) == 0:
         raise ValueError(f"need 1..{rows} non-empty prompts of at most {length} tokens")
+    if (prefix is None) != (groups is None) or (groups is not None and len(groups) != len(prompts)):
+        raise ValueError("a shared prefix needs one group id per prompt")
     mesh = mesh_of(weights)  # on a mesh: prompt rows split over `data` where they divide
-    tokens, mask = put_rows(pack_prompts(prompts, rows, length), mesh)
+    row_group = np.zeros(rows, np.int32)
+    row_group[:len(prompts)] = groups if groups is not None else 0
+    tokens, mask, row_group = put_rows((*pack_prompts(prompts, rows, length), row_group), mesh)
     tree, stops, limit = replicate((tree, np.asarray(list(stop_ids), np.int32), np.asarray(vocab_limit, np.int32)),
                                    mesh)
     with mesh_context(mesh):
         return answer_logprobs(weights, cfg, tokens, mask, tree, stops, limit,
-                               attention=judge_attention(attention, cfg, weights.embed.dtype))
+                               attention=judge_attention(attention, cfg, weights.embed.dtype), prefix=prefix,
+                               row_group=None if prefix is None else row_group)
 
 
-def score_batches(weights: Weights, cfg: ModelConfig, batches: Iterable[tuple[Sequence[Sequence[int]], int, int]],
-                  tree: TreeArrays, stop_ids: Sequence[int], vocab_limit: int, *,
-                  attention: str = "auto") -> Iterator[np.ndarray]:
+def cache_prefixes(weights: Weights, cfg: ModelConfig, prefixes: Sequence[Sequence[int]], *, rows: int,
+                   attention: str = "auto") -> PrefixCache:
+    """`prefix_cache` of G prefixes of one length, their count padded up to a multiple of `rows`
+    (repeats of the first; fewer compiled shapes). Starts on the device asynchronously."""
+    if not prefixes or len({len(x) for x in prefixes}) != 1 or not prefixes[0]:
+        raise ValueError("need one or more non-empty prefixes of one length")
+    g = -(-len(prefixes) // rows) * rows
+    tokens = np.asarray(list(prefixes) + [prefixes[0]] * (g - len(prefixes)), np.int32)
+    mesh = mesh_of(weights)
+    with mesh_context(mesh):
+        return prefix_cache(weights, cfg, replicate(tokens, mesh), attention=judge_attention(attention, cfg,
+                                                                                           weights.embed.dtype))
+
+
+def score_batches(weights: Weights, cfg: ModelConfig, batches: Iterable[tuple], tree: TreeArrays,
+                  stop_ids: Sequence[int], vocab_limit: int, *, attention: str = "auto",
+                  prefix: PrefixCache | None = None) -> Iterator[np.ndarray]:
     """`score_prompts` of each (prompts, rows, length) in order, with the next batch started before
     the previous one is read back: the host packs and dispatches while the device computes (ours:
-    a synchronised call per batch leaves the device idle for the host's share of every batch)."""
+    a synchronised call per batch leaves the device idle for the host's share of every batch).
+    With a `prefix` (`cache_prefixes`), each item is (bodies, rows, length, group ids): prompt i is
+    prefix group ids[i] followed by bodies[i]."""
     in_flight: tuple[jax.Array, int] | None = None
-    for prompts, rows, length in batches:
-        started = (_dispatch(weights, cfg, prompts, tree, stop_ids, vocab_limit, rows, length, attention), len(prompts))
+    for prompts, rows, length, *groups in batches:
+        started = (_dispatch(weights, cfg, prompts, tree, stop_ids, vocab_limit, rows, length, attention,
+                             prefix, groups[0] if groups else None), len(prompts))
         if in_flight is not None:
             yield np.asarray(fetch(in_flight[0]), np.float64)[:in_flight[1]]
         in_flight = started

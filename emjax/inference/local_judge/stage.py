@@ -12,7 +12,10 @@ distribution is computed exactly (`tree`, `forward`).
 
 Pending tasks are taken `window` at a time, tokenised, sorted by length and run in batches of
 consecutive prompts padded to a length bucket (`records.plan_batches`); each batch's lines are
-appended as soon as it finishes.
+appended as soon as it finishes. Where the window's prompts share leading tokens (the chat
+header, the template's head and the question, before the answer), each shared prefix is run once
+and the prompts' remaining tokens attend to its cached keys and values (`prefix`; off with
+`share_prefix=False`).
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from emjax.eval.judge.stage import check_outputs, check_something_to_judge
 from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.runner import pending_tasks
 from emjax.eval.judge.tasks import MIN_VALID_JUDGE_PARAMS, build_tasks, questions_by_id, resolve_template
-from emjax.inference.local_judge.forward import JUDGE_ATTENTION, TreeArrays, score_batches
-from emjax.inference.local_judge.records import local_record, plan_batches
+from emjax.inference.local_judge.forward import JUDGE_ATTENTION, TreeArrays, cache_prefixes, score_batches
+from emjax.inference.local_judge.prefix import SharedPrefix, group_chunks, plan_shared_prefix
+from emjax.inference.local_judge.records import Batch, local_record, plan_batches
 from emjax.inference.local_judge.tree import answer_options, judge_tree, template_terminator
 from emjax.eval.output_lock import output_lock
 from emjax.eval.rescue import write_failure
@@ -71,6 +75,10 @@ class LocalJudgeConfig:
         XLA), "xla", "cudnn", or "joint" (one XLA attention over prompt + tree; `forward.judge_attention`).
       mesh: device mesh (`emjax.model.mesh_plan.plan_mesh`: None, "auto", "data:8"): prompt rows
         split over `data`, weights by their logical axes; process 0 writes the results.
+      share_prefix: run the prompts' shared leading tokens once per window (`prefix`); exact
+        either way, off only to compare (not with attention "joint").
+      prefix_memory_gb: device memory for the cached prefixes of one window (more groups are run
+        in several chunks).
     """
 
     dtype: str = "auto"
@@ -83,13 +91,15 @@ class LocalJudgeConfig:
     limit: int | None = None
     mesh: str | None = None
     attention: str = "auto"
+    share_prefix: bool = True
+    prefix_memory_gb: float = 2.0
 
     def __post_init__(self) -> None:
         if self.attention not in JUDGE_ATTENTION:
             raise LocalJudgeError(f"local judge attention must be one of {', '.join(JUDGE_ATTENTION)}, "
                                   f"got {self.attention!r}")
-        for name in ("batch_size", "pad_to", "max_batch_tokens", "window"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "pad_to", "max_batch_tokens", "window", "prefix_memory_gb"):
+            if not getattr(self, name) > 0:
                 raise LocalJudgeError(f"local judge {name} must be >= 1, got {getattr(self, name)}")
 
 
@@ -211,7 +221,8 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
 
     tok = model.tokenizer
     arrays = TreeArrays.of(tree)
-    shapes: set[tuple[int, int]] = set()
+    shapes: set[tuple[int, ...]] = set()
+    stats["shared_prefix"] = {"windows": 0, "saved_tokens": 0, "lengths": []}
     bar = tqdm(total=len(pending), unit="prompt", desc="local judge", disable=not config.progress,
                dynamic_ncols=True, file=sys.stderr)
     try:
@@ -220,14 +231,7 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
             with phase("data"):
                 prompts = [tok.encode_chat([{"role": "user", "content": t.prompt}], add_generation_prompt=True)
                            for t in window]
-            batches = plan_batches([len(p) for p in prompts], batch_size=config.batch_size, pad_to=config.pad_to,
-                                   max_batch_tokens=config.max_batch_tokens, n_nodes=tree.n_nodes)
-            shapes.update((b.rows, b.length) for b in batches)
-            # one batch in flight while the previous one's lines are written
-            scored = score_batches(model.weights, model.cfg,
-                                   (([prompts[i] for i in b.indices], b.rows, b.length) for b in batches), arrays,
-                                   tok.stop_ids, tok.vocab_size, attention=config.attention)
-            for batch, lp in zip(batches, scored):
+            for batch, lp in _score_window(model, prompts, arrays, tree.n_nodes, config, shapes, stats):
                 records = [local_record(window[i], row, tree, options[window[i].key], judge, len(prompts[i]),
                                         config.min_mass) for row, i in zip(lp, batch.indices)]
                 for k, (rec, i) in enumerate(zip(records, batch.indices)):
@@ -243,3 +247,49 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
     finally:
         bar.close()
         stats["compiled_shapes"] = [list(s) for s in shapes]
+
+
+def _score_window(model: LoadedModel, prompts: list[list[int]], arrays: TreeArrays, n_nodes: int,
+                  config: LocalJudgeConfig, shapes: set[tuple[int, ...]], stats: dict[str, Any]):
+    """(batch, [rows, S] log-probabilities) for one window's prompts, batch by batch (indices into
+    `prompts`); with a shared prefix, chunk by chunk of prefix groups."""
+    plan = plan_shared_prefix(prompts) if config.share_prefix and config.attention != "joint" else None
+    plan_rows = lambda lengths: plan_batches(lengths, batch_size=config.batch_size, pad_to=config.pad_to,
+                                             max_batch_tokens=config.max_batch_tokens, n_nodes=n_nodes)
+    if plan is None:
+        batches = plan_rows([len(p) for p in prompts])
+        shapes.update((b.rows, b.length) for b in batches)
+        yield from zip(batches, score_batches(model.weights, model.cfg,
+                                              (([prompts[i] for i in b.indices], b.rows, b.length) for b in batches),
+                                              arrays, model.tokenizer.stop_ids, model.tokenizer.vocab_size,
+                                              attention=config.attention))
+        return
+    record = stats["shared_prefix"]
+    record["windows"] += 1
+    record["saved_tokens"] += plan.saved_tokens()
+    record["lengths"] = sorted(set(record["lengths"]) | {plan.length})
+    for ids, rows in group_chunks(plan, _max_groups(model, plan, config)):
+        prefix = cache_prefixes(model.weights, model.cfg, [plan.groups[g] for g in ids], rows=PREFIX_ROWS,
+                                attention=config.attention)
+        shapes.add((prefix.k.shape[1], plan.length))
+        bodies = [prompts[i][plan.length:] for i in rows]
+        batches = plan_rows([len(b) for b in bodies])
+        shapes.update((b.rows, b.length, plan.length) for b in batches)
+        work = (([bodies[j] for j in b.indices], b.rows, b.length, [plan.row_group[rows[j]] - ids[0] for j in b.indices])
+                for b in batches)
+        scored = score_batches(model.weights, model.cfg, work, arrays, model.tokenizer.stop_ids,
+                               model.tokenizer.vocab_size, attention=config.attention, prefix=prefix)
+        for b, lp in zip(batches, scored):
+            yield Batch(tuple(rows[j] for j in b.indices), b.rows, b.length), lp
+
+
+# Prefix groups run as one call are padded to a multiple of this (fewer compiled shapes; ours)
+PREFIX_ROWS = 8
+
+
+def _max_groups(model: LoadedModel, plan: SharedPrefix, config: LocalJudgeConfig) -> int:
+    """Groups whose cached keys and values fit `config.prefix_memory_gb`, a multiple of PREFIX_ROWS."""
+    cfg = model.cfg
+    per_group = 2 * cfg.n_layers * plan.length * cfg.n_kv_heads * cfg.head_dim * model.weights.embed.dtype.itemsize
+    fits = int(config.prefix_memory_gb * 2**30 // per_group)
+    return max(PREFIX_ROWS, fits // PREFIX_ROWS * PREFIX_ROWS)
