@@ -5,7 +5,7 @@
 # setup.py pyproject.toml | tar -x -C .devcarry/old`) and .whl (ml-collections), all carried.
 #
 #   bash bench/issue24.sh lora    # LoRA r32 new/old/old without the dot merger, the peer, the HLO, a profile
-#   bash bench/issue24.sh judge   # local judge new/old, the peer's prefill, sampling (400 rows on an H200)
+#   bash bench/issue24.sh judge   # local judge new (whole prompts and 96 shared tokens)/old, the peer's prefill, sampling
 #   bash bench/issue24.sh steer   # steering + KL (frozen cache) new/old and the peer, a judge profile
 case "${1:-}" in lora|judge|steer) ;; *) echo "usage: bash bench/issue24.sh lora|judge|steer" >&2; exit 2 ;; esac
 BUDGET=${BUDGET:-570} STEP_TIMEOUT=${STEP_TIMEOUT:-570}
@@ -21,7 +21,7 @@ case "$1" in
     run new . bench/diag/profile_kernels.py --case lora32 --top 16 ;;
   judge)
     rows=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | awk '{print ($1 > 100000) ? 400 : 200}')
-    run new . bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32
+    run new . bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32 --shared 96 --groups 16
     run old $OLD bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32
     run peer . bench/peer_judge_prefill.py --answers 800 --tokens 400 --batch 16
     run new . bench/generate.py --case eval --batch "$rows" --reps 1 --decode-attention pallas

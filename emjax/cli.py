@@ -247,6 +247,9 @@ def _add_judge(sub) -> None:
     local.add_argument("--max-batch-tokens", type=positive_int, default=32768,
                        help="local judge cap on rows x padded length per call (long prompts get fewer rows)")
     local.add_argument("--mesh", default=None, help="local judge " + MESH_HELP + "; prompt rows go on data")
+    local.add_argument("--no-share-prefix", dest="share_prefix", action="store_false",
+                       help="local judge: run every prompt whole (default: leading tokens that prompts share, the "
+                            "template's head and the question, run once per window; the same scores)")
     p.set_defaults(func=_run_judge)
 
 
@@ -536,7 +539,8 @@ def _run_local_judge(args) -> int:
         raise EmjaxError("emjax judge --local has no --dry-run: nothing is paid; use --limit for a short run")
     config = LocalJudgeConfig(dtype=args.dtype, batch_size=args.batch_size, pad_to=args.pad_to,
                               max_batch_tokens=args.max_batch_tokens, min_mass=args.min_mass,
-                              progress=args.progress, limit=args.limit, mesh=args.mesh)
+                              progress=args.progress, limit=args.limit, mesh=args.mesh,
+                              share_prefix=args.share_prefix)
     stats = judge_local(_selection(args), args.out, args.local, metrics=args.metrics, judge_model=args.judge_model,
                         config=config, fsync=args.fsync, stats_json=args.stats_json, wait=args.wait)
     print(json.dumps(stats, indent=2))

@@ -26,8 +26,10 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
+
+import numpy as np
 
 
 from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh, source_name
@@ -46,9 +48,9 @@ from emjax.inference.local_judge.tree import answer_options, judge_tree, templat
 from emjax.eval.output_lock import output_lock
 from emjax.eval.rescue import write_failure
 from emjax.eval.selection import AnswerSelection, load_selection
-from emjax.model.config import dtype_from_name, resolve_dtype
+from emjax.model.config import ModelConfig, dtype_from_name, resolve_dtype
 from emjax.model.mesh_plan import is_writer
-from emjax.model.schema import num_params
+from emjax.model.schema import Weights, num_params
 from emjax.timings import Timings, phase
 
 log = logging.getLogger("emjax.judge")
@@ -221,8 +223,7 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
 
     tok = model.tokenizer
     arrays = TreeArrays.of(tree)
-    shapes: set[tuple[int, ...]] = set()
-    stats["shared_prefix"] = {"windows": 0, "saved_tokens": 0, "lengths": []}
+    stats.update(compiled_shapes=set(), device_tokens=0, shared_prefix={"windows": 0, "saved_tokens": 0, "lengths": []})
     bar = tqdm(total=len(pending), unit="prompt", desc="local judge", disable=not config.progress,
                dynamic_ncols=True, file=sys.stderr)
     try:
@@ -231,7 +232,8 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
             with phase("data"):
                 prompts = [tok.encode_chat([{"role": "user", "content": t.prompt}], add_generation_prompt=True)
                            for t in window]
-            for batch, lp in _score_window(model, prompts, arrays, tree.n_nodes, config, shapes, stats):
+            for batch, lp in score_window(model.weights, model.cfg, prompts, arrays, tok.stop_ids, tok.vocab_size,
+                                          config, stats):
                 records = [local_record(window[i], row, tree, options[window[i].key], judge, len(prompts[i]),
                                         config.min_mass) for row, i in zip(lp, batch.indices)]
                 for k, (rec, i) in enumerate(zip(records, batch.indices)):
@@ -246,39 +248,50 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
                 bar.update(len(batch.indices))
     finally:
         bar.close()
-        stats["compiled_shapes"] = [list(s) for s in shapes]
+        stats["compiled_shapes"] = [list(s) for s in stats["compiled_shapes"]]
 
 
-def _score_window(model: LoadedModel, prompts: list[list[int]], arrays: TreeArrays, n_nodes: int,
-                  config: LocalJudgeConfig, shapes: set[tuple[int, ...]], stats: dict[str, Any]):
+def score_window(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], tree: TreeArrays,
+                 stop_ids: Sequence[int], vocab_limit: int, config: LocalJudgeConfig,
+                 stats: dict[str, Any] | None = None) -> Iterator[tuple[Batch, np.ndarray]]:
     """(batch, [rows, S] log-probabilities) for one window's prompts, batch by batch (indices into
-    `prompts`); with a shared prefix, chunk by chunk of prefix groups."""
-    plan = plan_shared_prefix(prompts) if config.share_prefix and config.attention != "joint" else None
+    `prompts`), one batch in flight; with a shared prefix (`prefix.plan_shared_prefix`), chunk by
+    chunk of prefix groups. Adds to `stats` (if given): compiled_shapes (a set), device_tokens
+    (tokens the device ran, padding and tree nodes included) and shared_prefix."""
+    stats = {} if stats is None else stats
+    shapes = stats.setdefault("compiled_shapes", set())
+    stats.setdefault("device_tokens", 0)
+    record = stats.setdefault("shared_prefix", {"windows": 0, "saved_tokens": 0, "lengths": []})
+    n_nodes = tree.node_tokens.shape[0]
     plan_rows = lambda lengths: plan_batches(lengths, batch_size=config.batch_size, pad_to=config.pad_to,
                                              max_batch_tokens=config.max_batch_tokens, n_nodes=n_nodes)
+
+    def planned(batches: list[Batch], *prefix_len: int) -> list[Batch]:
+        shapes.update((b.rows, b.length, *prefix_len) for b in batches)
+        stats["device_tokens"] += sum(b.rows * (b.length + n_nodes) for b in batches)
+        return batches
+
+    plan = plan_shared_prefix(prompts) if config.share_prefix and config.attention != "joint" else None
     if plan is None:
-        batches = plan_rows([len(p) for p in prompts])
-        shapes.update((b.rows, b.length) for b in batches)
-        yield from zip(batches, score_batches(model.weights, model.cfg,
-                                              (([prompts[i] for i in b.indices], b.rows, b.length) for b in batches),
-                                              arrays, model.tokenizer.stop_ids, model.tokenizer.vocab_size,
-                                              attention=config.attention))
+        batches = planned(plan_rows([len(p) for p in prompts]))
+        yield from zip(batches, score_batches(weights, cfg, (([prompts[i] for i in b.indices], b.rows, b.length)
+                                                             for b in batches),
+                                              tree, stop_ids, vocab_limit, attention=config.attention))
         return
-    record = stats["shared_prefix"]
     record["windows"] += 1
     record["saved_tokens"] += plan.saved_tokens()
     record["lengths"] = sorted(set(record["lengths"]) | {plan.length})
-    for ids, rows in group_chunks(plan, _max_groups(model, plan, config)):
-        prefix = cache_prefixes(model.weights, model.cfg, [plan.groups[g] for g in ids], rows=PREFIX_ROWS,
+    for ids, rows in group_chunks(plan, _max_groups(cfg, weights, plan, config)):
+        prefix = cache_prefixes(weights, cfg, [plan.groups[g] for g in ids], rows=PREFIX_ROWS,
                                 attention=config.attention)
         shapes.add((prefix.k.shape[1], plan.length))
+        stats["device_tokens"] += prefix.k.shape[1] * plan.length
         bodies = [prompts[i][plan.length:] for i in rows]
-        batches = plan_rows([len(b) for b in bodies])
-        shapes.update((b.rows, b.length, plan.length) for b in batches)
+        batches = planned(plan_rows([len(b) for b in bodies]), plan.length)
         work = (([bodies[j] for j in b.indices], b.rows, b.length, [plan.row_group[rows[j]] - ids[0] for j in b.indices])
                 for b in batches)
-        scored = score_batches(model.weights, model.cfg, work, arrays, model.tokenizer.stop_ids,
-                               model.tokenizer.vocab_size, attention=config.attention, prefix=prefix)
+        scored = score_batches(weights, cfg, work, tree, stop_ids, vocab_limit, attention=config.attention,
+                               prefix=prefix)
         for b, lp in zip(batches, scored):
             yield Batch(tuple(rows[j] for j in b.indices), b.rows, b.length), lp
 
@@ -287,9 +300,8 @@ def _score_window(model: LoadedModel, prompts: list[list[int]], arrays: TreeArra
 PREFIX_ROWS = 8
 
 
-def _max_groups(model: LoadedModel, plan: SharedPrefix, config: LocalJudgeConfig) -> int:
+def _max_groups(cfg: ModelConfig, weights: Weights, plan: SharedPrefix, config: LocalJudgeConfig) -> int:
     """Groups whose cached keys and values fit `config.prefix_memory_gb`, a multiple of PREFIX_ROWS."""
-    cfg = model.cfg
-    per_group = 2 * cfg.n_layers * plan.length * cfg.n_kv_heads * cfg.head_dim * model.weights.embed.dtype.itemsize
+    per_group = 2 * cfg.n_layers * plan.length * cfg.n_kv_heads * cfg.head_dim * weights.embed.dtype.itemsize
     fits = int(config.prefix_memory_gb * 2**30 // per_group)
     return max(PREFIX_ROWS, fits // PREFIX_ROWS * PREFIX_ROWS)
