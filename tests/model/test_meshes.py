@@ -155,6 +155,28 @@ def test_local_judge(mesh):
     np.testing.assert_allclose(_scores(on(judge, mesh)), _scores(judge), rtol=1e-5, atol=1e-5)
 
 
+def _window_scores(judge: LoadedModel) -> np.ndarray:
+    """A window of prompts whose heads are shared (the prefix cache on the mesh)."""
+    from emjax.inference.local_judge.stage import LocalJudgeConfig, score_window
+    tok = judge.tokenizer
+    tree = judge_tree(tok, ["CODE", "REFUSAL"])
+    prompts = [tok.prompt_ids(f"Rate the answer of the model to this question about health, number {i % 3}: "
+                              + "1 2 3 " * (1 + i), None) for i in range(10)]
+    stats: dict = {}
+    out = np.zeros((len(prompts), len(tree.texts)))
+    for batch, lp in score_window(judge.weights, judge.cfg, prompts, TreeArrays.of(tree), tok.stop_ids,
+                                  tok.vocab_size, LocalJudgeConfig(batch_size=8, pad_to=16), stats):
+        out[list(batch.indices)] = lp
+    assert stats["shared_prefix"]["saved_tokens"] > 0
+    return out
+
+
+@pytest.mark.parametrize("mesh", ["data:8", "fsdp:4,tensor:2"])
+def test_local_judge_shared_prefix(mesh):
+    judge = _judge()
+    np.testing.assert_allclose(_window_scores(on(judge, mesh)), _window_scores(judge), rtol=1e-5, atol=1e-5)
+
+
 def test_auto_mesh_is_chosen_by_memory(model):
     cfg = model.cfg
     w = weight_bytes(cfg, np.float32)
