@@ -4,7 +4,7 @@
 # ../shared/bench), .devcarry/old (an older revision: `git archive <rev> emjax bench configs
 # setup.py pyproject.toml | tar -x -C .devcarry/old`) and .whl (ml-collections), all carried.
 #
-#   bash bench/issue24.sh lora    # LoRA r32 new/old/old without the dot merger, the peer, the HLO, a profile
+#   bash bench/issue24.sh lora    # LoRA r32 new/old, the peer, a profile, the HLO's weight copies
 #   bash bench/issue24.sh judge   # local judge new (whole prompts and 96 shared tokens)/old, the peer's prefill, sampling
 #   bash bench/issue24.sh steer   # steering + KL (frozen cache) new/old and the peer, a judge profile
 case "${1:-}" in lora|judge|steer) ;; *) echo "usage: bash bench/issue24.sh lora|judge|steer" >&2; exit 2 ;; esac
@@ -16,9 +16,8 @@ case "$1" in
     run new . bench/train_steps.py --attention cudnn --cases lora32
     run old $OLD bench/train_steps.py --attention cudnn --cases lora32
     run peer . $PEER --cases lora32
-    run new . bench/diag/compiled_hlo.py --case lora32 --grep dynamic_slice_fusion
-    XLA_FLAGS=--xla_disable_hlo_passes=dot-merger run old-no-merger $OLD bench/train_steps.py --attention cudnn --cases lora32
-    run new . bench/diag/profile_kernels.py --case lora32 --top 16 ;;
+    run new . bench/diag/profile_kernels.py --case lora32 --top 16
+    run new . bench/diag/compiled_hlo.py --case lora32 --grep dynamic_slice_fusion ;;
   judge)
     rows=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | awk '{print ($1 > 100000) ? 400 : 200}')
     run new . bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32 --shared 96 --groups 16
