@@ -20,6 +20,13 @@ values are computed once per layer and read by all N nodes; no cache is material
 ([B, N + 1, V] float32), normalised over the tokenizer's vocabulary (padded embedding rows are
 excluded, as the sampler excludes them) and gathered into [B, S] sequence log-probabilities. Blocks
 are the decoder's own (`emjax.model.decoder.block`).
+
+Shared prefixes (`prefix_cache`, `answer_logprobs(prefix=...)`): where many prompts start with the
+same Lp tokens (`prefix.plan_shared_prefix`), those run once per distinct prefix, keeping every
+layer's keys and values ([L, G, Lp, K, Dh]); a row then holds only its body (the tokens after
+Lp, at positions Lp...) and the tree, and its queries see its group's cached keys in front of its
+own. cuDNN's causal mask is aligned to the top left, so the body's prompt attention puts Lp zero
+queries in front (`_prompt_flash`); the tree's XLA attention takes the prefix keys as more columns.
 """
 
 from __future__ import annotations
