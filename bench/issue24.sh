@@ -4,7 +4,7 @@
 # ../shared/bench), .devcarry/old (an older revision: `git archive <rev> emjax bench configs
 # setup.py pyproject.toml | tar -x -C .devcarry/old`) and .whl (ml-collections), all carried.
 #
-#   bash bench/issue24.sh lora    # LoRA r32 new/old, the peer, a profile, the HLO's weight copies
+#   bash bench/issue24.sh lora    # LoRA r32 and steering + KL new/old, the peer, a LoRA profile, its HLO's weight copies
 #   bash bench/issue24.sh judge   # local judge new (whole prompts and 96 shared tokens)/old, the peer's prefill, sampling
 #   bash bench/issue24.sh steer   # steering + KL (frozen cache) new/old and the peer, a judge profile
 case "${1:-}" in lora|judge|steer) ;; *) echo "usage: bash bench/issue24.sh lora|judge|steer" >&2; exit 2 ;; esac
@@ -13,9 +13,9 @@ source "$(dirname "$0")/device_suite.sh"
 OLD=.devcarry/old PEER=.devcarry/anchor_torch.py
 case "$1" in
   lora)
-    run new . bench/train_steps.py --attention cudnn --cases lora32
-    run old $OLD bench/train_steps.py --attention cudnn --cases lora32
-    run peer . $PEER --cases lora32
+    run new . bench/train_steps.py --attention cudnn --cases lora32,steer,kl_cached
+    run old $OLD bench/train_steps.py --attention cudnn --cases lora32,steer,kl_cached
+    run peer . $PEER --cases lora32,steer,kl
     run new . bench/diag/profile_kernels.py --case lora32 --top 16
     run new . bench/diag/compiled_hlo.py --case lora32 --grep dynamic_slice_fusion ;;
   judge)
