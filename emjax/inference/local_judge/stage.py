@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-
 from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh, source_name
 from emjax.errors import EmjaxError
 from emjax.eval.judge.scoring import MIN_NUMERIC_MASS
@@ -102,7 +101,7 @@ class LocalJudgeConfig:
                                   f"got {self.attention!r}")
         for name in ("batch_size", "pad_to", "max_batch_tokens", "window", "prefix_memory_gb"):
             if not getattr(self, name) > 0:
-                raise LocalJudgeError(f"local judge {name} must be >= 1, got {getattr(self, name)}")
+                raise LocalJudgeError(f"local judge {name} must be positive, got {getattr(self, name)}")
 
 
 def local_judge_name(model_name: str) -> str:
@@ -223,7 +222,7 @@ def _run(pending: Sequence[Any], options: dict[str, tuple[str, ...]], store: Res
 
     tok = model.tokenizer
     arrays = TreeArrays.of(tree)
-    stats.update(compiled_shapes=set(), device_tokens=0, shared_prefix={"windows": 0, "saved_tokens": 0, "lengths": []})
+    stats.update(compiled_shapes=set(), device_tokens=0)
     bar = tqdm(total=len(pending), unit="prompt", desc="local judge", disable=not config.progress,
                dynamic_ncols=True, file=sys.stderr)
     try:
@@ -256,12 +255,14 @@ def score_window(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[
                  stats: dict[str, Any] | None = None) -> Iterator[tuple[Batch, np.ndarray]]:
     """(batch, [rows, S] log-probabilities) for one window's prompts, batch by batch (indices into
     `prompts`), one batch in flight; with a shared prefix (`prefix.plan_shared_prefix`), chunk by
-    chunk of prefix groups. Adds to `stats` (if given): compiled_shapes (a set), device_tokens
-    (tokens the device ran, padding and tree nodes included) and shared_prefix."""
+    chunk of prefix groups. Adds to `stats` (if given): compiled_shapes (a set of (rows, length)
+    and, with a shared prefix, (rows, length, Lp)), device_tokens (tokens the device ran, padding,
+    tree nodes and prefix passes included) and shared_prefix (windows, saved_tokens, lengths and the
+    prefix passes' (groups, Lp) shapes)."""
     stats = {} if stats is None else stats
     shapes = stats.setdefault("compiled_shapes", set())
     stats.setdefault("device_tokens", 0)
-    record = stats.setdefault("shared_prefix", {"windows": 0, "saved_tokens": 0, "lengths": []})
+    record = stats.setdefault("shared_prefix", {"windows": 0, "saved_tokens": 0, "lengths": [], "prefix_shapes": []})
     n_nodes = tree.node_tokens.shape[0]
     plan_rows = lambda lengths: plan_batches(lengths, batch_size=config.batch_size, pad_to=config.pad_to,
                                              max_batch_tokens=config.max_batch_tokens, n_nodes=n_nodes)
@@ -284,7 +285,8 @@ def score_window(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[
     for ids, rows in group_chunks(plan, _max_groups(cfg, weights, plan, config)):
         prefix = cache_prefixes(weights, cfg, [plan.groups[g] for g in ids], rows=PREFIX_ROWS,
                                 attention=config.attention)
-        shapes.add((prefix.k.shape[1], plan.length))
+        if [prefix.k.shape[1], plan.length] not in record["prefix_shapes"]:
+            record["prefix_shapes"].append([prefix.k.shape[1], plan.length])
         stats["device_tokens"] += prefix.k.shape[1] * plan.length
         bodies = [prompts[i][plan.length:] for i in rows]
         batches = planned(plan_rows([len(b) for b in bodies]), plan.length)
