@@ -4,14 +4,24 @@
 # ../shared/bench), .devcarry/old (an older revision: `git archive <rev> emjax bench configs
 # setup.py pyproject.toml | tar -x -C .devcarry/old`) and .whl (ml-collections), all carried.
 #
+#   bash bench/issue24.sh core    # one call when only one can be had: LoRA and judge new + peer, then old LoRA, sampling
 #   bash bench/issue24.sh lora    # LoRA r32 and steering + KL new/old, the peer, a LoRA profile, its HLO's weight copies
 #   bash bench/issue24.sh judge   # local judge new (whole prompts and 96 shared tokens)/old, the peer's prefill, sampling
 #   bash bench/issue24.sh steer   # steering + KL (frozen cache) new/old and the peer, a judge profile
-case "${1:-}" in lora|judge|steer) ;; *) echo "usage: bash bench/issue24.sh lora|judge|steer" >&2; exit 2 ;; esac
+case "${1:-}" in core|lora|judge|steer) ;; *) echo "usage: bash bench/issue24.sh core|lora|judge|steer" >&2; exit 2 ;; esac
 BUDGET=${BUDGET:-570} STEP_TIMEOUT=${STEP_TIMEOUT:-570}
 source "$(dirname "$0")/device_suite.sh"
 OLD=.devcarry/old PEER=.devcarry/anchor_torch.py
+rows=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | awk '{print ($1 > 100000) ? 400 : 200}')
 case "$1" in
+  core)
+    run new . bench/train_steps.py --attention cudnn --cases lora32
+    run peer . $PEER --cases lora32
+    run new . bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32 --shared 96 --groups 16
+    run peer . bench/peer_judge_prefill.py --answers 800 --tokens 400 --batch 16
+    run old $OLD bench/train_steps.py --attention cudnn --cases lora32
+    run new . bench/generate.py --case eval --batch "$rows" --reps 1 --decode-attention pallas
+    run peer . $PEER --cases gen --gen-batch "$rows" --gen-prompt 40 --gen-new 600 --gen-reps 1 ;;
   lora)
     run new . bench/train_steps.py --attention cudnn --cases lora32,steer,kl_cached
     run old $OLD bench/train_steps.py --attention cudnn --cases lora32,steer,kl_cached
@@ -19,7 +29,6 @@ case "$1" in
     run new . bench/diag/profile_kernels.py --case lora32 --top 16
     run new . bench/diag/compiled_hlo.py --case lora32 --grep dynamic_slice_fusion ;;
   judge)
-    rows=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | awk '{print ($1 > 100000) ? 400 : 200}')
     run new . bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32 --shared 96 --groups 16
     run old $OLD bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32
     run peer . bench/peer_judge_prefill.py --answers 800 --tokens 400 --batch 16
