@@ -16,8 +16,8 @@ rows=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | awk '
 case "$1" in
   core)
     run new . bench/train_steps.py --attention cudnn --cases lora32
-    run peer . $PEER --cases lora32
     run new . bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32 --shared 96 --groups 16
+    run peer . $PEER --cases lora32
     run peer . bench/peer_judge_prefill.py --answers 800 --tokens 400 --batch 16
     run old $OLD bench/train_steps.py --attention cudnn --cases lora32
     run new . bench/generate.py --case eval --batch "$rows" --reps 1 --decode-attention pallas
