@@ -15,8 +15,8 @@ OLD=.devcarry/old PEER=.devcarry/anchor_torch.py
 rows=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | awk '{print ($1 > 100000) ? 400 : 200}')
 case "$1" in
   core)
-    run new . bench/train_steps.py --attention cudnn --cases lora32
     run new . bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32 --shared 96 --groups 16
+    run new . bench/train_steps.py --attention cudnn --cases lora32
     run peer . $PEER --cases lora32
     run peer . bench/peer_judge_prefill.py --answers 800 --tokens 400 --batch 16
     run old $OLD bench/train_steps.py --attention cudnn --cases lora32
