@@ -394,3 +394,32 @@ def test_stage_with_and_without_a_shared_prefix_agree(qwen_judge, tmp_path):
         np.testing.assert_allclose(shared[key]["number_probs"], plain[key]["number_probs"], rtol=2e-3, atol=1e-9,
                                    err_msg=f"seed {seed}")
         assert shared[key]["prompt_tokens"] == plain[key]["prompt_tokens"]
+
+
+def test_score_window_runs_prefix_groups_in_chunks(qwen_judge):
+    """More groups than fit `prefix_memory_gb` run chunk by chunk (8 groups each): every prompt
+    scored once, in its own row, as with whole prompts."""
+    from emjax.inference.local_judge.stage import score_window
+
+    model, seed = qwen_judge
+    tok = model.tokenizer
+    tree = TreeArrays.of(judge_tree(tok, ["CODE", "REFUSAL"]))
+    question = lambda q: f"{q}: " + "how are you today, hello world? " * (4 + q % 3)  # own from its first token
+    prompts = [tok.prompt_ids(ALIGNED.format(question=question(q), answer="4 " * (1 + a)))
+               for q in range(10) for a in range(2)]
+    runs = {}
+    for share in (True, False):
+        stats: dict = {}
+        out = np.full((len(prompts), len(tree.seq_end)), np.nan)
+        config = LocalJudgeConfig(batch_size=4, pad_to=8, share_prefix=share, prefix_memory_gb=1e-9)
+        for batch, lp in score_window(model.weights, model.cfg, prompts, tree, tok.stop_ids, tok.vocab_size,
+                                      config, stats):
+            assert np.isnan(out[list(batch.indices)]).all()  # each prompt once
+            out[list(batch.indices)] = lp
+        runs[share] = (out, stats)
+    (shared, stats), (whole, _) = runs[True], runs[False]
+    from emjax.inference.local_judge.prefix import plan_shared_prefix
+    assert len(plan_shared_prefix(prompts).groups) == 10  # two chunks, both padded to 8 groups
+    assert stats["shared_prefix"]["prefix_shapes"] == [[8, stats["shared_prefix"]["lengths"][0]]]
+    assert stats["device_tokens"] < runs[False][1]["device_tokens"]
+    np.testing.assert_allclose(np.exp(shared), np.exp(whole), atol=1e-5, rtol=0, err_msg=f"seed {seed}")
