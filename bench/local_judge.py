@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 
 from bench.common import bench_config, judge_tree, random_weights, report  # noqa: E402
 from emjax.model.schema import num_params  # noqa: E402
-from emjax.inference.local_judge import TreeArrays, plan_batches, score_batches, score_prompts  # noqa: E402
+from emjax.inference.local_judge import TreeArrays, plan_batches, score_prompts  # noqa: E402
 from emjax.inference.local_judge.stage import LocalJudgeConfig, score_window  # noqa: E402
 
 p = argparse.ArgumentParser()
