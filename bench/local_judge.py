@@ -7,8 +7,8 @@ pass as median_s (one pass, all prompts); tflops counts 2 x parameters x padded 
 
 With --shared N the prompts come in --groups groups whose first N tokens are the same (the chat
 header, the template's head and the question before each answer: ~80-120 tokens of real judge
-prompts); the run then goes through `score_window` with its shared prefix on and, as the baseline
-in the same process, off (--no-share), and prints the largest probability difference between the two.
+prompts); the run then goes through `score_window` with whole prompts (the baseline) and with the
+shared prefix, in the same process, and prints the largest probability difference between the two.
 
 Usage: python bench/local_judge.py [--prompts 1600 --min 300 --max 500 --batch 16 --pad-to 128 --tiny]
        python bench/local_judge.py --prompts 800 --min 350 --max 450 --shared 96 --groups 16
