@@ -12,16 +12,21 @@ case "${1:-}" in core|lora|judge|steer) ;; *) echo "usage: bash bench/issue24.sh
 BUDGET=${BUDGET:-570} STEP_TIMEOUT=${STEP_TIMEOUT:-570}
 source "$(dirname "$0")/device_suite.sh"
 OLD=.devcarry/old PEER=.devcarry/anchor_torch.py
+JUDGE="bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32"
+PEER_JUDGE="bench/peer_judge_prefill.py --answers 800 --tokens 400 --batch 16"
 rows=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | awk '{print ($1 > 100000) ? 400 : 200}')
+sampling() {  # the issue's 400 rows x 600 new tokens (200 where an H100 holds no more), emjax then the peer
+  run new . bench/generate.py --case eval --batch "$rows" --reps 1 --decode-attention pallas
+  run peer . $PEER --cases gen --gen-batch "$rows" --gen-prompt 40 --gen-new 600 --gen-reps 1
+}
 case "$1" in
   core)
-    run new . bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32 --shared 96 --groups 16
+    run new . $JUDGE --shared 96 --groups 16
     run new . bench/train_steps.py --attention cudnn --cases lora32
     run peer . $PEER --cases lora32
-    run peer . bench/peer_judge_prefill.py --answers 800 --tokens 400 --batch 16
+    run peer . $PEER_JUDGE
     run old $OLD bench/train_steps.py --attention cudnn --cases lora32
-    run new . bench/generate.py --case eval --batch "$rows" --reps 1 --decode-attention pallas
-    run peer . $PEER --cases gen --gen-batch "$rows" --gen-prompt 40 --gen-new 600 --gen-reps 1 ;;
+    sampling ;;
   lora)
     run new . bench/train_steps.py --attention cudnn --cases lora32,steer,kl_cached
     run old $OLD bench/train_steps.py --attention cudnn --cases lora32,steer,kl_cached
@@ -29,11 +34,10 @@ case "$1" in
     run new . bench/diag/profile_kernels.py --case lora32 --top 16
     run new . bench/diag/compiled_hlo.py --case lora32 --grep dynamic_slice_fusion ;;
   judge)
-    run new . bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32 --shared 96 --groups 16
-    run old $OLD bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32
-    run peer . bench/peer_judge_prefill.py --answers 800 --tokens 400 --batch 16
-    run new . bench/generate.py --case eval --batch "$rows" --reps 1 --decode-attention pallas
-    run peer . $PEER --cases gen --gen-batch "$rows" --gen-prompt 40 --gen-new 600 --gen-reps 1 ;;
+    run new . $JUDGE --shared 96 --groups 16
+    run old $OLD $JUDGE
+    run peer . $PEER_JUDGE
+    sampling ;;
   steer)
     run new . bench/train_steps.py --attention cudnn --cases steer,kl_cached
     run old $OLD bench/train_steps.py --attention cudnn --cases steer,kl_cached

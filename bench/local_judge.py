@@ -87,8 +87,7 @@ for share in modes:
     extra = {}
     if share:
         extra = dict(shared_prefix=stats["shared_prefix"],
-                     max_prob_diff_vs_whole=float(np.abs(np.exp(scores) - np.exp(results.get(False, scores))).max())
-                     if False in results else None)
+                     max_prob_diff_vs_whole=float(np.abs(np.exp(scores) - np.exp(results[False])).max()))
     report("qwen14b_local_judge" + ("_shared_prefix" if share else ""), warm, tokens, flops, GB=a.batch,
            prompts=a.prompts, prompt_len=[a.min, a.max], shared=a.shared, groups=a.groups if a.shared else None,
            pad_to=a.pad_to, attention=a.attention, sync=a.sync,

@@ -31,10 +31,9 @@ class SharedPrefix:
     groups: tuple[tuple[int, ...], ...]
     row_group: tuple[int, ...]
 
-    def saved_tokens(self, n_rows: int | None = None) -> int:
+    def saved_tokens(self) -> int:
         """Prompt tokens not run: every row's prefix, less one prefix pass per group."""
-        n = len(self.row_group) if n_rows is None else n_rows
-        return self.length * (n - len(self.groups))
+        return self.length * (len(self.row_group) - len(self.groups))
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -53,7 +52,7 @@ def plan_shared_prefix(prompts: Sequence[Sequence[int]], *, multiple: int = 16,
     A length c groups the prompts by their first c tokens; it saves c x (prompts - groups) tokens
     (each group's prefix still runs once). Candidates are the common-prefix lengths of neighbours
     in sorted order (a group's members are consecutive there), rounded down to a multiple of
-    `multiple` (fewer compiled shapes across windows) and below the shortest prompt (a prompt's
+    `multiple` (ours: fewer compiled shapes across windows, at most 15 tokens a row given up) and below the shortest prompt (a prompt's
     last token must stay in its body: its logits score the first answer token).
     """
     n = len(prompts)
