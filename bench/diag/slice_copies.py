@@ -6,9 +6,16 @@ reads them in place. This compiles variants of the layer loop on 14B shapes (abs
 weights allocated) and counts, in each optimised HLO, the instructions that run a fused dynamic
 slice shaped like one layer's projection matrix ([1, in, out]: a copy out of the stack, since a
 slice read in place has no instruction of its own) and how many of those run as asynchronous
-`fusion-start`s. One line per variant.
+`fusion-start`s. One line per variant. XLA_FLAGS applies to every variant, so a flag's effect is
+a 10-second compile away:
 
-Usage: python bench/diag/slice_copies.py [--variants fwd,fwd_infer,fwd_lora,grad_x,grad_lora,judge]
+    XLA_FLAGS=--xla_gpu_executable_num_compute_streams=1 python bench/diag/slice_copies.py
+
+The `*_barrier` variants put an optimization barrier between each layer's weight slices and the
+block (a candidate fix: the slice can then not be fused into a Triton GEMM fusion and un-fused
+into an asynchronous copy when cuBLAS wins the autotuning); they patch `decoder.block` here only.
+
+Usage: python bench/diag/slice_copies.py [--variants grad_x,fwd,...]  (names: VARIANTS below)
 """
 
 import argparse
@@ -29,7 +36,7 @@ from emjax.model import decoder as D  # noqa: E402
 from emjax.model.layers import INFERENCE_COMPILER_OPTIONS, NO_DOT_MERGER, default_positions  # noqa: E402
 from emjax.model.schema import PROJECTIONS, abstract_weights  # noqa: E402
 
-VARIANTS = ("grad_x", "fwd", "fwd_infer", "fwd_lora", "grad_lora", "judge")
+VARIANTS = ("grad_x", "fwd", "fwd_infer", "fwd_lora", "grad_lora", "judge", "fwd_barrier", "grad_lora_barrier")
 p = argparse.ArgumentParser()
 p.add_argument("--variants", default=",".join(VARIANTS))
 p.add_argument("--tiny", action="store_true")
@@ -61,6 +68,26 @@ programs = {
     "grad_x": (jax.grad(lambda x, w: total(layers(w, x))), (x, w), NO_DOT_MERGER),
     "grad_lora": (jax.grad(lambda iv, w, x: total(layers(w, x, iv))), (lora, w, x), NO_DOT_MERGER),
 }
+
+
+def with_barrier(fn):
+    """fn with every block's weights passed through an optimization barrier first."""
+    def block(w, *args, **kwargs):
+        return unbarred_block(jax.lax.optimization_barrier(w), *args, **kwargs)
+
+    def run(*args):
+        D.block = block
+        try:
+            return fn(*args)
+        finally:
+            D.block = unbarred_block
+    return run
+
+
+unbarred_block = D.block
+for name in ("fwd", "grad_lora"):
+    fn, args, options = programs[name]
+    programs[name + "_barrier"] = (with_barrier(fn), args, options)
 
 
 def judge_program():
