@@ -57,11 +57,31 @@ def _proj(x: jax.Array, w: jax.Array | FrozenMatrix, name: str, hooks: LayerHook
     return add_lora(hooks, name, x, matmul_bias(x, w, bias))
 
 
-def mlp(w: LayerWeights, x: jax.Array, cfg: ModelConfig, hooks: LayerHooks | None) -> jax.Array:
+# Recomputed in the backward pass instead of kept (`lean` blocks, the default of training without
+# remat): JAX's rules for a block keep each norm's float32 input and, for the gated MLP, the gate,
+# the up projection, three of the activation's intermediates and (with a LoRA on down_proj) its
+# input: 5-6 arrays F wide per token, half of what a LoRA r32 block keeps. All of them are
+# elementwise functions of the norms' inputs and of gate and up, so the norms and the MLP from gate
+# and up to the down projection run under `jax.checkpoint` with nothing saveable: the backward
+# keeps their inputs and recomputes the rest (the down projection's matmul is not recomputed: its
+# output is not needed to differentiate it). No CSE barrier: inside the layer scan the recomputation
+# runs in the backward loop, where the forward's values do not exist to be reused.
+_recompute = functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
+
+
+def _norm(x: jax.Array, w: jax.Array, cfg: ModelConfig, lean: bool) -> jax.Array:
+    norm = lambda x, w: rms_norm(x, w, cfg.norm_eps, cfg.norm_plus_one)
+    return (_recompute(norm) if lean else norm)(x, w)
+
+
+def mlp(w: LayerWeights, x: jax.Array, cfg: ModelConfig, hooks: LayerHooks | None, lean: bool = False) -> jax.Array:
     """Gated MLP, [B, T, D] -> [B, T, D] (the down_proj output, before any post-norm)."""
     gate, up = add_lora_shared(hooks, ("gate_proj", "up_proj"), x, (x @ w.gate_proj, x @ w.up_proj))
-    act = jax.nn.silu(gate) if cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
-    return _proj(act * up, w.down_proj, "down_proj", hooks)
+
+    def down(gate, up):
+        act = jax.nn.silu(gate) if cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        return _proj(act * up, w.down_proj, "down_proj", hooks)
+    return (_recompute(down) if lean else down)(gate, up)
 
 
 def qkv(w: LayerWeights, x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: ModelConfig,
@@ -84,29 +104,35 @@ def qkv(w: LayerWeights, x: jax.Array, cos: jax.Array, sin: jax.Array, cfg: Mode
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
-def attn_out(w: LayerWeights, o: jax.Array, cfg: ModelConfig, hooks: LayerHooks | None) -> jax.Array:
+def attn_out(w: LayerWeights, o: jax.Array, cfg: ModelConfig, hooks: LayerHooks | None,
+             lean: bool = False) -> jax.Array:
     """[B, T, H, Dh] attention output -> [B, T, D] branch (with its post-norm if the config has one)."""
     y = _proj(o.reshape(o.shape[0], o.shape[1], -1), w.o_proj, "o_proj", hooks, w.o_bias)
     if cfg.post_attn_norm:
-        y = rms_norm(y, w.post_attn_norm, cfg.norm_eps, cfg.norm_plus_one)
+        y = _norm(y, w.post_attn_norm, cfg, lean)
     return y
 
 
-def mlp_branch(w: LayerWeights, h: jax.Array, cfg: ModelConfig, hooks: LayerHooks | None) -> jax.Array:
+def mlp_branch(w: LayerWeights, h: jax.Array, cfg: ModelConfig, hooks: LayerHooks | None,
+               lean: bool = False) -> jax.Array:
     """Residual h [B, T, D] -> h after the MLP sub-block, with the steering sites applied."""
-    y = mlp(w, rms_norm(h, w.mlp_norm, cfg.norm_eps, cfg.norm_plus_one), cfg, hooks)
+    y = mlp(w, _norm(h, w.mlp_norm, cfg, lean), cfg, hooks, lean)
     y = add_steering(hooks, "mlp_out", y)
     if cfg.post_mlp_norm:
-        y = rms_norm(y, w.post_mlp_norm, cfg.norm_eps, cfg.norm_plus_one)
+        y = _norm(y, w.post_mlp_norm, cfg, lean)
     return ablate(hooks, add_steering(hooks, "block_out", h + y))
 
 
 def block(w: LayerWeights, x: jax.Array, cos: jax.Array, sin: jax.Array, attn_fn,
-          cfg: ModelConfig, hooks: LayerHooks | None) -> jax.Array:
-    """One decoder block on the full sequence. x: [B, T, D]; attn_fn(q, k, v) -> [B, T, H, Dh]."""
-    q, k, v = qkv(w, rms_norm(x, w.attn_norm, cfg.norm_eps, cfg.norm_plus_one), cos, sin, cfg, hooks)
-    h = x + attn_out(w, attn_fn(q, k, v), cfg, hooks)
-    return mlp_branch(w, h, cfg, hooks)
+          cfg: ModelConfig, hooks: LayerHooks | None, lean: bool = False) -> jax.Array:
+    """One decoder block on the full sequence. x: [B, T, D]; attn_fn(q, k, v) -> [B, T, H, Dh].
+
+    lean: recompute the norms and the MLP's elementwise part in the backward pass instead of
+    keeping their intermediates (see `_recompute`); the same values, less memory to differentiate.
+    """
+    q, k, v = qkv(w, _norm(x, w.attn_norm, cfg, lean), cos, sin, cfg, hooks)
+    h = x + attn_out(w, attn_fn(q, k, v), cfg, hooks, lean)
+    return mlp_branch(w, h, cfg, hooks, lean)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,7 +225,7 @@ def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.
         else:
             m = jnp.where(is_sliding, window_mask, full_mask)
             attn_fn = lambda q, k, v: attend(q, k, v, m, cfg)
-        h = constrain_rows(block(w, h, cos, sin, attn_fn, cfg, layer_hooks))
+        h = constrain_rows(block(w, h, cos, sin, attn_fn, cfg, layer_hooks, lean=remat is None))
         return h, (h if collect else None)
 
     x, hidden = jax.lax.scan(_remat(body, remat), x, (layers, sliding, hooks))

@@ -49,15 +49,19 @@ Terms:
 S, bytes per token per trained block, as JAX saves them (counted with
 `jax.ad_checkpoint.saved_residuals` on Qwen2, Gemma-2 and Llama blocks, JAX 0.10; tests/train/test_memory.py
 holds the formulas to those counts). N = the block's norms, counted in the weight schema (2, or 4
-with post-attention and post-MLP norms as in Gemma-2); the MLP keeps M = 5 F-wide
-arrays (SiLU: gate, up and three of the activation's intermediates) or 7 (tanh-GELU); the
-attention scores cost H T (4 s + a + 1) + 8 H with s = 1 float32 score array, 3 with a soft-cap
-(the tanh's), plus the bf16 probabilities and the bool mask, and the softmax max and sum.
-  None:   N (4 D + 8)  [each norm's float32 input and two statistics]
-          + a (q + 2 kv) [rotated q, k and v] + a M F + scores (XLA attention) or a q + 4 H
-          (cuDNN: output and log-sum-exp, from the kernel's interface, not measured)
-          + LoRA: a r per module [x @ A]; a D if any of q/k/v, a D if any of gate/up [their
-          normed input]; a q with o_proj [its input]; a F with down_proj [its input]
+with post-attention and post-MLP norms as in Gemma-2); the attention scores cost
+H T (4 s + a + 1) + 8 H with s = 1 float32 score array, 3 with a soft-cap (the tanh's), plus the
+bf16 probabilities and the bool mask, and the softmax max and sum. Without remat the block is
+"lean" (`emjax.model.decoder.block`): the norms and the MLP from gate and up to the down
+projection are recomputed in the backward pass, so only their inputs are kept.
+  None:   a N D [each norm's input] + a (q + 2 kv) [rotated q, k and v] + a 2 F [gate and up]
+          + scores (XLA attention) or a q + 4 H (cuDNN: output and log-sum-exp, from the
+          kernel's interface, not measured)
+          + LoRA: a r per module but down_proj [x @ A]; a D if any of q/k/v, a D if any of
+          gate/up [their normed input]; a q with o_proj [its input]
+          (Before the lean block, emjax 2026-12-07: N (4 D + 8) for the norms' float32 inputs and
+          statistics, 5 F-wide MLP arrays (SiLU) or 7 (tanh-GELU), and with LoRA down_proj's input
+          and x @ A: 1.6-1.8x as much.)
   "dots": a D [the block input] + a (q + 2 kv + D + 2 F) [the frozen projections' outputs
           needed again: q, k, v, o, gate, up; with a post-MLP norm also down, a D]
           + LoRA: a r per module + a out per module [the delta (x @ A) @ B], except down_proj
@@ -75,7 +79,8 @@ activations are smallest (steering, remat "full"); the test holds it within a fa
 (bfloat16 on CPU runs through float32 temporaries, 1.2-1.7x the estimate, and says little about a
 GPU.) The GPU measurement is `bench/train_memory.py` (Qwen2.5-14B shapes, measured peak / estimate
 per remat policy): on an H200 (LoRA r32 on every projection, B=8, T=256, KL, cuDNN attention) the
-measured peaks were 1.012 / 0.981 / 0.967 x the estimate for remat None / dots / full.
+measured peaks were 1.012 / 0.981 / 0.967 x the estimate for remat None / dots / full (None: the
+block before it was lean; the lean block's peak is not measured on a GPU yet).
 """
 
 from __future__ import annotations
@@ -237,11 +242,11 @@ def block_stash_bytes(cfg: ModelConfig, remat: Optional[str], seq_len: int, item
         return float(rep), float(split)
     if remat is not None:
         raise ValueError(f"unknown remat policy {remat!r}; choose None, 'full' or 'dots'")
+    # the lean block (emjax.model.decoder.block): norms and the MLP after gate/up are recomputed
     norms = sum(leaf.kind == "norm" for leaf in layer_leaves(cfg))
-    mlp = 7 if cfg.activation == "gelu_tanh" else 5
-    rep = norms * (4 * D + 8) + a * rank * len(mods)
+    rep = norms * a * D + a * rank * len(mods - {"down_proj"})
     rep += a * D * (bool(mods & set(_QKV)) + bool(mods & set(_GATE_UP)))
-    split = a * (q + 2 * kv) + a * mlp * F + a * q * ("o_proj" in mods) + a * F * ("down_proj" in mods)
+    split = a * (q + 2 * kv) + a * 2 * F + a * q * ("o_proj" in mods)
     if attention == "xla":
         s = 3 if cfg.attn_softcap is not None else 1
         split += H * seq_len * (4 * s + a + 1) + 8 * H

@@ -114,9 +114,12 @@ def test_activations_order_and_scaling():
     cfg = _cfg(n_layers=8)
     iv = _lora(cfg)
     act = lambda **kw: MEM.estimate_training_memory(cfg, iv, _plan(**kw)).terms["activations, SFT rows"]
-    assert act(remat=None) > act(remat="dots") > act(remat="full")
+    assert min(act(remat=None), act(remat="dots")) > act(remat="full")
     total = lambda **kw: MEM.estimate_training_memory(cfg, iv, _plan(kl=True, kl_batch_size=2, **kw)).total
-    assert total(remat=None) > total(remat="dots") > total(remat="full")
+    assert min(total(remat=None), total(remat="dots")) > total(remat="full")
+    # the lean block keeps gate and up where "dots" also keeps the LoRA deltas of gate and up: without
+    # the T x T scores of XLA attention, a LoRA on every projection keeps less without remat
+    assert act(remat=None, attention="cudnn") < act(remat="dots", attention="cudnn")
     for remat in (None, "dots", "full"):
         assert act(remat=remat, batch_size=4) == 2 * act(remat=remat, batch_size=2)
         # linear in T without the T x T scores of XLA attention (cuDNN's kernel keeps none) ...
