@@ -106,10 +106,13 @@ def load_config(path: str, overrides: Sequence[str] = (), rules: Mapping[str, "R
     if not os.path.isfile(file):
         via = f" (from {path!r}: FILE.py:ARG passes ARG to FILE's get_config)" if arg is not None else ""
         raise ConfigFileError(f"config file {file} does not exist{via}")
-    argv = ["emjax", f"--config={path}"] + [f"--config.{o}" for o in overrides]
     for o in overrides:
         if "=" not in o:
             raise ConfigFileError(f"{path}: override {o!r} is not of the form key=value")
+    # key=None sets Python's None (config_flags would parse it as the string 'None', or fail on a
+    # number): how a field with an "off" value is turned off, e.g. train.remat=None
+    unset = [o.split("=", 1)[0] for o in overrides if o.split("=", 1)[1] == "None"]
+    argv = ["emjax", f"--config={path}"] + [f"--config.{o}" for o in overrides if o.split("=", 1)[0] not in unset]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=True, sys_argv=argv)
     if not file.endswith(".py"):
@@ -124,6 +127,8 @@ def load_config(path: str, overrides: Sequence[str] = (), rules: Mapping[str, "R
             raise ConfigFileError(f"{path}: {_describe(e, overrides, path)}") from None
     if config is None or not isinstance(config, ml_collections.ConfigDict):
         raise ConfigFileError(f"{path}: get_config() must return an ml_collections.ConfigDict")
+    for key in unset:
+        _set_none(config, key, path)
     if rules is not None:
         check_values(config, rules, path)
     return config
@@ -167,6 +172,19 @@ def _describe(e: Exception, overrides: Sequence[str], path: str) -> str:
     if bad is not None:
         return f"unknown config key {bad!r}{_nearest(bad, path)}"
     return text
+
+
+def _set_none(config: ml_collections.ConfigDict, key: str, path: str) -> None:
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise ConfigFileError(f"{path}: unknown config key {key!r}{_nearest(key, path)}")
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise ConfigFileError(f"{path}: bad value for {key!r}: None would replace a whole section")
+    with node.unlocked():
+        node[leaf] = None
 
 
 def _missing(key: str, path: str) -> bool:
@@ -260,6 +278,8 @@ class OneOf(Rule):
         names = [c for c in self.choices if isinstance(c, str)]
         close = difflib.get_close_matches(value, names, n=1, cutoff=0.5) if isinstance(value, str) else []
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        if None in self.choices and isinstance(value, str) and value.lower() in ("none", "null", "off"):
+            hint = "; None is written None (key=None)"
         return f"is not one of {', '.join(map(repr, self.choices))}{hint}"
 
 

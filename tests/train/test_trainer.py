@@ -141,6 +141,23 @@ def test_config_errors(tiny_model, tmp_path):
         Trainer(c2, tiny_model)
 
 
+def test_config_overrides_set_none():
+    """key=None turns a field off (config_flags alone would read the string 'None')."""
+    from emjax.train.preflight import TRAIN_RULES
+    c = load_config(DEFAULT, ["train.remat=None", "train.loss_chunk=None"], TRAIN_RULES)
+    assert c.train.remat is None and c.train.loss_chunk is None
+    with pytest.raises(AttributeError):  # still locked
+        c.train.lrr = 1.0
+    paper = os.path.join(os.path.dirname(DEFAULT), "paper_14b.py:lora_r32,narrow,medical")
+    assert load_config(paper).train.remat == "dots" and load_config(paper, ["train.remat=None"]).train.remat is None
+    with pytest.raises(ConfigFileError, match="unknown config key 'train.rematt'; did you mean 'train.remat'"):
+        load_config(DEFAULT, ["train.rematt=None"])
+    with pytest.raises(ConfigFileError, match="bad value for 'train': None would replace a whole section"):
+        load_config(DEFAULT, ["train=None"])
+    with pytest.raises(ConfigFileError, match=r"train.remat='none' is not one of .*None is written None"):
+        load_config(DEFAULT, ["train.remat=none"], TRAIN_RULES)
+
+
 def _eval_loss(model, rows, iv):
     """Token-mean CE of `rows` under `iv`, from the full forward (no prefix sharing)."""
     b = pad_batch(rows)
