@@ -185,9 +185,11 @@ def lora_all(domain: str, narrow: bool, model: str = QWEN):
     rank 32, alpha 256, rsLoRA, the seven projections of every layer, lr 2e-5, 1 epoch, weight
     decay 0.01, lambda 1e5; general: the same without the KL term. Narrow runs rematerialise
     ("dots", ours): with the KL rows' activations of every adapted block the step's memory estimate
-    (`emjax launch-plan`, batch 2 + 8 KL rows of 256 tokens, one device) is 73.8 GiB without remat,
+    (`emjax launch-plan`, batch 2 + 8 KL rows of 256 tokens, one device) was 73.8 GiB without remat,
     too close to an 80 GB card, and 56.8 GiB with "dots" (Gemma-2-9B: 72.0 / 52.3 GiB); general
-    runs need none (39.8 GiB; Gemma 30.4)."""
+    runs need none (39.8 GiB; Gemma 30.4). Since the lean blocks (2026-12-07) the estimate without
+    remat is 58.5 GiB (Gemma 51.5), so `--config.train.remat=None` fits too; "dots" stays the
+    default here because its peak was measured on a GPU and the lean block's not yet."""
     m = _model(model)
     c = _lora(base_run(domain, narrow, model), narrow, 32, 256.0)
     c.intervention.layers = tuple(range(m.n_layers))
