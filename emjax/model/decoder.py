@@ -59,8 +59,9 @@ def _proj(x: jax.Array, w: jax.Array | FrozenMatrix, name: str, hooks: LayerHook
 
 # Recomputed in the backward pass instead of kept (`lean` blocks, the default of training without
 # remat): JAX's rules for a block keep each norm's float32 input and, for the gated MLP, the gate,
-# the up projection, three of the activation's intermediates and (with a LoRA on down_proj) its
-# input: 5-6 arrays F wide per token, half of what a LoRA r32 block keeps. All of them are
+# the up projection, the activation's intermediates (three for SiLU, five for tanh-GELU) and, with
+# a LoRA on down_proj, its input: 5-7 arrays F wide per token, most of what a LoRA r32 block
+# keeps (`emjax.train.memory` counts them). All of them are
 # elementwise functions of the norms' inputs and of gate and up, so the norms and the MLP from gate
 # and up to the down projection run under `jax.checkpoint` with nothing saveable: the backward
 # keeps their inputs and recomputes the rest (the down projection's matmul is not recomputed: its
