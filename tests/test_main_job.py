@@ -41,6 +41,11 @@ def test_main_job_judged_by_a_local_server_and_resumed(tmp_path, monkeypatch):
         assert "| intervention | EM rate | narrow rate | coherent |" in md and "aligned < 30" in md
         assert (out / "report" / "em_vs_narrow.png").stat().st_size > 1000
         assert s["spread_across_seeds"]["general"]["eval_loss"]["n"] == 2
+        for seed in ("seed0", "seed1"):  # the narrow vector against the general one, said in summary.md
+            c = s["general_vs_narrow"][seed]
+            assert -1.0 <= c["cosine"] <= 1.0 + 1e-9 and c["relative_difference"] >= 0.0
+            assert (c["note"] is not None) == (c["relative_difference"] < 1e-3)
+            assert f"General vs narrow ({seed}): cosine" in md
 
         assert set(s["timings"]) >= {"load", "data", "cache", "compile", "compute", "total"}
         assert s["timings"]["compute"] > 0 and s["stages"]["train"]["timings"]["cache"] > 0

@@ -34,3 +34,12 @@ def test_what_did_not_run_is_listed_with_reason_and_command():
                                  "mean_relative_increase": {}}}}))
     assert "## Not run" in md and "| significance | no FineWeb sample at X | `emjax data get fineweb` |" in md
     assert "2 of the paper's three ran" in md and "Nothing was skipped" not in md
+
+
+def test_general_and_narrow_vectors_compared_and_sameness_said():
+    same = {"seed0": {"cosine": 1.0, "relative_difference": 2e-7, "note": "the narrow and general vectors are the same"}}
+    md = summary_md(_summary(general_vs_narrow=same))
+    assert "General vs narrow (seed0): cosine 1.0000, relative difference 2.00e-07. **Note:** the narrow" in md
+    apart = {"seed0": {"cosine": 0.93, "relative_difference": 0.4, "note": None}}
+    md = summary_md(_summary(general_vs_narrow=apart))
+    assert "cosine 0.9300, relative difference 4.00e-01." in md and "Note" not in md

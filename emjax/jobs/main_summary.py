@@ -59,6 +59,9 @@ def _training(s: dict) -> list[str]:
     for k, r in s["stages"]["train"]["runs"].items():
         lines.append(f"| {k} | {_f(r['final_eval']['eval_loss'])} | {_f(r['final_eval']['eval_kl_ood'], '.4f')} "
                      f"| {_f(r['intervention_norm'])} |")
+    for seed, c in (s.get("general_vs_narrow") or {}).items():
+        lines += ["", f"General vs narrow ({seed}): cosine {c['cosine']:.4f}, relative difference "
+                      f"{c['relative_difference']:.2e}." + (f" **Note:** {c['note']}." if c.get("note") else "")]
     sp = s.get("spread_across_seeds")
     if sp:
         lines += ["", "Across seeds (mean ± std, n): " + "; ".join(
