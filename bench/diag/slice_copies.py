@@ -1,19 +1,21 @@
 """Diagnostic: which programs copy each layer's weights out of the stacks (issue 24).
 
-The LoRA r32 step's profile shows 1,440 weight-sized `memcpy128` per step (48 layers x 15 slices,
-forward and backward), while the local judge's forward loop, scanning the same stacks as `xs`,
-reads them in place. This compiles variants of the layer loop on 14B shapes (abstract inputs, no
-weights allocated) and counts, in each optimised HLO, the instructions that run a fused dynamic
-slice shaped like one layer's projection matrix ([1, in, out]: a copy out of the stack, since a
-slice read in place has no instruction of its own) and how many of those run as asynchronous
-`fusion-start`s. One line per variant. XLA_FLAGS applies to every variant, so a flag's effect is
-a 10-second compile away:
+The LoRA r32 step's profile shows 1,440 weight-sized `memcpy128` per step (48 layers x 30 slices:
+15 in the forward loop, 15 in the backward), while the local judge's forward loop, scanning the
+same stacks as `xs`, runs no copy kernel. This compiles variants of the layer loop on 14B shapes
+(abstract inputs, no weights allocated) and counts, in each optimised HLO, the fused dynamic slices
+shaped like one layer's projection matrix ([1, in, out]) and how many of them run as asynchronous
+`fusion-start`s. On an H100 (2026-12-07) the synchronous ones were read in place (the judge has 7
+per layer and no copy kernel) and the asynchronous ones were copied: `async` is the column to
+drive to 0. One line per variant. XLA_FLAGS applies to every variant, so a flag's effect is a
+10-second compile away:
 
     XLA_FLAGS=--xla_gpu_executable_num_compute_streams=1 python bench/diag/slice_copies.py
 
 The `*_barrier` variants put an optimization barrier between each layer's weight slices and the
-block (a candidate fix: the slice can then not be fused into a Triton GEMM fusion and un-fused
-into an asynchronous copy when cuBLAS wins the autotuning); they patch `decoder.block` here only.
+block, a candidate fix resting on a hypothesis (not yet checked): that XLA makes the slices
+asynchronous because a Triton GEMM fusion first absorbs them and gives them back when cuBLAS wins
+the autotuning. They patch `decoder.block` in this script only.
 
 Usage: python bench/diag/slice_copies.py [--variants grad_x,fwd,...]  (names: VARIANTS below)
 """
