@@ -43,3 +43,30 @@ def test_general_and_narrow_vectors_compared_and_sameness_said():
     apart = {"seed0": {"cosine": 0.93, "relative_difference": 0.4, "note": None}}
     md = summary_md(_summary(general_vs_narrow=apart))
     assert "cosine 0.9300, relative difference 4.00e-01." in md and "Note" not in md
+
+
+def test_vectors_compared_per_seed_and_a_missing_file_skipped(tmp_path, capsys):
+    import numpy as np
+    from emjax.interventions import SteeringVectors
+    from emjax.interventions.files import save_steering
+    from emjax.jobs.main import _vectors_compared
+
+    rng = np.random.default_rng(0)
+    g = rng.normal(size=(1, 8)).astype(np.float32)
+    runs = {}
+    for kind, v in (("general", g), ("narrow", g + 1e-6)):
+        path = tmp_path / f"{kind}0.safetensors"
+        save_steering(SteeringVectors(vectors=v, layers=(2,), alpha=1.0, hook="mlp_out"), path)
+        runs[f"{kind}_seed0"] = {"artefact": str(path), "steps": 2}
+    far = g + rng.normal(size=g.shape).astype(np.float32)
+    save_steering(SteeringVectors(vectors=far, layers=(2,), alpha=1.0, hook="mlp_out"), tmp_path / "narrow1.safetensors")
+    runs["general_seed1"] = runs["general_seed0"]
+    runs["narrow_seed1"] = {"artefact": str(tmp_path / "narrow1.safetensors"), "steps": 12}
+    runs["general_seed2"] = runs["general_seed0"]
+    runs["narrow_seed2"] = {"artefact": str(tmp_path / "gone.safetensors"), "steps": 12}
+    out = _vectors_compared(runs, (0, 1, 2))
+    assert out["seed0"]["cosine"] > 0.9999 and out["seed0"]["relative_difference"] < 1e-5
+    assert "same to" in out["seed0"]["note"] and "2 steps" in out["seed0"]["note"]
+    want = np.linalg.norm(far - g) / np.linalg.norm(g)
+    assert abs(out["seed1"]["relative_difference"] - want) < 1e-6 and out["seed1"]["note"] is None
+    assert "seed2" not in out and "general vs narrow (seed2): not compared" in capsys.readouterr().out

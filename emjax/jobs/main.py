@@ -376,8 +376,12 @@ def _vectors_compared(runs: dict[str, dict], seeds: tuple[int, ...]) -> dict[str
     zero-initialised vector and second order near it, and short runs stop before it matters)."""
     out = {}
     for s in seeds:
-        g, n = (np.asarray(load_steering(runs[f"{kind}_seed{s}"]["artefact"]).vectors, np.float64).ravel()
-                for kind in ("general", "narrow"))
+        try:
+            g, n = (np.asarray(load_steering(runs[f"{kind}_seed{s}"]["artefact"]).vectors, np.float64).ravel()
+                    for kind in ("general", "narrow"))
+        except (OSError, KeyError, EmjaxError) as e:  # a moved or deleted vector: the summary goes on
+            print(f"general vs narrow (seed{s}): not compared ({e})")
+            continue
         scale = max(np.linalg.norm(g), 1e-30)
         rel = float(np.linalg.norm(n - g) / scale)
         cosine = float(g @ n / (scale * max(np.linalg.norm(n), 1e-30)))
