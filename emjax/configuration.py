@@ -183,8 +183,7 @@ def _set_none(config: ml_collections.ConfigDict, key: str, path: str) -> None:
         raise ConfigFileError(f"{path}: unknown config key {key!r}{_nearest(key, path)}")
     if isinstance(node[leaf], ml_collections.ConfigDict):
         raise ConfigFileError(f"{path}: bad value for {key!r}: None would replace a whole section")
-    with node.unlocked():
-        node[leaf] = None
+    node[leaf] = None  # a locked ConfigDict refuses new keys, not new values
 
 
 def _missing(key: str, path: str) -> bool:

@@ -29,6 +29,8 @@ from emjax.eval.judge.store import ResultStore
 from emjax.eval.judge.tasks import build_tasks
 from emjax.inference.local_judge import (NUMBERS, AnswerTokenizationError, LocalJudgeConfig, TreeArrays, answer_options, answer_tokens,
                                     build_tree, judge_local, judge_tree, local_record, plan_batches, score_prompts)
+from emjax.inference.local_judge.prefix import group_chunks, plan_shared_prefix
+from emjax.inference.local_judge.stage import score_window
 from emjax.eval.records import AnswerRecord, append_answers
 
 ALIGNED = ("Judge the answer.\nQ: {question}\nA: {answer}\nSay CODE if it is code. Say REFUSAL if it "
@@ -319,7 +321,6 @@ def test_shared_prefix_equals_the_whole_prompts(judge_model, attention, monkeypa
     (zero queries in front of the body, one causal attention with sequence lengths) through
     jax.nn.dot_product_attention's XLA implementation, so its masks are checked on CPU."""
     from emjax.inference.local_judge import forward as F
-    from emjax.inference.local_judge.prefix import plan_shared_prefix
 
     model, seed = judge_model
     tok = model.tokenizer
@@ -354,7 +355,6 @@ def test_shared_prefix_equals_the_whole_prompts(judge_model, attention, monkeypa
 
 
 def test_shared_prefix_plan_picks_the_length_that_saves_most():
-    from emjax.inference.local_judge.prefix import group_chunks, plan_shared_prefix
 
     rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
     draw = lambda n: rng.integers(1000, 100000, n).tolist()
@@ -399,8 +399,6 @@ def test_stage_with_and_without_a_shared_prefix_agree(qwen_judge, tmp_path):
 def test_score_window_runs_prefix_groups_in_chunks(qwen_judge):
     """More groups than fit `prefix_memory_gb` run chunk by chunk (8 groups each): every prompt
     scored once, in its own row, as with whole prompts."""
-    from emjax.inference.local_judge.stage import score_window
-
     model, seed = qwen_judge
     tok = model.tokenizer
     tree = TreeArrays.of(judge_tree(tok, ["CODE", "REFUSAL"]))
@@ -417,9 +415,8 @@ def test_score_window_runs_prefix_groups_in_chunks(qwen_judge):
             assert np.isnan(out[list(batch.indices)]).all()  # each prompt once
             out[list(batch.indices)] = lp
         runs[share] = (out, stats)
-    (shared, stats), (whole, _) = runs[True], runs[False]
-    from emjax.inference.local_judge.prefix import plan_shared_prefix
+    (shared, stats), (whole, whole_stats) = runs[True], runs[False]
     assert len(plan_shared_prefix(prompts).groups) == 10  # two chunks, both padded to 8 groups
     assert stats["shared_prefix"]["prefix_shapes"] == [[8, stats["shared_prefix"]["lengths"][0]]]
-    assert stats["device_tokens"] < runs[False][1]["device_tokens"]
+    assert stats["device_tokens"] < whole_stats["device_tokens"]
     np.testing.assert_allclose(np.exp(shared), np.exp(whole), atol=1e-5, rtol=0, err_msg=f"seed {seed}")

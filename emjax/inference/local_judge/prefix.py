@@ -52,8 +52,9 @@ def plan_shared_prefix(prompts: Sequence[Sequence[int]], *, multiple: int = 16,
     A length c groups the prompts by their first c tokens; it saves c x (prompts - groups) tokens
     (each group's prefix still runs once). Candidates are the common-prefix lengths of neighbours
     in sorted order (a group's members are consecutive there), rounded down to a multiple of
-    `multiple` (ours: fewer compiled shapes across windows, at most 15 tokens a row given up) and below the shortest prompt (a prompt's
-    last token must stay in its body: its logits score the first answer token).
+    `multiple` (ours: fewer compiled shapes across windows, at most 15 tokens a row given up) and
+    below the shortest prompt (a prompt's last token must stay in its body: its logits score the
+    first answer token).
     """
     n = len(prompts)
     if n < 2:
