@@ -8,11 +8,12 @@
 #   bash bench/issue24.sh lora    # LoRA r32 and steering + KL new/old, the peer, a LoRA profile, its HLO's weight copies
 #   bash bench/issue24.sh judge   # local judge new (whole prompts and 96 shared tokens)/old, the peer's prefill, sampling
 #   bash bench/issue24.sh steer   # steering + KL (frozen cache) new/old and the peer, a judge profile
-#   bash bench/issue24.sh next    # what the fourth session left open: the async weight slices under
-#                                 # candidate XLA flags and barriers (compile only), the lean blocks'
-#                                 # LoRA step (new/old/peer, profile) and memory peak, sampling
+#   bash bench/issue24.sh next    # what the fourth session left open: the weight copies with the layer
+#                                 # loop unrolled, barriers and candidate XLA flags (compile only, 8
+#                                 # layers), the lean blocks' LoRA step rolled and unrolled, old, peer
 #                                 # (old: the revision before the lean blocks, bf04fa6)
-case "${1:-}" in core|lora|judge|steer|next) ;; *) echo "usage: bash bench/issue24.sh core|lora|judge|steer|next" >&2; exit 2 ;; esac
+#   bash bench/issue24.sh rest    # the lean LoRA step's profile and memory peak, sampling
+case "${1:-}" in core|lora|judge|steer|next|rest) ;; *) echo "usage: bash bench/issue24.sh core|lora|judge|steer|next|rest" >&2; exit 2 ;; esac
 BUDGET=${BUDGET:-570} STEP_TIMEOUT=${STEP_TIMEOUT:-570}
 source "$(dirname "$0")/device_suite.sh"
 OLD=.devcarry/old PEER=.devcarry/anchor_torch.py
@@ -48,14 +49,18 @@ case "$1" in
     run peer . $PEER --cases steer,kl
     run new . bench/diag/profile_kernels.py --case judge --top 16 ;;
   next)
-    for flags in "" --xla_gpu_executable_num_compute_streams=1 --xla_gpu_experimental_stream_annotation=false \
+    run slices . bench/diag/slice_copies.py --layers 8 \
+      --variants fwd,grad_lora,fwd_unrolled,grad_lora_unrolled,grad_lora_barrier
+    run new . bench/train_steps.py --attention cudnn --cases lora32
+    STEP_TIMEOUT=200 run new . bench/train_steps.py --attention cudnn --cases lora32 --unroll-layers
+    run peer . $PEER --cases lora32
+    run old $OLD bench/train_steps.py --attention cudnn --cases lora32
+    for flags in --xla_gpu_executable_num_compute_streams=1 --xla_gpu_experimental_stream_annotation=false \
                  --xla_gpu_async_dot=false --xla_gpu_enable_latency_hiding_scheduler=false; do
       echo "== XLA_FLAGS=$flags" | tee -a "$OUT/log.txt"
-      XLA_FLAGS="$flags" run slices . bench/diag/slice_copies.py --variants grad_lora,grad_lora_barrier,fwd,fwd_barrier
-    done
-    run new . bench/train_steps.py --attention cudnn --cases lora32
-    run old $OLD bench/train_steps.py --attention cudnn --cases lora32
-    run peer . $PEER --cases lora32
+      XLA_FLAGS="$flags" run slices . bench/diag/slice_copies.py --layers 8 --variants grad_lora
+    done ;;
+  rest)
     run new . bench/diag/profile_kernels.py --case lora32 --top 16
     run new . bench/train_memory.py --policies none
     sampling ;;

@@ -28,8 +28,14 @@ p.add_argument("--seq", type=int, default=256)
 p.add_argument("--remat", default="", help="remat policy for the trained suffix ('', full, dots)")
 p.add_argument("--loss-chunk", type=int, default=0)
 p.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
+p.add_argument("--unroll-layers", action="store_true",
+               help="diagnostic (issue 24): every lax.scan fully unrolled, so the layer loop slices the "
+                    "weight stacks at constant indices")
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
+if a.unroll_layers:
+    _scan = jax.lax.scan
+    jax.lax.scan = lambda *args, **kwargs: _scan(*args, **{**kwargs, "unroll": True})
 
 cfg = bench_config(a.tiny)
 B, T, mid = a.batch, a.seq, cfg.middle_layer
@@ -62,7 +68,7 @@ def run_case(name, params, kl_batch, sft_batch=sft, tokens_per_step=B * T):
         jax.block_until_ready(m["loss"])
     s = timeit(once, warm=2, reps=7)
     report(name, s, tokens_per_step, B=B, T=T, remat=a.remat or None, loss_chunk=a.loss_chunk or None,
-           attention=a.attention)
+           attention=a.attention, **({"unrolled": True} if a.unroll_layers else {}))
 
 
 cases = a.cases.split(",")

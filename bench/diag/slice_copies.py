@@ -17,6 +17,14 @@ block, a candidate fix resting on a hypothesis (not yet checked): that XLA makes
 asynchronous because a Triton GEMM fusion first absorbs them and gives them back when cuBLAS wins
 the autotuning. They patch `decoder.block` in this script only.
 
+The `*_unrolled` variants scan the layers with `unroll=True` (jax.lax.scan patched in this script):
+the trip count is 1, so every slice index is a constant and each layer's weights are a static slice,
+which a Triton GEMM fusion may read in place where it cannot read a dynamic one. Their slices are
+not dynamic, so they are judged by `copies`: the instructions outside fusions that produce a
+weight-shaped bf16 array ([1, in, out], [in, out] or its transpose), i.e. materialised weight
+copies, counted once per program text (a scanned body appears once for all its layers; an unrolled
+program once per layer: `--layers` keeps both small, the default is the whole model).
+
 Usage: python bench/diag/slice_copies.py [--variants grad_x,fwd,...]  (names: VARIANTS below)
 """
 
@@ -38,13 +46,17 @@ from emjax.model import decoder as D  # noqa: E402
 from emjax.model.layers import INFERENCE_COMPILER_OPTIONS, NO_DOT_MERGER, default_positions  # noqa: E402
 from emjax.model.schema import PROJECTIONS, abstract_weights  # noqa: E402
 
-VARIANTS = ("grad_x", "fwd", "fwd_infer", "fwd_lora", "grad_lora", "judge", "fwd_barrier", "grad_lora_barrier")
+VARIANTS = ("grad_x", "fwd", "fwd_infer", "fwd_lora", "grad_lora", "judge", "fwd_barrier", "grad_lora_barrier",
+            "fwd_unrolled", "grad_lora_unrolled")
 p = argparse.ArgumentParser()
 p.add_argument("--variants", default=",".join(VARIANTS))
+p.add_argument("--layers", type=int, default=0, help="layers of the model (0: all)")
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
 
 cfg = bench_config(a.tiny)
+if a.layers:
+    cfg = cfg.replace(n_layers=a.layers)
 attention = "xla" if a.tiny else "cudnn"
 B, T = (2, 16) if a.tiny else (8, 256)
 spec = jax.ShapeDtypeStruct
@@ -86,10 +98,22 @@ def with_barrier(fn):
     return run
 
 
-unbarred_block = D.block
+def unrolled(fn):
+    """fn with the layer loop fully unrolled (constant slice indices)."""
+    def run(*args):
+        jax.lax.scan = lambda *s_args, **s_kwargs: rolled_scan(*s_args, **{**s_kwargs, "unroll": True})
+        try:
+            return fn(*args)
+        finally:
+            jax.lax.scan = rolled_scan
+    return run
+
+
+unbarred_block, rolled_scan = D.block, jax.lax.scan
 for name in ("fwd", "grad_lora"):
     fn, args, options = programs[name]
     programs[name + "_barrier"] = (with_barrier(fn), args, options)
+    programs[name + "_unrolled"] = (unrolled(fn), args, options)
 
 
 def judge_program():
@@ -103,6 +127,25 @@ def judge_program():
 
 MATRICES = {(1, *getattr(w.layers, n).shape[1:]) for n in PROJECTIONS}
 SHAPE = re.compile(r"=\s*(\w+)\[([\d,]*)\]\{[^}]*\}\s+dynamic-slice\(")
+WEIGHT_SHAPES = {s for m in MATRICES for s in (m, m[1:], m[:0:-1])}
+RESULT = re.compile(r"^\s*(?:ROOT )?%?[\w.\-]+ = bf16\[([\d,]*)\]\{[^}]*\} ([\w\-]+)\(")
+COPYING = {"fusion", "fusion-done", "copy", "copy-done", "slice", "dynamic-slice", "transpose"}
+
+
+def weight_copies(text: str) -> int:
+    """Instructions outside fused computations that write a weight-shaped bf16 array (not a GEMM)."""
+    fused = set(re.findall(r"calls=%([\w.\-]+)", text))
+    count, inside = 0, False
+    for line in text.splitlines():
+        head = re.match(r"^%?([\w.\-]+) \(", line)
+        if head:
+            inside = head.group(1) in fused
+        m = RESULT.match(line)
+        if (not inside and m and m.group(2) in COPYING and "__triton_gemm" not in line
+                and tuple(int(d) for d in m.group(1).split(",") if d) in WEIGHT_SHAPES):
+            count += 1
+    return count
+
 for name in a.variants.split(","):
     t = time.perf_counter()
     if name == "judge":
@@ -122,6 +165,7 @@ for name in a.variants.split(","):
             big.add(computation)
     calls = [line for line in text.splitlines()
              if any(f"calls=%{c}," in line or f"calls=%{c} " in line for c in big)]
-    print(json.dumps({"variant": name, "weight_slices": len(calls),
-                      "async": sum("fusion-start(" in c for c in calls),
+    print(json.dumps({"variant": name, "layers": cfg.n_layers, "weight_slices": len(calls),
+                      "async": sum("fusion-start(" in c for c in calls), "copies": weight_copies(text),
+                      "while_loops": len(re.findall(r" while\(", text)),
                       "compile_s": round(time.perf_counter() - t, 1)}), flush=True)
