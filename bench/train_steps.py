@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -66,9 +67,12 @@ def run_case(name, params, kl_batch, sft_batch=sft, tokens_per_step=B * T):
     def once():
         box[0], m = step(box[0], w, sft_batch, kl_batch, lam)
         jax.block_until_ready(m["loss"])
-    s = timeit(once, warm=2, reps=7)
+    t = time.perf_counter()
+    once()  # compiles
+    first_s = time.perf_counter() - t
+    s = timeit(once, warm=1, reps=7)
     report(name, s, tokens_per_step, B=B, T=T, remat=a.remat or None, loss_chunk=a.loss_chunk or None,
-           attention=a.attention, **({"unrolled": True} if a.unroll_layers else {}))
+           attention=a.attention, first_call_s=round(first_s, 1), **({"unrolled": True} if a.unroll_layers else {}))
 
 
 cases = a.cases.split(",")
