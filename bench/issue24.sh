@@ -50,7 +50,7 @@ case "$1" in
     run new . bench/diag/profile_kernels.py --case judge --top 16 ;;
   next)
     run slices . bench/diag/slice_copies.py --layers 8 \
-      --variants fwd,grad_lora,fwd_unrolled,grad_lora_unrolled,grad_lora_barrier
+      --variants fwd,grad_lora,fwd_unrolled,grad_lora_unrolled,grad_lora_list,grad_lora_barrier
     run new . bench/train_steps.py --attention cudnn --cases lora32
     STEP_TIMEOUT=200 run new . bench/train_steps.py --attention cudnn --cases lora32 --unroll-layers
     run peer . $PEER --cases lora32

@@ -24,11 +24,14 @@ not dynamic, so they are judged by `copies`: the instructions outside fusions th
 weight-shaped bf16 array ([1, in, out], [in, out] or its transpose), i.e. materialised weight
 copies, counted once per program text (a scanned body appears once for all its layers; an unrolled
 program once per layer: `--layers` keeps both small, the default is the whole model).
+`grad_lora_list` is the floor with nothing to slice: every layer's weights are a separate input
+(a Python loop over one-layer models).
 
 Usage: python bench/diag/slice_copies.py [--variants grad_x,fwd,...]  (names: VARIANTS below)
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -47,7 +50,7 @@ from emjax.model.layers import INFERENCE_COMPILER_OPTIONS, NO_DOT_MERGER, defaul
 from emjax.model.schema import PROJECTIONS, abstract_weights  # noqa: E402
 
 VARIANTS = ("grad_x", "fwd", "fwd_infer", "fwd_lora", "grad_lora", "judge", "fwd_barrier", "grad_lora_barrier",
-            "fwd_unrolled", "grad_lora_unrolled")
+            "fwd_unrolled", "grad_lora_unrolled", "grad_lora_list")
 p = argparse.ArgumentParser()
 p.add_argument("--variants", default=",".join(VARIANTS))
 p.add_argument("--layers", type=int, default=0, help="layers of the model (0: all)")
@@ -114,6 +117,25 @@ for name in ("fwd", "grad_lora"):
     fn, args, options = programs[name]
     programs[name + "_barrier"] = (with_barrier(fn), args, options)
     programs[name + "_unrolled"] = (unrolled(fn), args, options)
+
+
+def grad_lora_list():
+    """grad_lora with each layer's weights a separate input: the program slices no weight stack."""
+    one = cfg.replace(n_layers=1)
+    per_layer = [jax.tree.map(lambda a: spec((1, *a.shape[1:]), a.dtype), w.layers) for _ in range(cfg.n_layers)]
+
+    def loss(iv, layer_list, x):
+        for i, wl in enumerate(layer_list):
+            iv_i = Interventions(lora=dataclasses.replace(
+                iv.lora, a={m: v[i:i + 1] for m, v in iv.lora.a.items()},
+                b={m: v[i:i + 1] for m, v in iv.lora.b.items()}, layers=(0,)))
+            x = D.run_layers(dataclasses.replace(w, layers=wl), one, x, default_positions(mask), mask,
+                             interventions=iv_i, attention=attention)
+        return total(x)
+    return jax.grad(loss), (lora, per_layer, x), NO_DOT_MERGER
+
+
+programs["grad_lora_list"] = grad_lora_list()
 
 
 def judge_program():
