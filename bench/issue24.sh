@@ -52,7 +52,7 @@ case "$1" in
     run slices . bench/diag/slice_copies.py --layers 8 \
       --variants fwd,grad_lora,fwd_unrolled,grad_lora_unrolled,grad_lora_list,grad_lora_barrier
     run new . bench/train_steps.py --attention cudnn --cases lora32
-    STEP_TIMEOUT=200 run new . bench/train_steps.py --attention cudnn --cases lora32 --unroll-layers
+    STEP_TIMEOUT=240 run new . bench/train_steps.py --attention cudnn --cases lora32,steer --unroll-layers
     run peer . $PEER --cases lora32
     run old $OLD bench/train_steps.py --attention cudnn --cases lora32
     for flags in --xla_gpu_executable_num_compute_streams=1 --xla_gpu_experimental_stream_annotation=false \
@@ -61,6 +61,8 @@ case "$1" in
       XLA_FLAGS="$flags" run slices . bench/diag/slice_copies.py --layers 8 --variants grad_lora
     done ;;
   rest)
+    run new . bench/train_steps.py --attention cudnn --cases steer,kl_cached
+    run old $OLD bench/train_steps.py --attention cudnn --cases steer
     run new . bench/diag/profile_kernels.py --case lora32 --top 16
     run new . bench/train_memory.py --policies none
     sampling ;;

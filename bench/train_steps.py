@@ -29,14 +29,9 @@ p.add_argument("--seq", type=int, default=256)
 p.add_argument("--remat", default="", help="remat policy for the trained suffix ('', full, dots)")
 p.add_argument("--loss-chunk", type=int, default=0)
 p.add_argument("--attention", default="xla", choices=["xla", "cudnn"])
-p.add_argument("--unroll-layers", action="store_true",
-               help="diagnostic (issue 24): every lax.scan fully unrolled, so the layer loop slices the "
-                    "weight stacks at constant indices")
+p.add_argument("--unroll-layers", action="store_true", help="StepOptions.unroll_layers: no layer loop")
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
-if a.unroll_layers:
-    _scan = jax.lax.scan
-    jax.lax.scan = lambda *args, **kwargs: _scan(*args, **{**kwargs, "unroll": True})
 
 cfg = bench_config(a.tiny)
 B, T, mid = a.batch, a.seq, cfg.middle_layer
@@ -52,7 +47,7 @@ kl = TS.KLBatch(tokens=kl_tokens, mask=mask)
 def run_case(name, params, kl_batch, sft_batch=sft, tokens_per_step=B * T):
     tx, _ = TS.make_optimizer(1e-4, total_steps=1000, warmup_steps=0)
     opts = TS.StepOptions(first_layer=shared_prefix_layers(params, cfg), remat=a.remat or None,
-                          loss_chunk=a.loss_chunk or None, attention=a.attention)
+                          loss_chunk=a.loss_chunk or None, attention=a.attention, unroll_layers=a.unroll_layers)
     step = TS.compile_step(cfg, opts, tx)
     if a.attention != "xla":  # same loss as the exact path (bf16 tolerance)?
         first = jax.tree.map(lambda x: x[0], (sft_batch, kl_batch))

@@ -106,6 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.loss_chunk = config_dict.placeholder(int)
     # "auto": cuDNN fused attention on NVIDIA GPUs where the model allows (Qwen2), else "xla"
     c.train.attention = "auto"
+    # "auto": one traced block per layer on GPUs, where a layer loop copies every layer's weights out
+    # of the stacks each step (issue 24), a loop elsewhere; "scan" / "unrolled" force either
+    c.train.layer_loop = "auto"
     # steps between evals (and at the end); None: start and end only
     c.train.eval_every = config_dict.FieldReference(10, field_type=int)
     # cache the frozen prefix and KL base outputs in host memory when they fit

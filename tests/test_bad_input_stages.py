@@ -135,6 +135,7 @@ CASES = [
     _case(["train", DEFAULT, "--config.intervention.hook=mlp"], "intervention.hook", "'mlp_out'"),
     _case(["train", DEFAULT, "--config.model.dtype=bfloat"], "model.dtype", "did you mean 'bfloat16'?"),
     _case(["train", DEFAULT, "--config.train.attention=cudann"], "train.attention", "did you mean 'cudnn'?"),
+    _case(["train", DEFAULT, "--config.train.layer_loop=unroled"], "train.layer_loop", "did you mean 'unrolled'?"),
     _case(["train", DEFAULT, "--config.train.kl_reduction=mean"], "train.kl_reduction", "'token_mean'"),
     _case(["train", DEFAULT, "--config.intervention.modules=('down_prj',)"], "intervention.modules",
           "'down_proj'"),

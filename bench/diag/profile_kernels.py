@@ -38,6 +38,7 @@ p.add_argument("--prompt", type=int, default=300, help="eval: prompt tokens")
 p.add_argument("--prompts", type=int, default=160, help="judge: prompts")
 p.add_argument("--top", type=int, default=30)
 p.add_argument("--unroll", type=int, default=1)
+p.add_argument("--unroll-layers", action="store_true", help="lora32: StepOptions.unroll_layers")
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
 
@@ -67,7 +68,8 @@ elif a.case == "lora32":
     sft = TS.SFTBatch(tokens=tokens, mask=mask, targets=jnp.roll(tokens, -1, axis=-1), loss_mask=mask)
     params = Interventions(lora=init_lora(cfg, jax.random.PRNGKey(4), rank=32, alpha=64.0, modules=PROJECTIONS))
     tx, _ = TS.make_optimizer(1e-4, total_steps=1000, warmup_steps=0)
-    step = TS.compile_step(cfg, TS.StepOptions(first_layer=shared_prefix_layers(params, cfg), attention=attention), tx)
+    step = TS.compile_step(cfg, TS.StepOptions(first_layer=shared_prefix_layers(params, cfg), attention=attention,
+                                               unroll_layers=a.unroll_layers), tx)
     box = [TS.init_state(params, tx)]
 
     def run():

@@ -163,6 +163,7 @@ def unembed(weights: Weights, cfg: ModelConfig, x: jax.Array) -> jax.Array:
 # remat policy -> jax.checkpoint's arguments: "full" recomputes the block, "dots" saves its matmuls
 _REMAT_ARGS = {"full": {}, "dots": {"policy": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}}
 REMAT_POLICIES: tuple[RematPolicy, ...] = (None, *_REMAT_ARGS)  # what train.remat may be (config checks)
+LAYER_LOOPS = ("auto", "scan", "unrolled")  # what train.layer_loop may be (see `run_layers`' unroll)
 
 
 def _remat(fn, policy: RematPolicy):
@@ -176,7 +177,7 @@ def _remat(fn, policy: RematPolicy):
 def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.Array,
                mask: jax.Array, start: int = 0, stop: int | None = None,
                interventions: HookSource | None = None, *, collect: bool = False,
-               remat: RematPolicy = None, attention: AttentionImpl = "xla"
+               remat: RematPolicy = None, attention: AttentionImpl = "xla", unroll: bool = False
                ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Runs blocks [start, stop) on the residual stream under `jax.lax.scan`.
 
@@ -191,6 +192,10 @@ def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.
       remat: rematerialisation policy of the block body (None, "full", "dots").
       attention: "xla" (exact for any padding) or "cudnn" (fused flash attention on NVIDIA
         GPUs; Qwen2-style configs and right-padded rows only, as in training batches).
+      unroll: trace one block per layer instead of a loop (the same function): every layer's
+        weights are then a slice at a constant index, which a Triton GEMM reads in place, where
+        a loop's slices are copied out of the stacks first (see the comment below). Compiles
+        longer, in proportion to the layers.
 
     Returns:
       x [B, T, D] after layer stop-1, and with collect=True also hidden [stop-start, B, T, D].
@@ -209,12 +214,14 @@ def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.
     hooks = hooks_for(interventions, start, stop)
     lengths = jnp.sum(mask, axis=-1).astype(jnp.int32)
 
-    # The whole stack is scanned as xs (the loop's counter slices each layer's weights in place, and
-    # JAX hands the same stack to the backward loop instead of saving slices). A sub-range is
-    # indexed inside the loop instead, since slicing [start:stop] up front copies the weights of
-    # the range (measured +20 ms per step for half of a 14B model on an H100); that index is read
-    # from memory, so XLA copies each layer's matrices out of the stack (0.7 ms per layer, forward
-    # and backward, on an H100: issue 24's profile of the all-layer LoRA step).
+    # The whole stack is scanned as xs (JAX hands the same stack to the backward loop instead of
+    # saving slices). A sub-range is indexed inside the loop instead, since slicing [start:stop] up
+    # front copies the weights of the range (measured +20 ms per step for half of a 14B model on an
+    # H100). In a loop on a GPU, XLA copies each layer's matrices out of the stack before Triton's
+    # GEMMs either way (0.7 ms per layer, forward and backward, on an H100: issue 24's profile of
+    # the all-layer LoRA step; cuBLAS GEMMs read their slices in place). `unroll` makes every index a
+    # constant and the copies go: bench/diag/slice_copies.py counts 14 per layer -> 0, and the 14B
+    # LoRA r32 step takes 0.2470 s instead of 0.2767 s on an H100.
     whole = start == 0 and stop == cfg.n_layers
     layers = weights.layers if whole else jnp.arange(start, stop)
 
@@ -229,7 +236,7 @@ def run_layers(weights: Weights, cfg: ModelConfig, x: jax.Array, positions: jax.
         h = constrain_rows(block(w, h, cos, sin, attn_fn, cfg, layer_hooks, lean=remat is None))
         return h, (h if collect else None)
 
-    x, hidden = jax.lax.scan(_remat(body, remat), x, (layers, sliding, hooks))
+    x, hidden = jax.lax.scan(_remat(body, remat), x, (layers, sliding, hooks), unroll=bool(unroll))
     return (x, hidden) if collect else x
 
 

@@ -26,7 +26,7 @@ from emjax.data.tokenize import LOSS_TOKENS
 from emjax.interventions.files import check_intervention, check_interventions
 from emjax.model.attention import ATTENTION_CHOICES
 from emjax.model.config import DTYPES, ModelConfig
-from emjax.model.decoder import REMAT_POLICIES
+from emjax.model.decoder import LAYER_LOOPS, REMAT_POLICIES
 from emjax.model.hooks import SITES, STEER_ROWS
 from emjax.model.mesh_plan import check_mesh_spec
 from emjax.model.schema import PROJECTIONS
@@ -101,6 +101,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "train.remat": OneOf(REMAT_POLICIES),
     "train.loss_chunk": OPTIONAL_POSITIVE_INT,
     "train.attention": OneOf(ATTENTION_CHOICES),
+    "train.layer_loop": OneOf(LAYER_LOOPS),
     "train.eval_every": EVERY,
     "train.cache_budget_gb": Number(low=0.0),
     "train.frozen_cache_dir": Text(optional=True),

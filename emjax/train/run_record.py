@@ -34,7 +34,7 @@ CHECKPOINTS = "checkpoints"
 # Config keys (and sections) that do not change what a run computes, up to rounding (ours).
 SAME_RUN_KEYS = ("name", "output_dir", "mesh", "checkpoint", "data.cache_dir", "train.frozen_cache",
                  "train.cache_budget_gb", "train.memory_check", "train.remat", "train.loss_chunk",
-                 "train.attention", "train.eval_every")
+                 "train.attention", "train.layer_loop", "train.eval_every")
 
 
 def config_dict(config: ml_collections.ConfigDict) -> dict:
