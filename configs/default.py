@@ -106,8 +106,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.train.loss_chunk = config_dict.placeholder(int)
     # "auto": cuDNN fused attention on NVIDIA GPUs where the model allows (Qwen2), else "xla"
     c.train.attention = "auto"
-    # "auto": one traced block per layer on GPUs, where a layer loop copies every layer's weights out
-    # of the stacks each step (issue 24), a loop elsewhere; "scan" / "unrolled" force either
+    # "auto": one traced block per layer on a GPU, where a layer loop copies every layer's weights out
+    # of the stacks on each pass, for runs long enough to repay the longer compile and where memory
+    # allows (emjax/train/layer_loop.py); a loop otherwise. "scan" / "unrolled" force either
     c.train.layer_loop = "auto"
     # steps between evals (and at the end); None: start and end only
     c.train.eval_every = config_dict.FieldReference(10, field_type=int)

@@ -421,7 +421,8 @@ def fitting_options(estimate: MemoryEstimate, device_bytes: int, n_devices: int 
     return []
 
 
-def _size(n: int) -> str:
+def size_text(n: float) -> str:
+    """Bytes as GiB, or MiB below one GiB."""
     return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / 2 ** 20:.1f} MiB"
 
 
@@ -431,13 +432,13 @@ def check_fits(estimate: MemoryEstimate, device_bytes: int, n_devices: int | Non
     that fits under the estimate (or saying that none of them does)."""
     if estimate.total <= device_bytes:
         return
-    msg = (f"training needs about {_size(estimate.total)} per device (estimate), the device has "
-           f"{_size(device_bytes)}")
+    msg = (f"training needs about {size_text(estimate.total)} per device (estimate), the device has "
+           f"{size_text(device_bytes)}")
     options = fitting_options(estimate, device_bytes, n_devices, rules)
     if options:
         best = options[0]
-        msg += f"; it would fit with {best.keys} (estimate {_size(best.estimate.total)})"
-        others = [f"{o.keys} ({_size(o.estimate.total)})" for o in options[1:4]]
+        msg += f"; it would fit with {best.keys} (estimate {size_text(best.estimate.total)})"
+        others = [f"{o.keys} ({size_text(o.estimate.total)})" for o in options[1:4]]
         if others:
             msg += "; also " + "; ".join(others)
     else:
@@ -447,7 +448,7 @@ def check_fits(estimate: MemoryEstimate, device_bytes: int, n_devices: int | Non
         one = estimate_training_memory(estimate.cfg, estimate.params, dataclasses.replace(estimate.plan, runs=1),
                                        rules)
         msg += (f". This is {estimate.plan.runs} runs in one vmapped step; one run alone needs about "
-                f"{_size(one.total)}: fewer runs per --vmap-runs call also fit less memory")
+                f"{size_text(one.total)}: fewer runs per --vmap-runs call also fit less memory")
     msg += (". Set train.memory_check=False to run anyway (config keys; on the command line "
             "--config.KEY=VALUE).\n" + estimate.table(device_bytes))
     raise MemoryFitError(msg)
@@ -466,36 +467,6 @@ def device_bytes_limit(device: jax.Device | None = None) -> int | None:
     except Exception:  # backends without the call
         return None
     return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
-
-
-# "auto" unrolls only where the estimate times this still fits (ours): compiled on CPU, the unrolled
-# step's temporaries were 19% (no remat) and 34% ("dots") above the loop's for an 8-layer LoRA r32 + KL
-# step; XLA's GPU peak of the unrolled step has not been measured.
-UNROLL_HEADROOM = 1.35
-
-
-def choose_layer_loop(choice: str, estimate: MemoryEstimate, device_bytes: int | None,
-                      backend: str | None = None) -> tuple[bool, str]:
-    """train.layer_loop -> (unroll the layers?, the note saying why; "" for "auto" off GPUs).
-
-    "auto" unrolls on GPUs, where a layer loop's weight slices are copied out of the stacks before
-    Triton's GEMMs (issue 24: 0.2767 -> 0.2470 s per 14B LoRA r32 step on an H100, for about 2 minutes
-    more compiling), when the estimate with UNROLL_HEADROOM fits the device; else it keeps the loop,
-    which compiles faster and is what the memory estimates were measured against.
-    """
-    from emjax.model.decoder import LAYER_LOOPS
-    if choice not in LAYER_LOOPS:
-        raise ValueError(f"unknown layer loop {choice!r}; choose from {LAYER_LOOPS}")
-    if choice != "auto":
-        return choice == "unrolled", f"layer loop: {choice} (train.layer_loop)"
-    if (backend or jax.default_backend()) != "gpu":
-        return False, ""  # nothing to say: the loop is the only sensible choice there
-    need = estimate.total * UNROLL_HEADROOM
-    if device_bytes and need > device_bytes:
-        return False, (f"layer loop: scan (train.layer_loop=auto: the unrolled step's allowance, "
-                       f"{_size(need)}, exceeds the device's {_size(device_bytes)})")
-    return True, ("layer loop: unrolled (train.layer_loop=auto on a GPU: faster steps, a longer first "
-                  "compile; train.layer_loop=scan compiles faster)")
 
 
 def _round_up(n: int, m: int = 8) -> int:

@@ -47,7 +47,8 @@ from emjax.train.frozen_store import FrozenStore, model_fingerprint
 from emjax.train.inputs import (TrainConfigError, build_intervention, checked_loss_tokens, kl_weight, prepare_data,
                                 rows_over_data, steer_rows_of, uses_kl)
 from emjax.train.loop import Runs, train_runs
-from emjax.train.memory import check_trainer_memory, choose_layer_loop
+from emjax.train.layer_loop import choose_layer_loop
+from emjax.train.memory import check_trainer_memory
 from emjax.train.preflight import TRAIN_RULES
 from emjax.train.run_record import (check_checkpoint, config_dict, earlier_sessions, finished_summary,
                                     write_progress)
@@ -127,7 +128,7 @@ class Trainer:
             self.notes.append("steered rows: row 0 of each training micro-batch only (intervention.steer_rows="
                               "'first', upstream's hook); evaluation steers every row")
         self.memory, limit = check_trainer_memory(self)  # prints the estimate; raises if it will not fit
-        unroll, loop_note = choose_layer_loop(tc.layer_loop, self.memory, limit)
+        unroll, loop_note = choose_layer_loop(tc.layer_loop, self.memory, limit, self.total_steps * tc.grad_accum)
         self.opts = dataclasses.replace(self.opts, unroll_layers=unroll)
         self.notes += [loop_note] if loop_note else []
         self.step_fn = TS.compile_step(self.cfg, self.opts, self.tx)

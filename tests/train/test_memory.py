@@ -273,32 +273,3 @@ def test_vmapped_fit_error_names_the_runs():
     assert est.terms["AdamW moments"] == 8 * one.terms["AdamW moments"]
     with pytest.raises(MEM.MemoryFitError, match="8 runs in one vmapped step; one run alone needs about"):
         MEM.check_fits(est, int(est.total * 0.5))
-
-
-def test_layer_loop_choice():
-    cfg = _cfg()
-    est = MEM.estimate_training_memory(cfg, _lora(cfg), _plan())
-    need = est.total * MEM.UNROLL_HEADROOM
-    assert MEM.choose_layer_loop("auto", est, None, backend="cpu") == (False, "")
-    unroll, note = MEM.choose_layer_loop("auto", est, int(need) + 1, backend="gpu")
-    assert unroll and "unrolled" in note
-    unroll, note = MEM.choose_layer_loop("auto", est, int(need) - 1, backend="gpu")  # fits, but without headroom
-    assert not unroll and "exceeds the device's" in note
-    assert MEM.choose_layer_loop("auto", est, None, backend="gpu")[0]  # no limit reported: nothing to weigh
-    for choice, want in (("scan", False), ("unrolled", True)):
-        for backend in ("cpu", "gpu"):
-            unroll, note = MEM.choose_layer_loop(choice, est, 1, backend=backend)
-            assert unroll == want and "train.layer_loop" in note
-    with pytest.raises(ValueError, match="unknown layer loop 'unroled'"):
-        MEM.choose_layer_loop("unroled", est, None)
-
-
-def test_trainer_takes_the_layer_loop_from_the_config(tmp_path):
-    from tiny_run import tiny_config, tiny_model
-    from emjax.train.trainer import Trainer
-
-    model = tiny_model()
-    auto = Trainer(tiny_config(tmp_path, "auto"), model)
-    assert not auto.opts.unroll_layers and not any("layer loop" in n for n in auto.notes)  # CPU
-    unrolled = Trainer(tiny_config(tmp_path, "unrolled", layer_loop="unrolled"), model)
-    assert unrolled.opts.unroll_layers and "layer loop: unrolled (train.layer_loop)" in unrolled.notes

@@ -1,6 +1,7 @@
 """The unrolled layer loop (`StepOptions.unroll_layers`, `run_layers(unroll=True)`) computes the same
 loss and gradients as the scanned one, over the whole stack and over a suffix (the frozen prefix
-below a steering layer), and compiles to a program with no loop over the layers."""
+below a steering layer), and compiles to a program with no loop over the layers; train.layer_loop
+chooses it (`emjax.train.layer_loop`)."""
 
 import re
 
@@ -12,7 +13,9 @@ import pytest
 from emjax.interventions import Interventions, init_lora, init_steering
 from emjax.model.config import preset
 from emjax.model.schema import PROJECTIONS, init_random
+from emjax.train import memory as MEM
 from emjax.train import step as TS
+from emjax.train.layer_loop import MIN_UNROLLED_PASSES, UNROLL_HEADROOM, choose_layer_loop
 
 TINY = dict(n_layers=3, d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, ffn_dim=160, vocab_size=256)
 
@@ -78,3 +81,35 @@ def test_unrolled_step_compiles_without_a_layer_loop():
 
     assert loops(False) >= 2  # the forward and the backward layer loops
     assert loops(True) == 0
+
+
+def test_layer_loop_choice():
+    cfg = preset("qwen2.5-14b-instruct")
+    lora = jax.eval_shape(lambda: init_lora(cfg, jax.random.PRNGKey(1), rank=32, alpha=64.0, modules=PROJECTIONS))
+    est = MEM.estimate_training_memory(cfg, Interventions(lora=lora), MEM.MemoryPlan(batch_size=2, seq_len=256))
+    need, long_run = est.total * UNROLL_HEADROOM, MIN_UNROLLED_PASSES
+    assert choose_layer_loop("auto", est, None, long_run, backend="cpu") == (False, "")
+    unroll, note = choose_layer_loop("auto", est, int(need) + 1, long_run, backend="gpu")
+    assert unroll and "unrolled" in note and f"{long_run} micro-batches" in note
+    unroll, note = choose_layer_loop("auto", est, int(need) - 1, long_run, backend="gpu")  # fits, not with room
+    assert not unroll and "exceeds the device's" in note
+    unroll, note = choose_layer_loop("auto", est, None, long_run - 1, backend="gpu")  # too short a run
+    assert not unroll and "too few" in note
+    assert choose_layer_loop("auto", est, None, long_run, backend="gpu")[0]  # no limit reported
+    for choice, want in (("scan", False), ("unrolled", True)):
+        for backend in ("cpu", "gpu"):
+            unroll, note = choose_layer_loop(choice, est, 1, 1, backend=backend)
+            assert unroll == want and "train.layer_loop" in note
+    with pytest.raises(ValueError, match="unknown layer loop 'unroled'"):
+        choose_layer_loop("unroled", est, None, long_run)
+
+
+def test_trainer_takes_the_layer_loop_from_the_config(tmp_path):
+    from tiny_run import tiny_config, tiny_model
+    from emjax.train.trainer import Trainer
+
+    model = tiny_model()
+    auto = Trainer(tiny_config(tmp_path, "auto"), model)
+    assert not auto.opts.unroll_layers and not any("layer loop" in n for n in auto.notes)  # CPU
+    unrolled = Trainer(tiny_config(tmp_path, "unrolled", layer_loop="unrolled"), model)
+    assert unrolled.opts.unroll_layers and "layer loop: unrolled (train.layer_loop)" in unrolled.notes
