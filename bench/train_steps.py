@@ -67,7 +67,7 @@ def run_case(name, params, kl_batch, sft_batch=sft, tokens_per_step=B * T):
     first_s = time.perf_counter() - t
     s = timeit(once, warm=1, reps=7)
     report(name, s, tokens_per_step, B=B, T=T, remat=a.remat or None, loss_chunk=a.loss_chunk or None,
-           attention=a.attention, first_call_s=round(first_s, 1), **({"unrolled": True} if a.unroll_layers else {}))
+           attention=a.attention, first_call_s=round(first_s, 1), unrolled=a.unroll_layers)
 
 
 cases = a.cases.split(",")

@@ -111,8 +111,9 @@ def load_config(path: str, overrides: Sequence[str] = (), rules: Mapping[str, "R
             raise ConfigFileError(f"{path}: override {o!r} is not of the form key=value")
     # key=None sets Python's None (config_flags would parse it as the string 'None', or fail on a
     # number): how a field with an "off" value is turned off, e.g. train.remat=None
-    unset = [o.split("=", 1)[0] for o in overrides if o.split("=", 1)[1] == "None"]
-    argv = ["emjax", f"--config={path}"] + [f"--config.{o}" for o in overrides if o.split("=", 1)[0] not in unset]
+    pairs = [o.split("=", 1) for o in overrides]
+    unset = [key for key, value in pairs if value == "None"]
+    argv = ["emjax", f"--config={path}"] + [f"--config.{o}" for o, (key, _) in zip(overrides, pairs) if key not in unset]
     fv = flags.FlagValues()
     config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=True, sys_argv=argv)
     if not file.endswith(".py"):

@@ -17,7 +17,7 @@ block, a candidate fix resting on a hypothesis (not yet checked): that XLA makes
 asynchronous because a Triton GEMM fusion first absorbs them and gives them back when cuBLAS wins
 the autotuning. They patch `decoder.block` in this script only.
 
-The `*_unrolled` variants scan the layers with `unroll=True` (jax.lax.scan patched in this script):
+The `*_unrolled` variants run the layers with `run_layers(unroll=True)` (train.layer_loop "unrolled"):
 the trip count is 1, so every slice index is a constant and each layer's weights are a static slice,
 which a Triton GEMM fusion may read in place where it cannot read a dynamic one. Their slices are
 not dynamic, so they are judged by `copies`: the instructions outside fusions that produce a
@@ -37,6 +37,7 @@ import os
 import re
 import sys
 import time
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -70,8 +71,9 @@ lora = jax.eval_shape(lambda: Interventions(lora=init_lora(cfg, jax.random.PRNGK
                                                            modules=PROJECTIONS)))
 
 
-def layers(w, x, iv=None):
-    return D.run_layers(w, cfg, x, default_positions(mask), mask, interventions=iv, attention=attention)
+def layers(w, x, iv=None, unroll=False):
+    return D.run_layers(w, cfg, x, default_positions(mask), mask, interventions=iv, attention=attention,
+                        unroll=unroll)
 
 
 def total(y):
@@ -84,6 +86,9 @@ programs = {
     "fwd_lora": (lambda w, x, iv: layers(w, x, iv), (w, x, lora), NO_DOT_MERGER),
     "grad_x": (jax.grad(lambda x, w: total(layers(w, x))), (x, w), NO_DOT_MERGER),
     "grad_lora": (jax.grad(lambda iv, w, x: total(layers(w, x, iv))), (lora, w, x), NO_DOT_MERGER),
+    "fwd_unrolled": (lambda w, x: layers(w, x, unroll=True), (w, x), NO_DOT_MERGER),
+    "grad_lora_unrolled": (jax.grad(lambda iv, w, x: total(layers(w, x, iv, unroll=True))), (lora, w, x),
+                           NO_DOT_MERGER),
 }
 
 
@@ -93,30 +98,15 @@ def with_barrier(fn):
         return unbarred_block(jax.lax.optimization_barrier(w), *args, **kwargs)
 
     def run(*args):
-        D.block = block
-        try:
+        with mock.patch.object(D, "block", block):
             return fn(*args)
-        finally:
-            D.block = unbarred_block
     return run
 
 
-def unrolled(fn):
-    """fn with the layer loop fully unrolled (constant slice indices)."""
-    def run(*args):
-        jax.lax.scan = lambda *s_args, **s_kwargs: rolled_scan(*s_args, **{**s_kwargs, "unroll": True})
-        try:
-            return fn(*args)
-        finally:
-            jax.lax.scan = rolled_scan
-    return run
-
-
-unbarred_block, rolled_scan = D.block, jax.lax.scan
+unbarred_block = D.block
 for name in ("fwd", "grad_lora"):
     fn, args, options = programs[name]
     programs[name + "_barrier"] = (with_barrier(fn), args, options)
-    programs[name + "_unrolled"] = (unrolled(fn), args, options)
 
 
 def grad_lora_list():
