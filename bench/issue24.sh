@@ -13,10 +13,16 @@
 #                                 # layers), the lean blocks' LoRA step rolled and unrolled, old, peer
 #                                 # (old: the revision before the lean blocks, bf04fa6)
 #   bash bench/issue24.sh rest    # the lean LoRA step's profile and memory peak, sampling
-case "${1:-}" in core|lora|judge|steer|next|rest) ;; *) echo "usage: bash bench/issue24.sh core|lora|judge|steer|next|rest" >&2; exit 2 ;; esac
+#   bash bench/issue24.sh h200    # the H200 goals in one call: sampling 400 rows and LoRA r32 unrolled,
+#                                 # each with the peer, then the LoRA loop
+#   bash bench/issue24.sh h200b   # after h200 on the warm card (or alone on an H100): the unrolled
+#                                 # step's memory peak and profile, a decode profile, the judge and the
+#                                 # peer's prefill
+case "${1:-}" in core|lora|judge|steer|next|rest|h200|h200b) ;; *) echo "usage: bash bench/issue24.sh core|lora|judge|steer|next|rest|h200|h200b" >&2; exit 2 ;; esac
 BUDGET=${BUDGET:-570} STEP_TIMEOUT=${STEP_TIMEOUT:-570}
 source "$(dirname "$0")/device_suite.sh"
 OLD=.devcarry/old PEER=.devcarry/anchor_torch.py
+export PROFILE_DIR=${PROFILE_DIR:-/tmp/emjax-profiles}  # traces stay on the device; the tables go to the log
 JUDGE="bench/local_judge.py --prompts 800 --min 350 --max 450 --batch 16 --pad-to 32"
 PEER_JUDGE="bench/peer_judge_prefill.py --answers 800 --tokens 400 --batch 16"
 rows=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | awk '{print ($1 > 100000) ? 400 : 200}')
@@ -66,5 +72,17 @@ case "$1" in
     run new . bench/diag/profile_kernels.py --case lora32 --top 16
     run new . bench/train_memory.py --policies none
     sampling ;;
+  h200)
+    sampling
+    STEP_TIMEOUT=240 run new . bench/train_steps.py --attention cudnn --cases lora32 --unroll-layers
+    run peer . $PEER --cases lora32
+    run new . bench/train_steps.py --attention cudnn --cases lora32
+    run old $OLD bench/train_steps.py --attention cudnn --cases lora32 ;;
+  h200b)
+    STEP_TIMEOUT=200 run new . bench/train_memory.py --policies none --unroll-layers
+    STEP_TIMEOUT=200 run new . bench/diag/profile_kernels.py --case lora32 --top 16 --unroll-layers
+    run new . bench/diag/profile_kernels.py --case eval --batch "$rows" --prompt 40 --new 600 --top 16
+    run new . $JUDGE --shared 96 --groups 16
+    run peer . $PEER_JUDGE ;;
 esac
 echo "== results (elapsed $(( $(date +%s) - T0 )) s)"; cat "$OUT/results.jsonl" 2>/dev/null

@@ -1,7 +1,7 @@
 """Peak device memory and step time of LoRA r32 on every projection of every layer, SFT + KL, per remat
 policy, against the estimate of emjax.train.memory. Qwen2.5-14B shapes, random bf16 weights.
 
-Usage: python bench/train_memory.py [--policies none,dots,full] [--batch 8] [--seq 256] [--tiny]
+Usage: python bench/train_memory.py [--policies none,dots,full] [--batch 8] [--seq 256] [--unroll-layers] [--tiny]
 
 Each policy runs in a fresh subprocess, so that the allocator's peak (`memory_stats()`
 `peak_bytes_in_use`, read after the timed steps) belongs to that policy alone; the compiled
@@ -40,6 +40,7 @@ p.add_argument("--seq", type=int, default=256)
 p.add_argument("--loss-chunk", type=int, default=0)
 p.add_argument("--attention", default="auto", choices=["auto", "xla", "cudnn"])
 p.add_argument("--reps", type=int, default=5)
+p.add_argument("--unroll-layers", action="store_true", help="StepOptions.unroll_layers (train.layer_loop=unrolled)")
 p.add_argument("--tiny", action="store_true")
 p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # one policy, in this process
 a = p.parse_args()
@@ -72,7 +73,7 @@ def worker(policy: str) -> dict:
     est = MEM.estimate_training_memory(cfg, params, plan)
     rec = {"case": "qwen14b_lora_r32_all_kl_memory" + ("_tiny" if a.tiny else ""), "impl": "emjax-jax",
            "device": device_name(), "remat": policy, "B": B, "T": T, "kl_rows": B, "attention": attention,
-           "loss_chunk": a.loss_chunk or None, "estimate_gib": round(est.total / GiB, 3),
+           "loss_chunk": a.loss_chunk or None, "unrolled": a.unroll_layers, "estimate_gib": round(est.total / GiB, 3),
            "estimate_terms_gib": {k: round(v / GiB, 3) for k, v in est.terms.items()},
            "date": datetime.date.today().isoformat()}
     dev = jax.devices()[0]
@@ -84,7 +85,8 @@ def worker(policy: str) -> dict:
         sft = TS.SFTBatch(tokens=tokens, mask=mask, targets=jnp.roll(tokens, -1, axis=-1), loss_mask=mask)
         kl = TS.KLBatch(tokens=jax.random.randint(jax.random.PRNGKey(2), (1, B, T), 0, cfg.vocab_size), mask=mask)
         tx, _ = TS.make_optimizer(1e-5, total_steps=1000, warmup_steps=0)
-        opts = TS.StepOptions(first_layer=0, remat=remat, loss_chunk=a.loss_chunk or None, attention=attention)
+        opts = TS.StepOptions(first_layer=0, remat=remat, loss_chunk=a.loss_chunk or None, attention=attention,
+                             unroll_layers=a.unroll_layers)
         box = [TS.init_state(params, tx)]
         lam = jnp.float32(1.0)
         compiled = TS.compile_step(cfg, opts, tx).lower(box[0], w, sft, kl, lam).compile()
@@ -120,6 +122,7 @@ def run_policy(policy: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", policy, "--batch", str(a.batch), "--seq", str(a.seq),
            "--loss-chunk", str(a.loss_chunk), "--attention", a.attention, "--reps", str(a.reps)]
     cmd += ["--tiny"] if a.tiny else []
+    cmd += ["--unroll-layers"] if a.unroll_layers else []
     env = dict(os.environ)
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(USABLE))  # let the large policies try
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
