@@ -16,7 +16,7 @@
 #   bash bench/issue24.sh h200    # the H200 goals in one call: sampling 400 rows and LoRA r32 unrolled,
 #                                 # each with the peer, then the LoRA loop
 #   bash bench/issue24.sh h200b   # after h200 on the warm card (or alone on an H100): the unrolled
-#                                 # step's memory peak and profile, a decode profile, the judge and the
+#                                 # step's profile and memory peak, a decode profile, the judge and the
 #                                 # peer's prefill
 case "${1:-}" in core|lora|judge|steer|next|rest|h200|h200b) ;; *) echo "usage: bash bench/issue24.sh core|lora|judge|steer|next|rest|h200|h200b" >&2; exit 2 ;; esac
 BUDGET=${BUDGET:-570} STEP_TIMEOUT=${STEP_TIMEOUT:-570}
@@ -79,8 +79,8 @@ case "$1" in
     run new . bench/train_steps.py --attention cudnn --cases lora32
     run old $OLD bench/train_steps.py --attention cudnn --cases lora32 ;;
   h200b)
-    STEP_TIMEOUT=200 run new . bench/train_memory.py --policies none --unroll-layers
-    STEP_TIMEOUT=200 run new . bench/diag/profile_kernels.py --case lora32 --top 16 --unroll-layers
+    STEP_TIMEOUT=240 run new . bench/diag/profile_kernels.py --case lora32 --top 16 --unroll-layers
+    STEP_TIMEOUT=240 run new . bench/train_memory.py --policies none --unroll-layers
     run new . bench/diag/profile_kernels.py --case eval --batch "$rows" --prompt 40 --new 600 --top 16
     run new . $JUDGE --shared 96 --groups 16
     run peer . $PEER_JUDGE ;;
