@@ -7,7 +7,10 @@ Measured on an H100 at 14B (BENCHMARKS.md, issue 24): the LoRA r32 step 0.2767 -
 108 s more compiling; steering at the middle layer 0.1686 -> 0.1607 s for 14 s more.
 
 "auto" weighs that: it unrolls on a GPU when the run is long enough to repay the compile and the
-memory estimate fits with room to spare, and keeps the loop otherwise, saying why.
+memory estimate fits with room to spare, and keeps the loop otherwise, saying why. The vmapped
+runs (`emjax.train.vmapped`) take the Trainer's choice. The sweeps, the sampler and the local
+judge keep their loops: they are forward-only programs compiled with cuBLAS GEMMs, whose weight
+slices are read in place (the judge's profile shows no copy kernel, BENCHMARKS.md issue 24).
 """
 
 from __future__ import annotations
