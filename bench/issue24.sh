@@ -14,7 +14,7 @@
 #                                 # (old: the revision before the lean blocks, bf04fa6)
 #   bash bench/issue24.sh rest    # the lean LoRA step's profile and memory peak, sampling
 #   bash bench/issue24.sh h200    # the H200 goals in one call: sampling 400 rows and LoRA r32 unrolled,
-#                                 # each with the peer, then the LoRA loop
+#                                 # each with the peer, then the LoRA loop and the old revision
 #   bash bench/issue24.sh h200b   # after h200 on the warm card (or alone on an H100): the unrolled
 #                                 # step's profile and memory peak, a decode profile, the judge and the
 #                                 # peer's prefill
