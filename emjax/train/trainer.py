@@ -46,8 +46,8 @@ from emjax.train.frozen_cache import FrozenCache, cache_bytes
 from emjax.train.frozen_store import FrozenStore, model_fingerprint
 from emjax.train.inputs import (TrainConfigError, build_intervention, checked_loss_tokens, kl_weight, prepare_data,
                                 rows_over_data, steer_rows_of, uses_kl)
-from emjax.train.loop import Runs, train_runs
 from emjax.train.layer_loop import choose_layer_loop
+from emjax.train.loop import Runs, train_runs
 from emjax.train.memory import check_trainer_memory
 from emjax.train.preflight import TRAIN_RULES
 from emjax.train.run_record import (check_checkpoint, config_dict, earlier_sessions, finished_summary,
