@@ -18,6 +18,10 @@ Evaluation scale (hundreds of rows, many samples per question, several intervent
     which every row has stopped. Rows stay in lock-step: refilling finished rows from a queue
     (continuous batching) would need a write slot per row (a scatter into the cache instead of
     one in-place slice per layer) and a prefill inside the loop, which is the hot path.
+  * Shrinking batch: once at most half of the rows are still running (seen at a stop check), they
+    and their cache are gathered into a batch of half the size and decode on in another call, so
+    a step's matmuls and cache reads (and, after the gather, the cache's memory) follow the rows
+    still running rather than the longest answer (`emjax.model.row_shrink`).
   * Memory: the KV cache and the other decode buffers are estimated before anything is
     allocated (`decode_memory`); over the budget a `SamplingMemoryError` names the numbers and
     the largest batch that fits (`max_rows`). The cache holds P + N slots from the start, but the
@@ -26,7 +30,8 @@ Evaluation scale (hundreds of rows, many samples per question, several intervent
     not change that here: rows decode in lock-step, so every row's filled length is P + t and the
     last step needs all P + N slots of every row; one jitted program's buffers are assigned
     statically at their largest, so a loop run in segments over growing caches peaks the same
-    (plus a copy between segments). Paged blocks pay only with continuous batching (see above).
+    (plus a copy between segments). Paged blocks pay only with continuous batching (see above);
+    what the shrinking batch does instead is drop the rows that stopped.
 
 Reproducibility: row b draws its token at step t with the key fold_in(fold_in(key(seed),
 row_ids[b]), t), so its answer is a function of its prompt, its intervention, the seed, its row id
@@ -52,6 +57,7 @@ import numpy as np
 from emjax.errors import EmjaxError
 from emjax.model import decode_attention as DA
 from emjax.model import decoder as M
+from emjax.model import row_shrink as shrink
 from emjax.model.attention import attend, attention_mask
 from emjax.model.config import ModelConfig
 from emjax.model.ablation import DirectionAblation, ablated
@@ -149,32 +155,56 @@ class SamplingMemoryError(EmjaxError, ValueError):
     and the largest batch that fits."""
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "layer_unroll", "kernel", "stop_check"),
-                   compiler_options=INFERENCE_COMPILER_OPTIONS)
-def _generate(weights, cfg, tokens, mask, expand, interventions, key, row_ids, stop_ids, vocab_limit, *,
-              max_new_tokens: int, temperature: float, top_k: int, top_p: float, layer_unroll: int = 1,
-              kernel: str = "xla", stop_check: int = 0):
-    """Prefills U prompts tokens/mask [U, P] and decodes B = len(expand) rows, row b continuing
-    prompt expand[b] [B]. `interventions` is indexed by prompt (a `RowInterventions` over U rows,
-    or one intervention for all); row_ids [B] uint32 seed each row's draws.
+@flax.struct.dataclass
+class DecodeState:
+    """What the decode loop carries between steps, and between the calls of a shrinking batch.
 
-    Returns tokens [B, N] int32, lengths [B] int32 (tokens up to and including the first stop
-    token) and the number of decode steps run (less than N when every row stopped early).
+    cache: the KV cache of the B rows; logits [B, V] float32: the next token's; pos [B] int32: the
+    next token's position; done [B] bool; t [] int32: decode steps run; toks [N, B] int32: the
+    tokens so far (rows that stopped repeat stop_ids[0]); lengths [B] int32: tokens up to and
+    including the first stop token; row_keys [B]: each row's random key.
+    """
+
+    cache: KVCache
+    logits: jax.Array
+    pos: jax.Array
+    done: jax.Array
+    t: jax.Array
+    toks: jax.Array
+    lengths: jax.Array
+    row_keys: jax.Array
+
+    def take(self, index: jax.Array) -> "DecodeState":
+        """The rows `index` [B'] (a smaller batch of the rows still running)."""
+        c = self.cache
+        return DecodeState(
+            cache=KVCache(k=jnp.take(c.k, index, axis=1), v=jnp.take(c.v, index, axis=1),
+                          pos=jnp.take(c.pos, index, axis=0), valid=jnp.take(c.valid, index, axis=0)),
+            logits=jnp.take(self.logits, index, axis=0), pos=jnp.take(self.pos, index, axis=0),
+            done=jnp.take(self.done, index, axis=0), t=self.t, toks=jnp.take(self.toks, index, axis=1),
+            lengths=jnp.take(self.lengths, index, axis=0), row_keys=jnp.take(self.row_keys, index, axis=0))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"), compiler_options=INFERENCE_COMPILER_OPTIONS)
+def _prefill(weights, cfg, tokens, mask, expand, interventions, key, row_ids, *, max_new_tokens: int):
+    """Prefills U prompts tokens/mask [U, P] for B = len(expand) rows, row b continuing prompt
+    expand[b] [B]. `interventions` is indexed by prompt (a `RowInterventions` over U rows, or one
+    intervention for all); row_ids [B] uint32 seed each row's draws.
+
+    Returns the `DecodeState` of the B rows before their first decode step and the interventions
+    by row (`interventions.take(expand)` where they are per row).
     """
     u, p = tokens.shape
     b = expand.shape[0]
-    n = max_new_tokens
-    s = DA.cache_length(p + n)  # spare slots stay invalid
+    s = DA.cache_length(p + max_new_tokens)  # spare slots stay invalid
     dtype = weights.embed.dtype
     kv_shape = lambda rows, slots: (cfg.n_layers, rows, slots, cfg.n_kv_heads, cfg.head_dim)
     positions = default_positions(mask)
-    fused = fuse_qkv(weights.layers)  # once per call; every decode step reads it
     # prefill each distinct (prompt, intervention) once, into a cache of the prompt's P slots ...
     pre = KVCache(k=jnp.zeros(kv_shape(u, p), dtype), v=jnp.zeros(kv_shape(u, p), dtype), pos=positions,
                   valid=mask)
     x, pre = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tokens), positions, pre, 0, interventions,
-                                fused)
+                                fuse_qkv(weights.layers))
     logits = jnp.take(M.unembed(weights, cfg, x[:, -1:])[:, 0], expand, axis=0)
     # ... and broadcast it to the rows continuing it; the decode slots [P, S) start empty
     empty = jnp.zeros(kv_shape(b, s), dtype)
@@ -183,12 +213,29 @@ def _generate(weights, cfg, tokens, mask, expand, interventions, key, row_ids, s
                     pos=jnp.zeros((b, s), jnp.int32).at[:, :p].set(jnp.take(positions, expand, axis=0)),
                     valid=jnp.zeros((b, s), bool).at[:, :p].set(jnp.take(mask, expand, axis=0)))
     take = getattr(interventions, "take", None)  # per-row sources follow the prompt -> row expansion
-    iv = interventions if take is None else take(expand)
-    next_pos = cache.pos[:, p - 1] + 1
-    in_vocab = jnp.arange(logits.shape[-1]) < vocab_limit  # padded embedding rows never sampled
-    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids)
+    state = DecodeState(cache=cache, logits=logits, pos=cache.pos[:, p - 1] + 1, done=jnp.zeros((b,), bool),
+                        t=jnp.int32(0), toks=jnp.zeros((max_new_tokens, b), jnp.int32),
+                        lengths=jnp.zeros((b,), jnp.int32),
+                        row_keys=jax.vmap(jax.random.fold_in, (None, 0))(key, row_ids))
+    return state, (interventions if take is None else take(expand))
 
-    def pick(logits, t):
+
+@functools.partial(jax.jit, static_argnames=("cfg", "prompt_len", "temperature", "top_k", "top_p", "layer_unroll",
+                                             "kernel", "stop_check"),
+                   donate_argnames=("state",), compiler_options=INFERENCE_COMPILER_OPTIONS)
+def _decode(weights, cfg, state: DecodeState, iv, stop_ids, vocab_limit, end_below, *, prompt_len: int,
+            temperature: float, top_k: int, top_p: float, layer_unroll: int = 1, kernel: str = "xla",
+            stop_check: int = 0) -> DecodeState:
+    """Runs decode steps from `state` (donated; prompts padded to `prompt_len` slots) until all
+    N = state.toks.shape[0] have run, every row has stopped, or (checked every `stop_check` steps,
+    with the stops) fewer than `end_below` [] int32 rows are still running, so that the caller can
+    go on with a smaller batch. `iv`: the interventions by row. stop_check 0: all N steps from
+    step 0, no checks."""
+    n = state.toks.shape[0]
+    fused = fuse_qkv(weights.layers)  # once per call; every decode step reads it
+    in_vocab = jnp.arange(state.logits.shape[-1]) < vocab_limit  # padded embedding rows never sampled
+
+    def pick(logits, row_keys, t):
         logits = jnp.where(in_vocab, logits, -jnp.inf)
         if temperature == 0.0:
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -197,34 +244,29 @@ def _generate(weights, cfg, tokens, mask, expand, interventions, key, row_ids, s
         filtered = _filter_logits(logits, temperature, top_k, top_p)
         return jax.vmap(jax.random.categorical)(keys, filtered).astype(jnp.int32)
 
-    def step(carry):
-        cache, logits, pos, done, t, toks, lengths = carry
-        tok = jnp.where(done, stop_ids[0], pick(logits, t))
-        toks = jax.lax.dynamic_update_slice(toks, tok[None], (t, 0))
-        lengths = lengths + (~done).astype(jnp.int32)
-        done = done | jnp.isin(tok, stop_ids)
-        slot = p + t
-        cache = cache.replace(pos=cache.pos.at[:, slot].set(pos), valid=cache.valid.at[:, slot].set(True))
-        x, cache = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tok[:, None]), pos[:, None],
+    def step(st: DecodeState) -> DecodeState:
+        tok = jnp.where(st.done, stop_ids[0], pick(st.logits, st.row_keys, st.t))
+        toks = jax.lax.dynamic_update_slice(st.toks, tok[None], (st.t, 0))
+        lengths = st.lengths + (~st.done).astype(jnp.int32)
+        done = st.done | jnp.isin(tok, stop_ids)
+        slot = prompt_len + st.t
+        cache = st.cache.replace(pos=st.cache.pos.at[:, slot].set(st.pos), valid=st.cache.valid.at[:, slot].set(True))
+        x, cache = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tok[:, None]), st.pos[:, None],
                                       cache, slot, iv, fused, unroll=layer_unroll, kernel=kernel)
-        return cache, M.unembed(weights, cfg, x)[:, 0], pos + 1, done, t + 1, toks, lengths
+        return st.replace(cache=cache, logits=M.unembed(weights, cfg, x)[:, 0], pos=st.pos + 1, done=done,
+                          t=st.t + 1, toks=toks, lengths=lengths)
 
-    def steps(carry, length):  # a fixed trip count: no host round trip between the steps
-        return jax.lax.scan(lambda c, _: (step(c), None), carry, None, length=length)[0]
+    def steps(st, length):  # a fixed trip count: no host round trip between the steps
+        return jax.lax.scan(lambda c, _: (step(c), None), st, None, length=length)[0]
 
-    carry = (cache, logits, next_pos, jnp.zeros((b,), bool), jnp.int32(0), jnp.zeros((n, b), jnp.int32),
-             jnp.zeros((b,), jnp.int32))
-    running = lambda c: ~jnp.all(c[3])
     if stop_check <= 0:
-        carry = steps(carry, n)
-    else:
-        chunk = min(stop_check, n)
-        full = n // chunk * chunk
-        carry = jax.lax.while_loop(lambda c: (c[4] < full) & running(c), lambda c: steps(c, chunk), carry)
-        if full < n:  # the last n - full steps one at a time, each after a check
-            carry = jax.lax.while_loop(lambda c: (c[4] < n) & running(c), step, carry)
-    _, _, _, _, t, toks, lengths = carry
-    return toks.T, lengths, t
+        return steps(state, n)
+    going = lambda st: (~st.done).sum() >= jnp.maximum(end_below, 1)  # at least one row: not all stopped
+    chunk = min(stop_check, n)
+    full = n // chunk * chunk
+    state = jax.lax.while_loop(lambda st: (st.t + chunk <= full) & going(st), lambda st: steps(st, chunk), state)
+    # the last n - full steps one at a time, each after a check
+    return jax.lax.while_loop(lambda st: (st.t < n) & going(st), step, state)
 
 
 # "pallas_full": the kernel reading every cache block at every step (before issue 24), for benchmarks.
@@ -361,12 +403,15 @@ class Samples:
     prefill_rows: distinct (prompt, intervention) pairs prefilled (<= rows with prefix sharing).
     decode_steps: decode steps run (less than max_new_tokens when every row stopped early).
     memory: the estimate of the decode buffers.
+    batch_rows: the rows of the batch in each stretch of decode steps: the first is the call's
+      rows; each next one the smaller batch of the rows still running (`emjax.model.row_shrink`).
     """
 
     tokens: list[list[int]]
     prefill_rows: int
     decode_steps: int
     memory: DecodeMemory
+    batch_rows: tuple[int, ...] = ()
 
 
 def _plan(prompts: Sequence[Sequence[int]], index: np.ndarray | None, repeats: Sequence[int] | None,
@@ -401,7 +446,8 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
            row_ids: Sequence[int] | None = None, share_prompts: bool = True,
            vocab_limit: int | None = None, pad_to: int = 8, prompt_len: int | None = None,
            layer_unroll: int = 1, decode_attention: str = "auto", stop_check: int = STOP_CHECK,
-           memory_budget: int | None = None, ablation: DirectionAblation | None = None) -> Samples:
+           memory_budget: int | None = None, ablation: DirectionAblation | None = None,
+           shrink_min_rows: int = shrink.SHRINK_MIN_ROWS) -> Samples:
     """Samples continuations of token-id prompts of any lengths; see `generate` for the arguments.
 
     Returns the tokens with what the call did (prefills, decode steps, memory estimate).
@@ -450,15 +496,64 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     limit = cfg.vocab_size if vocab_limit is None else vocab_limit
     tokens, mask = put_rows((tokens, mask), mesh)
     expand, row_keys, stops, iv = replicate((np.asarray(expand, np.int32), ids.astype(np.uint32), stops, iv), mesh)
+    stop_check = int(stop_check) if stop_ids else 0
+    kernel = _decode_kernel(decode_attention, cfg, p + max_new_tokens, len(weights.embed.sharding.device_set),
+                            rows_only=_rows_only(mesh, b))
+    # shrinking needs stop checks; on a mesh the rows' layout is fixed (not supported there)
+    sizes = shrink.smaller_sizes(b, 8, shrink_min_rows) if stop_check and mesh is None else []
     with mesh_context(mesh):
-        toks, lengths, steps = fetch(_generate(
-            weights, cfg, tokens, mask, expand, iv, replicate(jax.random.PRNGKey(seed), mesh), row_keys, stops, limit,
-            max_new_tokens=max_new_tokens, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-            layer_unroll=int(layer_unroll), stop_check=int(stop_check) if stop_ids else 0,
-            kernel=_decode_kernel(decode_attention, cfg, p + max_new_tokens, len(weights.embed.sharding.device_set),
-                                  rows_only=_rows_only(mesh, b))))
-    return Samples(tokens=[toks[i, : lengths[i]].tolist() for i in range(b)], prefill_rows=u,
-                   decode_steps=int(steps), memory=memory)
+        state, iv = _prefill(weights, cfg, tokens, mask, expand, iv, replicate(jax.random.PRNGKey(seed), mesh),
+                             row_keys, max_new_tokens=max_new_tokens)
+        rows = np.arange(b)  # the caller's row of each row of the batch; -1: a filler row
+        out_toks, out_len = np.zeros((b, max_new_tokens), np.int32), np.zeros(b, np.int32)
+        batch_rows = [b]
+        while True:
+            room = _shrink_room(state, sizes, memory_budget, memory, weights)
+            state = _decode(weights, cfg, state, iv, stops, limit, jnp.int32(room + 1 if room else 0),
+                            prompt_len=p, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+                            layer_unroll=int(layer_unroll), kernel=kernel, stop_check=stop_check)
+            toks, lengths, done, steps = fetch((state.toks, state.lengths, state.done, state.t))
+            real = rows >= 0
+            out_toks[rows[real]], out_len[rows[real]] = toks.T[real], lengths[real]
+            running = np.flatnonzero(~done)
+            if not room or steps >= max_new_tokens or not running.size:
+                break
+            # the rows still running (and filler copies of a stopped row) go on as a smaller batch
+            size = shrink.smallest_holding(sizes, running.size)
+            keep = np.concatenate([running, np.full(size - running.size, np.flatnonzero(done)[0])])
+            rows = np.concatenate([rows[running], np.full(size - running.size, -1)])
+            index = jnp.asarray(keep, jnp.int32)
+            state = _take_rows(state, index)
+            iv = iv if getattr(iv, "take", None) is None else _take_rows(iv, index)
+            sizes = [s for s in sizes if s < size]
+            batch_rows.append(size)
+    return Samples(tokens=[out_toks[i, : out_len[i]].tolist() for i in range(b)], prefill_rows=u,
+                   decode_steps=int(steps), memory=memory, batch_rows=tuple(batch_rows))
+
+
+@jax.jit
+def _take_rows(x, index):
+    """Rows `index` [B'] of a `DecodeState` or per-row interventions."""
+    return x.take(index)
+
+
+def _shrink_room(state: DecodeState, sizes: list[int], memory_budget: int | None, memory: DecodeMemory,
+                 weights: Weights) -> int:
+    """The largest of `sizes` whose copy of `state` fits beside it now (0: none, or no sizes): the
+    gather of the running rows holds the old batch and the new one at once."""
+    if not sizes:
+        return 0
+    rows = state.done.shape[0]
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    if memory_budget is not None:
+        free = int(memory_budget) - memory.total  # what the given budget leaves beside the batch
+    else:
+        found = default_memory_budget(next(iter(weights.embed.sharding.device_set)))
+        free = None if found is None else found[0]
+    for size in sizes:
+        if free is None or state_bytes * size // rows <= free:
+            return size
+    return 0
 
 
 def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
@@ -469,7 +564,8 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
              row_ids: Sequence[int] | None = None, share_prompts: bool = True,
              vocab_limit: int | None = None, pad_to: int = 8, prompt_len: int | None = None,
              layer_unroll: int = 1, decode_attention: str = "auto", stop_check: int = STOP_CHECK,
-             memory_budget: int | None = None, ablation: DirectionAblation | None = None) -> list[list[int]]:
+             memory_budget: int | None = None, ablation: DirectionAblation | None = None,
+             shrink_min_rows: int = shrink.SHRINK_MIN_ROWS) -> list[list[int]]:
     """Samples continuations of token-id prompts of any lengths.
 
     Rows: prompt i gives `repeats[i]` rows (default 1), in prompt order; rows continuing the same
@@ -498,6 +594,10 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
         to its last filled block; "pallas_full" is the kernel reading every block (for benchmarks).
       stop_check: with stop ids, decode steps between checks whether every row stopped (the loop
         ends after the first chunk in which all have); 0 always runs max_new_tokens steps.
+      shrink_min_rows: with stop checks, once at most half of the rows are still running they go on
+        as a batch of half the size (a gather of their cache, when it fits in memory beside the old
+        one), down to batches of this many rows (`emjax.model.row_shrink`; 0: never; not on a
+        mesh). The answers do not change: a row's draws depend on its row id alone.
       ablation: directions projected out of the residual stream (`emjax.model.ablation`) on
         every row, on top of the rows' interventions.
       memory_budget: bytes the decode buffers may take (default: MEMORY_FRACTION of the free
@@ -514,4 +614,4 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
                   share_prompts=share_prompts, vocab_limit=vocab_limit, pad_to=pad_to, prompt_len=prompt_len,
                   layer_unroll=layer_unroll,
                   decode_attention=decode_attention, stop_check=stop_check, memory_budget=memory_budget,
-                  ablation=ablation).tokens
+                  ablation=ablation, shrink_min_rows=shrink_min_rows).tokens

@@ -12,6 +12,7 @@ from emjax.errors import EmjaxError
 from emjax.interventions import Interventions, init_lora, init_steering
 from emjax.interventions.arithmetic import rescale_to_norms
 from emjax.model import row_hooks as R
+from emjax.model import row_shrink as shrink
 from emjax.model import sampling as S
 
 
@@ -125,6 +126,63 @@ def test_early_stop_equals_all_steps(tiny):
     for o, f in zip(early.tokens, free):
         cut = min([f.index(s) + 1 for s in stops if s in f], default=len(f))
         assert o == f[:cut]
+
+
+def _stops_spread_out(free, n_ids=6):
+    """Stop ids that end the rows of `free` at spread-out steps: tokens the first rows make late."""
+    ids = []
+    for f in free:
+        late = f[len(f) // 2:]
+        if any(t not in ids for t in late):
+            ids.append(next(t for t in late if t not in ids))
+        if len(ids) == n_ids:
+            return ids
+    return ids
+
+
+def test_shrinking_batch_equals_lock_step(tiny):
+    """Rows that stopped leave the batch (smaller batches of the running rows): the same answers as
+    the batch kept whole, with mixed interventions (gathered by row) and prefix sharing."""
+    cfg, w = tiny
+    iset = R.intervention_set(cfg, _members(cfg))
+    prompts = _prompts(cfg, (3, 7, 5, 4))
+    kw = dict(max_new_tokens=24, temperature=1.0, seed=8, repeats=[12] * 4, interventions=iset,
+              intervention_index=[-1, 0, 1, 2])
+    free = S.generate(w, cfg, prompts, **kw)
+    stops = _stops_spread_out(free)
+    whole = S.sample(w, cfg, prompts, stop_ids=stops, stop_check=2, shrink_min_rows=0, **kw)
+    shrunk = S.sample(w, cfg, prompts, stop_ids=stops, stop_check=2, shrink_min_rows=8, **kw)
+    assert whole.batch_rows == (48,)
+    assert len(shrunk.batch_rows) >= 2 and shrunk.batch_rows[0] == 48, shrunk.batch_rows
+    assert all(a > b for a, b in zip(shrunk.batch_rows, shrunk.batch_rows[1:]))
+    assert shrunk.tokens == whole.tokens
+    assert shrunk.decode_steps == whole.decode_steps
+    for o, f in zip(shrunk.tokens, free):  # each answer is the free run's, cut after its first stop
+        cut = min([f.index(s) + 1 for s in stops if s in f], default=len(f))
+        assert o == f[:cut]
+    assert len({len(o) for o in shrunk.tokens}) > 3  # the stops are spread out
+
+
+def test_shrinking_batch_waits_for_memory(tiny):
+    """A gather holds the old batch and the new one: with no room beside the batch it stays whole."""
+    cfg, w = tiny
+    prompts = _prompts(cfg, (3, 7, 5, 4))
+    kw = dict(max_new_tokens=24, temperature=1.0, seed=8, repeats=[8] * 4, stop_check=2, shrink_min_rows=8)
+    stops = _stops_spread_out(S.generate(w, cfg, prompts, **{k: v for k, v in kw.items() if k[:2] == "re" or
+                                                                k in ("max_new_tokens", "temperature", "seed")}))
+    roomy = S.sample(w, cfg, prompts, stop_ids=stops, **kw)
+    tight = S.sample(w, cfg, prompts, stop_ids=stops, memory_budget=roomy.memory.total, **kw)
+    assert len(roomy.batch_rows) >= 2 and tight.batch_rows == (32,)
+    assert tight.tokens == roomy.tokens
+
+
+def test_shrink_sizes():
+    assert shrink.smaller_sizes(400, 8, 64) == [200, 104]
+    assert shrink.smaller_sizes(512, 8, 64) == [256, 128, 64]
+    assert shrink.smaller_sizes(48, 8, 8) == [24, 16, 8]
+    assert shrink.smaller_sizes(100, 8, 0) == [] and shrink.smaller_sizes(64, 8, 64) == []
+    assert shrink.smallest_holding([200, 104], 150) == 200 and shrink.smallest_holding([200, 104], 20) == 104
+    assert shrink.smallest_holding([200, 104], 201) is None
 
 
 def test_memory_check_suggests_a_batch(tiny):
