@@ -30,6 +30,7 @@ from emjax.interventions import Interventions, init_lora, init_steering  # noqa:
 from emjax.model import decode_attention as DA  # noqa: E402
 from emjax.model import row_hooks as R  # noqa: E402
 from emjax.model import sampling as S  # noqa: E402
+from emjax.model.row_shrink import SHRINK_MIN_ROWS  # noqa: E402
 
 # Measured ceilings of one H200 (docs/design.md section 3): bf16 matmul and device copy.
 FLOOR_TFLOPS = 798.0
@@ -54,6 +55,9 @@ p.add_argument("--multi-kind", default="mixed", choices=["mixed", "steer", "lora
 p.add_argument("--unroll", type=int, default=1, help="layer-scan unroll factor in decode")
 p.add_argument("--decode-attention", default="auto", choices=["auto", "xla", "pallas", "pallas_full"],
                help="pallas_full: the decode kernel reading every cache block (before issue 24)")
+p.add_argument("--stop-rate", type=float, default=0.0,
+               help="eval: this share of the vocabulary as stop ids (answers of spread-out lengths); also "
+                    "times the same answers with the batch kept whole (no shrinking)")
 p.add_argument("--tiny", action="store_true")
 a = p.parse_args()
 rows, plen, new, reps = CASES[a.case]
@@ -112,19 +116,31 @@ elif a.case == "eval":
     else:
         repeats = [rows // q] * q
     got = {}
+    # --stop-rate: random stop ids (a share of the vocabulary), so that answers end at spread-out
+    # lengths as real ones do; the same seeds for both layouts, so both make the same answers
+    stops = (rng.choice(cfg.vocab_size, max(1, round(a.stop_rate * cfg.vocab_size)), replace=False).tolist()
+             if a.stop_rate else [])
 
-    def run():
-        seed[0] += 1
+    def run(shrink_min_rows=SHRINK_MIN_ROWS, seeds=iter(range(1, 1000))):
         r = S.sample(w, cfg, prompts, repeats=repeats, share_prompts=not a.no_share, max_new_tokens=new,
-                     seed=seed[0], **common)
-        assert len(r.tokens) == rows and all(len(o) == new for o in r.tokens)
-        got.update(prefill_rows=r.prefill_rows, decode_steps=r.decode_steps,
-                   kv_cache_gb=round(r.memory.kv_cache / 1e9, 2), decode_buffers_gb=round(r.memory.total / 1e9, 2))
+                     seed=next(seeds), stop_ids=stops, shrink_min_rows=shrink_min_rows, **common)
+        assert len(r.tokens) == rows and (stops or all(len(o) == new for o in r.tokens))
+        got.update(prefill_rows=r.prefill_rows, decode_steps=r.decode_steps, batch_rows=list(r.batch_rows),
+                   kv_cache_gb=round(r.memory.kv_cache / 1e9, 2), decode_buffers_gb=round(r.memory.total / 1e9, 2),
+                   answer_tokens=sum(map(len, r.tokens)))
+        return r.tokens
 
     s = timeit(run, warm=1, reps=reps)
     fl = floor(rows, plen, new)
-    report(f"qwen14b_generate_eval_b{rows}_new{new}", s, rows * new, GB=rows, P=plen, NEW=new, questions=q,
-           shared=not a.no_share, **got, **fl, decode_attention=a.decode_attention)
+    name = f"qwen14b_generate_eval_b{rows}_new{new}" + (f"_stops{a.stop_rate:g}" if stops else "")
+    report(name, s, got["answer_tokens"], GB=rows, P=plen, NEW=new, questions=q, shared=not a.no_share, **got,
+           **({} if stops else fl), decode_attention=a.decode_attention)
+    if stops:  # the same seeds with the batch kept whole: what the shrinking batch saves
+        shrunk = got.copy()
+        s_whole = timeit(lambda seeds=iter(range(1, 1000)): run(0, seeds), warm=1, reps=reps)
+        report(name + "_lock_step", s_whole, got["answer_tokens"], GB=rows, NEW=new, batch_rows=got["batch_rows"],
+               decode_steps=got["decode_steps"], speedup_of_shrinking=round(s_whole / s, 3),
+               same_answer_tokens=got["answer_tokens"] == shrunk["answer_tokens"])
 
 else:  # multi
     k = a.n_interventions

@@ -1,4 +1,4 @@
-"""Diagnostic: compile the sampling program of a 14B-shaped model from abstract weights (no
+"""Diagnostic: compile the decode program of a 14B-shaped model from abstract weights (no
 weights needed), write its optimised HLO and list the copies and fusions inside the decode loop.
 
 Usage: python bench/diag/decode_hlo.py [--new 8]   (writes decode_hlo.txt under $OUT or .)
@@ -19,10 +19,12 @@ from emjax.model.schema import abstract_weights  # noqa: E402
 cfg = preset("qwen2.5-14b-instruct")
 B, P = 32, 32
 new = int(sys.argv[sys.argv.index("--new") + 1]) if "--new" in sys.argv else 8
-args = (abstract_weights(cfg), cfg, jax.ShapeDtypeStruct((B, P), jnp.int32), jax.ShapeDtypeStruct((B, P), bool),
-        jnp.arange(B, dtype=jnp.int32), None, jax.random.PRNGKey(0), jnp.arange(B, dtype=jnp.uint32),
-        jnp.asarray([-1], jnp.int32), cfg.vocab_size)
-txt = S._generate.lower(*args, max_new_tokens=new, temperature=1.0, top_k=0, top_p=1.0).compile().as_text()
+weights = abstract_weights(cfg)
+state, iv = S._prefill.eval_shape(weights, cfg, jax.ShapeDtypeStruct((B, P), jnp.int32),
+                                   jax.ShapeDtypeStruct((B, P), bool), jnp.arange(B, dtype=jnp.int32), None,
+                                   jax.random.PRNGKey(0), jnp.arange(B, dtype=jnp.uint32), max_new_tokens=new)
+txt = S._decode.lower(weights, cfg, state, iv, jnp.asarray([-1], jnp.int32), cfg.vocab_size, jnp.int32(0), prompt_len=P,
+                      temperature=1.0, top_k=0, top_p=1.0).compile().as_text()
 open(os.path.join(os.environ.get("OUT", "."), "decode_hlo.txt"), "w").write(txt)
 ops = collections.Counter(re.findall(r"= \S+ (copy|copy-start|dynamic-slice|dynamic-update-slice|concatenate|custom-call|fusion|while)\(", txt))
 print(dict(ops))
