@@ -2,10 +2,11 @@
 
 Rows decode in lock-step, so a batch runs until its longest answer stops, and a step costs the
 same whether one row is still running or all are. Once at most half of a batch's rows are still
-running, `emjax.model.sampling.sample` gathers them, with their KV cache, into a batch of the
-next smaller size and decodes on: the matmuls and cache reads of a step then follow the rows
-still running. Sizes halve (rounded up to `multiple`), so a call compiles at most
-log2(B / min_rows) more decode programs, each once per shape (and kept by the persistent cache).
+running, `emjax.model.sampling.sample` moves them to the front of the KV cache (in place, one
+layer at a time: no second cache) and decodes on with a batch of the next smaller size: the
+matmuls and cache reads of a step then follow the rows still running. The cache's memory stays
+allocated. Sizes halve (rounded up to `multiple`), so a call compiles at most log2(B / min_rows)
+more decode programs, each once per shape (and kept by the persistent cache).
 
 Where it stops paying (ours, an estimate): a Qwen2.5-14B decode step reads its 29.5 GB of bf16
 weights whatever the rows (about 6 ms at an H200's 4.8 TB/s) and adds about 0.04 ms of matmuls per

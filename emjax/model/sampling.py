@@ -19,9 +19,9 @@ Evaluation scale (hundreds of rows, many samples per question, several intervent
     (continuous batching) would need a write slot per row (a scatter into the cache instead of
     one in-place slice per layer) and a prefill inside the loop, which is the hot path.
   * Shrinking batch: once at most half of the rows are still running (seen at a stop check), they
-    and their cache are gathered into a batch of half the size and decode on in another call, so
-    a step's matmuls and cache reads (and, after the gather, the cache's memory) follow the rows
-    still running rather than the longest answer (`emjax.model.row_shrink`).
+    move to the front of the cache (in place) and decode on as a batch of half the size in
+    another call, so a step's matmuls and cache reads follow the rows still running rather than
+    the longest answer (`emjax.model.row_shrink`). The cache's memory stays allocated.
   * Memory: the KV cache and the other decode buffers are estimated before anything is
     allocated (`decode_memory`); over the budget a `SamplingMemoryError` names the numbers and
     the largest batch that fits (`max_rows`). The cache holds P + N slots from the start, but the
@@ -31,7 +31,7 @@ Evaluation scale (hundreds of rows, many samples per question, several intervent
     last step needs all P + N slots of every row; one jitted program's buffers are assigned
     statically at their largest, so a loop run in segments over growing caches peaks the same
     (plus a copy between segments). Paged blocks pay only with continuous batching (see above);
-    what the shrinking batch does instead is drop the rows that stopped.
+    the shrinking batch instead stops computing the rows that stopped.
 
 Reproducibility: row b draws its token at step t with the key fold_in(fold_in(key(seed),
 row_ids[b]), t), so its answer is a function of its prompt, its intervention, the seed, its row id
@@ -82,7 +82,8 @@ class KVCache:
 def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: jax.Array,
                        cache: KVCache, slot: jax.Array, iv: HookSource | None, fused: FusedQKV,
                        unroll: int = 1, kernel: str = "xla") -> tuple[jax.Array, KVCache]:
-    """Runs all blocks on x [B, T, D] whose tokens go to cache slots [slot, slot + T).
+    """Runs all blocks on x [B, T, D] whose tokens go to cache slots [slot, slot + T) of the
+    cache's first B rows (its k / v may hold more: a shrunk decode batch, see `_compact`).
 
     `cache.pos` / `cache.valid` must already describe the new slots; `fused` is `fuse_qkv` of the
     layer stack. The whole [L, ...] cache is carried through the layer scan and each layer writes
@@ -95,6 +96,7 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
     full = attention_mask(q_pos, cache.pos, cache.valid, None)
     window = attention_mask(q_pos, cache.pos, cache.valid, cfg.sliding_window) if cfg.sliding_window else full
     hooks = hooks_for(iv, 0, cfg.n_layers)
+    rows = x.shape[0]  # the cache's first rows (all of them but in a shrunk decode batch)
     pallas = x.shape[1] == 1 and kernel != "xla"
     if pallas:  # the blocks each row reads, once per step for all layers (the masks do not change)
         bounds_full = DA.block_bounds(full[:, 0])
@@ -116,7 +118,7 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
                                             bounds=jnp.where(is_sliding, bounds_window, bounds_full),
                                             full=kernel.startswith("pallas_full"))
         else:
-            o = attend(q, k_all[i], v_all[i], mask, cfg)
+            o = attend(q, k_all[i, :rows], v_all[i, :rows], mask, cfg)  # a shrunk batch: its first rows
         h = h + M.attn_out(w, o, cfg, layer_hooks)
         return (constrain_rows(M.mlp_branch(w, h, cfg, layer_hooks)), k_all, v_all), None
 
@@ -159,10 +161,12 @@ class SamplingMemoryError(EmjaxError, ValueError):
 class DecodeState:
     """What the decode loop carries between steps, and between the calls of a shrinking batch.
 
-    cache: the KV cache of the B rows; logits [B, V] float32: the next token's; pos [B] int32: the
-    next token's position; done [B] bool; t [] int32: decode steps run; toks [N, B] int32: the
-    tokens so far (rows that stopped repeat stop_ids[0]); lengths [B] int32: tokens up to and
-    including the first stop token; row_keys [B]: each row's random key.
+    cache: the KV cache; its k / v [L, B0, S, K, Dh] keep the call's B0 rows of memory, of which
+    the first B are the batch's rows (B < B0 once the batch has shrunk); its pos / valid [B, S].
+    logits [B, V] float32: the next token's; pos [B] int32: the next token's position; done [B]
+    bool; t [] int32: decode steps run; toks [N, B] int32: the tokens so far (rows that stopped
+    repeat stop_ids[0]); lengths [B] int32: tokens up to and including the first stop token;
+    row_keys [B]: each row's random key.
     """
 
     cache: KVCache
@@ -174,15 +178,34 @@ class DecodeState:
     lengths: jax.Array
     row_keys: jax.Array
 
-    def take(self, index: jax.Array) -> "DecodeState":
-        """The rows `index` [B'] (a smaller batch of the rows still running)."""
-        c = self.cache
-        return DecodeState(
-            cache=KVCache(k=jnp.take(c.k, index, axis=1), v=jnp.take(c.v, index, axis=1),
-                          pos=jnp.take(c.pos, index, axis=0), valid=jnp.take(c.valid, index, axis=0)),
-            logits=jnp.take(self.logits, index, axis=0), pos=jnp.take(self.pos, index, axis=0),
-            done=jnp.take(self.done, index, axis=0), t=self.t, toks=jnp.take(self.toks, index, axis=1),
-            lengths=jnp.take(self.lengths, index, axis=0), row_keys=jnp.take(self.row_keys, index, axis=0))
+
+def _compact(state: DecodeState, index: jax.Array) -> DecodeState:
+    """The batch of rows `index` [B'] of `state` (whose cache buffers it takes over): the cache's
+    rows move to the front of its buffers in place, the small per-row arrays are gathered."""
+    c = state.cache
+    k, v = _compact_kv(c.k, c.v, index)
+    rest = _rows_of(state.replace(cache=c.replace(k=None, v=None)), index)
+    return rest.replace(cache=rest.cache.replace(k=k, v=v))
+
+
+@functools.partial(jax.jit, donate_argnames=("k", "v"))
+def _compact_kv(k: jax.Array, v: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """k, v [L, B0, S, K, Dh] (donated) with rows `index` [B'] of each layer moved to its first B'
+    rows, one layer at a time: a layer's rows are all the copy held, not a second cache."""
+    def layer(i, kv):
+        return tuple(jax.lax.dynamic_update_index_in_dim(x, jnp.take(x[i], index, axis=0), i, axis=0) for x in kv)
+
+    return jax.lax.fori_loop(0, k.shape[0], layer, (k, v))
+
+
+@jax.jit
+def _rows_of(state: DecodeState, index: jax.Array) -> DecodeState:
+    """Rows `index` [B'] of the per-row arrays of `state` (its cache's k / v left out)."""
+    rows = lambda x, axis=0: jnp.take(x, index, axis=axis)
+    c = state.cache
+    return state.replace(cache=c.replace(pos=rows(c.pos), valid=rows(c.valid)), logits=rows(state.logits),
+                         pos=rows(state.pos), done=rows(state.done), toks=rows(state.toks, 1),
+                         lengths=rows(state.lengths), row_keys=rows(state.row_keys))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"), compiler_options=INFERENCE_COMPILER_OPTIONS)
@@ -508,23 +531,24 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         out_toks, out_len = np.zeros((b, max_new_tokens), np.int32), np.zeros(b, np.int32)
         batch_rows = [b]
         while True:
-            room = _shrink_room(state, sizes, memory_budget, memory, weights)
-            state = _decode(weights, cfg, state, iv, stops, limit, jnp.int32(room + 1 if room else 0),
-                            prompt_len=p, temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
+            end_below = sizes[0] + 1 if sizes else 0  # a batch's next size holds at most sizes[0] rows
+            state = _decode(weights, cfg, state, iv, stops, limit, jnp.int32(end_below), prompt_len=p,
+                            temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                             layer_unroll=int(layer_unroll), kernel=kernel, stop_check=stop_check)
             toks, lengths, done, steps = fetch((state.toks, state.lengths, state.done, state.t))
             real = rows >= 0
             out_toks[rows[real]], out_len[rows[real]] = toks.T[real], lengths[real]
             running = np.flatnonzero(~done)
-            if not room or steps >= max_new_tokens or not running.size:
+            if not sizes or steps >= max_new_tokens or not running.size:
                 break
             # the rows still running (and filler copies of a stopped row) go on as a smaller batch
             size = shrink.smallest_holding(sizes, running.size)
             keep = np.concatenate([running, np.full(size - running.size, np.flatnonzero(done)[0])])
             rows = np.concatenate([rows[running], np.full(size - running.size, -1)])
             index = jnp.asarray(keep, jnp.int32)
-            state = _take_rows(state, index)
-            iv = iv if getattr(iv, "take", None) is None else _take_rows(iv, index)
+            state = _compact(state, index)
+            take = getattr(iv, "take", None)
+            iv = iv if take is None else _take_rows(iv, index)
             sizes = [s for s in sizes if s < size]
             batch_rows.append(size)
     return Samples(tokens=[out_toks[i, : out_len[i]].tolist() for i in range(b)], prefill_rows=u,
@@ -532,28 +556,9 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
 
 
 @jax.jit
-def _take_rows(x, index):
-    """Rows `index` [B'] of a `DecodeState` or per-row interventions."""
-    return x.take(index)
-
-
-def _shrink_room(state: DecodeState, sizes: list[int], memory_budget: int | None, memory: DecodeMemory,
-                 weights: Weights) -> int:
-    """The largest of `sizes` whose copy of `state` fits beside it now (0: none, or no sizes): the
-    gather of the running rows holds the old batch and the new one at once."""
-    if not sizes:
-        return 0
-    rows = state.done.shape[0]
-    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-    if memory_budget is not None:
-        free = int(memory_budget) - memory.total  # what the given budget leaves beside the batch
-    else:
-        found = default_memory_budget(next(iter(weights.embed.sharding.device_set)))
-        free = None if found is None else found[0]
-    for size in sizes:
-        if free is None or state_bytes * size // rows <= free:
-            return size
-    return 0
+def _take_rows(iv, index):
+    """Rows `index` [B'] of per-row interventions."""
+    return iv.take(index)
 
 
 def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]], *,
@@ -595,9 +600,9 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
       stop_check: with stop ids, decode steps between checks whether every row stopped (the loop
         ends after the first chunk in which all have); 0 always runs max_new_tokens steps.
       shrink_min_rows: with stop checks, once at most half of the rows are still running they go on
-        as a batch of half the size (a gather of their cache, when it fits in memory beside the old
-        one), down to batches of this many rows (`emjax.model.row_shrink`; 0: never; not on a
-        mesh). The answers do not change: a row's draws depend on its row id alone.
+        as a batch of half the size (their cache moved in place, no new memory), down to batches
+        of this many rows (`emjax.model.row_shrink`; 0: never; not on a mesh). The answers do not
+        change: a row's draws depend on its row id alone.
       ablation: directions projected out of the residual stream (`emjax.model.ablation`) on
         every row, on top of the rows' interventions.
       memory_budget: bytes the decode buffers may take (default: MEMORY_FRACTION of the free
