@@ -434,7 +434,7 @@ class Samples:
     prefill_rows: int
     decode_steps: int
     memory: DecodeMemory
-    batch_rows: tuple[int, ...] = ()
+    batch_rows: tuple[int, ...]
 
 
 def _plan(prompts: Sequence[Sequence[int]], index: np.ndarray | None, repeats: Sequence[int] | None,
