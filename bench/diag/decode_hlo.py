@@ -20,10 +20,11 @@ cfg = preset("qwen2.5-14b-instruct")
 B, P = 32, 32
 new = int(sys.argv[sys.argv.index("--new") + 1]) if "--new" in sys.argv else 8
 weights = abstract_weights(cfg)
-state, iv = S._prefill.eval_shape(weights, cfg, jax.ShapeDtypeStruct((B, P), jnp.int32),
+fused = jax.eval_shape(S.fuse_qkv, weights.layers)
+state, iv = S._prefill.eval_shape(weights, cfg, fused, jax.ShapeDtypeStruct((B, P), jnp.int32),
                                    jax.ShapeDtypeStruct((B, P), bool), jnp.arange(B, dtype=jnp.int32), None,
                                    jax.random.PRNGKey(0), jnp.arange(B, dtype=jnp.uint32), max_new_tokens=new)
-txt = S._decode.lower(weights, cfg, state, iv, jnp.asarray([-1], jnp.int32), cfg.vocab_size, jnp.int32(0), prompt_len=P,
+txt = S._decode.lower(weights, cfg, fused, state, iv, jnp.asarray([-1], jnp.int32), cfg.vocab_size, jnp.int32(0), prompt_len=P,
                       temperature=1.0, top_k=0, top_p=1.0).compile().as_text()
 open(os.path.join(os.environ.get("OUT", "."), "decode_hlo.txt"), "w").write(txt)
 ops = collections.Counter(re.findall(r"= \S+ (copy|copy-start|dynamic-slice|dynamic-update-slice|concatenate|custom-call|fusion|while)\(", txt))

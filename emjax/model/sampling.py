@@ -209,10 +209,11 @@ def _rows_of(state: DecodeState, index: jax.Array) -> DecodeState:
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens"), compiler_options=INFERENCE_COMPILER_OPTIONS)
-def _prefill(weights, cfg, tokens, mask, expand, interventions, key, row_ids, *, max_new_tokens: int):
+def _prefill(weights, cfg, fused, tokens, mask, expand, interventions, key, row_ids, *, max_new_tokens: int):
     """Prefills U prompts tokens/mask [U, P] for B = len(expand) rows, row b continuing prompt
-    expand[b] [B]. `interventions` is indexed by prompt (a `RowInterventions` over U rows, or one
-    intervention for all); row_ids [B] uint32 seed each row's draws.
+    expand[b] [B]. `fused`: `fuse_qkv` of the layer stack. `interventions` is indexed by prompt (a
+    `RowInterventions` over U rows, or one intervention for all); row_ids [B] uint32 seed each
+    row's draws.
 
     Returns the `DecodeState` of the B rows before their first decode step and the interventions
     by row (`interventions.take(expand)` where they are per row).
@@ -227,7 +228,7 @@ def _prefill(weights, cfg, tokens, mask, expand, interventions, key, row_ids, *,
     pre = KVCache(k=jnp.zeros(kv_shape(u, p), dtype), v=jnp.zeros(kv_shape(u, p), dtype), pos=positions,
                   valid=mask)
     x, pre = _layers_with_cache(weights, cfg, M.embed(weights, cfg, tokens), positions, pre, 0, interventions,
-                                fuse_qkv(weights.layers))
+                                fused)
     logits = jnp.take(M.unembed(weights, cfg, x[:, -1:])[:, 0], expand, axis=0)
     # ... and broadcast it to the rows continuing it; the decode slots [P, S) start empty
     empty = jnp.zeros(kv_shape(b, s), dtype)
@@ -246,16 +247,15 @@ def _prefill(weights, cfg, tokens, mask, expand, interventions, key, row_ids, *,
 @functools.partial(jax.jit, static_argnames=("cfg", "prompt_len", "temperature", "top_k", "top_p", "layer_unroll",
                                              "kernel", "stop_check"),
                    donate_argnames=("state",), compiler_options=INFERENCE_COMPILER_OPTIONS)
-def _decode(weights, cfg, state: DecodeState, iv, stop_ids, vocab_limit, end_below, *, prompt_len: int,
+def _decode(weights, cfg, fused, state: DecodeState, iv, stop_ids, vocab_limit, end_below, *, prompt_len: int,
             temperature: float, top_k: int, top_p: float, layer_unroll: int = 1, kernel: str = "xla",
             stop_check: int = 0) -> DecodeState:
     """Runs decode steps from `state` (donated; prompts padded to `prompt_len` slots) until all
     N = state.toks.shape[0] have run, every row has stopped, or (checked every `stop_check` steps,
     with the stops) fewer than `end_below` [] int32 rows are still running, so that the caller can
-    go on with a smaller batch. `iv`: the interventions by row. stop_check 0: all N steps from
-    step 0, no checks."""
+    go on with a smaller batch. `fused`: `fuse_qkv` of the layer stack; `iv`: the interventions by
+    row. stop_check 0: all N steps from step 0, no checks."""
     n = state.toks.shape[0]
-    fused = fuse_qkv(weights.layers)  # once per call; every decode step reads it
     in_vocab = jnp.arange(state.logits.shape[-1]) < vocab_limit  # padded embedding rows never sampled
 
     def pick(logits, row_keys, t):
@@ -525,14 +525,15 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     # shrinking needs stop checks; on a mesh the rows' layout is fixed (not supported there)
     sizes = shrink.smaller_sizes(b, 8, shrink_min_rows) if stop_check and mesh is None else []
     with mesh_context(mesh):
-        state, iv = _prefill(weights, cfg, tokens, mask, expand, iv, replicate(jax.random.PRNGKey(seed), mesh),
-                             row_keys, max_new_tokens=max_new_tokens)
+        fused = _fuse_qkv(weights.layers)  # once per call; the prefill and every decode step read it
+        state, iv = _prefill(weights, cfg, fused, tokens, mask, expand, iv,
+                             replicate(jax.random.PRNGKey(seed), mesh), row_keys, max_new_tokens=max_new_tokens)
         rows = np.arange(b)  # the caller's row of each row of the batch; -1: a filler row
         out_toks, out_len = np.zeros((b, max_new_tokens), np.int32), np.zeros(b, np.int32)
         batch_rows = [b]
         while True:
             end_below = sizes[0] + 1 if sizes else 0  # a batch's next size holds at most sizes[0] rows
-            state = _decode(weights, cfg, state, iv, stops, limit, jnp.int32(end_below), prompt_len=p,
+            state = _decode(weights, cfg, fused, state, iv, stops, limit, jnp.int32(end_below), prompt_len=p,
                             temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
                             layer_unroll=int(layer_unroll), kernel=kernel, stop_check=stop_check)
             toks, lengths, done, steps = fetch((state.toks, state.lengths, state.done, state.t))
@@ -553,6 +554,9 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
             batch_rows.append(size)
     return Samples(tokens=[out_toks[i, : out_len[i]].tolist() for i in range(b)], prefill_rows=u,
                    decode_steps=int(steps), memory=memory, batch_rows=tuple(batch_rows))
+
+
+_fuse_qkv = jax.jit(fuse_qkv)
 
 
 @jax.jit

@@ -164,7 +164,8 @@ def test_compacting_the_cache_is_in_place(tiny):
     aliases the cache and holds no more than a layer's rows besides it."""
     cfg, w = tiny
     b, p, n = 16, 8, 56
-    state, _ = S._prefill.eval_shape(w, cfg, jax.ShapeDtypeStruct((8, p), jnp.int32),
+    fused = jax.eval_shape(S.fuse_qkv, w.layers)
+    state, _ = S._prefill.eval_shape(w, cfg, fused, jax.ShapeDtypeStruct((8, p), jnp.int32),
                                      jax.ShapeDtypeStruct((8, p), bool), jnp.arange(b, dtype=jnp.int32) % 8, None,
                                      jax.random.PRNGKey(0), jnp.arange(b, dtype=jnp.uint32), max_new_tokens=n)
     mem = S._compact_kv.lower(state.cache.k, state.cache.v, jax.ShapeDtypeStruct((8,), jnp.int32)).compile(
