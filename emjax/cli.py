@@ -741,6 +741,8 @@ def main(argv: list[str] | None = None) -> int:
     from emjax.errors import EmjaxError
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv
+    from emjax.model.gpu_pool import reserve_gpu_memory
+    reserve_gpu_memory()  # before any backend starts: JAX's default pool leaves a quarter of a GPU idle
     try:
         if argv[:1] == ["heldout"]:  # its own argument parser (emjax.eval.heldout.main)
             from emjax.eval.heldout import main as heldout_main
