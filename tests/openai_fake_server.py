@@ -22,6 +22,10 @@ gets `faults[n]`, later attempts succeed (or keep failing with `forever=True`). 
   "slow"       a valid answer, but only after `slow_s` seconds (past the client timeout)
   "malformed"  status 200 with a truncated JSON body
   "nologprobs" status 200, a valid completion with `logprobs: null`
+  "nanlogprob" status 200, a completion whose last top-logprob candidate has logprob NaN (JSON
+               `NaN`, which Python's json reads, as some servers send it)
+  "zeroprob"   status 200, the valid completion plus candidates of logprob -Infinity (probability
+               0, as servers send for candidates past their sampling filter): scored as "ok" is
   "drop"       the socket is closed without any response
   "hang"       no response until `release()` / `stop()`, then the socket is closed
 
@@ -52,9 +56,9 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-FAULT_KINDS = ("429", "500", "400", "slow", "malformed", "nologprobs", "drop", "hang")
+FAULT_KINDS = ("429", "500", "400", "slow", "malformed", "nologprobs", "nanlogprob", "zeroprob", "drop", "hang")
 # Outcomes answered with 200. ("slow" is too, but only after the client has given up.)
-PAID_OUTCOMES = ("ok", "malformed", "nologprobs")
+PAID_OUTCOMES = ("ok", "malformed", "nologprobs", "nanlogprob", "zeroprob")
 
 
 @dataclasses.dataclass
@@ -342,7 +346,7 @@ class _Handler(BaseHTTPRequestHandler):
                             {"error": {"message": "unsupported request", "type": "invalid"}})
             return
         attempt, outcome = fake._decide(model, prompt)
-        usage = billed_usage(prompt) if outcome in ("ok", "nologprobs") else None
+        usage = billed_usage(prompt) if outcome in ("ok", "nologprobs", "nanlogprob", "zeroprob") else None
         fake._record(dict(path=self.path, body=body, headers=headers, prompt=prompt,
                           attempt=attempt, outcome=outcome, usage=usage))
         if fake.on_request is not None:  # a test's fault outside the HTTP exchange (e.g. the disk)
@@ -372,6 +376,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif outcome == "nologprobs":
             self._send_json(200, completion_body(model, prompt, n_top, index,
                                                  with_logprobs=False))
+        elif outcome in ("nanlogprob", "zeroprob"):
+            payload = completion_body(model, prompt, n_top, index)
+            top = payload["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            if outcome == "nanlogprob":
+                top[-1]["logprob"] = math.nan
+            else:
+                top += [{"token": t, "logprob": -math.inf, "bytes": list(t.encode())} for t in ("99", "Sure")]
+            self._send_json(200, payload)  # json.dumps writes NaN / -Infinity
         elif outcome == "drop":
             self.close_connection = True  # no bytes at all: the client sees a disconnect
         elif outcome == "hang":

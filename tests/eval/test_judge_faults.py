@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -143,6 +144,28 @@ def test_200_without_logprobs_is_paid_counted_and_not_resent(server, tmp_path, c
     assert json.loads(capsys.readouterr().out)["n_left_failed"] == 0
     assert all(ResultStore(out).is_done(t.key)
                for t in build_tasks(answers(4), [QUESTION], ["aligned", "coherent"]).tasks)
+
+
+def test_logprobs_that_are_not_log_probabilities(server, tmp_path):
+    # answer 0: a NaN logprob every time (JSON cannot store it: it used to stop the run unwritten,
+    # so every rerun paid again); answer 1: extra candidates of probability 0 (-Infinity), which
+    # weigh nothing; answers 2-3: fine
+    server.reset_faults([FaultRule(["nanlogprob"], match=tag(0), forever=True),
+                         FaultRule(["zeroprob"], match=tag(1), forever=True)])
+    plan = build_tasks(answers(4), [QUESTION], ["aligned"])
+    path = tmp_path / "r.jsonl"
+    stats = run_judge_sync(plan.tasks, ResultStore(path), config(server.base_url))
+    store = ResultStore(path)
+    bad, zero, *fine = (store.get(t.key) for t in plan.tasks)
+    assert bad["status"] == "failed" and bad["paid"] is True and bad["paid_responses"] == 3
+    assert bad["reason"].startswith("malformed_response: logprob nan of token")
+    assert zero["status"] == "ok" and zero["score"] == pytest.approx(1)  # [[aligned=1]]
+    assert all(math.isfinite(c["logprob"]) for c in zero["top_logprobs"])
+    assert [r["score"] for r in fine] == pytest.approx([2, 3])
+    assert (stats.n_ok, stats.n_failed) == (3, 1)
+    n = len(server.entries())
+    stats = run_judge_sync(plan.tasks, ResultStore(path), config(server.base_url))
+    assert stats.n_pending == 0 and len(server.entries()) == n  # the paid failure is not re-sent
 
 
 def test_malformed_body_is_paid_without_usage(server, tmp_path):

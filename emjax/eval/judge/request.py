@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import dataclasses
+import math
 import os
 from typing import Any
 
@@ -170,6 +171,28 @@ def _usage_of(resp: Any) -> dict[str, int] | None:
         return None
 
 
+# A logprob above this is no log-probability (ours: float32 rounding of a certain token gives ~1e-7).
+MAX_LOGPROB = 1e-3
+
+
+def _checked_top(tops: Any) -> list[dict[str, Any]]:
+    """[{token, logprob}] of the first token's candidates. A -inf logprob (probability 0, sent by
+    some servers for candidates past their sampling filter) is dropped: it weighs nothing in a
+    score and JSON cannot store it. NaN, +inf or a positive logprob raise _Malformed: such a reply
+    is counted as paid and failed, never stored, so it cannot stop the run."""
+    top = []
+    for t in tops:
+        lp = float(t.logprob)
+        if lp == -math.inf:
+            continue
+        if not (math.isfinite(lp) and lp <= MAX_LOGPROB):
+            raise _Malformed(f"malformed_response: logprob {lp!r} of token {str(t.token)!r} is not a log-probability")
+        top.append({"token": str(t.token), "logprob": lp})
+    if not top:
+        raise _Malformed("missing_logprobs: every top_logprobs candidate has probability 0")
+    return top
+
+
 def _extract(resp: Any) -> tuple[list[dict[str, Any]], str | None]:
     """First-token top logprobs and the content of a ChatCompletion, or raise _Malformed."""
     if isinstance(resp, (str, bytes)) or not hasattr(resp, "choices"):
@@ -183,7 +206,7 @@ def _extract(resp: Any) -> tuple[list[dict[str, Any]], str | None]:
         tops = content[0].top_logprobs
         if not tops:
             raise _Malformed("missing_logprobs: first token has no top_logprobs")
-        top = [{"token": str(t.token), "logprob": float(t.logprob)} for t in tops]
+        top = _checked_top(tops)
         message = getattr(choice, "message", None)
         text = getattr(message, "content", None)
     except _Malformed:
