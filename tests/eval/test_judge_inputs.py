@@ -140,3 +140,22 @@ def test_no_judge_prompt_for_any_metric_is_an_error(server, tmp_path, qpath, cap
     assert run_cli(server, apath, qpath, tmp_path / "r.jsonl", "--metrics", "medical") == 2
     assert "--metrics: no judge template for metric 'medical'" in capsys.readouterr().err
     assert server.entries() == []
+
+
+def test_the_run_config_request_is_the_one_sent(server, tmp_path, qpath):
+    from emjax.eval.judge.request import RequestConfig
+    from emjax.eval.judge.runner import RunConfig
+    from emjax.eval.judge.stage import JudgeModelMismatchError
+    apath = tmp_path / "answers.jsonl"
+    append_answers(apath, [answer(0)])
+    sel = AnswerSelection(answers=[str(apath)], questions=[qpath])
+    run = RunConfig(request=RequestConfig(base_url=server.base_url, timeout=5, max_retries=0), progress=False)
+    out = tmp_path / "r.jsonl"
+    # its base URL was dropped for the environment's (nothing listens there)
+    stats = judge(sel, str(out), judge_model="judge-x", run=run)
+    assert stats["n_ok"] == 2 and {e.model for e in server.entries()} == {"judge-x"}
+    assert {r["judge_model"] for r in map(json.loads, out.read_text().splitlines())} == {"judge-x"}
+    other = RunConfig(request=RequestConfig(model="judge-y", base_url=server.base_url), progress=False)
+    with pytest.raises(JudgeModelMismatchError, match="'judge-y' while the results are keyed and labelled 'judge-x'"):
+        judge(sel, str(tmp_path / "r2.jsonl"), judge_model="judge-x", run=other)
+    assert not (tmp_path / "r2.jsonl").exists() and len(server.entries()) == 2

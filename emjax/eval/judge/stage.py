@@ -33,6 +33,10 @@ from emjax.eval.selection import AnswerSelection, load_selection, selection_inpu
 log = logging.getLogger("emjax.judge")
 
 
+class JudgeModelMismatchError(EmjaxError, ValueError):
+    """The request settings name another model than the judge model the results are keyed by."""
+
+
 class NothingToJudgeError(EmjaxError, ValueError):
     """The selection holds no answer (or no answer with a judge prompt) to judge."""
 
@@ -73,7 +77,9 @@ def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = DEFAULT_ME
       out: the results JSONL (appended; a rerun resumes).
       metrics: judge metrics to score, each a judge prompt of the questions (or a fallback).
       request: client settings (model, base URL, API-key variable, retries, timeouts); default:
-        `RequestConfig(model=judge_model)`.
+        `run.request` (with `judge_model` where it names the default model), else
+        `RequestConfig(model=judge_model)`. Its model must be `judge_model`: the results are
+        keyed and labelled by it.
       run: concurrency, retry of failed keys, scoring rule, prices, progress bar.
       limit: send at most this many requests.
       wait: when another process holds the output's lock (`emjax.eval.output_lock`), wait for
@@ -88,6 +94,7 @@ def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = DEFAULT_ME
     zero answers (or none with a judge prompt), a missing key, or an unreachable server
     (JudgeServerUnreachableError, after which the lines written so far stay).
     """
+    request = _request_for(judge_model, request, run)
     check_outputs(sel, out, stats_json, dry_run)
     answers, questions, fallback = load_selection(sel)
     check_metrics(list(metrics), set(fallback), where="--questions and --judge-prompts")
@@ -95,6 +102,19 @@ def judge(sel: AnswerSelection, out: str, *, metrics: Sequence[str] = DEFAULT_ME
     check_something_to_judge(sel, len(answers), len(plan.tasks), metrics)
     with contextlib.nullcontext() if dry_run else output_lock(out, wait=wait):
         return _judge(sel, out, plan, len(answers), judge_model, request, run, limit, dry_run, fsync, stats_json)
+
+
+def _request_for(judge_model: str, request: RequestConfig | None, run: RunConfig | None) -> RequestConfig:
+    """The request settings `judge` sends with (see its docstring); JudgeModelMismatchError when
+    they would send to another model than the one the results are labelled with."""
+    if request is None:
+        request = run.request if run is not None else RequestConfig(model=judge_model)
+        if request.model == RequestConfig().model:
+            request = dataclasses.replace(request, model=judge_model)
+    if request.model != judge_model:
+        raise JudgeModelMismatchError(f"the judge requests would go to model {request.model!r} while the results "
+                                      f"are keyed and labelled {judge_model!r}: give the same model to both")
+    return request
 
 
 def _judge(sel: AnswerSelection, out: str, plan: TaskPlan, n_answers: int, judge_model: str,
@@ -106,7 +126,6 @@ def _judge(sel: AnswerSelection, out: str, plan: TaskPlan, n_answers: int, judge
         print(f"warning: {out}: skipped {len(store.read_report.corrupt)} corrupt line(s) "
               f"(lines {[n for n, _ in store.read_report.corrupt][:10]}); their requests are "
               "treated as not done", file=sys.stderr)
-    request = request or RequestConfig(model=judge_model)
     run = dataclasses.replace(run or RunConfig(), request=request)
     tasks = plan.tasks
     if limit is not None:
