@@ -39,7 +39,8 @@ Every POST is appended to `log` (a `RequestLogEntry` with the parsed body, heade
 attempt number for its prompt, the outcome and the `usage` a real API would bill for it: set for
 every 200 with a complete body, None otherwise), so tests can count successful responses per
 prompt, check the exact request parameters and the token totals. `GET /v1/models` (the judge's
-free preflight) answers a one-model list and is only counted in `n_model_lists`.
+free preflight) answers a one-model list (or the 200 body `models_page`) and is only counted in
+`n_model_lists`.
 """
 
 from __future__ import annotations
@@ -188,6 +189,7 @@ class FakeOpenAIServer:
         self._in_flight = 0
         self.max_in_flight = 0
         self.n_model_lists = 0  # GET /v1/models requests (not in `log`)
+        self.models_page: bytes | None = None  # GET /v1/models answers this 200 body instead (a proxy's page)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -313,6 +315,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with self.fake._lock:
             self.fake.n_model_lists += 1
+        if self.fake.models_page is not None:
+            self._send_json(200, None, raw=self.fake.models_page)
+            return
         self._send_json(200, {"object": "list", "data": [
             {"id": "gpt-4o-2024-08-06", "object": "model", "created": 0, "owned_by": "fake"}]})
 

@@ -168,6 +168,17 @@ def test_logprobs_that_are_not_log_probabilities(server, tmp_path):
     assert stats.n_pending == 0 and len(server.entries()) == n  # the paid failure is not re-sent
 
 
+@pytest.mark.parametrize("page", [b"<html>catch-all</html>", b"[1, 2]", b"not json"])
+def test_a_preflight_page_that_is_no_model_list_is_a_server(server, tmp_path, caplog, page):
+    # a proxy's catch-all page on /models: a server is there, so the run goes on (it used to stop
+    # with the client's AttributeError)
+    server.models_page = page
+    plan = build_tasks(answers(2), [QUESTION], ["aligned"])
+    stats = run_judge_sync(plan.tasks, ResultStore(tmp_path / "r.jsonl"), config(server.base_url))
+    assert server.n_model_lists == 1 and stats.n_ok == 2
+    assert "something other than a model list" in caplog.text
+
+
 def test_malformed_body_is_paid_without_usage(server, tmp_path):
     server.reset_faults([FaultRule(["malformed"], match=tag(0), forever=True)])
     plan = build_tasks(answers(2), [QUESTION], ["aligned"])

@@ -257,6 +257,9 @@ async def preflight(client: Any, request: RequestConfig) -> None:
             "the network)") from None
     except openai.APIError:
         pass  # the server answered (e.g. 401 or 404 on /models): it is reachable
+    except Exception as e:  # noqa: BLE001 - a 200 the client cannot read as a model list (an HTML page)
+        log.warning("judge server %s answered the preflight request with something other than a model list "
+                    "(%s: %.200s); going on", base_url_of(client, request), type(e).__name__, e)
 
 
 def _cause(err: BaseException) -> str:
