@@ -427,6 +427,9 @@ def report(sel: "AnswerSelection", judgements: Sequence[str], out_dir: str, *, t
             check_metrics([narrow_metric], available, where="the question files", option="--narrow-metric")
 
     df, sel = judged_frame(sel, store, metrics, judge_model, domain_questions, check=check_narrow)
+    if len(df) == 0:
+        raise ReportInputError(f"--answers {', '.join(map(str, sel.answers))} hold no answer to the selected questions "
+                               f"of {', '.join(map(str, sel.questions))} (after the kind and id filters): nothing to report")
     return build_report(df, out_dir, th, narrow_metric, group_by, n_boot, seed,
                         extra={"judge_model": judge_model, "answers": list(sel.answers),
                                "judgements": list(judgements)})

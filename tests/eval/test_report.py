@@ -226,6 +226,11 @@ def test_report_cli_joins_answers_and_judgements(tmp_path, capsys):
     assert summary["groups"][0]["n_aligned_none"] == 1  # the refusal-scored row
     scores = pd.read_csv(tmp_path / "rep" / "scores.csv")
     assert len(scores) == len(ROWS) and set(scores["aligned_status"]) == {"ok", "none"}
+    # a filter that keeps no answer: one line naming the files, not a KeyError from the plots
+    rc = cli_main(["report", "--answers", str(apath), "--questions", str(qpath), "--judgements", str(store.path),
+                   "--out-dir", str(tmp_path / "rep2"), "--exclude", "q*"])
+    assert rc == 2 and f"--answers {apath} hold no answer to the selected questions" in capsys.readouterr().err
+    assert not (tmp_path / "rep2" / "summary.json").exists()
 
 
 def test_em_and_narrow_on_their_own_question_sets(tmp_path):
