@@ -179,6 +179,21 @@ def test_a_preflight_page_that_is_no_model_list_is_a_server(server, tmp_path, ca
     assert "something other than a model list" in caplog.text
 
 
+def test_scores_of_another_rule_already_in_the_file_are_named(server, tmp_path, caplog):
+    path = tmp_path / "r.jsonl"
+    first = build_tasks(answers(2), [QUESTION], ["aligned"]).tasks
+    stats = run_judge_sync(first, ResultStore(path), config(server.base_url))
+    assert stats.n_cached_other_scoring == 0
+    assert ResultStore(path).get(first[0].key)["scoring"] == {"min_mass": 0.25, "mode": "strict"}
+    more = build_tasks(answers(3), [QUESTION], ["aligned"]).tasks
+    stats = run_judge_sync(more, ResultStore(path), config(server.base_url, min_mass=0.95, score_mode="upstream"))
+    assert (stats.n_cached, stats.n_ok, stats.n_cached_other_scoring) == (2, 1, 2)
+    assert "2 score(s) already in the results were computed under another min_mass" in caplog.text
+    assert ResultStore(path).get(more[2].key)["scoring"] == {"min_mass": 0.95, "mode": "upstream"}
+    stats = run_judge_sync(more[:2], ResultStore(path), config(server.base_url))  # the same rule: no word
+    assert stats.n_cached_other_scoring == 0
+
+
 def test_malformed_body_is_paid_without_usage(server, tmp_path):
     server.reset_faults([FaultRule(["malformed"], match=tag(0), forever=True)])
     plan = build_tasks(answers(2), [QUESTION], ["aligned"])

@@ -22,6 +22,7 @@ import collections
 import dataclasses
 import datetime as _dt
 import logging
+import typing
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -30,7 +31,7 @@ from emjax.errors import EmjaxError
 from emjax.eval.judge.cost import DEFAULT_PRICES, Prices, estimate_prompt_tokens
 from emjax.eval.judge.request import (RequestConfig, fetch_judgement, make_client,
                                       read_api_key)
-from emjax.eval.judge.scoring import MIN_NUMERIC_MASS, ParseMode, score_0_100
+from emjax.eval.judge.scoring import MIN_NUMERIC_MASS, ParseMode, score_0_100, scoring_rule
 from emjax.eval.judge.store import (STATUS_FAILED, STATUS_OK, ResultStore, RetryPolicy,
                                     retry_policy)
 from emjax.eval.judge.tasks import JudgeTask
@@ -70,6 +71,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retry_failed", retry_policy(self.retry_failed))
+        if self.score_mode not in typing.get_args(ParseMode):
+            raise ValueError(f"score_mode must be one of {typing.get_args(ParseMode)}, got {self.score_mode!r}")
+        if not 0.0 <= self.min_mass <= 1.0:  # NaN fails too
+            raise ValueError(f"min_mass must be in [0, 1], got {self.min_mass!r}")
 
 
 @dataclasses.dataclass
@@ -83,6 +88,8 @@ class RunStats:
     client does not count them). `n_failed_paid` of the `n_failed` lines were paid; those keys
     are not re-sent by a plain rerun. `n_failed_not_retried`: keys recorded failed by earlier
     runs that this run did not send (retry policy), so they are still without a score.
+    `n_cached_other_scoring`: scored keys not sent again whose line records another scoring rule
+    (min_mass, score mode) than this run's: the file then holds scores of both rules.
     """
 
     n_tasks: int = 0
@@ -92,6 +99,7 @@ class RunStats:
     n_failed: int = 0
     n_failed_paid: int = 0
     n_failed_not_retried: int = 0
+    n_cached_other_scoring: int = 0
     n_score_none: int = 0
     n_requests: int = 0
     n_requests_without_usage: int = 0
@@ -180,7 +188,8 @@ def make_record(task: JudgeTask, fetched: Any, config: RunConfig) -> dict[str, A
     if fetched.ok:
         score, mass = score_0_100(fetched.top_logprobs, config.min_mass, config.score_mode)
         rec.update(status=STATUS_OK, score=score, numeric_mass=mass, reason=None,
-                   content=fetched.content, top_logprobs=fetched.top_logprobs)
+                   content=fetched.content, top_logprobs=fetched.top_logprobs,
+                   scoring=scoring_rule(config.min_mass, config.score_mode))
         if score is None:
             rec["reason"] = f"numeric mass {mass:.3f} < {config.min_mass} (non-numeric answer)"
     else:
@@ -209,7 +218,9 @@ async def run_judge(tasks: Sequence[JudgeTask], store: ResultStore,
     pending = pending_tasks(unique.values(), store, config.retry_failed)
     stats = RunStats(n_tasks=len(unique), n_cached=len(unique) - len(pending),
                      n_pending=len(pending),
-                     n_failed_not_retried=_n_failed_not_sent(unique.values(), pending, store))
+                     n_failed_not_retried=_n_failed_not_sent(unique.values(), pending, store),
+                     n_cached_other_scoring=n_other_scoring(unique.values(), pending, store,
+                                                            scoring_rule(config.min_mass, config.score_mode)))
     if pending:
         own_client = client is None
         if own_client:
@@ -344,6 +355,22 @@ class _ConnectionBreaker:
                 "rerun when the server is reachable (failed requests are sent again)")
 
 
+def n_other_scoring(tasks: Iterable[JudgeTask], pending: Sequence[JudgeTask], store: ResultStore,
+                    rule: dict[str, Any]) -> int:
+    """Scored keys of `tasks` not in `pending` whose line records a scoring rule other than `rule`
+    (`scoring.scoring_rule`; lines of older versions record none: not counted)."""
+    sent = {t.key for t in pending}
+    recs = (store.get(t.key) for t in tasks if t.key not in sent)
+    return sum(1 for r in recs if r is not None and r.get("status") == STATUS_OK
+               and r.get("scoring") is not None and r["scoring"] != rule)
+
+
+def other_scoring_warning(n: int) -> str:
+    return (f"{n} score(s) already in the results were computed under another min_mass / score mode than "
+            "this run's (each line's `scoring` says which): the file holds scores of both rules; judge into "
+            "a new --out to score every answer under one")
+
+
 def _warn_failures(stats: RunStats, policy: RetryPolicy) -> None:
     """Say what is left without a score and what a rerun will do about it."""
     if stats.n_failed:
@@ -355,6 +382,8 @@ def _warn_failures(stats: RunStats, policy: RetryPolicy) -> None:
         log.warning("%d failed request(s) were paid (the API answered without usable "
                     "logprobs); a plain rerun does not send them again: use retry_failed='all' "
                     "(emjax judge --retry-failed) to pay for them again", stats.n_failed_paid)
+    if stats.n_cached_other_scoring:
+        log.warning("%s", other_scoring_warning(stats.n_cached_other_scoring))
     if stats.n_failed_not_retried:
         log.warning("%d key(s) recorded as failed by earlier runs were not sent (retry policy "
                     "%r) and are still without a score", stats.n_failed_not_retried, policy)

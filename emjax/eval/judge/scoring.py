@@ -93,3 +93,8 @@ def aggregate_0_100(top_logprobs: Iterable[Any] | Mapping[str, float],
                     mode: ParseMode = "strict") -> float | None:
     """The judge score only (see `score_0_100`)."""
     return score_0_100(top_logprobs, min_mass, mode)[0]
+
+
+def scoring_rule(min_mass: float = MIN_NUMERIC_MASS, mode: ParseMode = "strict") -> dict[str, Any]:
+    """What a result line records of the rule that turned its logprobs into its score."""
+    return {"min_mass": float(min_mass), "mode": str(mode)}

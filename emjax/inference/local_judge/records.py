@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from emjax.eval.judge.scoring import score_0_100
+from emjax.eval.judge.scoring import score_0_100, scoring_rule
 from emjax.eval.judge.store import STATUS_OK
 from emjax.eval.judge.tasks import JudgeTask
 from emjax.inference.local_judge.tree import NUMBERS, ScoringTree
@@ -92,7 +92,7 @@ def local_record(task: JudgeTask, logprobs: np.ndarray, tree: ScoringTree, optio
         "other_mass": max(0.0, 1.0 - mass - sum(option_probs.values())),
         "reason": None if score is not None else f"numeric mass {mass:.3f} < {min_mass} (non-numeric answer)",
         "metric": task.metric, "judge_model": task.judge_model, "question_id": task.question_id,
-        "content": best, "top_logprobs": None,
+        "content": best, "top_logprobs": None, "scoring": scoring_rule(min_mass),
         "option_probs": {o: _compact(p) for o, p in option_probs.items()},
         "number_probs": [_compact(math.exp(numbers[t])) for t in NUMBERS],
         **judge, "prompt_tokens": prompt_tokens,

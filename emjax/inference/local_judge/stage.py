@@ -33,12 +33,12 @@ import numpy as np
 
 from emjax.checkpoints.load import LazyModel, LoadedModel, model_on_mesh, source_name
 from emjax.errors import EmjaxError
-from emjax.eval.judge.scoring import MIN_NUMERIC_MASS
+from emjax.eval.judge.scoring import MIN_NUMERIC_MASS, scoring_rule
 from emjax.eval.checks import check_metrics
 from emjax.eval.conventions import DEFAULT_METRICS
 from emjax.eval.judge.stage import check_outputs, check_something_to_judge
 from emjax.eval.judge.store import ResultStore
-from emjax.eval.judge.runner import pending_tasks
+from emjax.eval.judge.runner import n_other_scoring, other_scoring_warning, pending_tasks
 from emjax.eval.judge.tasks import MIN_VALID_JUDGE_PARAMS, build_tasks, questions_by_id, resolve_template
 from emjax.inference.local_judge.forward import JUDGE_ATTENTION, TreeArrays, cache_prefixes, score_batches
 from emjax.inference.local_judge.prefix import SharedPrefix, group_chunks, plan_shared_prefix
@@ -167,6 +167,10 @@ def _judge_locked(sel: AnswerSelection, out: str, model: str | LoadedModel | Laz
         "n_cached": len(plan.tasks) - len(pending), "n_pending": len(pending), "n_ok": 0, "n_score_none": 0,
         "judge_model": judge_model, "prompt_tokens": 0, "seconds": 0.0, "warnings": [], "results": out,
         "n_left_failed": 0, "report": f"emjax report ... --judge-model '{judge_model}' --judgements {out}"}
+    stats["n_cached_other_scoring"] = n_other_scoring(plan.tasks, pending, store, scoring_rule(config.min_mass))
+    if stats["n_cached_other_scoring"]:
+        stats["warnings"].append(other_scoring_warning(stats["n_cached_other_scoring"]))
+        log.warning("%s", stats["warnings"][-1])
     if pending:
         _score(model, questions, fallback, plan.tasks, store, pending, config, stats)
     else:
@@ -199,7 +203,7 @@ def _score(model: str | LoadedModel | LazyModel, questions, fallback: dict[str, 
     for w in warnings:
         log.warning("%s", w)
     judge = {"judge_source": model.source, "judge_dtype": dtype, "judge_params": n_params}
-    stats.update(judge, tree=tree.describe(), warnings=warnings, compiled_shapes=[],
+    stats.update(judge, tree=tree.describe(), warnings=stats["warnings"] + warnings, compiled_shapes=[],
                  terminators={int(i): tok.decode([i], skip_special_tokens=False) for i in tok.stop_ids})
     t0 = time.time()
     with phase("compute"):
