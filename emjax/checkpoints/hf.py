@@ -153,6 +153,23 @@ def weights_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarr
     return Weights(layers=layers, **{f: buffers[f] for f in tshapes})
 
 
+def check_tied_head(cfg: ModelConfig, names: Iterable[str], get: Callable[[str], np.ndarray], source: str) -> None:
+    """A tied config (`tie_word_embeddings`) whose source also stores `lm_head.weight`: only when it
+    equals the embedding. Otherwise the file is ambiguous (transformers 4 tied the head to the
+    embedding, transformers 5 keeps the stored head), so it is refused rather than guessed."""
+    if not cfg.tie_embeddings or "lm_head.weight" not in set(names):
+        return
+    head, embed = np.asarray(get("lm_head.weight")), np.asarray(get("model.embed_tokens.weight"))
+    same = head.shape == embed.shape and (
+        np.array_equal(head.view(np.uint8), embed.view(np.uint8)) if head.dtype == embed.dtype
+        else np.array_equal(head.astype(np.float32), embed.astype(np.float32)))
+    if not same:
+        raise CheckpointError(f"{source}: config.json ties the output head to the embedding (tie_word_embeddings), "
+                              "but the checkpoint stores an 'lm_head.weight' that differs from "
+                              "'model.embed_tokens.weight': set tie_word_embeddings to false to use the stored head, "
+                              "or remove the tensor to tie them")
+
+
 def _fmt(names: list[str], k: int = 8) -> str:
     more = f" ... and {len(names) - k} more" if len(names) > k else ""
     return ", ".join(names[:k]) + more
@@ -227,6 +244,7 @@ def load_hf_folder(folder: str, *, dtype=jnp.bfloat16, shardings: Weights | None
     """
     cfg = cfg or ModelConfig.from_hf(folder)
     where = open_folder(folder)
+    check_tied_head(cfg, where, lambda n: where[n].get(n), folder)
     with _ReadMeter(folder, sum(f.nbytes(n) for n, f in where.items()), progress) as meter:
         if shardings is None:
             tensors = ((n, f.get(n)) for n, f in where.items())
@@ -273,4 +291,5 @@ class _ReadMeter:
 
 def weights_from_state_dict(cfg: ModelConfig, state_dict: Mapping[str, "np.ndarray"], **kw) -> Weights:
     """From a `{name: array}` mapping (e.g. a torch state dict converted with `.numpy()`)."""
+    check_tied_head(cfg, state_dict, state_dict.__getitem__, kw.get("source", "checkpoint"))
     return weights_from_tensors(cfg, state_dict.items(), expected_names=state_dict.keys(), **kw)

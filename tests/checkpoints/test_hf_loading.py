@@ -127,6 +127,22 @@ def test_shape_mismatch_names_tensor_and_shapes(qwen_folder, tmp_path):
         load_hf_folder(folder)
 
 
+def test_a_tied_config_with_another_stored_head_is_refused(qwen_folder, tmp_path):
+    hf, _ = qwen_folder  # untied: its lm_head differs from the embedding
+    def tie(folder):
+        c = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**c, "tie_word_embeddings": True}))
+        return str(folder)
+    _single_file_copy(hf, tmp_path / "a", lambda sd: None)
+    folder = tie(tmp_path / "a")
+    with pytest.raises(CheckpointError, match=r"ties the output head.*stores an 'lm_head.weight' that differs"):
+        load_hf_folder(folder)
+    # the same head as the embedding (a tied model saved with its head): loads, tied
+    _single_file_copy(hf, tmp_path / "b", lambda sd: sd.update({"lm_head.weight": sd["model.embed_tokens.weight"]}))
+    cfg, w = load_hf_folder(tie(tmp_path / "b"), dtype=jnp.float32)
+    assert cfg.tie_embeddings and w.lm_head is None
+
+
 def test_truncated_and_corrupt_files(qwen_folder, tmp_path):
     hf, _ = qwen_folder
     folder = _single_file_copy(hf, tmp_path, lambda sd: None)
