@@ -51,10 +51,16 @@ _KEY = re.compile(r"^(?P<prefix>base_model\.model\.)?model\.layers\.(?P<layer>\d
                   r"(?:\.(?P<name>[A-Za-z0-9_\-]+))?\.weight$")
 _KEY_SCHEME = "[base_model.model.]model.layers.{i}.{self_attn|mlp}.{proj}.lora_{A|B}[.{adapter}].weight"
 
+# init_lora_weights values that only set A and B (peft 0.22's LoraConfig). The others (pissa*,
+# olora, corda, loftq, lora_ga, astra) also rewrite the base weights to W - scale * B0 @ A0, again
+# when PEFT loads the adapter, so their A and B apply to that residual base, not to W.
+_PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal", "mica", "nora")
+
 # PEFT options that change the forward pass in ways LoraAdapter cannot express: option -> test
-# that the value is harmless. Initialisation-only options (init_lora_weights, loftq/eva/corda/
-# lora_ga configs) and lora_dropout (identity at inference) are ignored on purpose.
+# that the value is harmless. Initialisation-only settings (the loftq/eva/corda/lora_ga configs
+# beside a plain init_lora_weights) and lora_dropout (identity at inference) are ignored on purpose.
 _UNSUPPORTED: dict[str, Any] = {
+    "init_lora_weights": lambda v: any(v is p if isinstance(p, bool) else v == p for p in _PLAIN_INITS),
     "use_dora": lambda v: not v,
     "bias": lambda v: v in (None, "none"),
     "lora_bias": lambda v: not v,
@@ -265,6 +271,11 @@ def _read_config(config_path: str, weights_path: str, folder: str) -> dict:
     if config.get("peft_type") != "LORA":
         raise AdapterError(f"{config_path}: peft_type={config.get('peft_type')!r}; only 'LORA' is supported")
     bad = {k: config[k] for k, ok in _UNSUPPORTED.items() if k in config and not ok(config[k])}
+    if "init_lora_weights" in bad:
+        raise AdapterError(f"{config_path}: init_lora_weights={bad['init_lora_weights']!r} makes PEFT rewrite the base "
+                           "weights as well, so this adapter applies to a modified base model that emjax does not "
+                           "have; save it from PEFT as a plain LoRA with save_pretrained(..., "
+                           "path_initial_model_for_weight_conversion=...) and load that")
     if bad:
         raise AdapterError(f"{config_path}: unsupported LoRA options {bad}; emjax applies only plain "
                            "LoRA (optionally rsLoRA) without bias, DoRA or per-module patterns")

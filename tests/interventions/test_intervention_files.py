@@ -279,12 +279,21 @@ def test_mixed_adapter_names(saved):
 
 @pytest.mark.parametrize("option", [dict(use_dora=True), dict(bias="all"), dict(modules_to_save=["lm_head"]),
                                     dict(rank_pattern={"q_proj": 4}), dict(alpha_pattern={"q_proj": 2}),
-                                    dict(peft_type="LOHA"), dict(layers_pattern="blocks")])
+                                    dict(peft_type="LOHA"), dict(layers_pattern="blocks"),
+                                    # these inits rewrite the base weights too (on load as well)
+                                    dict(init_lora_weights="pissa"), dict(init_lora_weights="pissa_niter_4"),
+                                    dict(init_lora_weights="olora"), dict(init_lora_weights="loftq")])
 def test_unsupported_options(saved, option):
     edit_config(saved, **option)
     with pytest.raises(AdapterError, match="adapter_config.json") as e:
         load_peft_lora(saved, TINY)
     assert next(iter(option)) in str(e.value)
+
+
+@pytest.mark.parametrize("init", [True, False, "gaussian", "eva", "orthogonal"])
+def test_inits_that_only_set_a_and_b_load(saved, init):
+    edit_config(saved, init_lora_weights=init)
+    assert load_peft_lora(saved, TINY).layers
 
 
 def test_non_product_targets(saved):
