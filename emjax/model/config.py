@@ -18,8 +18,8 @@ from typing import Any, Callable, Literal
 
 from emjax.errors import EmjaxError
 
-Activation = Literal["silu", "gelu_tanh"]
-ACTIVATIONS = ("silu", "gelu_tanh")
+Activation = Literal["silu", "gelu_tanh", "gelu"]
+ACTIVATIONS = ("silu", "gelu_tanh", "gelu")
 
 
 class ConfigError(EmjaxError, ValueError):
@@ -64,7 +64,8 @@ class ModelConfig:
         dtype first (Gemma).
       tie_embeddings: the unembedding is the transposed embedding (no `lm_head` weight).
       qkv_bias / o_bias: the q/k/v projections / the o projection carry biases.
-      activation: gate activation of the gated MLP, "silu" (SwiGLU) or "gelu_tanh" (GeGLU).
+      activation: gate activation of the gated MLP, "silu" (SwiGLU), "gelu_tanh" (GeGLU with
+        the tanh approximation) or "gelu" (GeGLU, exact erf GELU).
       query_pre_attn_scalar: attention scale is this ** -0.5 (Gemma-2); None: head_dim ** -0.5.
       attn_softcap / final_softcap: `c * tanh(x / c)` on attention / final logits, or None.
       sliding_window: window size W for sliding layers: a query at position p sees keys at

@@ -80,7 +80,8 @@ def mlp(w: LayerWeights, x: jax.Array, cfg: ModelConfig, hooks: LayerHooks | Non
     gate, up = add_lora_shared(hooks, ("gate_proj", "up_proj"), x, (x @ w.gate_proj, x @ w.up_proj))
 
     def down(gate, up):
-        act = jax.nn.silu(gate) if cfg.activation == "silu" else jax.nn.gelu(gate, approximate=True)
+        act = (jax.nn.silu(gate) if cfg.activation == "silu"
+               else jax.nn.gelu(gate, approximate=cfg.activation == "gelu_tanh"))
         return _proj(act * up, w.down_proj, "down_proj", hooks)
     return (_recompute(down) if lean else down)(gate, up)
 

@@ -89,6 +89,21 @@ def test_softcaps_are_active():
     assert float(jnp.max(jnp.abs(raw))) > cfg.attn_softcap
 
 
+def test_gemma2_exact_gelu():
+    """Gemma-2 runs hidden_activation "gelu" as the exact erf GELU (transformers' Gemma2MLP), not
+    the tanh approximation of its default (and of Gemma-1's "gelu")."""
+    hf = build_hf(gemma2_config(hidden_activation="gelu"), seed=3, weight_scale=8.0)
+    cfg, w = to_emjax(hf)
+    assert cfg.activation == "gelu"
+    tokens, mask = padded_batch(np.random.default_rng(17), cfg.vocab_size, [13, 9], "left")
+    ref, _ = hf_forward(hf, tokens, mask)
+    ours = np.asarray(M.forward(w, cfg, jnp.asarray(tokens), jnp.asarray(mask)))
+    tanh = np.asarray(M.forward(w, cfg.replace(activation="gelu_tanh"), jnp.asarray(tokens), jnp.asarray(mask)))
+    m = mask.astype(bool)
+    np.testing.assert_allclose(ours[m], ref[m], atol=TOL, rtol=0)
+    assert np.abs(tanh[m] - ref[m]).max() > 10 * TOL
+
+
 def test_llama3_rope_scaling_is_active():
     """Without its llama3 scaling the tiny Llama's logits move hundreds of tolerances away, so the parity
     above tests the scaled frequencies (all three bands: see hf_reference.llama3_config)."""

@@ -10,6 +10,10 @@ from emjax.model.families.entry import Family
 BLOCK = dict(norm_plus_one=True, post_attn_norm=True, post_mlp_norm=True, embed_scale=True, activation="gelu_tanh")
 
 
+# transformers' ACT2FN names -> ours: gelu_pytorch_tanh and gelu_new are the tanh approximation
+GELUS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
+
+
 def _even_layers(n: int) -> tuple[bool, ...]:
     return tuple(i % 2 == 0 for i in range(n))  # transformers' default: even layers slide
 
@@ -19,12 +23,13 @@ def config(hf: HFConfig) -> ModelConfig:
     layer_types = hf.get("layer_types")
     sliding = (tuple(t == "sliding_attention" for t in layer_types) if layer_types
                else _even_layers(common["n_layers"]))
-    # Gemma configs say "gelu" but mean the tanh approximation (as transformers does)
-    act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
-    if act not in ("gelu_pytorch_tanh", "gelu"):
-        raise hf.fail(f"hidden_activation={act!r} is not supported")
+    # transformers' Gemma2MLP reads `hidden_activation` alone (default gelu_pytorch_tanh; a Gemma-1
+    # `hidden_act` is not read) and, unlike Gemma-1, runs "gelu" as the exact erf GELU
+    act = hf.get("hidden_activation") or "gelu_pytorch_tanh"
+    if act not in GELUS:
+        raise hf.fail(f"hidden_activation={act!r} is not supported (one of {sorted(GELUS)})")
     bias = bool(hf.get("attention_bias", False))
-    return ModelConfig(**common, **BLOCK, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+    return ModelConfig(**common, **{**BLOCK, "activation": GELUS[act]}, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
                        qkv_bias=bias, o_bias=bias, query_pre_attn_scalar=float(hf.need("query_pre_attn_scalar")),
                        attn_softcap=opt_float(hf.get("attn_logit_softcapping")),
                        final_softcap=opt_float(hf.get("final_logit_softcapping")),
