@@ -343,6 +343,15 @@ def _hf_config(reader: Any, meta: dict[str, Any], path: Path, mapping: GGUFMappi
             cfg[key.replace("padding", "pad")] = int(meta[f"tokenizer.ggml.{key}"])
     if d % heads:
         raise GGUFError(f"{path}: embedding_length {d} is not a multiple of head_count {heads}")
+    # What llama.cpp would apply and this plain-RoPE config would not: refused, never dropped.
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        raise GGUFError(f"{path}: metadata {arch}.rope.scaling.type={scaling!r}: RoPE scaling in a GGUF is not supported")
+    for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
+        value = meta.get(f"{arch}.{key}")
+        if value is not None and int(value) != cfg["head_dim"]:
+            raise GGUFError(f"{path}: metadata {arch}.{key}={value} differs from embedding_length / head_count = "
+                            f"{cfg['head_dim']}: not supported")
     return cfg
 
 

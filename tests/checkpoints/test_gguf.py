@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -201,9 +203,9 @@ _TINY = dict(vocab=64, d=32, ffn=64, layers=2, heads=2, kv=1)
 
 
 def _write_tiny_qwen2(path: Path, *, arch: str = "qwen2", tied: bool = False, drop: str | None = None,
-                      seed: int = 0) -> dict[str, np.ndarray]:
+                      seed: int = 0, extra: Callable[[gguf.GGUFWriter], None] | None = None) -> dict[str, np.ndarray]:
     """A 2-layer qwen2 GGUF; returns the HF-named float32 tensors it stores (Q8_0 for matrices,
-    as dequantized by gguf, so exact comparison is possible)."""
+    as dequantized by gguf, so exact comparison is possible). extra: adds more metadata."""
     t = _TINY
     hd = t["d"] // t["heads"]
     rng = np.random.default_rng(seed)
@@ -216,6 +218,8 @@ def _write_tiny_qwen2(path: Path, *, arch: str = "qwen2", tied: bool = False, dr
     w.add_head_count_kv(t["kv"])
     w.add_rope_freq_base(1e6)
     w.add_layer_norm_rms_eps(1e-6)
+    if extra is not None:
+        extra(w)
     shapes = {"token_embd.weight": (t["vocab"], t["d"]), "output_norm.weight": (t["d"],)}
     if not tied:
         shapes["output.weight"] = (t["vocab"], t["d"])
@@ -290,6 +294,23 @@ def test_unknown_arch_is_named(tmp_path):
     with pytest.raises(GGUFError, match=r"unsupported GGUF architecture 'llama'") as ei:
         load_gguf(path)
     assert str(path) in str(ei.value)
+
+
+@pytest.mark.parametrize("extra, key", [
+    (lambda w: (w.add_rope_scaling_type(gguf.RopeScalingType.YARN), w.add_rope_scaling_factor(4.0)),
+     "qwen2.rope.scaling.type='yarn'"),
+    (lambda w: w.add_rope_dimension_count(4), "qwen2.rope.dimension_count=4"),
+    (lambda w: w.add_key_length(8), "qwen2.attention.key_length=8")])
+def test_rope_and_head_metadata_this_config_cannot_follow_are_refused(tmp_path, extra, key):
+    """llama.cpp applies these; a plain-RoPE config of head_dim d / heads would silently not."""
+    path = tmp_path / "odd.gguf"
+    _write_tiny_qwen2(path, extra=extra)
+    with pytest.raises(GGUFError, match=re.escape(f"{path}: metadata {key}")):
+        load_gguf(path)
+    plain = tmp_path / "plain.gguf"  # the values a plain config implies are fine
+    _write_tiny_qwen2(plain, extra=lambda w: (w.add_rope_scaling_type(gguf.RopeScalingType.NONE),
+                                              w.add_rope_dimension_count(_TINY["d"] // _TINY["heads"])))
+    assert load_gguf(plain).hf_config["head_dim"] == _TINY["d"] // _TINY["heads"]
 
 
 def test_missing_tensor_is_named(tmp_path):
