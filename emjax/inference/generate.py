@@ -126,15 +126,20 @@ def _specs(intervention: str | None, interventions: Mapping[str, InterventionSpe
     return out
 
 
-def _batch_rows(sampling: SamplingSettings, model: LoadedModel, prompt_len: int, prompt_rows: int) -> int:
+def _batch_rows(sampling: SamplingSettings, model: LoadedModel, prompt_len: int, units: int) -> int:
+    """Rows per sampler call; `units` distinct prompts in the whole run, of at most `prompt_len`
+    tokens. A call prefills only its own rows' prompts, at most one per row."""
     if sampling.batch_size > 0:
         return sampling.batch_size
     budget = S.default_memory_budget(next(iter(model.weights.embed.sharding.device_set)))
     if budget is None:
         return AUTO_CPU_ROWS
-    fit = S.max_rows(model.cfg, prompt_len, sampling.max_new_tokens, model.weights.embed.dtype, budget[0],
-                     prompt_rows=-(-prompt_rows // 8) * 8)
-    return max(1, min(AUTO_MAX_ROWS, fit))
+    fit = lambda prompt_rows: S.max_rows(model.cfg, prompt_len, sampling.max_new_tokens,  # noqa: E731
+                                         model.weights.embed.dtype, budget[0], prompt_rows=prompt_rows)
+    # no call holds more rows than fit beside one prompt, so none holds more than min(units, that)
+    # prompts: the rows that fit beside that many prompts fit every call
+    rows = fit(min(units, fit(1)))
+    return max(1, min(AUTO_MAX_ROWS, rows))
 
 
 def generate(model: str | LoadedModel | LazyModel, questions: str | Sequence[str], out: str, *,

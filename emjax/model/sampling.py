@@ -128,6 +128,19 @@ def _layers_with_cache(weights: Weights, cfg: ModelConfig, x: jax.Array, q_pos: 
     return x, cache.replace(k=k, v=v)
 
 
+def _check_settings(cfg: ModelConfig, max_new_tokens: int, temperature: float, top_p: float, top_k: int) -> int:
+    """ValueError for settings no answer can be sampled with; returns top_k, 0 (no filter) where it
+    keeps the whole vocabulary (as transformers' top-k does when k >= V)."""
+    bad = [f"{name} must be {want}, got {v!r}" for name, v, ok, want in (
+        ("max_new_tokens", max_new_tokens, int(max_new_tokens) >= 1, ">= 1"),
+        ("temperature", temperature, math.isfinite(temperature) and temperature >= 0, "a finite number >= 0"),
+        ("top_p", top_p, 0 < top_p <= 1, "in (0, 1]"),  # NaN fails both
+        ("top_k", top_k, int(top_k) >= 0, ">= 0")) if not ok]
+    if bad:
+        raise ValueError("; ".join(bad))
+    return 0 if top_k >= cfg.vocab_size else int(top_k)
+
+
 def _filter_logits(logits: jax.Array, temperature: float, top_k: int, top_p: float) -> jax.Array:
     """logits [B, V] float32 -> scaled logits with excluded tokens at -inf."""
     logits = logits / temperature
@@ -386,10 +399,19 @@ def _budget(memory_budget: int | None, weights: Weights) -> tuple[int, str] | No
     return default_memory_budget(next(iter(weights.embed.sharding.device_set)))
 
 
+PAD_TO = 8  # `sample`'s default rounding of the prompt length and of the prefill rows
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
 def max_rows(cfg: ModelConfig, prompt_len: int, max_new_tokens: int, dtype, budget: int,
-             prompt_rows: int = 1) -> int:
-    """The most decode rows whose buffers fit `budget` bytes (0 if none does)."""
-    est = decode_memory(cfg, 0, prompt_rows, prompt_len, max_new_tokens, dtype)
+             prompt_rows: int = 1, pad_to: int = PAD_TO) -> int:
+    """The most decode rows whose buffers fit `budget` bytes (0 if none does) in a `sample` call of
+    `prompt_rows` distinct prompts of at most `prompt_len` tokens: both are rounded up as `sample`
+    rounds them (the length to `pad_to`, the rows to 8) before its own check."""
+    est = decode_memory(cfg, 0, _round_up(prompt_rows, 8), _round_up(prompt_len, pad_to), max_new_tokens, dtype)
     return max(0, (budget - est.fixed) // est.per_row)
 
 
@@ -467,7 +489,7 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
            interventions: HookSource | InterventionSet | None = None,
            intervention_index: Sequence[int] | None = None, repeats: Sequence[int] | None = None,
            row_ids: Sequence[int] | None = None, share_prompts: bool = True,
-           vocab_limit: int | None = None, pad_to: int = 8, prompt_len: int | None = None,
+           vocab_limit: int | None = None, pad_to: int = PAD_TO, prompt_len: int | None = None,
            layer_unroll: int = 1, decode_attention: str = "auto", stop_check: int = STOP_CHECK,
            memory_budget: int | None = None, ablation: DirectionAblation | None = None,
            shrink_min_rows: int = shrink.SHRINK_MIN_ROWS) -> Samples:
@@ -477,6 +499,7 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token")
+    top_k = _check_settings(cfg, max_new_tokens, temperature, top_p, top_k)
     index = None
     if isinstance(interventions, InterventionSet):
         if intervention_index is None or len(intervention_index) != len(prompts):
@@ -498,7 +521,7 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     if ids.shape != (b,) or (b and (ids.min() < 0 or ids.max() >= 2 ** 32)):
         raise ValueError(f"row_ids must give one id in [0, 2**32) per row ({b} rows after repeats)")
     p = max(max(len(x) for x in unit_prompts), prompt_len or 0)
-    p = -(-p // pad_to) * pad_to
+    p = _round_up(p, pad_to)
     u = len(unit_prompts)
     # prefill rows padded to a multiple of 8 with copies of the last prompt (never decoded): batches
     # that differ only a little in their number of distinct prompts share one compiled program
@@ -571,7 +594,7 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
              interventions: HookSource | InterventionSet | None = None,
              intervention_index: Sequence[int] | None = None, repeats: Sequence[int] | None = None,
              row_ids: Sequence[int] | None = None, share_prompts: bool = True,
-             vocab_limit: int | None = None, pad_to: int = 8, prompt_len: int | None = None,
+             vocab_limit: int | None = None, pad_to: int = PAD_TO, prompt_len: int | None = None,
              layer_unroll: int = 1, decode_attention: str = "auto", stop_check: int = STOP_CHECK,
              memory_budget: int | None = None, ablation: DirectionAblation | None = None,
              shrink_min_rows: int = shrink.SHRINK_MIN_ROWS) -> list[list[int]]:

@@ -58,3 +58,27 @@ def test_generate_records_and_resume(tiny_model, tmp_path):
     # other settings (more samples) extend rather than repeat
     run(4)
     assert len(read_answers(str(out))) == 6 + 8
+
+
+def test_the_automatic_batch_fits_the_samplers_own_check(tiny_model, tmp_path, monkeypatch):
+    """A device budget sizes the batch (batch_size 0) for the prompt as the sampler pads it (to 8
+    tokens) and for the prompts one call holds, not for every prompt of the run."""
+    import jax.numpy as jnp
+    from emjax.model import sampling as S
+    tok, cfg = tiny_model.tokenizer, tiny_model.cfg
+    questions = ["hello, how are you?", "Drink water?", "and today?", "What is 2+2?"]
+    lengths = [len(tok.prompt_ids(q)) for q in questions]
+    longest = max(lengths)
+    assert longest % 8, "the test needs a prompt the sampler pads"
+    n, rows = 60, 12
+    # the old sizing (unpadded length, prefill rows of the whole run) fits `rows`; the sampler,
+    # which pads the prompt to 8 tokens, would refuse them
+    est = S.decode_memory(cfg, 0, 8, longest, n, jnp.float32)
+    budget = est.fixed + rows * est.per_row
+    assert S.decode_memory(cfg, rows, 8, -(-longest // 8) * 8, n, jnp.float32).total > budget
+    monkeypatch.setattr(S, "default_memory_budget", lambda device=None: (budget, "a test budget"))
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(f'{{"id": "q{i}", "question": "{t}"}}\n' for i, t in enumerate(questions)))
+    out = generate(tiny_model, str(q), str(tmp_path / "a.jsonl"), kinds=["free_form"],
+                   sampling=SamplingSettings(samples=6, max_new_tokens=n))
+    assert out["generated"] == 24

@@ -212,3 +212,18 @@ def test_bad_indices(tiny):
         S.generate(w, cfg, [[1, 2]], max_new_tokens=2, interventions=iset.select([0]))
     with pytest.raises(ValueError, match="row_ids"):
         S.generate(w, cfg, [[1, 2]], max_new_tokens=2, repeats=[2], row_ids=[1])
+
+
+def test_settings_no_answer_can_be_sampled_with(tiny):
+    cfg, w = tiny
+    for kw, what in ((dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
+                     (dict(top_p=0.0), r"top_p must be in \(0, 1\]"), (dict(top_p=float("nan")), "top_p"),
+                     (dict(temperature=-1.0), "temperature must be a finite number"),
+                     (dict(temperature=float("nan")), "temperature"), (dict(top_k=-1), "top_k must be >= 0")):
+        with pytest.raises(ValueError, match=what):
+            S.generate(w, cfg, [[1, 2]], **{"max_new_tokens": 3, **kw})
+    # top_k at or past the vocabulary keeps every token, as transformers' does (it crashed in top_k)
+    for k in (cfg.vocab_size, cfg.vocab_size + 5):
+        assert S.generate(w, cfg, [[1, 2]], max_new_tokens=4, top_k=k, seed=3) == \
+            S.generate(w, cfg, [[1, 2]], max_new_tokens=4, seed=3)
+
