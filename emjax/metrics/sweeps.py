@@ -167,11 +167,12 @@ def place_sweep(stacked: Interventions | Versions, rows: dict, mesh: Mesh | None
     return replicate(stacked, mesh), put_rows(rows, mesh), mesh
 
 
-def batched_rows(fn: Callable[[dict], jax.Array], batches: list[dict]) -> jax.Array:
-    """Token-weighted mean of per-batch sweep results over several row batches."""
+def batched_rows(fn: Callable[[dict], jax.Array], batches: list[dict], metric: str = "ce") -> jax.Array:
+    """Token mean over several row batches of per-batch `sweep_losses` results of `metric`: each
+    batch weighs as many tokens as its own mean is over (`loss_mask` for "ce", `mask` for "kl")."""
     total = weight = 0.0
     for b in batches:
-        w = float(np.sum(b["loss_mask"] if "loss_mask" in b else b["mask"]))
+        w = float(np.sum(b["loss_mask"] if metric == "ce" else b["mask"]))
         total = total + fn(b) * w
         weight += w
     return total / max(weight, 1.0)

@@ -91,7 +91,7 @@ def _mean_over_batches(stacked: Interventions | A.Versions, model: LoadedModel, 
                                          metric=metric, targets=rows["targets"], loss_mask=rows["loss_mask"],
                                          chunk=c.chunk, loss_chunk=c.loss_chunk, ablation=ablation,
                                          attention=resolve_attention("auto", model.cfg)))
-    return np.asarray(SW.batched_rows(one, batches))
+    return np.asarray(SW.batched_rows(one, batches, metric))
 
 
 def efficiency(model: LoadedModel, ivs: dict[str, Interventions], c: ml_collections.ConfigDict) -> pd.DataFrame:

@@ -54,6 +54,25 @@ def test_vmapped_sweep_equals_loop(tiny, kind, metric):
         assert np.all(np.diff(got) > 0)
 
 
+@pytest.mark.parametrize("metric", ["ce", "kl"])
+def test_batches_combine_to_the_token_mean_of_all_rows(tiny, metric):
+    """Rows split into batches of very different token counts give the token mean over every row:
+    each batch weighs the tokens its own mean is over (every real token for KL; it weighed its
+    loss_mask for KL too, one token fewer per row)."""
+    from emjax.data.tokenize import padded_batches
+    cfg, w = tiny
+    rng = np.random.default_rng(5)
+    rows = [rng.integers(0, cfg.vocab_size, n).astype(np.int32) for n in (14, 12, 3, 2)]
+    stacked = A.rescale_to_norms(_trained_like(cfg, "steer", jax.random.PRNGKey(4)), [0.5, 2.0])
+    run = lambda b: SW.sweep_losses(stacked, w, cfg, jnp.asarray(b["tokens"]), jnp.asarray(b["mask"]),
+                                    metric=metric, targets=jnp.asarray(b["targets"]),
+                                    loss_mask=jnp.asarray(b["loss_mask"]))
+    got = np.asarray(SW.batched_rows(run, padded_batches(rows, 2), metric))
+    whole = padded_batches(rows, 4)
+    assert len(whole) == 1
+    np.testing.assert_allclose(got, np.asarray(run(whole[0])), rtol=1e-5, atol=1e-7)
+
+
 def test_sharded_sweep_axis_equals_unsharded(tiny):
     cfg, w = tiny
     tokens, mask, targets, loss_mask = _rows(cfg, 3)
