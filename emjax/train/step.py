@@ -110,8 +110,8 @@ class StepOptions:
 def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 5, weight_decay: float = 0.01,
                    max_grad_norm: float | None = 1.0, max_consecutive_nonfinite: int = 1000):
     """AdamW with linear warmup from 0 and linear decay to 0 (HF's `linear` schedule), global
-    gradient clipping (HF's default max_grad_norm=1.0) and skipping of non-finite updates."""
-    warmup_steps = min(warmup_steps, total_steps)
+    gradient clipping (HF's default max_grad_norm=1.0) and skipping of non-finite updates. A
+    warmup longer than the run stays as long as asked: the run ends part-way up, as HF's does."""
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, lr, max(warmup_steps, 1)),
          optax.linear_schedule(lr, 0.0, max(total_steps - warmup_steps, 1))], [warmup_steps])

@@ -321,3 +321,14 @@ def test_steer_rows_first_is_the_global_row_under_a_mesh_and_vmap(qwen2):
 def test_step_options_refuse_unknown_steer_rows():
     with pytest.raises(ValueError, match="steer_rows must be one of"):
         TS.StepOptions(steer_rows="row0")
+
+
+@pytest.mark.parametrize("total, warmup", [(12, 5), (12, 0), (4, 5), (5, 5)])
+def test_schedule_is_hf_linear_with_warmup(total, warmup):
+    """lr(step) of `make_optimizer` is transformers' get_linear_schedule_with_warmup (written out
+    here), a warmup longer than the run included."""
+    _, schedule = TS.make_optimizer(2e-5, total_steps=total, warmup_steps=warmup)
+    hf = lambda s: s / max(1, warmup) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+    np.testing.assert_allclose([float(schedule(s)) for s in range(total)], [2e-5 * hf(s) for s in range(total)],
+                               rtol=1e-6, atol=1e-12)
+
