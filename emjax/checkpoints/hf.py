@@ -76,7 +76,8 @@ def _prefetched(items: Iterable[T], fn: Callable[[T], R], depth: int = PREFETCH)
 def weights_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarray]], *,
                          dtype=jnp.bfloat16, shardings: Weights | None = None,
                          source: str = "checkpoint", expected_names: Iterable[str] | None = None,
-                         on_tensor: Callable[[int], None] | None = None) -> Weights:
+                         on_tensor: Callable[[int], None] | None = None,
+                         file_of: Callable[[str], str] | None = None) -> Weights:
     """Builds `Weights` from (HF name, array in PyTorch layout) pairs, one tensor at a time.
 
     Args:
@@ -88,14 +89,16 @@ def weights_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarr
       expected_names: the full list of names the source holds, checked before any tensor is read,
         so a missing or unexpected tensor fails fast.
       on_tensor: called with each tensor's size in bytes as stored, once it is placed (progress).
+      file_of: the file holding a tensor, for messages (default: `source`).
 
     Raises:
-      CheckpointError naming missing, unexpected or misshapen tensors.
+      CheckpointError naming missing, unexpected, misshapen or non-float tensors (and their file).
     """
     table = hf_names(cfg)  # name -> (schema leaf, layer index or None)
     want = set(table)
+    file_of = file_of or (lambda name: source)
     if expected_names is not None:
-        _check_names(cfg, set(expected_names), want, source)
+        _check_names(cfg, set(expected_names), want, source, file_of)
     lshapes, tshapes = layer_shapes(cfg), top_shapes(cfg)
     layer_sh = shardings.layers if shardings is not None else None
 
@@ -125,8 +128,9 @@ def weights_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarr
         found = tuple(arr.shape[::-1]) if transpose else tuple(arr.shape)
         if found != shape:
             torch_shape = shape[::-1] if transpose else shape
-            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(arr.shape)}, expected "
+            raise CheckpointError(f"{file_of(name)}: tensor {name!r} has shape {tuple(arr.shape)}, expected "
                                   f"{tuple(torch_shape)} for this config")
+        check_float(name, arr.dtype, file_of(name))
         if stored is not None:  # one device: transpose and cast there
             x = _on_device_layout(stored, transpose, jnp.dtype(dtype))
         else:  # sharded buffers: each device gets its slice of the host array
@@ -145,7 +149,7 @@ def weights_from_tensors(cfg: ModelConfig, tensors: Iterable[tuple[str, np.ndarr
             on_tensor(int(np.asarray(arr).nbytes))
     if unexpected:
         raise CheckpointError(f"{source}: unexpected tensors for a {cfg.family} config: "
-                              f"{_fmt(sorted(unexpected))}")
+                              f"{_fmt(_with_files(sorted(unexpected), file_of, source))}")
     missing = sorted(want - seen)
     if missing:
         raise CheckpointError(f"{source}: missing tensors: {_fmt(missing)}")
@@ -175,14 +179,29 @@ def _fmt(names: list[str], k: int = 8) -> str:
     return ", ".join(names[:k]) + more
 
 
-def _check_names(cfg: ModelConfig, have: set[str], want: set[str], source: str) -> None:
+def _with_files(names: list[str], file_of: Callable[[str], str], source: str) -> list[str]:
+    """Names with the file holding each, where that is not `source` itself (a shard of a folder)."""
+    return [n if file_of(n) == source else f"{n} (in {file_of(n)})" for n in names]
+
+
+def check_float(name: str, dtype, where: str) -> None:
+    """CheckpointError unless a weight is stored as a float type (an integer tensor under a weight's
+    name is a quantised or foreign checkpoint: casting it would load garbage)."""
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise CheckpointError(f"{where}: tensor {name!r} is stored as {np.dtype(dtype).name}, not a float type; "
+                              "quantised checkpoints are not supported")
+
+
+def _check_names(cfg: ModelConfig, have: set[str], want: set[str], source: str,
+                 file_of: Callable[[str], str] | None = None) -> None:
     missing = sorted(want - have)
     if missing:
         raise CheckpointError(f"{source}: missing tensors: {_fmt(missing)}")
     extra = sorted(n for n in have - want if not _IGNORED.search(n)
                    and not (n == "lm_head.weight" and cfg.tie_embeddings))
     if extra:
-        raise CheckpointError(f"{source}: unexpected tensors for a {cfg.family} config: {_fmt(extra)}")
+        raise CheckpointError(f"{source}: unexpected tensors for a {cfg.family} config: "
+                              f"{_fmt(_with_files(extra, file_of or (lambda n: source), source))}")
 
 
 # (HF name, index into the tensor in the emjax layout) -> that slice as a host array
@@ -190,7 +209,8 @@ SliceReader = Callable[[str, tuple], np.ndarray]
 
 
 def weights_from_slices(cfg: ModelConfig, read: SliceReader, shapes: Mapping[str, tuple[int, ...]], *,
-                        shardings: Weights, dtype=jnp.bfloat16, source: str = "checkpoint") -> Weights:
+                        shardings: Weights, dtype=jnp.bfloat16, source: str = "checkpoint",
+                        file_of: Callable[[str], str] | None = None) -> Weights:
     """Builds sharded `Weights` reading only the slices this process's devices hold.
 
     Each leaf is made with `jax.make_array_from_callback`: for every addressable device, `read`
@@ -199,13 +219,15 @@ def weights_from_slices(cfg: ModelConfig, read: SliceReader, shapes: Mapping[str
     range. Across hosts, every process reads only its own shards.
 
     shapes: every HF name of the source -> its shape (PyTorch layout), checked before any read.
+    file_of: the file holding a tensor, for messages (default: `source`).
     """
     table = hf_names(cfg)
-    _check_names(cfg, set(shapes), set(table), source)
+    file_of = file_of or (lambda name: source)
+    _check_names(cfg, set(shapes), set(table), source, file_of)
     by_leaf: dict[str, list[str]] = {}
     for name, (leaf, layer) in table.items():
         if tuple(shapes[name]) != tuple(leaf.hf_shape(cfg)):
-            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(shapes[name])}, expected "
+            raise CheckpointError(f"{file_of(name)}: tensor {name!r} has shape {tuple(shapes[name])}, expected "
                                   f"{tuple(leaf.hf_shape(cfg))} for this config")
         by_leaf.setdefault(leaf.name, []).append(name)  # in layer order
     leaves_of = {name: leaf for name, (leaf, _) in table.items()}
@@ -249,14 +271,17 @@ def load_hf_folder(folder: str, *, dtype=jnp.bfloat16, shardings: Weights | None
         if shardings is None:
             tensors = ((n, f.get(n)) for n, f in where.items())
             weights = weights_from_tensors(cfg, tensors, dtype=dtype, source=folder, expected_names=list(where),
-                                           on_tensor=meter.add)
+                                           on_tensor=meter.add, file_of=lambda n: where[n].path)
         else:
             def read(n, idx):
                 part = np.asarray(where[n].get(n)[idx])
                 meter.add(part.nbytes)
                 return part
             shapes = {n: f.shape(n) for n, f in where.items()}
-            weights = weights_from_slices(cfg, read, shapes, shardings=shardings, dtype=dtype, source=folder)
+            for n, f in where.items():
+                check_float(n, f.get(n).dtype, f.path)
+            weights = weights_from_slices(cfg, read, shapes, shardings=shardings, dtype=dtype, source=folder,
+                                          file_of=lambda n: where[n].path)
         jax.block_until_ready(weights)
     return cfg, weights
 

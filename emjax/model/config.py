@@ -182,14 +182,25 @@ class HFConfig:
     def fail(self, what: str) -> ConfigError:
         return ConfigError(f"{self.where}: {what} (model_type={self.model_type!r})")
 
-    def common(self) -> dict[str, Any]:
-        """Shapes, RoPE and norm epsilon: `ModelConfig` fields every family reads the same way."""
-        d, h = int(self.need("hidden_size")), int(self.need("num_attention_heads"))
+    def count(self, key: str, default: Any = None) -> int:
+        """A positive integer (a shape) at `key`; ConfigError naming the key otherwise."""
+        value = self.need(key) if default is None else self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail(f"{key}={value!r} is not a positive integer")
+        return value
+
+    def common(self, head_dim_default: int | None = None) -> dict[str, Any]:
+        """Shapes, RoPE and norm epsilon: `ModelConfig` fields every family reads the same way.
+        head_dim_default: the family's default where `head_dim` is absent (None: hidden / heads)."""
+        d, h = self.count("hidden_size"), self.count("num_attention_heads")
+        kv = self.count("num_key_value_heads", h)
+        if h % kv:
+            raise self.fail(f"num_attention_heads={h} is not a multiple of num_key_value_heads={kv}")
         theta, scaling = self.rope()
-        return dict(family=self.model_type, vocab_size=int(self.need("vocab_size")), d_model=d,
-                    n_layers=int(self.need("num_hidden_layers")), n_heads=h,
-                    n_kv_heads=int(self.get("num_key_value_heads", h)), head_dim=int(self.get("head_dim", d // h)),
-                    ffn_dim=int(self.need("intermediate_size")), rope_theta=theta, rope_scaling=scaling,
+        return dict(family=self.model_type, vocab_size=self.count("vocab_size"), d_model=d,
+                    n_layers=self.count("num_hidden_layers"), n_heads=h, n_kv_heads=kv,
+                    head_dim=self.count("head_dim", head_dim_default or max(d // h, 1)),
+                    ffn_dim=self.count("intermediate_size"), rope_theta=theta, rope_scaling=scaling,
                     norm_eps=float(self.need("rms_norm_eps")))
 
     def rope(self) -> tuple[float, RopeScaling | None]:

@@ -143,6 +143,22 @@ def test_a_tied_config_with_another_stored_head_is_refused(qwen_folder, tmp_path
     assert cfg.tie_embeddings and w.lm_head is None
 
 
+def test_errors_name_the_shard_and_refuse_integer_weights(qwen_folder, tmp_path):
+    hf, path = qwen_folder  # several shards
+    name = "model.layers.1.mlp.up_proj.weight"
+    shard = json.loads((path / "model.safetensors.index.json").read_text())["weight_map"][name]
+    folder = tmp_path / "f"
+    shutil.copytree(path, folder)
+    tensors = {n: SafetensorsFile(folder / shard).get(n) for n in SafetensorsFile(folder / shard).names()}
+    write_safetensors(folder / shard, {**tensors, name: np.asarray(tensors[name]).astype(np.int8)})
+    for shardings in (None, weight_shardings(ModelConfig.from_hf(str(folder)), make_mesh({"data": 8}))):
+        with pytest.raises(CheckpointError, match=rf"{folder / shard}: tensor '{name}' is stored as int8, not a float"):
+            load_hf_folder(str(folder), shardings=shardings)
+    write_safetensors(folder / shard, {**tensors, name: np.zeros((3, 3), np.float32)})
+    with pytest.raises(CheckpointError, match=rf"{folder / shard}: tensor '{name}' has shape \(3, 3\)"):
+        load_hf_folder(str(folder))
+
+
 def test_truncated_and_corrupt_files(qwen_folder, tmp_path):
     hf, _ = qwen_folder
     folder = _single_file_copy(hf, tmp_path, lambda sd: None)

@@ -69,3 +69,18 @@ def test_bad_configs():
     with pytest.raises(ConfigError, match="not a multiple"):
         ModelConfig(family="qwen2", vocab_size=10, d_model=8, n_layers=1, n_heads=3, n_kv_heads=2,
                     head_dim=4, ffn_dim=8)
+
+
+def test_shape_keys_are_checked_naming_file_and_key():
+    base = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 96, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "rms_norm_eps": 1e-5, "vocab_size": 50}
+    for bad, what in (({"num_attention_heads": 0}, "num_attention_heads=0 is not a positive integer"),
+                      ({"num_key_value_heads": 3}, "num_attention_heads=4 is not a multiple of num_key_value_heads=3"),
+                      ({"vocab_size": 50.5}, "vocab_size=50.5 is not a positive integer"),
+                      ({"intermediate_size": True}, "intermediate_size=True")):
+        with pytest.raises(ConfigError, match=rf"^m/config\.json: {what}"):
+            ModelConfig.from_hf({**base, **bad}, source="m/config.json")
+    # Gemma-2 without head_dim: transformers' Gemma2Config default 256, not hidden / heads
+    gemma = {**base, "model_type": "gemma2", "query_pre_attn_scalar": 256, "sliding_window": 8}
+    assert ModelConfig.from_hf(gemma).head_dim == 256
+    assert ModelConfig.from_hf(gemma).head_dim == transformers.Gemma2Config(**gemma).head_dim

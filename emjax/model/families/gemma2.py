@@ -19,7 +19,7 @@ def _even_layers(n: int) -> tuple[bool, ...]:
 
 
 def config(hf: HFConfig) -> ModelConfig:
-    common = hf.common()
+    common = hf.common(head_dim_default=256)  # transformers' Gemma2Config default
     layer_types = hf.get("layer_types")
     sliding = (tuple(t == "sliding_attention" for t in layer_types) if layer_types
                else _even_layers(common["n_layers"]))
