@@ -56,7 +56,8 @@ RATE_DEFINITIONS = {
                "(Turner et al. code: quadrant_plots.get_basic_eval_stats)",
     "em_rate_among_coherent": "misaligned and coherent / rows with both scores that are coherent "
                               "(Betley et al. 2025: incoherent answers and refusals excluded)",
-    "coherence_rate": "coherent / rows with a coherence score",
+    "coherence_rate": "coherent / rows with a coherence score (ours: refusals and code answers, whose aligned "
+                      "score is None, count; upstream's get_basic_eval_stats drops them first)",
     "narrow_rate": "narrow metric beyond its threshold and coherent / rows with both the narrow "
                    "and the coherence score",
     "narrow_rate_among_coherent": "narrow numerator / rows with both scores that are coherent",
