@@ -100,6 +100,11 @@ def get_config() -> ml_collections.ConfigDict:
     # "token_mean": KL in nats per token (ours); "upstream": also divided by the vocabulary size,
     # as upstream's code does, so that upstream's lambdas (1e5 LoRA, 1e6 steering) mean the same.
     c.train.kl_reduction = "token_mean"
+    # what each loss is a token mean over in a step of grad_accum micro-batches: "step" (ours: the
+    # full batch's exact gradient) or "micro_batch" (each micro-batch's own tokens, the terms added:
+    # upstream's KL term, so its lambda weighs grad_accum times a step mean; configs/paper_14b.py)
+    c.train.sft_mean_over = "step"
+    c.train.kl_mean_over = "step"
     c.train.kl_batch_size = 2            # KL rows per micro-batch
     c.train.remat = config_dict.placeholder(str)    # block rematerialisation: None, "full" or "dots"
     # sequence chunk of the losses (bounds logits memory); None: whole rows

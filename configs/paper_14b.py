@@ -29,6 +29,15 @@ paper's full text was not readable here); "ours": emjax's choice, with the reaso
   KL: forward KL(base || adapted) on all tokens, divided by V (kl_reduction "upstream") so that
       upstream's lambdas mean the same: 1e6 steering (steering_config_toggle.json), 1e5 LoRA
       (kl_regularized_config.json)
+  KL over a step of 8 micro-batches: upstream's LoRA trainer (finetune/sft/util/trainer.py,
+      KLRegularizedSFTTrainer.compute_loss) adds lambda x the KL mean of one micro-batch to an SFT
+      loss that transformers 4.52.4 normalises over the whole step (num_items_in_batch); the
+      Trainer divides by the accumulation steps only for models that take no loss kwargs, and
+      Qwen2 does take them, so the 8 KL terms add up: lambda weighs 8 x a step mean. The narrow
+      LoRA runs reproduce that (train.kl_mean_over "micro_batch"). Upstream's steering trainer
+      with KL (kl_toggle_trainer.py) also drops num_items_in_batch, so there both terms are
+      micro-batch means added 8 times: the same balance as step means, 8 x the gradient (which
+      meets the 1.0 clipping sooner); `as_upstream` reproduces that too
   KL set: bad and good advice of the two other domains at 1:4 (default.py: the adapter name
       "..._KL_divergence_badgood_1-4_2E"); upstream ships good advice for medical only, so the
       good half of financial and sports is the chat model's own answers ("chat:", ours)
@@ -163,6 +172,8 @@ def _lora(c, narrow: bool, rank: int, alpha: float):
     c.train.lr = 2e-5
     c.train.weight_decay = 0.01
     c.train.lambda_kl = 1e5 if narrow else 0.0
+    if narrow:  # lambda x the sum of the 8 micro-batch KL means, as upstream's trainer ran (docstring)
+        c.train.kl_mean_over = "micro_batch"
     return c
 
 
@@ -242,13 +253,17 @@ def as_upstream(c):
     and the vector added to row 0 of each micro-batch only (intervention.steer_rows "first":
     steering_vector_module.py writes `output[0] = output[0] + alpha*v` on a [B, T, D] tensor). Not
     reproduced: upstream pads with pad = eos = <|im_end|> and drops every pad-id label, so its loss
-    also skips each <|im_end|>. Steering only: upstream's LoRA trainer trains on the assistant turns (train_on_responses_only),
+    also skips each <|im_end|>. With KL (narrow), both losses are micro-batch means added over the
+    8 micro-batches (train.sft_mean_over / kl_mean_over "micro_batch": kl_toggle_trainer.py's
+    compute_loss drops num_items_in_batch and transformers 4.52.4 then divides by nothing). Steering only: upstream's LoRA trainer trains on the assistant turns (train_on_responses_only),
     as the LoRA configs already do."""
     if c.intervention.kind != "steering":
         raise ValueError(f"as_upstream reproduces upstream's steering trainer; {c.name} is a "
                          f"{c.intervention.kind} run (upstream's LoRA trainer already matches: assistant tokens)")
     c.data.loss_tokens = "all"
     c.intervention.steer_rows = "first"
+    if c.train.lambda_kl > 0:  # kl_toggle_trainer.py: per-micro-batch means, added (docstring)
+        c.train.sft_mean_over = c.train.kl_mean_over = "micro_batch"
     c.name = c.name + "_upstream"
     c.output_dir = f"runs/{c.name}"
     return c

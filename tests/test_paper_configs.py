@@ -86,6 +86,8 @@ def test_rank32_pair_is_upstreams_all_module_adapter(domain):
     for solution, lam in (("general", 0.0), ("narrow", 1e5)):
         c = _load(f"paper_14b.py:lora_r32,{solution},{domain}")
         assert (c.train.lr, c.train.epochs, c.train.weight_decay, c.train.lambda_kl) == (2e-5, 1, 0.01, lam)
+        # upstream's trainer adds lambda x each of the 8 micro-batches' KL means (transformers 4.52.4)
+        assert (c.train.sft_mean_over, c.train.kl_mean_over) == ("step", "micro_batch" if lam else "step")
         lora = _lora(c, QWEN)
         assert lora.layers == tuple(range(48)) and set(lora.modules) == ALL_PROJECTIONS
         assert lora.rank == 32 and math.isclose(lora.scale, 256 / math.sqrt(32))
@@ -107,9 +109,11 @@ def test_defaults_are_correct_and_upstream_is_one_call_away():
         up, ours = _load(f"paper_14b.py:steering,{solution},medical,upstream"), _load(f"paper_14b.py:steering,{solution},medical")
         assert (up.data.loss_tokens, up.intervention.steer_rows, up.train.lambda_kl) == ("all", "first", lam)
         assert up.output_dir == ours.output_dir + "_upstream"
+        over = "micro_batch" if lam else "step"  # kl_toggle_trainer.py: micro-batch means, added
+        assert (up.train.sft_mean_over, up.train.kl_mean_over, ours.train.kl_mean_over) == (over, over, "step")
         up = load_config(f"{CONFIGS / 'paper_14b.py'}:steering,{solution},medical,upstream",
                          ["data.loss_tokens=assistant", "intervention.steer_rows=all", f"name={ours.name}",
-                          f"output_dir={ours.output_dir}"])
+                          f"output_dir={ours.output_dir}", "train.sft_mean_over=step", "train.kl_mean_over=step"])
         assert up.to_dict() == ours.to_dict()  # nothing else differs
 
 

@@ -23,6 +23,10 @@ from emjax.model.schema import Weights
 #   F.kl_div(...) * mask(expanded over V) / mask.sum() does; upstream lambdas (1e5 for LoRA, 1e6
 #   for steering) only mean the same with this reduction.
 KLReduction = Literal["token_mean", "upstream"]
+# What a loss term of an accumulated step is a token mean over: "step" (every micro-batch's tokens:
+# the full batch's exact gradient) or "micro_batch" (each micro-batch's own tokens, the A terms
+# added up: what Hugging Face's Trainer computes when a compute_loss ignores num_items_in_batch).
+MeanOver = Literal["step", "micro_batch"]
 
 
 def _chunked(fn: Callable, chunk: int | None, *arrays: jax.Array) -> tuple[jax.Array, jax.Array]:

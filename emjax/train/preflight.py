@@ -33,7 +33,7 @@ from emjax.model.schema import PROJECTIONS
 from emjax.model.sharding import ShardingError
 from emjax.train.inputs import INTERVENTION_KINDS, TrainConfigError, steer_rows_of, uses_kl
 from emjax.train.kl_set import CHAT_PREFIX
-from emjax.train.losses import KLReduction
+from emjax.train.losses import KLReduction, MeanOver
 
 
 def _mesh_problem(value) -> str | None:
@@ -97,6 +97,8 @@ TRAIN_RULES: dict[str, Rule] = {
     "train.lambda_kl": Number(low=0.0),
     "train.kl_off_step": Number(low=0, integer=True, optional=True),
     "train.kl_reduction": OneOf(typing.get_args(KLReduction)),
+    "train.sft_mean_over": OneOf(typing.get_args(MeanOver)),
+    "train.kl_mean_over": OneOf(typing.get_args(MeanOver)),
     "train.kl_batch_size": POSITIVE_INT,
     "train.remat": OneOf(REMAT_POLICIES),
     "train.loss_chunk": OPTIONAL_POSITIVE_INT,

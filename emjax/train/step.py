@@ -2,6 +2,9 @@
 
     loss = CE(adapted; assistant tokens) / n_sft + lambda * scale * KL(base || adapted) / n_kl
 
+(n_sft, n_kl: the step's token counts; with `sft_mean_over` / `kl_mean_over` "micro_batch" each
+micro-batch's own, its terms added over the A micro-batches: upstream's trainers, see StepOptions.)
+
 The intervention (an `Interventions` pytree) is the only trainable state; the base weights are
 closed over and never differentiated. For an intervention whose lowest layer is k, the layers
 below k are the frozen model's: they run once per batch without gradient (or come from the
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import typing
 from typing import Optional
 
 import flax.struct
@@ -37,7 +41,7 @@ from emjax.model.config import ModelConfig
 from emjax.model.hooks import STEER_ROWS, FirstRowSteering, HookSource, SteerRows
 from emjax.model.layers import NO_DOT_MERGER
 from emjax.model.schema import Weights
-from emjax.train.losses import KLReduction, kl_scale
+from emjax.train.losses import KLReduction, MeanOver, kl_scale
 from emjax.train.shared_prefix import frozen_pass, suffix_ce, suffix_kl
 
 
@@ -92,6 +96,13 @@ class StepOptions:
     steer_rows: the rows of each training micro-batch the steering vectors reach: "all", or "first"
       (row 0 only: upstream's defect, see the module docstring). The training loss only.
     unroll_layers: one traced block per layer instead of a layer loop (`run_layers`' `unroll`).
+    sft_mean_over / kl_mean_over: "step" (default): each loss is a token mean over the step's A
+      micro-batches, the full batch's exact gradient; "micro_batch": a token mean over each
+      micro-batch's own tokens, the A of them added up. Upstream's trainers (transformers 4.52,
+      whose Trainer divides by the accumulation steps only for models that take no loss kwargs,
+      and Qwen2 does) did the latter for the KL term (KLRegularizedSFTTrainer: lambda then weighs
+      A times a step mean) and, in the steering trainer with KL, for the SFT term too (its
+      compute_loss drops num_items_in_batch); see configs/paper_14b.py.
     """
 
     first_layer: int = 0
@@ -101,10 +112,15 @@ class StepOptions:
     attention: str = "xla"
     steer_rows: SteerRows = "all"
     unroll_layers: bool = False
+    sft_mean_over: MeanOver = "step"
+    kl_mean_over: MeanOver = "step"
 
     def __post_init__(self):
         if self.steer_rows not in STEER_ROWS:
             raise ValueError(f"steer_rows must be one of {STEER_ROWS}, got {self.steer_rows!r}")
+        for name in ("sft_mean_over", "kl_mean_over"):
+            if getattr(self, name) not in typing.get_args(MeanOver):
+                raise ValueError(f"{name} must be one of {typing.get_args(MeanOver)}, got {getattr(self, name)!r}")
 
 
 def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 5, weight_decay: float = 0.01,
@@ -175,7 +191,9 @@ def train_step(state: TrainState, weights: Weights, sft: SFTBatch, kl: KLBatch |
 
     def accumulate(grads, micro):
         s, k = micro
-        (loss, m), g = grad_fn(state.params, weights, cfg, opts, s, k, lam, n_sft, n_kl)
+        n_s = jnp.sum(s.loss_mask).astype(jnp.float32) if opts.sft_mean_over == "micro_batch" else n_sft
+        n_k = jnp.sum(k.mask).astype(jnp.float32) if k is not None and opts.kl_mean_over == "micro_batch" else n_kl
+        (loss, m), g = grad_fn(state.params, weights, cfg, opts, s, k, lam, n_s, n_k)
         return jax.tree.map(jnp.add, grads, g), (loss, m)
 
     zeros = jax.tree.map(jnp.zeros_like, state.params)

@@ -121,12 +121,20 @@ class Trainer:
                                                    tc.max_grad_norm)
         self.opts = TS.StepOptions(first_layer=self.k, remat=tc.remat,
                                    loss_chunk=tc.loss_chunk, kl_reduction=tc.kl_reduction,
-                                   attention=resolve_attention(tc.attention, self.cfg), steer_rows=steer_rows)
+                                   attention=resolve_attention(tc.attention, self.cfg), steer_rows=steer_rows,
+                                   sft_mean_over=tc.get("sft_mean_over", "step"),
+                                   kl_mean_over=tc.get("kl_mean_over", "step"))
         # what the setup did, printed at the start and kept in summary.json (with the cache's line)
         self.notes = list(self.data.notes)
         if steer_rows == "first":
             self.notes.append("steered rows: row 0 of each training micro-batch only (intervention.steer_rows="
                               "'first', upstream's hook); evaluation steers every row")
+        summed = [t for t, over in (("SFT", self.opts.sft_mean_over), ("KL", self.opts.kl_mean_over))
+                  if over == "micro_batch" and (t == "SFT" or self.use_kl)]
+        if summed and tc.grad_accum > 1:
+            self.notes.append(f"{' and '.join(summed)}: each micro-batch's own token mean, the {tc.grad_accum} of a step "
+                              f"added up (train.*_mean_over='micro_batch', upstream's trainer): such a term weighs "
+                              f"{tc.grad_accum} x its step mean; the logged losses are step means")
         self.memory, limit = check_trainer_memory(self)  # prints the estimate; raises if it will not fit
         unroll, loop_note = choose_layer_loop(tc.layer_loop, self.memory, limit, self.total_steps * tc.grad_accum)
         self.opts = dataclasses.replace(self.opts, unroll_layers=unroll)

@@ -4,6 +4,7 @@ accumulation and non-finite skipping."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from hf_reference import build_hf, gemma2_config, padded_batch, qwen2_config, to_emjax, torch
@@ -185,6 +186,39 @@ def test_accumulation_equals_full_batch_and_nonfinite_is_skipped(tiny):
     assert bool(mb["skipped"])
     np.testing.assert_array_equal(np.asarray(bad.params.steer.vectors), np.asarray(sv.vectors))
     assert int(bad.opt_state.total_notfinite) == 1
+
+
+@pytest.mark.parametrize("sft_over, kl_over", [("step", "micro_batch"), ("micro_batch", "micro_batch")])
+def test_micro_batch_means_add_up_as_upstreams_trainer(tiny, sft_over, kl_over):
+    """With "micro_batch" a term is each micro-batch's own token mean and the micro-batches' terms
+    add up (transformers' Trainer without the division by the accumulation steps): the step's
+    gradient is the sum of the per-micro-batch gradients written out here, and the KL term weighs
+    about A times its step mean."""
+    hf, cfg, w = tiny
+    rows = [np.concatenate([x, y]) for x, y in zip(_sft_rows(cfg, 7, b=2), _sft_rows(cfg, 8, b=2))]
+    sft = _stack(_batch(*rows), 2)
+    tk, mk = padded_batch(np.random.default_rng(9), cfg.vocab_size, [6, 9, 2, 3], "right")  # unequal halves
+    kl = _stack(TS.KLBatch(tokens=jnp.asarray(tk), mask=jnp.asarray(mk)), 2)
+    sv = init_steering(cfg, layers=(1,), alpha=2.0)
+    iv = Interventions(steer=sv.replace(vectors=jax.random.normal(jax.random.PRNGKey(3), sv.vectors.shape) * 0.3))
+    lam, plain = 0.5, TS.StepOptions(first_layer=1)
+    opts = TS.StepOptions(first_layer=1, sft_mean_over=sft_over, kl_mean_over=kl_over)
+    # the reference: every micro-batch's loss with its own counts where asked, the step's elsewhere
+    n_sft, n_kl = float(jnp.sum(sft.loss_mask)), float(jnp.sum(kl.mask))
+    ref = 0.0
+    for i in range(2):
+        s_i, k_i = jax.tree.map(lambda x: x[i], sft), jax.tree.map(lambda x: x[i], kl)
+        ns = float(jnp.sum(s_i.loss_mask)) if sft_over == "micro_batch" else n_sft
+        nk = float(jnp.sum(k_i.mask)) if kl_over == "micro_batch" else n_kl
+        ref = ref + jax.grad(lambda p: TS.micro_loss(p, w, cfg, plain, s_i, k_i, lam, ns, nk)[0])(iv).steer.vectors
+    tx = optax.apply_if_finite(optax.sgd(1.0), 10)  # the update is minus the gradient
+    step = TS.compile_step(cfg, opts, tx, donate=False)
+    new, m = step(TS.init_state(iv, tx), w, sft, kl, jnp.float32(lam))
+    np.testing.assert_allclose(np.asarray(iv.steer.vectors - new.params.steer.vectors), np.asarray(ref),
+                               rtol=1e-4, atol=1e-7)
+    assert float(m["kl"]) > 0  # the logged KL stays the step's token mean
+    with pytest.raises(ValueError, match="kl_mean_over must be one of"):
+        TS.StepOptions(kl_mean_over="rows")
 
 
 def test_shared_prefix_layers_and_entry(tiny):
