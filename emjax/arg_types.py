@@ -60,3 +60,18 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+SEED_LIMIT = 2 ** 32  # ours: every generator emjax seeds (numpy's, JAX's threefry keys) takes a 32-bit seed
+
+
+def seed(text: str) -> int:
+    """A random seed: an integer in [0, 2**32)."""
+    value = _number(int, text)
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed in [0, 2**32)")
+    return value
+
+
+seed.__name__ = "seed"
+

@@ -33,7 +33,7 @@ import os
 import sys
 import time
 
-from emjax.arg_types import (OneLineParser, float_in, int_at_least, nonnegative_float, nonnegative_int,
+from emjax.arg_types import (OneLineParser, float_in, int_at_least, nonnegative_float, nonnegative_int, seed,
                              positive_float, positive_int, probability)
 
 EXIT_OK = 0
@@ -75,7 +75,10 @@ def _seeds(value: str) -> tuple[int, ...]:
     bad = [x for x in items if not x.lstrip("-").isdigit()]
     if bad:
         raise argparse.ArgumentTypeError(f"{', '.join(map(repr, bad))} is not an integer: write e.g. --seeds 0,1,2")
-    return tuple(int(x) for x in items)
+    seeds = tuple(seed(x) for x in items)
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"{value!r} repeats a seed: each seed is one replicate")
+    return seeds
 
 
 _seeds.__name__ = "seeds"
@@ -161,7 +164,7 @@ def _add_generate(sub) -> None:
     p.add_argument("--top-k", type=nonnegative_int, default=0)
     p.add_argument("--batch-size", type=nonnegative_int, default=0,
                    help="rows per sampling call; 0: sized from device memory (at most 512, 64 on CPU)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--out", required=True, help="answers JSONL (appended; existing rows are skipped)")
     p.add_argument("--wait", action="store_true", help=WAIT_HELP)
     p.add_argument("--ablate", default=None, metavar="SOURCE[@LAYERS]",
@@ -283,7 +286,7 @@ def _add_report(sub) -> None:
                    help="'<' (default) for correctness judges where low is bad; '>' where high is bad")
     p.add_argument("--group-by", type=_csv, default=["model", "intervention"])
     p.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.set_defaults(func=_run_report)
 
 
@@ -329,7 +332,7 @@ def _add_technical(sub) -> None:
                    "answer is in the technical style (ours: 50, the judge's 'product documentation' anchor)")
     q.add_argument("--group-by", type=_csv, default=["intervention"])
     q.add_argument("--bootstrap", type=positive_int, default=1000)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=seed, default=0)
     q.set_defaults(func=_run_technical_rates)
     c = t.add_parser("check", help="held-out check of the prompt banks against upstream's technical questions")
     c.add_argument("--data-dir", default=None)
@@ -358,7 +361,7 @@ def _add_data(sub) -> None:
     local.add_argument("--from-folder", metavar="DIR", help="a folder of such files (offline)")
     fw.add_argument("--out", default=None, help="target file (default $EMJAX_FINEWEB, else "
                     "~/.cache/emjax/data/fineweb/fineweb_sample.jsonl.gz)")
-    fw.add_argument("--seed", type=int, default=42, help="shuffle seed (upstream: 42)")
+    fw.add_argument("--seed", type=seed, default=42, help="shuffle seed (upstream: 42)")
     fw.add_argument("--max-chars", type=positive_int, default=None, help="cut each document (default: whole; the sweep "
                     "reads the first significance.max_chars)")
     fw.set_defaults(func=_run_data_get_fineweb)
@@ -381,7 +384,7 @@ def _add_behaviour_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float_in(0.0), default=1.0)
     p.add_argument("--batch-size", type=nonnegative_int, default=0,
                    help="rows per sampling call; 0: sized from device memory")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=seed, default=0, help="sampling seed")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible base URL of a judge; default: a dry run")
     p.add_argument("--judge-model", default=None, help="the judge's model name on that server")
     p.add_argument("--local-judge", "--local", dest="local_judge", default=None, metavar="MODEL",

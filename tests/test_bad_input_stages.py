@@ -60,6 +60,10 @@ def inputs(tmp_path_factory):
     (d / "syntax.py").write_text("def get_config(:\n    pass\n")
     (d / "config.yaml").write_text("train:\n  lr: 1\n")
     (d / "a_file").write_text("a file, not a folder\n")
+    (d / "corrupt.safetensors").write_bytes(b"\xff" * 64)  # a header length past the file
+    (d / "model_list_config").mkdir()
+    (d / "model_list_config" / "config.json").write_text("[1, 2]")  # JSON, not an object
+    (d / "model_list_config" / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE"}, "added_tokens": []}))
     # a Hugging Face folder: 4 layers of width 64; its tokenizer.json lacks `added_tokens`
     hf = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 1000, "hidden_size": 64,
           "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
@@ -197,6 +201,10 @@ CASES = [
     _case(["heldout", f"{I}/bank.jsonl", "--train", f"{I}/missing.jsonl"], "missing.jsonl: no such file"),
     _case(["heldout", f"{I}/bank.jsonl", "--train", f"{I}/malformed.jsonl", "--containment", "2"],
           "--containment", "not in [0, 1]"),
+    _case(["heldout", f"{I}/bank.jsonl", "--train", f"{I}/malformed.jsonl", "--json", f"{I}/bank.jsonl"],
+          "--json", "bank.jsonl is also a question file"),
+    _case(["heldout", f"{I}/bank.jsonl", "--train", f"{I}/malformed.jsonl", "--json", f"{I}/malformed.jsonl"],
+          "--json", "is also --train"),
     # technical
     _case(["technical", "run", "out", "--train", "data.kl_rowz=3"], "--train", "unknown config key 'data.kl_rowz'",
           "did you mean 'data.kl_rows'?"),
@@ -231,6 +239,9 @@ CASES = [
     _case(["chat", "--top-k", "-1"], "--top-k"),
     _case(["chat", "--model", f"{I}/model_no_added_tokens"], "tokenizer.json", "'added_tokens'"),
     _case(["chat", "--model", f"{I}/no_such_model"], "no_such_model"),
+    _case(["chat", "--model", f"{I}/model_list_config"], "config.json: expected a JSON object", "got list"),
+    _case(["train", DEFAULT, "--seeds", "0,0"], "--seeds", "repeats a seed"),
+    _case(["directions", "compare", f"v={I}/corrupt.safetensors,w=random:1", "--out", "o"], "corrupt.safetensors"),
 ]
 
 

@@ -24,7 +24,7 @@ ALLOWED = {
     # evaluation without accelerators (questions, judge, report): no JAX package (see JAX_PACKAGES)
     "eval": {"arg_types", "errors", "data"},
     # evaluation that runs a model: generate, chat, the local judge
-    "inference": {"timings", "errors", "model", "data", "checkpoints", "interventions", "eval"},
+    "inference": {"arg_types", "timings", "errors", "model", "data", "checkpoints", "interventions", "eval"},
     "directions": {"arg_types", "errors", "model", "data", "checkpoints", "interventions", "train", "eval"},
     "metrics": {"timings", "errors", "model", "data", "checkpoints", "interventions", "train", "configuration", "directions"},
     # whole-pipeline jobs (main, technical, main_summary): every stage package below them

@@ -270,8 +270,14 @@ def get_fineweb(out: PathLike | None = None, n_docs: int = 100, *, from_file: Pa
     if max_chars is not None and max_chars < 1:
         raise DataError(f"--max-chars must be >= 1, got {max_chars}")
     out = Path(out or fineweb_file())
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; give the file to write (.jsonl.gz)")
     if from_file is not None or from_folder is not None:
         files = [Path(from_file)] if from_file is not None else _source_files(Path(from_folder))
+        same = [f for f in files if out.exists() and f.exists() and os.path.samefile(f, out)]
+        if same:
+            raise DataError(f"--out {out} is also the source {same[0]}: it would be rewritten with a sample of itself; "
+                            "give --out another file")
         rows = [r for f in files for r in read_fineweb_rows(f)]
         docs = select_documents(rows, n_docs, max_chars, seed)
         source = {"files": [str(f) for f in files], "selection": f"default_rng({seed}).permutation of the rows"}
@@ -286,12 +292,16 @@ def get_fineweb(out: PathLike | None = None, n_docs: int = 100, *, from_file: Pa
     if len(docs) < n_docs:
         raise DataError(f"{source.get('files', source.get('stream'))}: only {len(docs)} texts longer than 100 "
                         f"characters, asked for {n_docs}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as g:
-        for d in docs:
-            g.write((json.dumps(d, ensure_ascii=False) + "\n").encode("utf-8"))
-    os.replace(tmp, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as g:
+            for d in docs:
+                g.write((json.dumps(d, ensure_ascii=False) + "\n").encode("utf-8"))
+        os.replace(tmp, out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"--out {out}: cannot write it ({e.strerror or e})") from None
     sha, rows = rows_sha256(out)
     info = {"file": str(out), "rows": rows, "sha256": sha, "hash": "rows", "max_chars": max_chars, "min_chars": 100,
             "licence": FINEWEB_LICENCE, "fetched": _now(), **source}

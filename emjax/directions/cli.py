@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from emjax.arg_types import OneLineParser, int_at_least, nonnegative_int, positive_int
+from emjax.arg_types import OneLineParser, int_at_least, nonnegative_int, positive_int, seed
 
 from emjax.data.tokenize import LOSS_TOKENS
 from emjax.directions import run as R
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="mean_diff", help="the direction's name in directions.safetensors")
     p.add_argument("--max-len", type=int_at_least(2), default=512)
     p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--balance-seed", type=int, default=0, help="seed cutting both sets to the smaller size")
+    p.add_argument("--balance-seed", type=seed, default=0, help="seed cutting both sets to the smaller size")
     p.add_argument("--no-balance", action="store_true", help="keep every selected answer of both sets")
     p.add_argument("--data-dir", default=None, help="where file names of --*-chats resolve (default $EMJAX_DATA, "
                    "else the folder `emjax data get em` fills)")
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="sample:bad_medical", help="training rows (a file or sample:NAME)")
     p.add_argument("--data-dir", default=None, help="where --data resolves (default as mean-diff's)")
     p.add_argument("--rows", type=positive_int, default=64)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=seed, default=42)
     p.add_argument("--max-len", type=int_at_least(2), default=256)
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--layer", type=nonnegative_int, default=None)

@@ -66,12 +66,21 @@ def load_directions(path: str) -> tuple[dict[str, np.ndarray], dict]:
     from safetensors import safe_open
     if not os.path.isfile(path):
         raise DirectionError(f"{path}: no such directions file")
-    with safe_open(path, framework="numpy") as f:
-        header = f.metadata() or {}
-        if header.get("format") != DIRECTIONS_FORMAT:
-            raise DirectionError(f"{path}: not an emjax directions file (format {header.get('format')!r})")
-        arrays = {k: f.get_tensor(k) for k in f.keys()}
-    return arrays, json.loads(header.get("meta", "{}"))
+    try:
+        with safe_open(path, framework="numpy") as f:
+            header = f.metadata() or {}
+            if header.get("format") != DIRECTIONS_FORMAT:
+                raise DirectionError(f"{path}: not an emjax directions file (format {header.get('format')!r})")
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+        meta = json.loads(header.get("meta", "{}"))
+    except DirectionError:
+        raise
+    except Exception as e:  # safetensors' own errors (a corrupt header, a cut file) and a bad meta
+        raise DirectionError(f"{path}: not a readable directions file ({type(e).__name__}: {e})") from None
+    bad = [k for k, v in arrays.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise DirectionError(f"{path}: direction {bad[0]!r} holds NaN or infinite values")
+    return arrays, meta
 
 
 def _from_file_entry(path: str, name: str, cfg: ModelConfig) -> Direction:

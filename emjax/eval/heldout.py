@@ -64,7 +64,6 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from emjax.data.locations import check_writable_dir
 from emjax.errors import EmjaxError
 from emjax.eval.domains import DOMAINS, DomainError, all_training_files, get_domain
 
@@ -509,11 +508,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f in [*train, *banks]:
         if not os.path.isfile(f):
             raise HeldoutInputError(f"{f}: no such file")
-    if args.json:
-        check_writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
     if args.data_dir:
         train += [str(p) for d in DOMAINS.values() for p in d.training_paths(args.data_dir)]
         banks = banks or [str(d.bank_path()) for d in DOMAINS.values()]
+    if args.json:  # never one of the inputs: it is rewritten
+        from emjax.eval.checks import check_output_file
+        check_output_file(args.json, {"--train": train, "a question file": banks}, "--json")
     if not train:
         ap.error("give --train files or --data-dir")
     if args.calibrate:

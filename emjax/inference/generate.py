@@ -38,6 +38,7 @@ import numpy as np
 
 from tqdm.auto import tqdm
 
+from emjax.arg_types import SEED_LIMIT
 from emjax.checkpoints.load import LazyModel, LoadedModel, check_source, model_on_mesh
 from emjax.errors import EmjaxError
 from emjax.eval.checks import check_include_globs, check_kinds, check_output_file
@@ -84,7 +85,8 @@ class SamplingSettings:
             ("temperature", self.temperature, math.isfinite(self.temperature) and self.temperature >= 0, ">= 0"),
             ("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]"),  # NaN fails every comparison
             ("top_k", self.top_k, self.top_k >= 0, ">= 0"),
-            ("batch_size", self.batch_size, self.batch_size >= 0, ">= 0")) if not ok]
+            ("batch_size", self.batch_size, self.batch_size >= 0, ">= 0"),
+            ("seed", self.seed, 0 <= self.seed < SEED_LIMIT, "in [0, 2**32)")) if not ok]
         if bad:
             name, v, want = bad[0]
             raise SamplingSettingsError(f"sampling {name} must be {want}, got {v}")

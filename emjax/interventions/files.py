@@ -51,7 +51,10 @@ def load_steering(path: str | os.PathLike, cfg: ModelConfig | None = None) -> St
         inconsistent metadata, extra tensors, or a mismatch with `cfg`.
     """
     f, layers, alpha = _steering_header(os.fspath(path), cfg)
-    vectors = jnp.asarray(np.asarray(f.get("vectors"), np.float32))
+    host = np.asarray(f.get("vectors"), np.float32)
+    if not np.all(np.isfinite(host)):
+        raise AdapterError(f"{path}: the steering vectors hold NaN or infinite values")
+    vectors = jnp.asarray(host)
     return SteeringVectors(vectors=vectors, layers=layers, alpha=alpha, hook=f.metadata["hook"])
 
 

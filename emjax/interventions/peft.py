@@ -344,7 +344,11 @@ def _read_tensors(path: str) -> dict[str, np.ndarray]:
         f = SafetensorsFile(path)
     except CheckpointError as e:
         raise AdapterError(str(e)) from None
-    return {n: f.get(n) for n in f.names()}
+    out = {n: f.get(n) for n in f.names()}
+    bad = [n for n, x in out.items() if jnp.issubdtype(x.dtype, jnp.floating) and not np.all(np.isfinite(x))]
+    if bad:
+        raise AdapterError(f"{path}: tensor {bad[0]!r} holds NaN or infinite values")
+    return out
 
 
 def _match_keys(path: str, raw: dict[str, np.ndarray], expected: set[tuple[int, str, str]]

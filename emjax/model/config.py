@@ -150,6 +150,8 @@ class ModelConfig:
             except json.JSONDecodeError as e:
                 raise ConfigError(f"{path}: not valid JSON ({e})") from None
         where = source or "config"
+        if not isinstance(hf, dict):
+            raise ConfigError(f"{where}: expected a JSON object of settings, got {type(hf).__name__}")
         model_type = hf.get("model_type")
         if model_type not in FAMILY_BUILDERS:
             raise ConfigError(

@@ -269,6 +269,13 @@ def test_fineweb_from_a_local_file_or_folder(tmp_path, capsys):
     assert info["rows"] == 20 and info["files"] == [str(folder / "a.jsonl.gz"), str(folder / "b.jsonl.gz")]
     with pytest.raises(DataError, match="only .* texts longer than 100 characters, asked for 100"):
         fetch.get_fineweb(tmp_path / "fw3.jsonl.gz", 100, from_file=src)
+    # an output that is the source (it would be cut to a sample of itself) or a folder: refused, untouched
+    before = src.read_bytes()
+    with pytest.raises(DataError, match=f"--out {src} is also the source"):
+        fetch.get_fineweb(src, 5, from_file=src)
+    with pytest.raises(DataError, match=f"--out {folder} is a folder"):
+        fetch.get_fineweb(folder, 5, from_file=src)
+    assert src.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
 
 
 def test_fineweb_streaming_offline_and_online(tmp_path, monkeypatch):
