@@ -22,6 +22,17 @@ def _number(kind: type, text: str) -> float | int:
     return value
 
 
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """An integer in [low, high]."""
+    def parse(text: str) -> int:
+        value = _number(int, text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not in [{low}, {high}]")
+        return value
+    parse.__name__ = f"integer in [{low}, {high}]"
+    return parse
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
     """An integer >= low."""
     def parse(text: str) -> int:

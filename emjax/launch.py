@@ -126,6 +126,10 @@ def _commands(launcher: str, hosts: int, devices_per_host: int, stage: list[str]
         [f"worker {i}: cd ~/emjax && EMJAX_DISTRIBUTED=1 .venv/bin/{cmd}" for i in range(hosts)]
 
 
+# The emjax commands that take --mesh (the others run on one host, or on no accelerator at all).
+MESH_STAGES = ("train", "sweep", "generate", "judge", "experiment")
+
+
 def plan_launch(stage: Sequence[str], launcher: str, hosts: int, devices_per_host: int,
                 memory_gb: float | None = None, model_preset: str | None = None) -> LaunchPlan:
     """The plan of `stage` ("emjax train --config=... ...") under `launcher` on hosts x devices."""
@@ -136,6 +140,8 @@ def plan_launch(stage: Sequence[str], launcher: str, hosts: int, devices_per_hos
     stage = list(stage)
     if len(stage) < 2 or stage[0] != "emjax":
         raise LaunchError(f"the stage must be an emjax command after --, e.g. -- emjax train --config=X; got {stage}")
+    if stage[1] not in MESH_STAGES:
+        raise LaunchError(f"emjax {stage[1]} is not a stage that runs on a mesh of devices; one of {', '.join(MESH_STAGES)}")
     rest, overrides = split_cli_overrides(stage)
     path = _option(rest, "--config")
     # a training stage's config is checked against its allowed values (a sweep's by the sweep itself)

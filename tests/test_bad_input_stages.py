@@ -225,6 +225,9 @@ CASES = [
     _case(["launch-plan", "--launcher", "slurm", "--hosts", "0", "--devices-per-host", "8", "--", "emjax", "train",
            DEFAULT], "--hosts", "below the minimum 1"),
     _case(["launch-plan", "--launcher", "slurm", "--hosts", "1", "--devices-per-host", "8"], "no stage to plan"),
+    _case(["launch-plan", "--launcher", "slurm", "--hosts", "1", "--devices-per-host", "1", "--", "emjax", "frobnicate"],
+          "emjax frobnicate is not a stage that runs on a mesh"),
+    _case(["directions", "compare", f"a={I}/steer_d32.safetensors,a=random:1", "--out", "o"], "label 'a' is given twice"),
     _case(["launch-plan", "--launcher", "slurm", "--hosts", "1", "--devices-per-host", "8", "--", "emjax", "train",
            DEFAULT, "--config.train.remat=fulll"], "did you mean 'full'?"),
     # main

@@ -428,6 +428,10 @@ def report(sel: "AnswerSelection", judgements: Sequence[str], out_dir: str, *, t
             check_metrics([narrow_metric], available, where="the question files", option="--narrow-metric")
 
     df, sel = judged_frame(sel, store, metrics, judge_model, domain_questions, check=check_narrow)
+    unknown = [c for c in group_by if c not in df.columns]
+    if unknown:
+        raise ReportInputError(f"--group-by {unknown[0]!r} is not a column of the answers' table; choose from "
+                               f"{', '.join(sorted(str(c) for c in df.columns))}")
     if len(df) == 0:
         raise ReportInputError(f"--answers {', '.join(map(str, sel.answers))} hold no answer to the selected questions "
                                f"of {', '.join(map(str, sel.questions))} (after the kind and id filters): nothing to report")

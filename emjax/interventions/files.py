@@ -151,6 +151,9 @@ def parse_labelled_paths(spec: str) -> dict[str, str]:
         label, _, path = item.partition("=")
         if not path or not label:
             raise AdapterError(f"intervention {item!r} must be label=path")
+        if label in out:
+            raise AdapterError(f"intervention label {label!r} is given twice ({out[label]} and {path}): "
+                               "each label names one intervention")
         out[label] = path
     if not out:
         raise AdapterError("no interventions given (expected 'label=path,...')")

@@ -231,6 +231,9 @@ def test_report_cli_joins_answers_and_judgements(tmp_path, capsys):
                    "--out-dir", str(tmp_path / "rep2"), "--exclude", "q*"])
     assert rc == 2 and f"--answers {apath} hold no answer to the selected questions" in capsys.readouterr().err
     assert not (tmp_path / "rep2" / "summary.json").exists()
+    rc = cli_main(["report", "--answers", str(apath), "--questions", str(qpath), "--judgements", str(store.path),
+                   "--out-dir", str(tmp_path / "rep2"), "--group-by", "modle"])  # it grouped all as one
+    assert rc == 2 and "--group-by 'modle' is not a column" in capsys.readouterr().err
 
 
 def test_em_and_narrow_on_their_own_question_sets(tmp_path):
