@@ -380,6 +380,22 @@ class ReportInputError(EmjaxError, ValueError):
     """Judgements the report cannot use (missing, empty, or of another judge model)."""
 
 
+def check_not_anothers_summary(out_dir: str) -> None:
+    """ReportInputError when `out_dir` holds a summary.json that no report wrote (a training run's,
+    the main job's): the report's own would replace it."""
+    path = os.path.join(out_dir, "summary.json")
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            ours = {"rate_definitions", "bootstrap", "groups"} <= set(json.load(f))
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise ReportInputError(f"--out-dir {out_dir} holds a summary.json that is not a report's (another stage's "
+                               "output): the report would replace it; give the report its own folder")
+
+
 def judgement_store(judgements: Sequence[str], judge_model: str) -> Any:
     """The judge results of all files in one index. ReportInputError for a missing or empty file
     (saying what to run) and for files holding no line of `judge_model` (naming the judge models
@@ -420,6 +436,7 @@ def report(sel: "AnswerSelection", judgements: Sequence[str], out_dir: str, *, t
 
     judge_model = judge_model or DEFAULT_JUDGE_MODEL
     check_output_folder(out_dir)
+    check_not_anothers_summary(out_dir)
     store = judgement_store(judgements, judge_model)
     metrics = [*DEFAULT_METRICS] + ([narrow_metric] if narrow_metric else [])
 

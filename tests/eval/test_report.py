@@ -234,6 +234,14 @@ def test_report_cli_joins_answers_and_judgements(tmp_path, capsys):
     rc = cli_main(["report", "--answers", str(apath), "--questions", str(qpath), "--judgements", str(store.path),
                    "--out-dir", str(tmp_path / "rep2"), "--group-by", "modle"])  # it grouped all as one
     assert rc == 2 and "--group-by 'modle' is not a column" in capsys.readouterr().err
+    # a folder holding another stage's summary.json is refused; the report's own is replaced
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text('{"steps": 40}')
+    base = ["report", "--answers", str(apath), "--questions", str(qpath), "--judgements", str(store.path),
+            "--bootstrap", "10", "--out-dir"]
+    assert cli_main(base + [str(tmp_path / "run")]) == 2 and "not a report's" in capsys.readouterr().err
+    assert (tmp_path / "run" / "summary.json").read_text() == '{"steps": 40}'
+    assert cli_main(base + [str(tmp_path / "rep")]) == 0  # again into its own folder
 
 
 def test_em_and_narrow_on_their_own_question_sets(tmp_path):
