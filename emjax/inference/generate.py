@@ -56,6 +56,10 @@ from emjax.model.mesh_plan import is_writer
 from emjax.timings import Timings, phase
 
 
+class MixedSettingsError(EmjaxError, ValueError):
+    """The output already holds answers to the same questions and samples under other settings."""
+
+
 class SamplingSettingsError(EmjaxError, ValueError):
     """Sampling settings out of range (no answer could be sampled, or not as asked)."""
 
@@ -246,6 +250,27 @@ def check_generate_inputs(model: str | LoadedModel | LazyModel, questions: str |
         check_intervention(path, cfg)
 
 
+def _check_no_mixing(model, out: str, records: list, ours: set[str], specs: dict, jobs: list) -> None:
+    """MixedSettingsError when `out` holds answers of this model and intervention to the same
+    question, paraphrase and sample under other settings (another temperature, seed, question file,
+    ...): this run's would sit beside them and the judge and the report would pool both."""
+    names = [f"{path} x{sc:g}" if path else "" for path, sc in specs.values()]
+    slots = {(names[k], q.id, pi, si) for q, pi, _, k, si in jobs}
+    clash = [a for a in records
+             if a.config_hash not in ours and (a.intervention, a.question_id, a.paraphrase_index, a.sample_index) in slots]
+    if not clash:
+        return
+    name = model.name if isinstance(model, (LoadedModel, LazyModel)) else LazyModel(model).name
+    clash = [a for a in clash if a.model == name]
+    if clash:
+        a = clash[0]
+        raise MixedSettingsError(
+            f"{out} already holds {len(clash)} answers of {name}{' with ' + a.intervention if a.intervention else ''} "
+            f"to the same questions and samples under other settings (e.g. {a.question_id}, paraphrase "
+            f"{a.paraphrase_index}, sample {a.sample_index}; settings hash {a.config_hash}); the judge and the "
+            "report would pool both: give another --out, or the settings those answers were sampled with")
+
+
 @dataclasses.dataclass
 class _Pending:
     """The answers still to generate, decided before the model loads."""
@@ -277,16 +302,23 @@ def _pending(model, questions, out, dtype, intervention, interventions, scale, k
         digest = hashlib.sha256(np.asarray(ablation.units, np.float32).tobytes()).hexdigest()[:16]
         base["ablation"] = {"layers": list(ablation.layers), "units_sha256": digest}
     base.pop("batch_size")  # the batch layout does not change what is asked for
-    hashes = [hashlib.sha256(json.dumps({**base, "intervention": path, "scale": sc}, sort_keys=True)
-                             .encode()).hexdigest()[:16] for path, sc in specs.values()]
-    done = set()
-    if os.path.exists(out):
-        of_hash = {h: k for k, h in enumerate(hashes)}
-        done = {(of_hash[a.config_hash], a.question_id, a.paraphrase_index, a.sample_index)
-                for a in read_answers(out) if a.config_hash in of_hash}
+    # nor does the number of samples: sample i's draws depend on its own indices alone, so more
+    # samples extend a file; answers of the older hashes (which held it) still count as done
+    legacy = dict(base)
+    base.pop("samples")
+    digest = lambda d, path, sc: hashlib.sha256(json.dumps({**d, "intervention": path, "scale": sc},  # noqa: E731
+                                                           sort_keys=True).encode()).hexdigest()[:16]
+    hashes = [digest(base, path, sc) for path, sc in specs.values()]
+    records = read_answers(out) if os.path.exists(out) else []
+    of_hash = {h: k for k, h in enumerate(hashes)}
+    for n in range(1, max([sampling.samples] + [a.sample_index + 1 for a in records]) + 1):  # any older count
+        of_hash.update({digest({**legacy, "samples": n}, path, sc): k for k, (path, sc) in enumerate(specs.values())})
+    done = {(of_hash[a.config_hash], a.question_id, a.paraphrase_index, a.sample_index)
+            for a in records if a.config_hash in of_hash}
     # consecutive rows share (prompt, intervention): the sampler prefills them once
     jobs = [(q, pi, p, k, si) for q in selected for pi, p in enumerate(q.paraphrases) for k in range(len(specs))
             for si in range(sampling.samples) if (k, q.id, pi, si) not in done]
+    _check_no_mixing(model, out, records, set(of_hash), specs, jobs)
     stats = {"questions": len(selected), "generated": 0, "skipped": len(done), "out": out}
     if not jobs:
         print(f"finished: all {len(done)} answers of {len(selected)} questions x {len(specs)} interventions "

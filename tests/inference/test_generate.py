@@ -11,7 +11,7 @@ from chat_templates import tiny_tokenizer
 from hf_reference import build_hf, qwen2_config, to_emjax
 from emjax.checkpoints.load import LoadedModel
 from emjax.data.chat_tokenizer import ChatTokenizer
-from emjax.inference.generate import SamplingSettings, generate
+from emjax.inference.generate import MixedSettingsError, SamplingSettings, generate
 from emjax.eval.records import read_answers
 from emjax.interventions import init_steering
 from emjax.interventions.files import save_steering
@@ -55,9 +55,20 @@ def test_generate_records_and_resume(tiny_model, tmp_path):
     assert {k: v for k, v in again.items() if k != "timings"} == {"questions": 2, "generated": 0, "skipped": 6,
                                                                   "out": str(out)}
     assert again["timings"]["load"] == 0.0 and (os.stat(out).st_mtime_ns, out.read_bytes()) == before
-    # other settings (more samples) extend rather than repeat
-    run(4)
-    assert len(read_answers(str(out))) == 6 + 8
+    # more samples extend: only sample 3 is new, samples 0-2 are not drawn again
+    assert run(4)["generated"] == 2
+    recs = read_answers(str(out))
+    assert sorted((r.question_id, r.sample_index) for r in recs) == [(i, s) for i in "ac" for s in range(4)]
+    # other settings for the same questions and samples would be pooled with these: refused, file kept
+    before = out.read_bytes()
+    with pytest.raises(MixedSettingsError, match=r"already holds 8 answers of tiny-qwen2 with .*v.safetensors x1 to "
+                                                 r"the same questions and samples under other settings"):
+        generate(tiny_model, str(q), str(out), intervention=str(tmp_path / "v.safetensors"), kinds=["free_form"],
+                 sampling=SamplingSettings(samples=4, max_new_tokens=6, batch_size=4, temperature=0.5))
+    assert out.read_bytes() == before
+    # another intervention (here: none) in the same file is no clash
+    assert generate(tiny_model, str(q), str(out), kinds=["free_form"],
+                    sampling=SamplingSettings(samples=1, max_new_tokens=6, batch_size=4))["generated"] == 2
 
 
 def test_the_automatic_batch_fits_the_samplers_own_check(tiny_model, tmp_path, monkeypatch):
