@@ -70,8 +70,8 @@ class SamplingSettings:
     paraphrase, temperature 1, top-p 1, 600 new tokens; batch size and seed are ours.
 
     batch_size: rows per sampler call; 0 (default) sizes it from the device memory
-    (`emjax.model.sampling.max_rows`, at most AUTO_MAX_ROWS; AUTO_CPU_ROWS where the backend
-    reports no memory). The batch layout does not change the answers.
+    (`emjax.model.sampling.max_rows`, at most AUTO_MAX_ROWS; on a CPU at most AUTO_CPU_ROWS, and
+    AUTO_CPU_ROWS where no memory figure is known). The batch layout does not change the answers.
     """
 
     samples: int = 50
@@ -137,7 +137,8 @@ def _batch_rows(sampling: SamplingSettings, model: LoadedModel, prompt_len: int,
     tokens. A call prefills only its own rows' prompts, at most one per row."""
     if sampling.batch_size > 0:
         return sampling.batch_size
-    budget = S.default_memory_budget(next(iter(model.weights.embed.sharding.device_set)))
+    device = next(iter(model.weights.embed.sharding.device_set))
+    budget = S.default_memory_budget(device)
     if budget is None:
         return AUTO_CPU_ROWS
     fit = lambda prompt_rows: S.max_rows(model.cfg, prompt_len, sampling.max_new_tokens,  # noqa: E731
@@ -145,7 +146,7 @@ def _batch_rows(sampling: SamplingSettings, model: LoadedModel, prompt_len: int,
     # no call holds more rows than fit beside one prompt, so none holds more than min(units, that)
     # prompts: the rows that fit beside that many prompts fit every call
     rows = fit(min(units, fit(1)))
-    return max(1, min(AUTO_MAX_ROWS, rows))
+    return max(1, min(AUTO_CPU_ROWS if device.platform == "cpu" else AUTO_MAX_ROWS, rows))
 
 
 def generate(model: str | LoadedModel | LazyModel, questions: str | Sequence[str], out: str, *,

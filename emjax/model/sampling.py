@@ -379,14 +379,31 @@ def decode_memory(cfg: ModelConfig, rows: int, prompt_rows: int, prompt_len: int
     return DecodeMemory(rows=rows, slots=slots, kv_cache=rows * slots * per_slot, per_row=per_row, fixed=fixed)
 
 
+def _host_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (Linux), None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def default_memory_budget(device=None) -> tuple[int, str] | None:
-    """(bytes, how they were found): MEMORY_FRACTION of the device's free memory, or None where the
-    backend reports none (CPU)."""
+    """(bytes, how they were found): MEMORY_FRACTION of the device's free memory; on a CPU, of the
+    host's available memory (Linux; a request far past it would otherwise stall in the allocator);
+    None where neither is known."""
     device = jax.devices()[0] if device is None else device
     try:
         stats = device.memory_stats()
     except Exception:  # some backends do not implement it
         stats = None
+    if (not stats or "bytes_limit" not in stats) and device.platform == "cpu":
+        free = _host_available()
+        return None if free is None else (int(MEMORY_FRACTION * free), f"{MEMORY_FRACTION:.0%} of the host's "
+                                                                       f"{_gb(free)} available memory")
     if not stats or "bytes_limit" not in stats:
         return None
     free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
@@ -633,7 +650,7 @@ def generate(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]
       ablation: directions projected out of the residual stream (`emjax.model.ablation`) on
         every row, on top of the rows' interventions.
       memory_budget: bytes the decode buffers may take (default: MEMORY_FRACTION of the free
-        device memory where the backend reports it; no check on CPU). Over it,
+        device memory where the backend reports it; on a CPU of the host's available memory). Over it,
         `SamplingMemoryError` says how many rows fit.
     Memory: besides the KV cache, each call holds a concatenated copy of the q, k, v matrices
     (about 1/8 of the weights) for the decode matmuls (`decode_memory`).

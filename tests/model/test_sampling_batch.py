@@ -227,3 +227,15 @@ def test_settings_no_answer_can_be_sampled_with(tiny):
         assert S.generate(w, cfg, [[1, 2]], max_new_tokens=4, top_k=k, seed=3) == \
             S.generate(w, cfg, [[1, 2]], max_new_tokens=4, seed=3)
 
+
+def test_a_cpu_call_far_past_host_memory_is_refused(tiny):
+    """On a CPU the budget is the host's available memory: a request that would stall in the
+    allocator (it hung for minutes) is a SamplingMemoryError at once."""
+    cfg, w = tiny
+    budget = S.default_memory_budget(jax.devices("cpu")[0])
+    if budget is None:
+        pytest.skip("no /proc/meminfo on this host")
+    assert "available memory" in budget[1]
+    with pytest.raises(S.SamplingMemoryError, match="Not even one row fits|At most"):
+        S.generate(w, cfg, [[1, 2]], max_new_tokens=10 ** 9)
+
