@@ -513,13 +513,15 @@ def _run_generate(args) -> int:
                                 batch_size=args.batch_size, seed=args.seed)
     kinds = None if args.kinds == "all" else args.kinds
     model, ablation = args.model, None
-    if args.ablate:  # the model loads here, for the ablation: check everything else first
+    if args.ablate:  # the ablation needs the model's config: check everything else first
         check_generate_inputs(args.model, args.questions, args.out, intervention=args.intervention,
                               scale=args.scale, kinds=kinds, include=args.include)
-        from emjax.checkpoints.load import model_on_mesh
+        from emjax.checkpoints.load import LazyModel
         from emjax.directions.sources import ablation_from_spec
         from emjax.model.config import dtype_from_name
-        model, _ = model_on_mesh(args.model, args.mesh, dtype=dtype_from_name(args.dtype))
+        # a folder's config is read without the weights (a GGUF's needs the load, reused below), so a
+        # bad spec fails, and a finished rerun ends, before any weight is read
+        model = LazyModel(args.model, dtype=dtype_from_name(args.dtype))
         ablation = ablation_from_spec(args.ablate, model.cfg)
     stats = generate(model, args.questions, args.out, dtype=args.dtype, intervention=args.intervention,
                      scale=args.scale, kinds=kinds, include=args.include, exclude=args.exclude, sampling=sampling,

@@ -230,6 +230,10 @@ CASES = [
     ("generate", "model_missing", {"--model": "{tmp}/no-model"}, [], "neither 'embedded', a folder nor a .gguf"),
     ("generate", "ablate_with_out_under_missing_folder", {"--out": "{tmp}/nowhere/gen.jsonl"}, ["--ablate", "random:0"],
      "does not exist"),
+    # the ablation is built from the folder's config alone: its errors come before any weight is read
+    ("generate", "ablate_layers_out_of_range", {}, ["--ablate", "random:0@99"], "out of range"),
+    ("generate", "ablate_layers_garbled", {}, ["--ablate", "random:0@abc"], "layers 'abc'"),
+    ("generate", "ablate_file_missing", {}, ["--ablate", "{tmp}/nope.safetensors:x"], "nope.safetensors"),
     # --- report
     ("report", "judgements_missing", {"--judgements": "{tmp}/none.jsonl"}, [], "none.jsonl: no such file; run `emjax judge"),
     ("report", "judgements_empty", {"--judgements": "{tmp}/empty.jsonl"}, [],
