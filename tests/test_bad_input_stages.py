@@ -244,6 +244,8 @@ CASES = [
     _case(["chat", "--model", f"{I}/no_such_model"], "no_such_model"),
     _case(["chat", "--model", f"{I}/model_list_config"], "config.json: expected a JSON object", "got list"),
     _case(["train", DEFAULT, "--seeds", "0,0"], "--seeds", "repeats a seed"),
+    # /proc cannot be written even by root, for whom os.access says yes
+    _case(["train", DEFAULT, "--config.output_dir=/proc/emjax_run"], "output_dir /proc/emjax_run: cannot be written"),
     _case(["directions", "compare", f"v={I}/corrupt.safetensors,w=random:1", "--out", "o"], "corrupt.safetensors"),
 ]
 

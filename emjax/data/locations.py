@@ -15,6 +15,7 @@ ours: no dependency for it). No default points outside these places; `emjax data
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from emjax.data.data_error import DataError
@@ -88,6 +89,10 @@ def check_writable_dir(path: str | os.PathLike[str], what: str) -> None:
         probe = parent
     if not os.path.isdir(probe):
         raise DataError(f"{what} {path}: {probe} is a file, not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    try:  # a real probe: os.access says yes to root on a read-only mount or a kernel file system
+        fd, tmp = tempfile.mkstemp(prefix=".emjax-write-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
         where = "" if probe == path else f" (its folder {probe} cannot be written)"
-        raise DataError(f"{what} {path}: cannot be written{where}; choose another folder")
+        raise DataError(f"{what} {path}: cannot be written{where} ({e.strerror or e}); choose another folder") from None
