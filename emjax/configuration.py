@@ -162,7 +162,9 @@ def _describe(e: Exception, overrides: Sequence[str], path: str) -> str:
     text = str(e.args[0] if isinstance(e, (KeyError, AttributeError)) and e.args else e)
     if "Error whilst parsing config file" in text:  # get_config raised: config_flags wraps the traceback
         return f"get_config{_call(path)} failed: {text.strip().splitlines()[-1]}"
-    text = text.replace("\n", " ").strip("'\" ")
+    text = " ".join(text.split())
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a KeyError's quoted message
+        text = text[1:-1]
     if "get_config" in text or "Failed loading config file" in text:
         return f"cannot load (it must define get_config()): {text}"
     for o in overrides:

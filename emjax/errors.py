@@ -12,3 +12,13 @@ from __future__ import annotations
 
 class EmjaxError(Exception):
     """Input emjax cannot use; the message names the file, line or key."""
+
+
+def yaml_problem(e: Exception) -> str:
+    """A PyYAML error in one line: "line L, column C: what is wrong" (its own message spans several
+    lines, with the offending text and a caret)."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(e).split())
+    context = getattr(e, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (f" ({context})" if context else "")

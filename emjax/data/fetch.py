@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from emjax.errors import yaml_problem
 from emjax.data.conversations import DataError, PathLike, iter_json_lines
 from emjax.data.fineweb import read_fineweb_rows, select_documents, stream_fineweb_rows, take_documents
 from emjax.data.locations import GET_EM, SHIPPED_FINEWEB, data_dir, fineweb_corpus, fineweb_file
@@ -64,7 +65,7 @@ def bytes_sha256(path: PathLike) -> tuple[str, int]:
         try:
             loaded = yaml.safe_load(data)
         except yaml.YAMLError as e:
-            raise DataError(f"{path}: invalid YAML: {e}") from None
+            raise DataError(f"{path}: invalid YAML: {yaml_problem(e)}") from None
         rows = len(loaded) if isinstance(loaded, list) else 0
     return hashlib.sha256(data).hexdigest(), rows
 

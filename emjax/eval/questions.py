@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from emjax.data.locations import missing_data_message
-from emjax.errors import EmjaxError
+from emjax.errors import EmjaxError, yaml_problem
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def load_questions_yaml(path: str | os.PathLike[str]) -> list[Question]:
     try:
         data = yaml.safe_load(read_utf8(path))
     except yaml.YAMLError as e:
-        raise QuestionFormatError(f"{path}: invalid YAML: {e}") from None
+        raise QuestionFormatError(f"{path}: invalid YAML: {yaml_problem(e)}") from None
     if not isinstance(data, list):
         raise QuestionFormatError(f"{path}: expected a list of question items at the top level")
     questions = [_question_from_yaml_item(item, path, i) for i, item in enumerate(data)]

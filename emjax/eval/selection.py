@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 
+from emjax.errors import EmjaxError
 from emjax.eval.checks import check_include_globs, check_kinds
 from emjax.eval.judge.tasks import fallback_templates, load_judge_prompts
 from emjax.eval.questions import Question, load_questions, select_questions
@@ -35,8 +37,18 @@ class AnswerSelection:
     exclude: Sequence[str] | None = None
 
 
+class SelectionInputError(EmjaxError, ValueError):
+    """An input file of a selection that is missing or a folder."""
+
+
 def load_selection(sel: AnswerSelection) -> tuple[list[AnswerRecord], list[Question], dict[str, str]]:
     """(answers, questions, fallback judge templates by metric) of a selection."""
+    for option, paths in selection_inputs(sel).items():  # named by their option, before any is read
+        for path in paths:
+            if not os.path.exists(path):
+                raise SelectionInputError(f"{option} {path}: no such file")
+            if os.path.isdir(path):
+                raise SelectionInputError(f"{option} {path} is a folder; give a file")
     questions = load_questions(sel.questions)
     fallback: dict[str, str] = {}
     for path in sel.judge_prompts:

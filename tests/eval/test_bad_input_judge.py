@@ -77,6 +77,7 @@ def template_ws(tmp_path_factory):
     (ws / "empty.jsonl").write_text("")
     # not UTF-8 (Latin-1 é) on line 2
     (ws / "latin1.yaml").write_bytes(b"- id: q1\n  paraphrases: ['caf\xe9?']\n")
+    (ws / "broken.yaml").write_text("- id: q1\n  paraphrases: ['x'\n  bad: : :\n")
     (ws / "latin1.jsonl").write_bytes(json.dumps({"id": "q1", "question": "Hi?"}).encode() + b"\n"
                                       + b'{"id": "q2", "question": "caf\xe9?"}\n')
     (ws / "latin1_prompts.yaml").write_bytes(b"aligned: 'Rate {answer}'\ncoherent: 'caf\xe9 {answer}'\n")
@@ -173,6 +174,8 @@ CASES = [
     ("judge", "include_matches_nothing", {}, ["--include", "q3*"], "--include q3* matches no question"),
     ("judge", "kinds_unknown", {}, ["--kinds", "freeform"], "argparse:--kinds"),
     ("judge", "questions_yaml_not_utf8", {"--questions": "{tmp}/latin1.yaml"}, [], "latin1.yaml: line 2: not UTF-8"),
+    ("judge", "questions_yaml_broken", {"--questions": "{tmp}/broken.yaml"}, [],
+     "broken.yaml: invalid YAML: line 3, column 3: expected ',' or ']'"),
     ("judge", "questions_jsonl_not_utf8", {"--questions": "{tmp}/latin1.jsonl"}, [], "latin1.jsonl: line 2: not UTF-8"),
     ("judge", "judge_prompts_not_utf8", {}, ["--judge-prompts", "{tmp}/latin1_prompts.yaml"],
      "latin1_prompts.yaml: line 2: not UTF-8"),
@@ -187,7 +190,7 @@ CASES = [
      "index_str.jsonl: line 2: 'paraphrase_index' must be an integer"),
     ("judge", "answer_seed_a_bool", {"--answers": "{tmp}/seed_bool.jsonl"}, [], "'seed' must be an integer or null"),
     ("judge", "answer_index_negative", {"--answers": "{tmp}/index_neg.jsonl"}, [], "'sample_index' must be >= 0"),
-    ("judge", "answers_missing", {"--answers": "{tmp}/none.jsonl"}, [], "none.jsonl"),
+    ("judge", "answers_missing", {"--answers": "{tmp}/none.jsonl"}, [], "none.jsonl: no such file"),
     # --- judge --local: every check before the judge model loads
     ("local", "out_is_answers", {"--out": "{a}"}, [], "is also --answers"),
     ("local", "out_under_missing_folder", {"--out": "{tmp}/nowhere/r.jsonl"}, [], "does not exist"),

@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
-from emjax.errors import EmjaxError
+from emjax.errors import EmjaxError, yaml_problem
 
 from emjax.eval.conventions import DEFAULT_METRICS
 from emjax.eval.questions import Question, fill_judge_prompt
@@ -207,7 +207,7 @@ def load_judge_prompts(path: str) -> dict[str, str]:
         try:
             data = yaml.safe_load(read_utf8(path))
         except yaml.YAMLError as e:
-            raise QuestionFormatError(f"{path}: invalid YAML/JSON: {e}") from None
+            raise QuestionFormatError(f"{path}: invalid YAML/JSON: {yaml_problem(e)}") from None
         if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
             return validate_judge_prompts(data, path)
         if is_judge_list(data):
