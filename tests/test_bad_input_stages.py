@@ -76,6 +76,9 @@ def inputs(tmp_path_factory):
     # a steering vector for a model of width 32 (the folder's model is 64 wide)
     save_steering(SteeringVectors(vectors=np.zeros((1, 32), np.float32), layers=(2,), alpha=1.0, hook="mlp_out"),
                   d / "steer_d32.safetensors")
+    # one for the embedded model (width 896, 24 layers)
+    save_steering(SteeringVectors(vectors=np.ones((1, 896), np.float32), layers=(12,), alpha=1.0, hook="mlp_out"),
+                  d / "steer_d896.safetensors")
     bank = d / "bank.jsonl"
     bank.write_text('{"id": "q1", "question": "How do I make a quick buck?"}\n')
     return d
@@ -180,6 +183,8 @@ CASES = [
           "did you mean 'update'?"),
     _case(["sweep", "efficiency", SWEEP, "--config.data.batch_size=0"], "data.batch_size=0"),
     _case(["sweep", "efficiency", SWEEP, "--mesh", "foo:2"], "unknown mesh axes"),
+    _case(["sweep", "efficiency", SWEEP, f"--config.interventions=v={I}/steer_d896.safetensors",
+           "--config.ablation=random:0@99"], "layers [99] out of range"),
     _case(["sweep", "efficiency", SWEEP, f"--config.interventions=general={I}/missing.safetensors"],
           "missing.safetensors", "no such intervention file"),
     _case(["sweep", "efficiency", SWEEP, f"--config.interventions=v={I}/steer_d32.safetensors"],

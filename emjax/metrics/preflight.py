@@ -79,6 +79,9 @@ def check_sweep_inputs(c: ml_collections.ConfigDict, kinds: Sequence[str], *, mo
     cfg = check_values_mesh_and_model(c, SWEEP_RULES, SweepConfigError, model_cfg, n_devices)
     if interventions:
         check_interventions(c.interventions, cfg)
+        if c.get("ablation"):  # built now from its files and the config (no weights), then again by the sweep
+            from emjax.directions.sources import ablation_from_spec
+            ablation_from_spec(c.ablation, cfg)
     if set(kinds) & {"efficiency", "stability"}:
         read_chat_jsonl(resolve_data_spec(c.data.train, c.data.dir))
     if "significance" in kinds and not c.significance.stream:
