@@ -108,7 +108,10 @@ def main(argv: list[str]) -> int:
                          out=args.out, spec=getattr(args, "spec", None), data=getattr(args, "data", None),
                          data_dir=getattr(args, "data_dir", None), run_dir=getattr(args, "run_dir", None),
                          files=[f for k in ("a", "b", "judgements", "questions", "judge_prompts")
-                                for f in getattr(args, k, None) or []])
+                                for f in getattr(args, k, None) or []],
+                         norms=getattr(args, "norms", None), layer=getattr(args, "layer", None),
+                         where={f"--{s}-where": getattr(args, f"{s}_where", None) for s in "ab"},
+                         judgements=getattr(args, "judgements", None) or ())
     if args.stage == "mean-diff":
         a, b = _answer_set(args, "a"), _answer_set(args, "b")  # before the model loads
         summary = R.mean_diff_stage(R.load(args.model, args.dtype), a, b,

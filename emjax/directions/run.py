@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import operator
 import os
 import re
@@ -268,15 +269,28 @@ def load(model_source: str, dtype: str = "float32") -> LoadedModel:
 
 def check_stage_inputs(stage: str, *, model: str | None, out: str | None = None, spec: str | None = None,
                        data: str | None = None, data_dir: str | None = None, run_dir: str | None = None,
-                       files: Sequence[str] = ()) -> None:
+                       files: Sequence[str] = (), norms: str | None = None, layer: int | None = None,
+                       where: dict[str, str | None] | None = None, judgements: Sequence[str] = ()) -> None:
     """What a directions stage reads, checked before the model loads: the model source (its
     folder's config.json and tokenizer files, no weight), the output folder, the directions of
-    `spec` (small files, read against the model's shapes), the training rows of `data`, and the
-    run folder of drift. An EmjaxError naming the option or file otherwise."""
+    `spec` (small files, read against the model's shapes), the training rows of `data`, the run
+    folder of drift, the --norms list, --layer against the model's depth, and each --X-where
+    condition (which needs --judgements). An EmjaxError naming the option or file otherwise."""
+    if norms is not None:
+        bad = [n for n in _norms(norms, 1.0) if not (math.isfinite(n) and n >= 0)]
+        if bad or not _norms(norms, 1.0):
+            raise DirectionError(f"--norms {norms!r}: give finite norms >= 0, e.g. 0.5x,1x,2x or 10,20")
+    for option, text in (where or {}).items():
+        if text:
+            _conditions(text)
+            if not judgements:
+                raise DirectionError(f"{option} {text!r} selects answers by their judge scores: give --judgements")
     from emjax.checkpoints.load import source_config
     from emjax.data.locations import check_writable_dir
 
     cfg = source_config(model) if model is not None else None
+    if layer is not None and cfg is not None and layer >= cfg.n_layers:
+        raise DirectionError(f"--layer {layer} is out of range for a {cfg.n_layers}-layer model")
     if out is not None:
         check_writable_dir(out, "--out")
     if spec is not None and cfg is not None:
