@@ -33,8 +33,8 @@ import os
 import sys
 import time
 
-from emjax.arg_types import (OneLineParser, float_in, int_at_least, int_in, nonnegative_float, nonnegative_int, seed,
-                             positive_float, positive_int, probability)
+from emjax.arg_types import (OneLineParser, float_in, int_at_least, int_in, nonnegative_float, nonnegative_int,
+                             positive_float, positive_int, probability, seed)
 
 EXIT_OK = 0
 EXIT_USAGE = 2

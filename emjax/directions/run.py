@@ -277,8 +277,8 @@ def check_stage_inputs(stage: str, *, model: str | None, out: str | None = None,
     folder of drift, the --norms list, --layer against the model's depth, and each --X-where
     condition (which needs --judgements). An EmjaxError naming the option or file otherwise."""
     if norms is not None:
-        bad = [n for n in _norms(norms, 1.0) if not (math.isfinite(n) and n >= 0)]
-        if bad or not _norms(norms, 1.0):
+        values = _norms(norms, 1.0)
+        if not values or not all(math.isfinite(n) and n >= 0 for n in values):
             raise DirectionError(f"--norms {norms!r}: give finite norms >= 0, e.g. 0.5x,1x,2x or 10,20")
     for option, text in (where or {}).items():
         if text:
