@@ -88,9 +88,11 @@ def answer_questions(model: LoadedModel, out: str, interventions: Mapping[str, s
     em_q, domain_q = ev.question_files()
     domain_ids = [q.id for q in load_questions(domain_q)][: ev.n_domain_questions]
     answers = os.path.join(out, "answers.jsonl")
-    generate(model, em_q, answers, interventions=dict(interventions), sampling=ev.sampling, mesh=ev.mesh)
+    # a stage run again (other settings, retrained interventions) sets the earlier answers aside
+    generate(model, em_q, answers, interventions=dict(interventions), sampling=ev.sampling, mesh=ev.mesh,
+             set_aside=True)
     generate(model, domain_q, answers, interventions=dict(interventions), sampling=ev.sampling, include=domain_ids,
-             mesh=ev.mesh)
+             mesh=ev.mesh, set_aside=True)
     # generate records an intervention as "<path> x<scale>" ("" for the chat model): back to the labels
     labels = {(f"{path} x1" if path else ""): label for label, path in interventions.items()}
     return {"answers": answers, "n_answers": len(read_answers(answers)), "em_questions": em_q,

@@ -155,7 +155,8 @@ def generate(model: str | LoadedModel | LazyModel, questions: str | Sequence[str
              kinds: Sequence[str] | None = ("free_form",), include: Sequence[str] | None = None,
              exclude: Sequence[str] | None = None, sampling: SamplingSettings = SamplingSettings(),
              paper_questions: bool = True, ablation: DirectionAblation | None = None,
-             ablation_name: str = "", mesh: str | None = None, wait: bool = False) -> dict:
+             ablation_name: str = "", mesh: str | None = None, wait: bool = False,
+             set_aside: bool = False) -> dict:
     """Samples answers to the selected questions and appends them to `out`.
 
     Args:
@@ -181,6 +182,10 @@ def generate(model: str | LoadedModel | LazyModel, questions: str | Sequence[str
         instead of raising OutputBusyError. Every input is checked before the model loads
         (`check_generate_inputs`); answers that cannot be written are saved elsewhere
         (`emjax.eval.rescue`) and the run stops.
+      set_aside: when `out` holds answers to the same questions and samples under other settings
+        (another temperature, a retrained intervention...), move it to `<stem>.earlier-<i>.jsonl`
+        and sample afresh (the jobs, whose stages rerun when their settings change) instead of
+        raising MixedSettingsError (the default: the two sets would be pooled).
     Returns {"questions", "generated", "skipped", "out"} counts (answers, all interventions) and
     the stage's "timings" (`emjax.timings`).
     """
@@ -192,7 +197,7 @@ def generate(model: str | LoadedModel | LazyModel, questions: str | Sequence[str
         with output_lock(out, wait=wait) if is_writer() else contextlib.nullcontext():
             with phase("data"):
                 out_stats, work = _pending(model, questions, out, dtype, intervention, interventions, scale, kinds,
-                                           include, exclude, sampling, paper_questions, ablation)
+                                           include, exclude, sampling, paper_questions, ablation, set_aside)
             if work is not None:
                 out_stats["generated"] = _sample(model, out, mesh, sampling, ablation, ablation_name, work)
     out_stats["timings"] = timings.report()
@@ -251,25 +256,43 @@ def check_generate_inputs(model: str | LoadedModel | LazyModel, questions: str |
         check_intervention(path, cfg)
 
 
-def _check_no_mixing(model, out: str, records: list, ours: set[str], specs: dict, jobs: list) -> None:
-    """MixedSettingsError when `out` holds answers of this model and intervention to the same
-    question, paraphrase and sample under other settings (another temperature, seed, question file,
-    ...): this run's would sit beside them and the judge and the report would pool both."""
+def _content_sha256(path: str | None) -> str | None:
+    """sha256 of what an intervention holds (a steering file; a LoRA folder's config and weights)."""
+    if path is None:
+        return None
+    files = [path] if os.path.isfile(path) else [os.path.join(path, n) for n in ("adapter_config.json",
+                                                                              "adapter_model.safetensors")]
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _set_aside(out: str) -> str:
+    """Renames `out` to the first free `<stem>.earlier-<i><ext>` beside it; returns the new path."""
+    stem, ext = os.path.splitext(out)
+    i = 1
+    while os.path.exists(f"{stem}.earlier-{i}{ext}"):
+        i += 1
+    os.replace(out, f"{stem}.earlier-{i}{ext}")
+    return f"{stem}.earlier-{i}{ext}"
+
+
+def _clashes(model, records: list, ours: set[str], specs: dict, jobs: list) -> tuple[str, list]:
+    """(the model's name, the answers in `records` of this model and an intervention of `specs` to a
+    question, paraphrase and sample of `jobs` under other settings: another temperature, seed,
+    question file, a retrained intervention...). This run's answers would sit beside them, and the
+    judge and the report would pool both."""
     names = [f"{path} x{sc:g}" if path else "" for path, sc in specs.values()]
     slots = {(names[k], q.id, pi, si) for q, pi, _, k, si in jobs}
     clash = [a for a in records
              if a.config_hash not in ours and (a.intervention, a.question_id, a.paraphrase_index, a.sample_index) in slots]
     if not clash:
-        return
+        return "", []
     name = model.name if isinstance(model, (LoadedModel, LazyModel)) else LazyModel(model).name
-    clash = [a for a in clash if a.model == name]
-    if clash:
-        a = clash[0]
-        raise MixedSettingsError(
-            f"{out} already holds {len(clash)} answers of {name}{' with ' + a.intervention if a.intervention else ''} "
-            f"to the same questions and samples under other settings (e.g. {a.question_id}, paraphrase "
-            f"{a.paraphrase_index}, sample {a.sample_index}; settings hash {a.config_hash}); the judge and the "
-            "report would pool both: give another --out, or the settings those answers were sampled with")
+    return name, [a for a in clash if a.model == name]
 
 
 @dataclasses.dataclass
@@ -283,7 +306,7 @@ class _Pending:
 
 
 def _pending(model, questions, out, dtype, intervention, interventions, scale, kinds, include, exclude, sampling,
-             paper_questions, ablation) -> tuple[dict, _Pending | None]:
+             paper_questions, ablation, set_aside: bool = False) -> tuple[dict, _Pending | None]:
     """The counts, and the answers still to generate (None: none), from the questions, the settings
     and `out` alone: no model is loaded."""
     specs = _specs(intervention, interventions, scale)
@@ -304,22 +327,37 @@ def _pending(model, questions, out, dtype, intervention, interventions, scale, k
         base["ablation"] = {"layers": list(ablation.layers), "units_sha256": digest}
     base.pop("batch_size")  # the batch layout does not change what is asked for
     # nor does the number of samples: sample i's draws depend on its own indices alone, so more
-    # samples extend a file; answers of the older hashes (which held it) still count as done
+    # samples extend a file. What an intervention holds does: a file retrained in place gets new
+    # answers. Answers of the older hashes (the sample count, no content) still count as done.
     legacy = dict(base)
     base.pop("samples")
-    digest = lambda d, path, sc: hashlib.sha256(json.dumps({**d, "intervention": path, "scale": sc},  # noqa: E731
-                                                           sort_keys=True).encode()).hexdigest()[:16]
-    hashes = [digest(base, path, sc) for path, sc in specs.values()]
+    digest = lambda d, path, sc, **more: hashlib.sha256(json.dumps(  # noqa: E731
+        {**d, "intervention": path, "scale": sc, **more}, sort_keys=True).encode()).hexdigest()[:16]
+    hashes = [digest(base, path, sc, intervention_sha256=_content_sha256(path)) for path, sc in specs.values()]
     records = read_answers(out) if os.path.exists(out) else []
     of_hash = {h: k for k, h in enumerate(hashes)}
     for n in range(1, max([sampling.samples] + [a.sample_index + 1 for a in records]) + 1):  # any older count
         of_hash.update({digest({**legacy, "samples": n}, path, sc): k for k, (path, sc) in enumerate(specs.values())})
-    done = {(of_hash[a.config_hash], a.question_id, a.paraphrase_index, a.sample_index)
-            for a in records if a.config_hash in of_hash}
-    # consecutive rows share (prompt, intervention): the sampler prefills them once
-    jobs = [(q, pi, p, k, si) for q in selected for pi, p in enumerate(q.paraphrases) for k in range(len(specs))
-            for si in range(sampling.samples) if (k, q.id, pi, si) not in done]
-    _check_no_mixing(model, out, records, set(of_hash), specs, jobs)
+
+    def todo(records):
+        done = {(of_hash[a.config_hash], a.question_id, a.paraphrase_index, a.sample_index)
+                for a in records if a.config_hash in of_hash}
+        # consecutive rows share (prompt, intervention): the sampler prefills them once
+        return done, [(q, pi, p, k, si) for q in selected for pi, p in enumerate(q.paraphrases)
+                      for k in range(len(specs)) for si in range(sampling.samples) if (k, q.id, pi, si) not in done]
+
+    done, jobs = todo(records)
+    name, clash = _clashes(model, records, set(of_hash), specs, jobs)
+    if clash:
+        a = clash[0]
+        what = (f"{len(clash)} answers of {name}{' with ' + a.intervention if a.intervention else ''} to the same "
+                f"questions and samples under other settings (e.g. {a.question_id}, paraphrase {a.paraphrase_index}, "
+                f"sample {a.sample_index}; settings hash {a.config_hash})")
+        if not set_aside:
+            raise MixedSettingsError(f"{out} already holds {what}; the judge and the report would pool both: give "
+                                     "another --out, or the settings those answers were sampled with")
+        print(f"{out} held {what}: moved to {_set_aside(out)}; sampling afresh")
+        done, jobs = todo([])
     stats = {"questions": len(selected), "generated": 0, "skipped": len(done), "out": out}
     if not jobs:
         print(f"finished: all {len(done)} answers of {len(selected)} questions x {len(specs)} interventions "

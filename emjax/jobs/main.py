@@ -183,8 +183,9 @@ def _generate(model: LazyModel, out: str, vectors: dict[str, str | None], size: 
     from emjax.eval.questions import load_questions
     domain_ids = [q.id for q in load_questions(domain_q)][:size.domain_questions]
     # every vector's rows in one sampler call per question file (each row under its own vector)
-    generate(model, em_q, answers, interventions=vectors, sampling=sampling)
-    generate(model, domain_q, answers, interventions=vectors, sampling=sampling, include=domain_ids)
+    # a stage run again (other settings, retrained vectors) sets the earlier answers aside
+    generate(model, em_q, answers, interventions=vectors, sampling=sampling, set_aside=True)
+    generate(model, domain_q, answers, interventions=vectors, sampling=sampling, include=domain_ids, set_aside=True)
     recs = read_answers(answers)
     for r in recs[:: max(1, len(recs) // 6)]:
         print(f"[{r.intervention or 'chat model'}] {r.question}\n    -> {r.answer.strip()[:160]!r}")

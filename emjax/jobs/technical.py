@@ -132,7 +132,7 @@ def _generate(model: LazyModel, out: str, data_dir: str, vectors: dict[str, str 
     ids = ET.eval_subset(files, per_domain)
     answers = os.path.join(out, "answers.jsonl")
     sampling = SamplingSettings(samples=samples, max_new_tokens=max_new)
-    generate(model, files, answers, interventions=vectors, include=ids, sampling=sampling)
+    generate(model, files, answers, interventions=vectors, include=ids, sampling=sampling, set_aside=True)
     return {"answers": answers, "questions": files, "question_ids": ids,
             "labels": {(f"{p} x1" if p else ""): k for k, p in vectors.items()}}
 

@@ -66,6 +66,15 @@ def test_generate_records_and_resume(tiny_model, tmp_path):
         generate(tiny_model, str(q), str(out), intervention=str(tmp_path / "v.safetensors"), kinds=["free_form"],
                  sampling=SamplingSettings(samples=4, max_new_tokens=6, batch_size=4, temperature=0.5))
     assert out.read_bytes() == before
+    # the vector retrained in place: its answers are not the file's any more; a job sets them aside
+    sv2 = sv.replace(vectors=sv.vectors * 2.0)
+    save_steering(sv2, tmp_path / "v.safetensors")
+    with pytest.raises(MixedSettingsError, match="already holds 8 answers"):
+        run(4)
+    moved = generate(tiny_model, str(q), str(out), intervention=str(tmp_path / "v.safetensors"), kinds=["free_form"],
+                     sampling=SamplingSettings(samples=4, max_new_tokens=6, batch_size=4), set_aside=True)
+    assert moved["generated"] == 8 and (tmp_path / "answers.earlier-1.jsonl").read_bytes() == before
+    assert len(read_answers(str(out))) == 8
     # another intervention (here: none) in the same file is no clash
     assert generate(tiny_model, str(q), str(out), kinds=["free_form"],
                     sampling=SamplingSettings(samples=1, max_new_tokens=6, batch_size=4))["generated"] == 2
