@@ -141,7 +141,8 @@ def plan_launch(stage: Sequence[str], launcher: str, hosts: int, devices_per_hos
     if len(stage) < 2 or stage[0] != "emjax":
         raise LaunchError(f"the stage must be an emjax command after --, e.g. -- emjax train --config=X; got {stage}")
     if stage[1] not in MESH_STAGES:
-        raise LaunchError(f"emjax {stage[1]} is not a stage that runs on a mesh of devices; one of {', '.join(MESH_STAGES)}")
+        raise LaunchError(f"emjax {stage[1]} is not a stage that runs on a mesh of devices; one of "
+                          f"{', '.join(MESH_STAGES)}")
     rest, overrides = split_cli_overrides(stage)
     path = _option(rest, "--config")
     # a training stage's config is checked against its allowed values (a sweep's by the sweep itself)

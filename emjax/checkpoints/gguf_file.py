@@ -346,7 +346,8 @@ def _hf_config(reader: Any, meta: dict[str, Any], path: Path, mapping: GGUFMappi
     # What llama.cpp would apply and this plain-RoPE config would not: refused, never dropped.
     scaling = meta.get(f"{arch}.rope.scaling.type")
     if scaling not in (None, "none"):
-        raise GGUFError(f"{path}: metadata {arch}.rope.scaling.type={scaling!r}: RoPE scaling in a GGUF is not supported")
+        raise GGUFError(f"{path}: metadata {arch}.rope.scaling.type={scaling!r}: RoPE scaling in a GGUF is "
+                        "not supported")
     for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
         value = meta.get(f"{arch}.{key}")
         if value is not None and int(value) != cfg["head_dim"]:

@@ -25,10 +25,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
-from emjax.errors import yaml_problem
 from emjax.data.conversations import DataError, PathLike, iter_json_lines
 from emjax.data.fineweb import read_fineweb_rows, select_documents, stream_fineweb_rows, take_documents
 from emjax.data.locations import GET_EM, SHIPPED_FINEWEB, data_dir, fineweb_corpus, fineweb_file
+from emjax.errors import yaml_problem
 from emjax.data.upstream_pins import PINS, PINS_BY_NAME, UPSTREAM_REPO, Pin, pin_for
 
 MANIFEST = "MANIFEST.json"

@@ -450,8 +450,9 @@ def report(sel: "AnswerSelection", judgements: Sequence[str], out_dir: str, *, t
         raise ReportInputError(f"--group-by {unknown[0]!r} is not a column of the answers' table; choose from "
                                f"{', '.join(sorted(str(c) for c in df.columns))}")
     if len(df) == 0:
-        raise ReportInputError(f"--answers {', '.join(map(str, sel.answers))} hold no answer to the selected questions "
-                               f"of {', '.join(map(str, sel.questions))} (after the kind and id filters): nothing to report")
+        raise ReportInputError(f"--answers {', '.join(map(str, sel.answers))} hold no answer to the selected "
+                               f"questions of {', '.join(map(str, sel.questions))} (after the kind and id filters): "
+                               "nothing to report")
     return build_report(df, out_dir, th, narrow_metric, group_by, n_boot, seed,
                         extra={"judge_model": judge_model, "answers": list(sel.answers),
                                "judgements": list(judgements)})

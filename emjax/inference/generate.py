@@ -287,8 +287,8 @@ def _clashes(model, records: list, ours: set[str], specs: dict, jobs: list) -> t
     judge and the report would pool both."""
     names = [f"{path} x{sc:g}" if path else "" for path, sc in specs.values()]
     slots = {(names[k], q.id, pi, si) for q, pi, _, k, si in jobs}
-    clash = [a for a in records
-             if a.config_hash not in ours and (a.intervention, a.question_id, a.paraphrase_index, a.sample_index) in slots]
+    clash = [a for a in records if a.config_hash not in ours
+             and (a.intervention, a.question_id, a.paraphrase_index, a.sample_index) in slots]
     if not clash:
         return "", []
     name = model.name if isinstance(model, (LoadedModel, LazyModel)) else LazyModel(model).name

@@ -132,9 +132,9 @@ class Trainer:
         summed = [t for t, over in (("SFT", self.opts.sft_mean_over), ("KL", self.opts.kl_mean_over))
                   if over == "micro_batch" and (t == "SFT" or self.use_kl)]
         if summed and tc.grad_accum > 1:
-            self.notes.append(f"{' and '.join(summed)}: each micro-batch's own token mean, the {tc.grad_accum} of a step "
-                              f"added up (train.*_mean_over='micro_batch', upstream's trainer): such a term weighs "
-                              f"{tc.grad_accum} x its step mean; the logged losses are step means")
+            self.notes.append(f"{' and '.join(summed)}: each micro-batch's own token mean, the {tc.grad_accum} "
+                              "of a step added up (train.*_mean_over='micro_batch', upstream's trainer): such a "
+                              f"term weighs {tc.grad_accum} x its step mean; the logged losses are step means")
         self.memory, limit = check_trainer_memory(self)  # prints the estimate; raises if it will not fit
         unroll, loop_note = choose_layer_loop(tc.layer_loop, self.memory, limit, self.total_steps * tc.grad_accum)
         self.opts = dataclasses.replace(self.opts, unroll_layers=unroll)

@@ -29,7 +29,8 @@ def config(hf: HFConfig) -> ModelConfig:
     if act not in GELUS:
         raise hf.fail(f"hidden_activation={act!r} is not supported (one of {sorted(GELUS)})")
     bias = bool(hf.get("attention_bias", False))
-    return ModelConfig(**common, **{**BLOCK, "activation": GELUS[act]}, tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
+    return ModelConfig(**common, **{**BLOCK, "activation": GELUS[act]},
+                       tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
                        qkv_bias=bias, o_bias=bias, query_pre_attn_scalar=float(hf.need("query_pre_attn_scalar")),
                        attn_softcap=opt_float(hf.get("attn_logit_softcapping")),
                        final_softcap=opt_float(hf.get("final_logit_softcapping")),
