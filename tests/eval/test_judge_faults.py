@@ -194,6 +194,22 @@ def test_scores_of_another_rule_already_in_the_file_are_named(server, tmp_path, 
     assert stats.n_cached_other_scoring == 0
 
 
+def test_a_server_without_logprobs_is_given_up_after_eight_tasks(server, tmp_path):
+    """Every answer lacks logprobs (a model or server that never returns them): after 8 tasks in a
+    row, each paid 3 times, the run stops instead of paying 3 times for every task."""
+    from emjax.eval.judge.runner import JudgeRepliesUnusableError
+    server.reset_faults([FaultRule(["nologprobs"], match="<ans-", forever=True)])
+    plan = build_tasks(answers(30), [QUESTION], ["aligned"])
+    path = tmp_path / "r.jsonl"
+    with pytest.raises(JudgeRepliesUnusableError, match="answered 8 tasks in a row without usable logprobs"):
+        run_judge_sync(plan.tasks, ResultStore(path), config(server.base_url, concurrency=1))
+    assert len(server.entries()) == 8 * 3 and len(path.read_text().splitlines()) == 8  # the paid lines kept
+    # a reply with logprobs in between resets the count
+    server.reset_faults([FaultRule(["nologprobs"], match=tag(i), forever=True) for i in range(30) if i % 5])
+    stats = run_judge_sync(plan.tasks, ResultStore(tmp_path / "r2.jsonl"), config(server.base_url, concurrency=1))
+    assert (stats.n_ok, stats.n_failed) == (6, 24)
+
+
 def test_malformed_body_is_paid_without_usage(server, tmp_path):
     server.reset_faults([FaultRule(["malformed"], match=tag(0), forever=True)])
     plan = build_tasks(answers(2), [QUESTION], ["aligned"])

@@ -44,6 +44,10 @@ class JudgeServerUnreachableError(EmjaxError, ConnectionError):
     """The judge server cannot be reached (connection refused, DNS failure); names the URL."""
 
 
+class JudgeRepliesUnusableError(EmjaxError, RuntimeError):
+    """The judge server answers (and bills) without the logprobs a score needs; names the URL."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Knobs of a judge run (the request-level ones live in `request`).
@@ -57,6 +61,10 @@ class RunConfig:
         (GET /models without retries, not billed); connection refused / DNS failure aborts.
       abort_after_connection_errors: abort the run when this many requests in a row (in
         completion order) end in connection errors after the client's retries; 0 never aborts.
+      abort_after_unusable_replies: abort the run when this many tasks in a row end failed on
+        answers the server was paid for but gave no usable logprobs (a model or server that
+        does not return them: each task pays 1 + malformed_retries times); 0 never aborts.
+        Ours: 8, as for connection errors.
     """
 
     request: RequestConfig = dataclasses.field(default_factory=RequestConfig)
@@ -68,6 +76,7 @@ class RunConfig:
     progress: bool = True
     preflight: bool = True
     abort_after_connection_errors: int = 8
+    abort_after_unusable_replies: int = 8
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retry_failed", retry_policy(self.retry_failed))
@@ -294,6 +303,7 @@ async def _run_workers(pending: Sequence[JudgeTask], store: ResultStore, config:
     queue = iter(pending)
     breaker = _ConnectionBreaker(config.abort_after_connection_errors,
                                  base_url_of(client, config.request), store.path)
+    unusable = _UnusableBreaker(config.abort_after_unusable_replies, base_url_of(client, config.request), store.path)
 
     unwritten: list[dict[str, Any]] = []  # paid results the output refused (see emjax.eval.rescue)
     write_error: list[OSError] = []
@@ -319,6 +329,7 @@ async def _run_workers(pending: Sequence[JudgeTask], store: ResultStore, config:
             if on_record is not None:
                 on_record(rec)
             breaker.record(rec, stats)
+            unusable.record(rec, stats)
 
     workers = [asyncio.ensure_future(worker())
                for _ in range(max(1, min(config.concurrency, len(pending))))]
@@ -353,6 +364,30 @@ class _ConnectionBreaker:
                 f"failed with connection errors (last: {rec['reason']}); aborted. The "
                 f"{stats.n_ok + stats.n_failed} result line(s) of this run stay in {self.path}; "
                 "rerun when the server is reachable (failed requests are sent again)")
+
+
+class _UnusableBreaker:
+    """Counts tasks in a row (completion order) that ended failed on paid answers without usable
+    logprobs; raises JudgeRepliesUnusableError at `limit` (0: never), so a server that never
+    returns them does not bill every remaining task 1 + malformed_retries times."""
+
+    def __init__(self, limit: int, base_url: str, path: str) -> None:
+        self.limit, self.base_url, self.path = limit, base_url, path
+        self.in_a_row = 0
+
+    def record(self, rec: dict[str, Any], stats: RunStats) -> None:
+        if rec["status"] == STATUS_OK or not rec.get("paid") or \
+                _reason_class(rec.get("reason")) not in ("missing_logprobs", "malformed_response"):
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        if self.limit and self.in_a_row >= self.limit:
+            raise JudgeRepliesUnusableError(
+                f"judge server {self.base_url} answered {self.in_a_row} tasks in a row without usable logprobs "
+                f"(last: {rec['reason']}), each paid; aborted. Check that the model and server return "
+                "logprobs with top_logprobs 20 (a local server may need a flag for it). The "
+                f"{stats.n_ok + stats.n_failed} result line(s) of this run stay in {self.path}; the paid failures "
+                "are sent again only with --retry-failed")
 
 
 def n_other_scoring(tasks: Iterable[JudgeTask], pending: Sequence[JudgeTask], store: ResultStore,
