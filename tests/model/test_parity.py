@@ -7,6 +7,7 @@ import pytest
 
 from hf_reference import build_hf, gemma2_config, llama3_config, padded_batch, qwen2_config, to_emjax, torch
 from emjax import model as M
+from emjax.model.config import ModelConfig
 from emjax.model.decoder import qkv
 from emjax.model.layers import rope_tables
 from emjax.model import sampling as S
@@ -22,6 +23,9 @@ CASES = {
     "gemma2": lambda: build_hf(gemma2_config(), seed=3, weight_scale=8.0),
     "llama3_untied": lambda: build_hf(llama3_config(tied=False), seed=4),
     "llama3_tied": lambda: build_hf(llama3_config(tied=True), seed=5),
+    # use_sliding_window: layers 1 and 2 attend to the last 4 keys (test_qwen2_sliding_window_layers)
+    "qwen2_sliding": lambda: build_hf(qwen2_config(tied=False, use_sliding_window=True, sliding_window=4,
+                                                   max_window_layers=1), seed=8),
 }
 
 
@@ -87,6 +91,25 @@ def test_softcaps_are_active():
     q, k, _ = qkv(lw, x, cos, sin, cfg, None)
     raw = jnp.einsum("bthd,bshd->bhts", q[:, :, ::2], k) * cfg.attn_scale
     assert float(jnp.max(jnp.abs(raw))) > cfg.attn_softcap
+
+
+def test_qwen2_sliding_window_layers():
+    """Qwen2 with use_sliding_window: the layers from max_window_layers on attend to the last
+    `sliding_window` keys only, as transformers' Qwen2 does (the window is far shorter than the rows)."""
+    hf = CASES["qwen2_sliding"]()
+    cfg, w = to_emjax(hf)
+    assert cfg.sliding_window == 4 and cfg.sliding_layers == (False, True, True)
+    tokens, mask = padded_batch(np.random.default_rng(18), cfg.vocab_size, [16, 11], "left")
+    ref, _ = hf_forward(hf, tokens, mask)
+    ours = np.asarray(M.forward(w, cfg, jnp.asarray(tokens), jnp.asarray(mask)))
+    full = np.asarray(M.forward(w, cfg.replace(sliding_window=None, sliding_layers=()), jnp.asarray(tokens),
+                                jnp.asarray(mask)))
+    m = mask.astype(bool)
+    np.testing.assert_allclose(ours[m], ref[m], atol=TOL, rtol=0)
+    assert np.abs(full[m] - ref[m]).max() > 10 * TOL
+    # without use_sliding_window the window is never applied, whatever max_window_layers says
+    plain = ModelConfig.from_hf(qwen2_config(tied=False, max_window_layers=0).to_dict())
+    assert plain.sliding_window is None and not any(plain.sliding_layers)
 
 
 def test_gemma2_exact_gelu():

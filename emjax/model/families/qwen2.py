@@ -6,11 +6,23 @@ from emjax.model.config import HFConfig, ModelConfig
 from emjax.model.families.entry import Family, GGUFMapping
 
 
+# transformers' Qwen2Config default of max_window_layers: layers from this index on slide
+MAX_WINDOW_LAYERS = 28
+
+
 def config(hf: HFConfig) -> ModelConfig:
-    if hf.get("use_sliding_window"):
-        raise hf.fail("use_sliding_window=true is not supported")
     hf.check("hidden_act", ("silu",), "silu")
-    return ModelConfig(**hf.common(), tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=True)
+    common = hf.common()
+    # As transformers' Qwen2Config: a window only with use_sliding_window; then the layers
+    # `layer_types` names "sliding_attention", else those from max_window_layers on
+    window = hf.count("sliding_window", 4096) if hf.get("use_sliding_window") else None
+    types = hf.get("layer_types")
+    sliding = (tuple(t == "sliding_attention" for t in types) if types else
+               tuple(i >= int(hf.get("max_window_layers", MAX_WINDOW_LAYERS)) for i in range(common["n_layers"])))
+    if window is None or not any(sliding):
+        window, sliding = None, ()
+    return ModelConfig(**common, tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=True,
+                       sliding_window=window, sliding_layers=sliding)
 
 
 def _preset(**kw) -> ModelConfig:
