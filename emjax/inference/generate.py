@@ -142,7 +142,8 @@ def _batch_rows(sampling: SamplingSettings, model: LoadedModel, prompt_len: int,
     if budget is None:
         return AUTO_CPU_ROWS
     fit = lambda prompt_rows: S.max_rows(model.cfg, prompt_len, sampling.max_new_tokens,  # noqa: E731
-                                         model.weights.embed.dtype, budget[0], prompt_rows=prompt_rows)
+                                         model.weights.embed.dtype, budget[0], prompt_rows=prompt_rows,
+                                         row_multiple=S.prompt_row_multiple(model.weights))
     # no call holds more rows than fit beside one prompt, so none holds more than min(units, that)
     # prompts: the rows that fit beside that many prompts fit every call
     rows = fit(min(units, fit(1)))

@@ -423,12 +423,20 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def prompt_row_multiple(weights: Weights) -> int:
+    """What `sample` rounds its distinct prompts up to: 8, or on a mesh lcm(8, data)."""
+    mesh = mesh_of(weights)
+    return math.lcm(8, mesh.shape["data"]) if mesh is not None else 8
+
+
 def max_rows(cfg: ModelConfig, prompt_len: int, max_new_tokens: int, dtype, budget: int,
-             prompt_rows: int = 1, pad_to: int = PAD_TO) -> int:
+             prompt_rows: int = 1, pad_to: int = PAD_TO, row_multiple: int = 8) -> int:
     """The most decode rows whose buffers fit `budget` bytes (0 if none does) in a `sample` call of
     `prompt_rows` distinct prompts of at most `prompt_len` tokens: both are rounded up as `sample`
-    rounds them (the length to `pad_to`, the rows to 8) before its own check."""
-    est = decode_memory(cfg, 0, _round_up(prompt_rows, 8), _round_up(prompt_len, pad_to), max_new_tokens, dtype)
+    rounds them (the length to `pad_to`, the rows to `row_multiple`, `prompt_row_multiple`)
+    before its own check."""
+    est = decode_memory(cfg, 0, _round_up(prompt_rows, row_multiple), _round_up(prompt_len, pad_to),
+                        max_new_tokens, dtype)
     return max(0, (budget - est.fixed) // est.per_row)
 
 
@@ -543,8 +551,8 @@ def sample(weights: Weights, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     # prefill rows padded to a multiple of 8 with copies of the last prompt (never decoded): batches
     # that differ only a little in their number of distinct prompts share one compiled program
     mesh = mesh_of(weights)  # on a mesh: prompt rows split over `data`, everything else replicated
-    multiple = math.lcm(8, mesh.shape["data"]) if mesh is not None else 8
-    u_pad = -(-u // multiple) * multiple
+    multiple = prompt_row_multiple(weights)
+    u_pad = _round_up(u, multiple)
     memory = check_memory(cfg, b, u_pad, p, max_new_tokens, weights.embed.dtype, _budget(memory_budget, weights))
     tokens = np.zeros((u_pad, p), np.int32)
     mask = np.zeros((u_pad, p), bool)
