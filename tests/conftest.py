@@ -39,3 +39,15 @@ def embedded_hf_model(embedded_model):
     m = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                              torch_dtype=torch.float32, attn_implementation="eager")
     return m.eval()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drops JAX's compiled programs and traces after each test module: a worker keeps every
+    program it compiled otherwise, and over the whole suite two workers grew past 20 GB on a 24 GB
+    machine (XLA then aborted mid-compile)."""
+    yield
+    import gc
+    import jax
+    jax.clear_caches()
+    gc.collect()
