@@ -353,41 +353,38 @@ class _ConnectionBreaker:
         self.limit, self.base_url, self.path = limit, base_url, path
         self.in_a_row = 0
 
-    def record(self, rec: dict[str, Any], stats: RunStats) -> None:
-        if _reason_class(rec.get("reason")) != "connection_error" or rec["status"] == STATUS_OK:
-            self.in_a_row = 0
-            return
-        self.in_a_row += 1
-        if self.limit and self.in_a_row >= self.limit:
-            raise JudgeServerUnreachableError(
-                f"judge server {self.base_url} is unreachable: {self.in_a_row} requests in a row "
-                f"failed with connection errors (last: {rec['reason']}); aborted. The "
-                f"{stats.n_ok + stats.n_failed} result line(s) of this run stay in {self.path}; "
-                "rerun when the server is reachable (failed requests are sent again)")
+    def counts(self, rec: dict[str, Any]) -> bool:
+        return rec["status"] != STATUS_OK and _reason_class(rec.get("reason")) == "connection_error"
 
-
-class _UnusableBreaker:
-    """Counts tasks in a row (completion order) that ended failed on paid answers without usable
-    logprobs; raises JudgeRepliesUnusableError at `limit` (0: never), so a server that never
-    returns them does not bill every remaining task 1 + malformed_retries times."""
-
-    def __init__(self, limit: int, base_url: str, path: str) -> None:
-        self.limit, self.base_url, self.path = limit, base_url, path
-        self.in_a_row = 0
+    def error(self, rec: dict[str, Any], stats: RunStats) -> EmjaxError:
+        return JudgeServerUnreachableError(
+            f"judge server {self.base_url} is unreachable: {self.in_a_row} requests in a row "
+            f"failed with connection errors (last: {rec['reason']}); aborted. The "
+            f"{stats.n_ok + stats.n_failed} result line(s) of this run stay in {self.path}; "
+            "rerun when the server is reachable (failed requests are sent again)")
 
     def record(self, rec: dict[str, Any], stats: RunStats) -> None:
-        if rec["status"] == STATUS_OK or not rec.get("paid") or \
-                _reason_class(rec.get("reason")) not in ("missing_logprobs", "malformed_response"):
-            self.in_a_row = 0
-            return
-        self.in_a_row += 1
+        self.in_a_row = self.in_a_row + 1 if self.counts(rec) else 0
         if self.limit and self.in_a_row >= self.limit:
-            raise JudgeRepliesUnusableError(
-                f"judge server {self.base_url} answered {self.in_a_row} tasks in a row without usable logprobs "
-                f"(last: {rec['reason']}), each paid; aborted. Check that the model and server return "
-                "logprobs with top_logprobs 20 (a local server may need a flag for it). The "
-                f"{stats.n_ok + stats.n_failed} result line(s) of this run stay in {self.path}; the paid failures "
-                "are sent again only with --retry-failed")
+            raise self.error(rec, stats)
+
+
+class _UnusableBreaker(_ConnectionBreaker):
+    """The same count for tasks that ended failed on paid answers without usable logprobs; raises
+    JudgeRepliesUnusableError, so a server that never returns them does not bill every remaining
+    task 1 + malformed_retries times."""
+
+    def counts(self, rec: dict[str, Any]) -> bool:
+        return (rec["status"] != STATUS_OK and bool(rec.get("paid"))
+                and _reason_class(rec.get("reason")) in ("missing_logprobs", "malformed_response"))
+
+    def error(self, rec: dict[str, Any], stats: RunStats) -> EmjaxError:
+        return JudgeRepliesUnusableError(
+            f"judge server {self.base_url} answered {self.in_a_row} tasks in a row without usable logprobs "
+            f"(last: {rec['reason']}), each paid; aborted. Check that the model and server return "
+            "logprobs with top_logprobs 20 (a local server may need a flag for it). The "
+            f"{stats.n_ok + stats.n_failed} result line(s) of this run stay in {self.path}; the paid failures "
+            "are sent again only with --retry-failed")
 
 
 def n_other_scoring(tasks: Iterable[JudgeTask], pending: Sequence[JudgeTask], store: ResultStore,
